@@ -1,0 +1,1 @@
+"""The PostgreSQL connector: configuration, trio-native connections, pools, logical replication."""

@@ -1,0 +1,420 @@
+"""A throw-away PostgreSQL server for tests, benchmarks and ``otpy demo``.
+
+Logical replication cannot be tested against mocks: the walsender, slots and
+pgoutput are server features.  :class:`PostgresServer` runs ``initdb`` into a
+temporary directory, starts ``postgres`` on a free loopback port with
+``wal_level=logical`` and always removes everything again, so a test run needs
+nothing but the PostgreSQL server binaries on the machine.
+
+PostgreSQL refuses to run as root; when this process is root the server (and
+``initdb``) run as the ``postgres`` system user instead.
+
+Set ``OTPY_PG_BINDIR`` to choose the binaries explicitly, and ``OTPY_TEST_DSN``
+to point the test suite at an existing server (see :func:`external_dsn`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+
+import attrs
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+__all__ = [
+    "BINDIR_ENV",
+    "DSN_ENV",
+    "PostgresNotFoundError",
+    "PostgresServer",
+    "PostgresStartError",
+    "TestingError",
+    "create_database",
+    "drop_database",
+    "external_dsn",
+    "find_bindir",
+]
+
+#: Environment variable naming the directory that holds ``initdb`` and ``postgres``.
+BINDIR_ENV = "OTPY_PG_BINDIR"
+#: Environment variable with the DSN of an existing server to test against.
+DSN_ENV = "OTPY_TEST_DSN"
+
+#: Settings every throw-away server gets.  ``fsync=off`` and friends make a test
+#: cluster fast; durability across an OS crash is irrelevant for throw-away data
+#: (a server restart or an immediate shutdown is still crash-safe without fsync).
+DEFAULT_SETTINGS: Mapping[str, str] = {
+    "wal_level": "logical",
+    "max_replication_slots": "32",
+    "max_wal_senders": "32",
+    "max_connections": "200",
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "shared_buffers": "128MB",
+    "log_min_messages": "warning",
+    "log_statement": "none",
+}
+
+
+class TestingError(Exception):
+    """Base class of the errors raised by :mod:`otpy.testing`."""
+
+    __test__ = False  # not a pytest test class, despite the name
+
+
+class PostgresNotFoundError(TestingError):
+    """The PostgreSQL server binaries (``initdb``, ``postgres``) could not be found."""
+
+
+class PostgresStartError(TestingError):
+    """``initdb`` or the server failed, or the server did not accept connections in time."""
+
+
+def _candidate_bindirs() -> Iterator[Path]:
+    """Yield directories that may hold the server binaries, most specific first."""
+    override = os.environ.get(BINDIR_ENV)
+    if override:
+        # An explicit choice is the only candidate: silently falling back to
+        # another installation would test the wrong server.
+        yield Path(override)
+        return
+    on_path = shutil.which("initdb")
+    if on_path:
+        yield Path(on_path).resolve().parent
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run(
+                [pg_config, "--bindir"], capture_output=True, text=True, check=True, timeout=10
+            ).stdout.strip()
+            if out:
+                yield Path(out)
+    versions = glob.glob("/usr/lib/postgresql/*/bin")
+    versions.sort(key=lambda p: _version_key(Path(p).parent.name), reverse=True)
+    for path in versions:
+        yield Path(path)
+    for path in ("/usr/local/pgsql/bin", "/opt/homebrew/bin", "/usr/local/bin", "/usr/bin"):
+        yield Path(path)
+
+
+def _version_key(name: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in name.split(".") if part.isdigit())
+
+
+def find_bindir() -> Path:
+    """Return the directory holding ``initdb``, ``postgres`` and ``pg_ctl``.
+
+    Looks at ``$OTPY_PG_BINDIR`` (only there, if set), ``initdb`` on ``PATH``,
+    ``pg_config --bindir`` and ``/usr/lib/postgresql/*/bin`` (newest first).
+
+    Raises:
+        PostgresNotFoundError: with the places searched and how to fix it.
+    """
+    searched: list[str] = []
+    for bindir in _candidate_bindirs():
+        searched.append(str(bindir))
+        if all(os.access(bindir / tool, os.X_OK) for tool in ("initdb", "postgres")):
+            return bindir
+    hint = (
+        f"{BINDIR_ENV} is set to {os.environ[BINDIR_ENV]!r}, which has no initdb/postgres: "
+        f"fix or unset it"
+        if os.environ.get(BINDIR_ENV)
+        else "install the server (Debian/Ubuntu: apt-get install postgresql) or set "
+        f"{BINDIR_ENV} to the directory that holds initdb and postgres"
+    )
+    raise PostgresNotFoundError(
+        f"PostgreSQL server binaries (initdb, postgres) not found; searched: "
+        f"{', '.join(dict.fromkeys(searched)) or 'nothing'}; {hint}; or set {DSN_ENV} to use "
+        f"an existing server"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _server_user() -> pwd.struct_passwd | None:
+    """The system user to run the server as: ``postgres`` when we are root, else nobody."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam("postgres")
+    except KeyError:
+        raise PostgresStartError(
+            "running as root, and PostgreSQL refuses to run as root, but there is no "
+            "'postgres' system user to run it as: create one (useradd --system postgres) "
+            "or run the tests as a normal user"
+        ) from None
+
+
+@attrs.define(eq=False)
+class PostgresServer:
+    """A private PostgreSQL cluster in a temporary directory, on a free loopback port.
+
+    Use it as a context manager (or call :meth:`start` / :meth:`cleanup`)::
+
+        with PostgresServer() as server:
+            conn = psycopg.connect(server.dsn)
+
+    :meth:`stop` and :meth:`start` keep the data directory, so tests can
+    restart the server; :meth:`cleanup` stops it and removes every file.
+    """
+
+    settings: Mapping[str, str] = attrs.field(factory=dict)
+    """Extra ``postgresql.conf`` settings, on top of :data:`DEFAULT_SETTINGS`."""
+    bindir: Path | None = None
+    """Directory of the server binaries; found with :func:`find_bindir` when ``None``."""
+    startup_timeout: float = 60.0
+    """Seconds to wait for the server to accept connections."""
+
+    port: int = attrs.field(init=False, default=0)
+    """The TCP port on 127.0.0.1 (chosen when first started, kept across restarts)."""
+    basedir: Path | None = attrs.field(init=False, default=None)
+    _process: subprocess.Popen[bytes] | None = attrs.field(init=False, default=None)
+    _user: pwd.struct_passwd | None = attrs.field(init=False, default=None)
+
+    @property
+    def datadir(self) -> Path:
+        """The cluster's data directory."""
+        return self._base / "data"
+
+    @property
+    def logfile(self) -> Path:
+        """The server's log file (useful when a test wants to know why it failed)."""
+        return self._base / "postgres.log"
+
+    @property
+    def _base(self) -> Path:
+        if self.basedir is None:
+            raise TestingError("the server was never started")
+        return self.basedir
+
+    @property
+    def dsn(self) -> str:
+        """A libpq connection string for the ``postgres`` superuser and database."""
+        return make_conninfo(host="127.0.0.1", port=self.port, user="postgres", dbname="postgres")
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int:
+        """The postmaster's process id."""
+        if self._process is None:
+            raise TestingError("the server is not running")
+        return self._process.pid
+
+    def __enter__(self) -> PostgresServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()
+
+    def start(self) -> None:
+        """Create the cluster (first time only) and start the server.
+
+        Returns once the server accepts connections.
+        """
+        if self.running:
+            return
+        if self.basedir is None:
+            self._initdb()
+        self._launch()
+
+    def _initdb(self) -> None:
+        bindir = self.bindir or find_bindir()
+        self.bindir = bindir
+        self._user = _server_user()
+        self.basedir = Path(tempfile.mkdtemp(prefix="otpy-pg-"))
+        if self._user is not None:
+            os.chown(self.basedir, self._user.pw_uid, self._user.pw_gid)
+        self.datadir.mkdir(mode=0o700)
+        if self._user is not None:
+            os.chown(self.datadir, self._user.pw_uid, self._user.pw_gid)
+        result = subprocess.run(
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(self.datadir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+            capture_output=True,
+            text=True,
+            **self._as_server_user(),
+        )
+        if result.returncode != 0:
+            out = (result.stdout + result.stderr).strip()
+            self.cleanup()
+            raise PostgresStartError(f"initdb failed (exit {result.returncode}): {out}")
+
+    def _as_server_user(self) -> dict[str, object]:
+        if self._user is None:
+            return {}
+        return {
+            "user": self._user.pw_uid,
+            "group": self._user.pw_gid,
+            "extra_groups": [],
+            "cwd": str(self._base),
+        }
+
+    def _launch(self) -> None:
+        assert self.bindir is not None
+        if not self.port:
+            self.port = _free_port()
+        options = {
+            **DEFAULT_SETTINGS,
+            **self.settings,
+            "port": str(self.port),
+            "listen_addresses": "127.0.0.1",
+            "unix_socket_directories": str(self._base),
+        }
+        args = [str(self.bindir / "postgres"), "-D", str(self.datadir)]
+        for key, value in options.items():
+            args += ["-c", f"{key}={value}"]
+        log = open(self.logfile, "ab")  # noqa: SIM115 - the child owns it for its lifetime
+        try:
+            self._process = subprocess.Popen(
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                **self._as_server_user(),  # type: ignore[call-overload]
+            )
+        finally:
+            log.close()
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise PostgresStartError(
+                    f"postgres exited during start-up; last log lines:\n{self._log_tail()}"
+                )
+            try:
+                with psycopg.connect(self.dsn, connect_timeout=2) as conn:
+                    conn.execute("SELECT 1")
+                return
+            except psycopg.OperationalError as exc:
+                last_error = exc
+                time.sleep(0.05)
+        self.stop(mode="immediate")
+        raise PostgresStartError(
+            f"postgres did not accept connections within {self.startup_timeout}s "
+            f"({last_error}); last log lines:\n{self._log_tail()}"
+        )
+
+    def _log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, mode: str = "fast", timeout: float = 30.0) -> None:
+        """Stop the server, keeping its data directory so :meth:`start` can restart it.
+
+        Args:
+            mode: ``"smart"``, ``"fast"`` (default: disconnect clients, checkpoint) or
+                ``"immediate"`` (no checkpoint, like a crash: recovery on next start).
+            timeout: seconds to wait before killing the postmaster outright.
+        """
+        signals = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}
+        if mode not in signals:
+            raise ValueError(f"mode must be one of {sorted(signals)}, not {mode!r}")
+        process = self._process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(signals[mode])
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        self._process = None
+
+    def cleanup(self) -> None:
+        """Stop the server (fast, then immediate) and remove all of its files."""
+        try:
+            self.stop(mode="fast", timeout=15)
+        except Exception:  # pragma: no cover - best effort before removing the files
+            self.stop(mode="immediate")
+        if self.basedir is not None:
+            shutil.rmtree(self.basedir, ignore_errors=True)
+            self.basedir = None
+
+
+def external_dsn() -> str | None:
+    """The DSN of an existing server from ``$OTPY_TEST_DSN``, or ``None``."""
+    return os.environ.get(DSN_ENV) or None
+
+
+def _with_dbname(dsn: str, dbname: str) -> str:
+    params = conninfo_to_dict(dsn)
+    params["dbname"] = dbname
+    return make_conninfo(**params)  # type: ignore[arg-type]
+
+
+def create_database(dsn: str, name: str) -> str:
+    """Create (or re-create) database ``name`` on the server of ``dsn``; return its DSN.
+
+    Tests that must not see each other's tables, slots' publications or
+    replication traffic use a database of their own.
+    """
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        _drop(conn, name)
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return _with_dbname(dsn, name)
+
+
+def drop_database(dsn: str, name: str) -> None:
+    """Drop database ``name`` (and the replication slots that use it), if it exists."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        _drop(conn, name)
+
+
+def _drop(conn: psycopg.Connection[tuple[object, ...]], name: str) -> None:
+    # Slots pin a database: a database with slots cannot be dropped.
+    conn.execute(
+        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+        "WHERE database = %s AND active_pid IS NOT NULL",
+        (name,),
+    )
+    conn.execute(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+        "WHERE database = %s AND NOT active",
+        (name,),
+    )
+    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

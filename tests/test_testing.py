@@ -1,0 +1,150 @@
+"""The throw-away PostgreSQL helper: the ground every other test stands on."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from otpy import testing
+from otpy.testing import PostgresNotFoundError, PostgresServer, create_database, find_bindir
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_session_server_accepts_connections(pg_dsn: str) -> None:
+    with psycopg.connect(pg_dsn) as conn:
+        row = conn.execute("SELECT current_setting('wal_level'), 1 + 1").fetchone()
+    assert row == ("logical", 2)
+
+
+def test_logical_slot_can_be_created(module_dsn: str) -> None:
+    # Creating a logical slot fails unless wal_level=logical: this proves the setting works.
+    with psycopg.connect(module_dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_create_logical_replication_slot('t_slot', 'pgoutput')")
+        slots = conn.execute("SELECT slot_name, plugin FROM pg_replication_slots").fetchall()
+        conn.execute("SELECT pg_drop_replication_slot('t_slot')")
+    assert ("t_slot", "pgoutput") in slots
+
+
+def test_server_lifecycle_removes_everything() -> None:
+    server = PostgresServer()
+    with server:
+        basedir = server.basedir
+        assert basedir is not None and basedir.is_dir()
+        with psycopg.connect(server.dsn) as conn:
+            conn.execute("CREATE TABLE kept (x int)")
+            conn.execute("INSERT INTO kept VALUES (42)")
+            conn.commit()
+        # A restart keeps the data directory (tests restart the server on purpose).
+        server.stop()
+        assert not server.running
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(server.dsn, connect_timeout=2)
+        server.start()
+        with psycopg.connect(server.dsn) as conn:
+            assert conn.execute("SELECT x FROM kept").fetchall() == [(42,)]
+        pid = server.pid
+    assert not server.running
+    assert not basedir.exists()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_immediate_stop_recovers_on_start() -> None:
+    with PostgresServer() as server:
+        server.stop(mode="immediate")
+        server.start()
+        with psycopg.connect(server.dsn) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_bad_stop_mode_is_rejected(own_server: PostgresServer) -> None:
+    with pytest.raises(ValueError, match="mode must be one of"):
+        own_server.stop(mode="gently")
+
+
+def test_missing_binaries_give_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(testing.BINDIR_ENV, str(tmp_path))
+    with pytest.raises(PostgresNotFoundError) as info:
+        find_bindir()
+    message = str(info.value)
+    assert str(tmp_path) in message and testing.BINDIR_ENV in message
+    with pytest.raises(PostgresNotFoundError, match="initdb"):
+        PostgresServer().start()
+
+
+def test_bindir_override_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = find_bindir()
+    monkeypatch.setenv(testing.BINDIR_ENV, str(real))
+    assert find_bindir() == real
+
+
+def test_create_database_isolates(pg_dsn: str) -> None:
+    dsn = create_database(pg_dsn, "t_isolated")
+    try:
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT current_database()").fetchone() == ("t_isolated",)
+        # Re-creating gives an empty database again, even with a slot in it.
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE leftover (x int)")
+            conn.execute("SELECT pg_create_logical_replication_slot('t_iso_slot', 'pgoutput')")
+        dsn = create_database(pg_dsn, "t_isolated")
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT to_regclass('leftover')").fetchone() == (None,)
+    finally:
+        testing.drop_database(pg_dsn, "t_isolated")
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM pg_database WHERE datname = 't_isolated'"
+        ).fetchone() == (0,)
+
+
+_AS_USER_SCRIPT = """
+import os, pwd, sys
+import psycopg
+from otpy.testing import PostgresServer
+# Drop root after the imports (the interpreter lives under /root, unreadable to others).
+user = pwd.getpwnam("postgres")
+os.setgroups([])
+os.setgid(user.pw_gid)
+os.setuid(user.pw_uid)
+assert os.geteuid() != 0
+with PostgresServer() as server:
+    with psycopg.connect(server.dsn) as conn:
+        print(conn.execute("SELECT current_setting('wal_level')").fetchone()[0])
+    print(server.basedir)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="already running as a normal user")
+def test_works_as_a_normal_user() -> None:
+    # The suite normally runs as root (CI); prove the non-root path by running the
+    # helper as the unprivileged 'postgres' system user in a child process.
+    result = subprocess.run(
+        [sys.executable, "-c", _AS_USER_SCRIPT],
+        capture_output=True,
+        text=True,
+        cwd="/tmp",
+        env={**os.environ, "PYTHONPATH": str(REPO), "HOME": "/tmp"},
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    wal_level, basedir = result.stdout.split()
+    assert wal_level == "logical"
+    assert not Path(basedir).exists()
+
+
+def test_root_runs_server_as_postgres_user(own_server: PostgresServer) -> None:
+    owner = os.stat(own_server.datadir).st_uid
+    if os.geteuid() == 0:
+        assert owner == pwd.getpwnam("postgres").pw_uid
+    else:
+        assert owner == os.geteuid()
