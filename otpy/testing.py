@@ -163,6 +163,13 @@ def _server_user() -> pwd.struct_passwd | None:
         ) from None
 
 
+@attrs.frozen
+class _Identity:
+    user: int | None
+    group: int | None
+    extra_groups: list[int] | None
+
+
 @attrs.define(eq=False)
 class PostgresServer:
     """A private PostgreSQL cluster in a temporary directory, on a free loopback port.
@@ -255,6 +262,7 @@ class PostgresServer:
         self.datadir.mkdir(mode=0o700)
         if self._user is not None:
             os.chown(self.datadir, self._user.pw_uid, self._user.pw_gid)
+        identity = self._popen_identity()
         result = subprocess.run(
             [
                 str(bindir / "initdb"),
@@ -269,22 +277,21 @@ class PostgresServer:
             ],
             capture_output=True,
             text=True,
-            **self._as_server_user(),
+            user=identity.user,
+            group=identity.group,
+            extra_groups=identity.extra_groups,
+            cwd=self._base,
         )
         if result.returncode != 0:
             out = (result.stdout + result.stderr).strip()
             self.cleanup()
             raise PostgresStartError(f"initdb failed (exit {result.returncode}): {out}")
 
-    def _as_server_user(self) -> dict[str, object]:
+    def _popen_identity(self) -> _Identity:
+        """How to spawn server processes: as ``postgres`` when we are root, else as ourselves."""
         if self._user is None:
-            return {}
-        return {
-            "user": self._user.pw_uid,
-            "group": self._user.pw_gid,
-            "extra_groups": [],
-            "cwd": str(self._base),
-        }
+            return _Identity(None, None, None)
+        return _Identity(self._user.pw_uid, self._user.pw_gid, [])
 
     def _launch(self) -> None:
         assert self.bindir is not None
@@ -300,6 +307,7 @@ class PostgresServer:
         args = [str(self.bindir / "postgres"), "-D", str(self.datadir)]
         for key, value in options.items():
             args += ["-c", f"{key}={value}"]
+        identity = self._popen_identity()
         log = open(self.logfile, "ab")  # noqa: SIM115 - the child owns it for its lifetime
         try:
             self._process = subprocess.Popen(
@@ -308,7 +316,10 @@ class PostgresServer:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                **self._as_server_user(),  # type: ignore[call-overload]
+                user=identity.user,
+                group=identity.group,
+                extra_groups=identity.extra_groups,
+                cwd=self._base,
             )
         finally:
             log.close()
@@ -406,15 +417,24 @@ def drop_database(dsn: str, name: str) -> None:
 
 
 def _drop(conn: psycopg.Connection[tuple[object, ...]], name: str) -> None:
-    # Slots pin a database: a database with slots cannot be dropped.
-    conn.execute(
-        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
-        "WHERE database = %s AND active_pid IS NOT NULL",
-        (name,),
-    )
-    conn.execute(
-        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-        "WHERE database = %s AND NOT active",
-        (name,),
-    )
+    # Slots pin their database, so they go first.  A walsender that was just
+    # terminated may hold its slot for a moment longer: retry within a deadline.
+    deadline = time.monotonic() + 10
+    while True:
+        conn.execute(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+            "WHERE database = %s AND active_pid IS NOT NULL",
+            (name,),
+        )
+        try:
+            conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                "WHERE database = %s",
+                (name,),
+            )
+            break
+        except psycopg.errors.ObjectInUse:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
     conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

@@ -1,0 +1,64 @@
+# Sourced by the scripts in this folder: makes a fresh machine ready.
+#  - a Python >= 3.11 virtualenv in .venv with otpy and its dev tools installed
+#  - PostgreSQL server binaries (apt-get install postgresql when root and apt exist)
+# Every step is skipped when already done, so the scripts stay quick on re-runs.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+VENV="$ROOT/.venv"
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+find_python() {
+    local candidate
+    for candidate in "${PYTHON:-}" python3 python3.13 python3.12 python3.11; do
+        [ -n "$candidate" ] || continue
+        command -v "$candidate" >/dev/null 2>&1 || continue
+        if "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+            echo "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+
+ensure_venv() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        local python
+        python="$(find_python)" || die "Python >= 3.11 is required (set PYTHON=/path/to/python3.11)"
+        say "creating virtualenv .venv with $python"
+        "$python" -m venv "$VENV" || die "could not create a virtualenv (Debian: apt-get install python3-venv)"
+        "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    fi
+    # Reinstall only when the project's metadata changed.
+    local stamp="$VENV/.otpy-installed" digest
+    digest="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
+        say "installing otpy and its development tools into .venv"
+        "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
+        echo "$digest" > "$stamp"
+    fi
+}
+
+ensure_postgres() {
+    if [ -n "${OTPY_TEST_DSN:-}" ]; then
+        return 0
+    fi
+    if "$VENV/bin/python" -c 'from otpy.testing import find_bindir; find_bindir()' 2>/dev/null; then
+        return 0
+    fi
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        say "PostgreSQL server not found: installing it with apt-get"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq postgresql >/dev/null
+        "$VENV/bin/python" -c 'from otpy.testing import find_bindir; find_bindir()'
+    else
+        "$VENV/bin/python" -c 'from otpy.testing import find_bindir; find_bindir()' || true
+        die "PostgreSQL server binaries are missing. Install them (Debian/Ubuntu: sudo apt-get install postgresql; macOS: brew install postgresql), set OTPY_PG_BINDIR to their directory, or set OTPY_TEST_DSN to an existing server with wal_level=logical."
+    fi
+}
+
+ensure_venv
+ensure_postgres
