@@ -1,0 +1,111 @@
+"""Logical replication for otpy: pure decoders (framing, pgoutput, values).
+
+The modules here do no I/O, so they can be fuzzed, benchmarked and reused:
+
+* :mod:`.lsn` -- :class:`LSN`, WAL positions as ``X/Y``.
+* :mod:`.timestamps` -- protocol timestamps <-> aware UTC datetimes.
+* :mod:`.protocol` -- COPY_BOTH framing: XLogData, keepalives, status updates.
+* :mod:`.pgoutput` -- pgoutput messages (protocol 1-3) and their decoder.
+* :mod:`.values` -- tuple data -> ``dict`` of Python values (psycopg loaders),
+  and the session's registry of user types (:mod:`.typefetch` fills it).
+"""
+
+from .errors import DecodeError
+from .loaders import JSON_NULL, JsonNull
+from .lsn import LSN
+from .pgoutput import (
+    UNCHANGED_TOAST,
+    Begin,
+    BeginPrepare,
+    Column,
+    Commit,
+    CommitPrepared,
+    Delete,
+    Insert,
+    Message,
+    Origin,
+    PgOutputDecoder,
+    PgOutputMessage,
+    Prepare,
+    Relation,
+    RollbackPrepared,
+    StreamAbort,
+    StreamCommit,
+    StreamPrepare,
+    StreamStart,
+    StreamStop,
+    Truncate,
+    TupleData,
+    Type,
+    UnchangedToast,
+    Update,
+    decode_message,
+    encode_message,
+)
+from .protocol import (
+    PrimaryKeepalive,
+    StandbyStatusUpdate,
+    XLogData,
+    decode_copy_data,
+    encode_keepalive,
+    encode_standby_status,
+    encode_xlogdata,
+)
+from .timestamps import datetime_to_pg_timestamp, now_pg_timestamp, pg_timestamp_to_datetime
+from .typefetch import afetch_missing_types, fetch_missing_types
+from .values import (
+    RelationMismatchError,
+    UnknownRelationError,
+    ValueDecoder,
+    ValueDecodingError,
+)
+
+__all__ = [
+    "JSON_NULL",
+    "LSN",
+    "UNCHANGED_TOAST",
+    "Begin",
+    "BeginPrepare",
+    "Column",
+    "Commit",
+    "CommitPrepared",
+    "DecodeError",
+    "Delete",
+    "Insert",
+    "JsonNull",
+    "Message",
+    "Origin",
+    "PgOutputDecoder",
+    "PgOutputMessage",
+    "Prepare",
+    "PrimaryKeepalive",
+    "Relation",
+    "RelationMismatchError",
+    "RollbackPrepared",
+    "StandbyStatusUpdate",
+    "StreamAbort",
+    "StreamCommit",
+    "StreamPrepare",
+    "StreamStart",
+    "StreamStop",
+    "Truncate",
+    "TupleData",
+    "Type",
+    "UnchangedToast",
+    "UnknownRelationError",
+    "Update",
+    "ValueDecoder",
+    "ValueDecodingError",
+    "XLogData",
+    "afetch_missing_types",
+    "datetime_to_pg_timestamp",
+    "decode_copy_data",
+    "decode_message",
+    "encode_keepalive",
+    "encode_message",
+    "encode_standby_status",
+    "encode_xlogdata",
+    "fetch_missing_types",
+    "now_pg_timestamp",
+    "pg_timestamp_to_datetime",
+]

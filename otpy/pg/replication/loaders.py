@@ -1,0 +1,282 @@
+"""Extra psycopg loaders used by :class:`~.values.ValueDecoder`.
+
+psycopg loads nearly every built-in type, but three things stop it from being
+used as-is on a replication stream, where a value that fails to load must
+never become a poison transaction:
+
+* ``date``/``timestamp``/``timestamptz`` ``infinity`` raise ``DataError``: we
+  deliver ``date.max``/``date.min``, ``datetime.max``/``datetime.min`` (aware,
+  UTC, for timestamptz), the convention psycopg's own documentation suggests.
+* top-level JSON ``null`` loads as ``None``, indistinguishable from SQL NULL:
+  we deliver the :data:`JSON_NULL` sentinel instead.
+* some built-in types have no loader at all; for those whose Python form is
+  obvious we add one, identical in text and binary format: ``money`` ->
+  ``Decimal``, ``pg_lsn`` -> :class:`~.lsn.LSN`, ``point`` -> ``(x, y)``,
+  ``xid``/``xid8``/``cid`` -> ``int``, and, in binary format, the text form of
+  ``macaddr``/``macaddr8``/``bit``/``varbit``/``xml``/``tsvector`` (which are
+  delivered as ``str`` in text format).
+
+Everything is registered on the decoder's *own* copy of the adapters map, so
+a user's connection is never modified.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any, Final
+
+from psycopg import abc, postgres
+from psycopg.abc import AdaptContext, Buffer
+from psycopg.adapt import AdaptersMap, Loader
+from psycopg.pq import Format
+
+from .lsn import LSN
+
+__all__ = ["JSON_NULL", "JsonNull", "install_loaders"]
+
+
+class JsonNull(enum.Enum):
+    """Type of :data:`JSON_NULL`."""
+
+    JSON_NULL = "json-null"
+
+    def __repr__(self) -> str:
+        return "JSON_NULL"
+
+
+#: A json/jsonb value that is the JSON literal ``null`` (SQL NULL is ``None``).
+JSON_NULL: Final = JsonNull.JSON_NULL
+
+_INT32_MAX = b"\x7f\xff\xff\xff"
+_INT32_MIN = b"\x80\x00\x00\x00"
+_INT64_MAX = b"\x7f\xff\xff\xff\xff\xff\xff\xff"
+_INT64_MIN = b"\x80\x00\x00\x00\x00\x00\x00\x00"
+_DT_MAX_UTC = datetime.max.replace(tzinfo=UTC)
+_DT_MIN_UTC = datetime.min.replace(tzinfo=UTC)
+
+
+def _wrapping_loader(
+    base: type[abc.Loader],
+    fmt: Format,
+    special: dict[bytes, Any],
+    post: Callable[[Any], Any] | None = None,
+) -> type[Loader]:
+    """A loader class that answers ``special`` byte strings itself, else delegates to ``base``."""
+
+    class WrappingLoader(Loader):
+        format = fmt
+
+        def __init__(self, oid: int, context: AdaptContext | None = None) -> None:
+            super().__init__(oid, context)
+            self._load = base(oid, context).load
+
+        def load(self, data: Buffer) -> Any:
+            if special:
+                hit = special.get(bytes(data), _MISS)
+                if hit is not _MISS:
+                    return hit
+            value = self._load(data)
+            return post(value) if post is not None else value
+
+    WrappingLoader.__name__ = WrappingLoader.__qualname__ = f"Wrapping{base.__name__}"
+    return WrappingLoader
+
+
+_MISS = object()
+
+
+def _json_null(value: Any) -> Any:
+    return JSON_NULL if value is None else value
+
+
+class MoneyLoader(Loader):
+    """``money`` text (``$1,234.56``, ``-$0.50``) -> ``Decimal``.
+
+    Assumes ``lc_monetary`` uses ``.`` as the decimal point (C, POSIX, en_*),
+    as the text form is locale-dependent.
+    """
+
+    def load(self, data: Buffer) -> Decimal:
+        text = bytes(data).decode()
+        negative = "-" in text or "(" in text
+        digits = "".join(ch for ch in text if ch.isdigit() or ch == ".")
+        try:
+            value = Decimal(digits)
+        except InvalidOperation as exc:
+            raise ValueError(f"cannot parse money value {text!r}") from exc
+        return -value if negative else value
+
+
+class MoneyBinaryLoader(Loader):
+    """``money`` binary (int64 in cents) -> ``Decimal`` with 2 fraction digits."""
+
+    format = Format.BINARY
+
+    def load(self, data: Buffer) -> Decimal:
+        return Decimal(struct.unpack(">q", data)[0]).scaleb(-2)
+
+
+class LsnLoader(Loader):
+    """``pg_lsn`` text -> :class:`~.lsn.LSN`."""
+
+    def load(self, data: Buffer) -> LSN:
+        return LSN.parse(bytes(data).decode())
+
+
+class LsnBinaryLoader(Loader):
+    """``pg_lsn`` binary (uint64) -> :class:`~.lsn.LSN`."""
+
+    format = Format.BINARY
+
+    def load(self, data: Buffer) -> LSN:
+        return LSN(struct.unpack(">Q", data)[0])
+
+
+class PointLoader(Loader):
+    """``point`` text ``(x,y)`` -> ``(float, float)``."""
+
+    def load(self, data: Buffer) -> tuple[float, float]:
+        x, y = bytes(data).strip(b"()").split(b",")
+        return float(x), float(y)
+
+
+class PointBinaryLoader(Loader):
+    """``point`` binary (two float8) -> ``(float, float)``."""
+
+    format = Format.BINARY
+
+    def load(self, data: Buffer) -> tuple[float, float]:
+        x, y = struct.unpack(">dd", data)
+        return x, y
+
+
+class IntTextLoader(Loader):
+    """Integer-valued types without a psycopg loader (``xid``, ``xid8``, ``cid``)."""
+
+    def load(self, data: Buffer) -> int:
+        return int(bytes(data))
+
+
+class UIntBinaryLoader(Loader):
+    """Unsigned big-endian integer of any width (``xid``/``cid`` 4 bytes, ``xid8`` 8)."""
+
+    format = Format.BINARY
+
+    def load(self, data: Buffer) -> int:
+        return int.from_bytes(data, "big")
+
+
+class StrTextLoader(Loader):
+    """The text form as ``str`` (for text-only types: macaddr, bit, xml, tsvector...)."""
+
+    def load(self, data: Buffer) -> str:
+        return bytes(data).decode()
+
+
+class MacaddrBinaryLoader(Loader):
+    """``macaddr``/``macaddr8`` binary -> the server's text form ``08:00:2b:01:02:03``."""
+
+    format = Format.BINARY
+
+    def load(self, data: Buffer) -> str:
+        return bytes(data).hex(":")
+
+
+class BitBinaryLoader(Loader):
+    """``bit``/``varbit`` binary (int32 bit count + bytes) -> ``'0101'`` like the text form."""
+
+    format = Format.BINARY
+
+    def load(self, data: Buffer) -> str:
+        raw = bytes(data)
+        nbits = struct.unpack_from(">i", raw)[0]
+        bits = "".join(f"{byte:08b}" for byte in raw[4:])
+        if not 0 <= nbits <= len(bits):
+            raise ValueError(f"bit string of {nbits} bits in {len(raw) - 4} bytes")
+        return bits[:nbits]
+
+
+class XmlBinaryLoader(Loader):
+    """``xml`` binary is the document text -> ``str``."""
+
+    format = Format.BINARY
+
+    def load(self, data: Buffer) -> str:
+        return bytes(data).decode()
+
+
+class TsvectorBinaryLoader(Loader):
+    """``tsvector`` binary -> the same string the server's text output gives."""
+
+    format = Format.BINARY
+
+    def load(self, data: Buffer) -> str:
+        raw = bytes(data)
+        (count,) = struct.unpack_from(">i", raw)
+        pos = 4
+        out = []
+        for _ in range(count):
+            end = raw.index(b"\0", pos)
+            lexeme = raw[pos:end].decode().replace("\\", "\\\\").replace("'", "''")
+            pos = end + 1
+            (npos,) = struct.unpack_from(">H", raw, pos)
+            pos += 2
+            positions = struct.unpack_from(f">{npos}H", raw, pos)
+            pos += 2 * npos
+            word = f"'{lexeme}'"
+            if positions:
+                word += ":" + ",".join(
+                    f"{p & 0x3FFF}{'DCBA'[p >> 14] if p >> 14 else ''}" for p in positions
+                )
+            out.append(word)
+        if pos != len(raw):
+            raise ValueError("trailing bytes in tsvector")
+        return " ".join(out)
+
+
+def install_loaders(adapters: AdaptersMap) -> None:
+    """Register the loaders described in the module docstring on ``adapters``."""
+    oid = postgres.types.get_oid
+
+    def wrap(name: str, special_text: dict[bytes, Any], special_binary: dict[bytes, Any]) -> None:
+        type_oid = oid(name)
+        for fmt, special in ((Format.TEXT, special_text), (Format.BINARY, special_binary)):
+            base = adapters.get_loader(type_oid, fmt)
+            if base is not None:
+                adapters.register_loader(type_oid, _wrapping_loader(base, fmt, special))
+
+    wrap("date", {b"infinity": date.max, b"-infinity": date.min},
+         {_INT32_MAX: date.max, _INT32_MIN: date.min})  # fmt: skip
+    wrap("timestamp", {b"infinity": datetime.max, b"-infinity": datetime.min},
+         {_INT64_MAX: datetime.max, _INT64_MIN: datetime.min})  # fmt: skip
+    wrap("timestamptz", {b"infinity": _DT_MAX_UTC, b"-infinity": _DT_MIN_UTC},
+         {_INT64_MAX: _DT_MAX_UTC, _INT64_MIN: _DT_MIN_UTC})  # fmt: skip
+    for name in ("json", "jsonb"):
+        type_oid = oid(name)
+        for fmt in (Format.TEXT, Format.BINARY):
+            base = adapters.get_loader(type_oid, fmt)
+            if base is not None:
+                adapters.register_loader(type_oid, _wrapping_loader(base, fmt, {}, _json_null))
+
+    simple: list[tuple[str, type[Loader], type[Loader]]] = [
+        ("money", MoneyLoader, MoneyBinaryLoader),
+        ("pg_lsn", LsnLoader, LsnBinaryLoader),
+        ("point", PointLoader, PointBinaryLoader),
+        ("xid", IntTextLoader, UIntBinaryLoader),
+        ("xid8", IntTextLoader, UIntBinaryLoader),
+        ("cid", IntTextLoader, UIntBinaryLoader),
+        ("macaddr", StrTextLoader, MacaddrBinaryLoader),
+        ("macaddr8", StrTextLoader, MacaddrBinaryLoader),
+        ("bit", StrTextLoader, BitBinaryLoader),
+        ("varbit", StrTextLoader, BitBinaryLoader),
+        ("xml", StrTextLoader, XmlBinaryLoader),
+        ("tsvector", StrTextLoader, TsvectorBinaryLoader),
+    ]
+    for name, text_loader, binary_loader in simple:
+        type_oid = oid(name)
+        adapters.register_loader(type_oid, text_loader)
+        adapters.register_loader(type_oid, binary_loader)

@@ -1,0 +1,143 @@
+"""Fetch the catalog information of user types a :class:`~.values.ValueDecoder` is missing.
+
+The replication connection cannot run these queries (a ``replication=database``
+session accepts only simple queries, and the walsender is busy streaming), so
+they run on a *normal* connection to the same database.  Both a blocking
+version (psycopg ``Connection``) and an awaitable one (psycopg
+``AsyncConnection``, including otpy's trio connection) are provided; they
+share all logic except the I/O.
+
+Resolution per OID, from ``pg_type``:
+
+* enum / composite / range / multirange -> ``EnumInfo`` / ``CompositeInfo`` /
+  ``RangeInfo`` / ``MultirangeInfo`` fetched by qualified name and registered;
+* ``hstore`` -> ``TypeInfo`` + ``register_hstore``;
+* domain -> its base type's loaders (the base is resolved too, if it is a
+  user type itself);
+* array of a user type -> resolve the element type (its info registers the array);
+* anything else (e.g. a base type from an extension with no psycopg loader)
+  -> given up: values stay text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from psycopg import AsyncConnection, Connection, sql
+from psycopg.pq import Format
+from psycopg.types import TypeInfo
+from psycopg.types.composite import CompositeInfo
+from psycopg.types.enum import EnumInfo
+from psycopg.types.multirange import MultirangeInfo
+from psycopg.types.range import RangeInfo
+
+from .values import ValueDecoder
+
+__all__ = ["TYPE_QUERY", "afetch_missing_types", "fetch_missing_types"]
+
+#: Describes the given type OIDs (one array parameter).
+TYPE_QUERY = """\
+SELECT t.oid, n.nspname, t.typname, t.typtype, t.typbasetype, t.typelem, t.typarray,
+       t.typcategory
+FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+WHERE t.oid = ANY(%s::oid[])"""
+
+_INFO_CLASSES: dict[str, type[TypeInfo]] = {
+    "e": EnumInfo,
+    "c": CompositeInfo,
+    "r": RangeInfo,
+    "m": MultirangeInfo,
+}
+
+# Resolution converges in a few rounds (array -> domain -> base); more means a loop.
+_MAX_ROUNDS = 5
+
+
+_Domain = tuple[int, int, int]
+
+
+def _plan(
+    decoder: ValueDecoder,
+    rows: Sequence[tuple[Any, ...]],
+    wanted: set[int],
+    domains: list[_Domain],
+) -> tuple[list[tuple[int, type[TypeInfo], sql.Identifier]], set[int]]:
+    """Act on TYPE_QUERY rows: queue domains, give up on the hopeless.
+
+    Returns the infos still to fetch and the OIDs to describe in the next round;
+    appends (domain, base, array) to ``domains``.
+    """
+    fetch: list[tuple[int, type[TypeInfo], sql.Identifier]] = []
+    next_round: set[int] = set()
+    seen: set[int] = set()
+    for oid, nspname, typname, typtype, basetype, elem, array, category in rows:
+        seen.add(oid)
+        ident = sql.Identifier(nspname, typname)
+        if typtype in _INFO_CLASSES:
+            fetch.append((oid, _INFO_CLASSES[typtype], ident))
+        elif typtype == "d":
+            if decoder.adapters.get_loader(basetype, Format.TEXT) is None:
+                next_round.add(basetype)
+            domains.append((oid, basetype, array))
+        elif typname == "hstore":
+            fetch.append((oid, TypeInfo, ident))
+        elif category == "A" and elem:
+            next_round.add(elem)
+            decoder.give_up(oid)  # the element's info registers the array, if it can
+        else:
+            decoder.give_up(oid)
+    for oid in wanted - seen:  # dropped meanwhile, or not a type
+        decoder.give_up(oid)
+    return fetch, next_round
+
+
+def _register_domains(decoder: ValueDecoder, domains: list[_Domain], final: bool) -> None:
+    """Register the domains whose base type is loadable now (all of them if ``final``)."""
+    for domain in list(domains):
+        oid, base, array = domain
+        if final or decoder.adapters.get_loader(base, Format.TEXT) is not None:
+            decoder.register_domain(oid, base, array)
+            domains.remove(domain)
+
+
+def _register(decoder: ValueDecoder, oid: int, info: TypeInfo | None) -> None:
+    if info is None:
+        decoder.give_up(oid)
+    else:
+        decoder.register_type(info)
+
+
+def fetch_missing_types(conn: Connection[Any], decoder: ValueDecoder) -> None:
+    """Resolve :meth:`ValueDecoder.missing_types` with a blocking psycopg connection."""
+    wanted = set(decoder.missing_types())
+    domains: list[_Domain] = []
+    for _ in range(_MAX_ROUNDS):
+        if not wanted:
+            break
+        rows = conn.execute(TYPE_QUERY, [sorted(wanted)]).fetchall()
+        fetch, wanted = _plan(decoder, rows, wanted, domains)
+        for oid, cls, ident in fetch:
+            _register(decoder, oid, cls.fetch(conn, ident))
+        _register_domains(decoder, domains, final=False)
+    _register_domains(decoder, domains, final=True)
+    for oid in wanted:
+        decoder.give_up(oid)
+
+
+async def afetch_missing_types(conn: AsyncConnection[Any], decoder: ValueDecoder) -> None:
+    """Resolve :meth:`ValueDecoder.missing_types` with an async psycopg connection."""
+    wanted = set(decoder.missing_types())
+    domains: list[_Domain] = []
+    for _ in range(_MAX_ROUNDS):
+        if not wanted:
+            break
+        cursor = await conn.execute(TYPE_QUERY, [sorted(wanted)])
+        rows = await cursor.fetchall()
+        fetch, wanted = _plan(decoder, rows, wanted, domains)
+        for oid, cls, ident in fetch:
+            _register(decoder, oid, await cls.fetch(conn, ident))
+        _register_domains(decoder, domains, final=False)
+    _register_domains(decoder, domains, final=True)
+    for oid in wanted:
+        decoder.give_up(oid)

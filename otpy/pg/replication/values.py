@@ -1,0 +1,359 @@
+"""Tuple data -> ``dict`` of Python values, with psycopg's loaders.
+
+:class:`ValueDecoder` keeps, per relation OID, the column names and one
+psycopg loader per column and format, built once when the Relation message
+arrives and rebuilt when a new Relation for the OID arrives or a type gets
+registered.  Decoding a row is then a tight loop over (kind, bytes, loader).
+
+It is also the *type registry* of a replication session: non-built-in types
+(enums, composites, domains, hstore, user ranges...) are announced by Type
+messages and need their catalog information.  :meth:`ValueDecoder.missing_types`
+tells which OIDs are still unknown; the reader fetches their ``TypeInfo`` on a
+normal connection (see :mod:`.typefetch`) and hands them to
+:meth:`ValueDecoder.register_type` / :meth:`ValueDecoder.register_domain`.
+
+Decoding never fails because of a value: a type without a loader is delivered
+as its text (``bytes`` in binary format), a value whose loader raises is
+delivered the same way, and either case is logged once per type, so a strange
+value can never turn a transaction into a poison message that is redelivered
+forever.  See ``docs/types.md`` for what each PostgreSQL type becomes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+from psycopg import BaseConnection, postgres
+from psycopg.abc import AdaptContext
+from psycopg.adapt import AdaptersMap, Transformer
+from psycopg.pq import Format
+from psycopg.types import TypeInfo
+from psycopg.types.composite import CompositeInfo, register_composite
+from psycopg.types.enum import EnumInfo, register_enum
+from psycopg.types.hstore import register_hstore
+from psycopg.types.multirange import MultirangeInfo, register_multirange
+from psycopg.types.range import RangeInfo, register_range
+
+from .loaders import JSON_NULL, install_loaders
+from .pgoutput import UNCHANGED_TOAST, Relation, TupleData, Type
+
+__all__ = [
+    "JSON_NULL",
+    "UNCHANGED_TOAST",
+    "RelationMismatchError",
+    "UnknownRelationError",
+    "ValueDecoder",
+    "ValueDecodingError",
+]
+
+logger = logging.getLogger(__name__)
+
+#: OIDs below this are built into PostgreSQL (FirstNormalObjectId); above it,
+#: types come from CREATE TYPE / extensions and need their catalog entry.
+FIRST_NORMAL_OID = 16384
+
+_Load = Callable[[Any], Any]
+
+
+class ValueDecodingError(Exception):
+    """Base class of the errors :class:`ValueDecoder` raises (never for a bad value)."""
+
+
+class UnknownRelationError(ValueDecodingError, LookupError):
+    """A row refers to a relation OID no Relation message has described.
+
+    pgoutput always sends Relation before the first change of a table in a
+    session, so this means messages were skipped or the decoder was reset.
+    """
+
+
+class RelationMismatchError(ValueDecodingError):
+    """A tuple has a different number of columns than its Relation announced."""
+
+
+class _Context:
+    """AdaptContext with our own adapters map but the user's connection.
+
+    The connection gives loaders the session's encoding and time zone; the
+    private map lets us add loaders without touching the connection's.
+    """
+
+    __slots__ = ("_adapters", "_connection")
+
+    def __init__(self, adapters: AdaptersMap, connection: BaseConnection[Any] | None) -> None:
+        self._adapters = adapters
+        self._connection = connection
+
+    @property
+    def adapters(self) -> AdaptersMap:
+        return self._adapters
+
+    @property
+    def connection(self) -> BaseConnection[Any] | None:
+        return self._connection
+
+
+@attrs.frozen(slots=True)
+class _Plan:
+    """Per-relation decoding plan: names and per-column load functions."""
+
+    relation: Relation
+    names: tuple[str, ...]
+    text: tuple[_Load, ...]
+    binary: tuple[_Load, ...]
+
+
+class ValueDecoder:
+    """Turns pgoutput tuples into ``{column name: Python value}`` dicts.
+
+    Args:
+        context: a psycopg connection (preferably the replication connection,
+            whose session settings produced the text values) or an
+            ``AdaptersMap``; its adapters are *copied*, never modified.
+            ``None`` means psycopg's global adapters.
+
+    Usage on a stream::
+
+        decoder = ValueDecoder(conn)
+        ...
+        case Relation(): decoder.add_relation(msg)
+        case Type(): decoder.add_type(msg)
+        case Insert():
+            if decoder.missing_types(): await afetch_missing_types(aconn, decoder)
+            row = decoder.decode(msg.relation_oid, msg.new)
+
+    Values: SQL NULL -> ``None``; unchanged TOAST -> :data:`UNCHANGED_TOAST`;
+    JSON ``null`` -> :data:`JSON_NULL`; everything else as in ``docs/types.md``.
+    """
+
+    def __init__(self, context: AdaptContext | None = None) -> None:
+        base = context.adapters if context is not None else postgres.adapters
+        self.adapters = AdaptersMap(base)
+        install_loaders(self.adapters)
+        self._connection = context.connection if context is not None else None
+        self._relations: dict[int, Relation] = {}
+        self._plans: dict[int, _Plan] = {}
+        self._type_names: dict[int, str] = {}
+        # OIDs referenced by relations/Type messages that have no loader yet.
+        self._missing: set[int] = set()
+        # OIDs the caller gave up on (fetch failed): fall back to text silently.
+        self._given_up: set[int] = set()
+        # (oid, format) pairs already logged, so each problem is logged once.
+        self._logged: set[tuple[int, int]] = set()
+        self._tx = Transformer(_Context(self.adapters, self._connection))
+
+    # ------------------------------------------------------------------ registry
+
+    def add_relation(self, relation: Relation) -> None:
+        """Record (or replace) a relation description; its plan is rebuilt lazily."""
+        self._relations[relation.oid] = relation
+        self._plans.pop(relation.oid, None)
+        for column in relation.columns:
+            self._note_type(column.type_oid)
+
+    def add_type(self, message: Type) -> None:
+        """Record a Type message: remember its name and whether it needs fetching."""
+        self._type_names[message.oid] = (
+            f"{message.namespace}.{message.name}" if message.namespace else message.name
+        )
+        self._note_type(message.oid)
+
+    def relation(self, oid: int) -> Relation:
+        """The last Relation received for ``oid``.
+
+        Raises:
+            UnknownRelationError: when none was received.
+        """
+        try:
+            return self._relations[oid]
+        except KeyError:
+            raise UnknownRelationError(f"no Relation message received for OID {oid}") from None
+
+    def type_name(self, oid: int) -> str | None:
+        """A name for ``oid``: from a Type message or psycopg's registry, else None."""
+        name = self._type_names.get(oid)
+        if name is None:
+            info = self.adapters.types.get(oid)
+            name = info.name if info is not None else None
+        return name
+
+    def _note_type(self, oid: int) -> None:
+        if (
+            oid >= FIRST_NORMAL_OID
+            and oid not in self._given_up
+            and self.adapters.get_loader(oid, Format.TEXT) is None
+        ):
+            self._missing.add(oid)
+
+    def missing_types(self) -> frozenset[int]:
+        """OIDs of user types seen in Relation/Type messages that have no loader yet.
+
+        Until they are registered (or :meth:`give_up` is called) their values
+        are delivered as text.  The reader should resolve them (see
+        :func:`.typefetch.afetch_missing_types`) before decoding rows.
+        """
+        return frozenset(self._missing)
+
+    def register_type(self, info: TypeInfo) -> None:
+        """Register fetched type information and the loaders that go with it.
+
+        Accepts psycopg's ``EnumInfo``, ``CompositeInfo``, ``RangeInfo``,
+        ``MultirangeInfo`` and, for ``hstore``, a plain ``TypeInfo``; any other
+        ``TypeInfo`` only registers its array OID (values stay text).  Plans
+        are rebuilt, since a loader may now exist where the text was used.
+        """
+        if isinstance(info, EnumInfo):
+            register_enum(info, self.adapters)
+        elif isinstance(info, CompositeInfo):
+            register_composite(info, self.adapters)
+        elif isinstance(info, MultirangeInfo):
+            register_multirange(info, self.adapters)
+        elif isinstance(info, RangeInfo):
+            register_range(info, self.adapters)
+        elif info.name == "hstore":
+            register_hstore(info, self.adapters)
+        else:
+            info.register(self.adapters)
+            self._given_up.add(info.oid)
+        self._resolved(info.oid, info.array_oid)
+
+    def register_domain(self, oid: int, base_oid: int, array_oid: int = 0) -> None:
+        """Load the domain ``oid`` (and its array type) with its base type's loaders.
+
+        pgoutput sends domain values in the base type's text/binary form but
+        tags them with the domain's OID, which psycopg does not know.
+        """
+        base_array = 0
+        base_info = self.adapters.types.get(base_oid)
+        if base_info is not None:
+            base_array = base_info.array_oid
+        for fmt in (Format.TEXT, Format.BINARY):
+            loader = self.adapters.get_loader(base_oid, fmt)
+            if loader is not None:
+                self.adapters.register_loader(oid, loader)
+            if array_oid and base_array:
+                array_loader = self.adapters.get_loader(base_array, fmt)
+                if array_loader is not None:
+                    self.adapters.register_loader(array_oid, array_loader)
+        self._resolved(oid, array_oid)
+
+    def give_up(self, oid: int) -> None:
+        """Stop asking for ``oid`` (e.g. its fetch failed): its values stay text."""
+        self._given_up.add(oid)
+        self._missing.discard(oid)
+
+    def _resolved(self, *oids: int) -> None:
+        for oid in oids:
+            self._missing.discard(oid)
+        # Loaders changed: cached loaders (ours and the transformer's) are stale.
+        self._tx = Transformer(_Context(self.adapters, self._connection))
+        self._plans.clear()
+
+    # ------------------------------------------------------------------ decoding
+
+    def _plan(self, oid: int) -> _Plan:
+        relation = self.relation(oid)
+        text: list[_Load] = []
+        binary: list[_Load] = []
+        for column in relation.columns:
+            text.append(self._load_function(column.type_oid, Format.TEXT))
+            binary.append(self._load_function(column.type_oid, Format.BINARY))
+        plan = _Plan(relation, tuple(c.name for c in relation.columns), tuple(text), tuple(binary))
+        self._plans[oid] = plan
+        return plan
+
+    def _load_function(self, oid: int, fmt: Format) -> _Load:
+        if self.adapters.get_loader(oid, fmt) is None:
+            key = (oid, int(fmt))
+            if key not in self._logged and oid not in self._given_up:
+                self._logged.add(key)
+                logger.warning(
+                    "no loader for type %s (oid %d) in %s format: delivering %s",
+                    self.type_name(oid) or "?",
+                    oid,
+                    fmt.name.lower(),
+                    "text" if fmt == Format.TEXT else "bytes",
+                )
+            return _as_text if fmt == Format.TEXT else bytes
+        load: _Load = self._tx.get_loader(oid, fmt).load
+        return load
+
+    def decode(self, relation_oid: int, data: TupleData) -> dict[str, Any]:
+        """Decode one tuple of relation ``relation_oid`` into ``{name: value}``.
+
+        Raises:
+            UnknownRelationError: no Relation was received for the OID.
+            RelationMismatchError: the tuple's column count differs from the
+                Relation's (a protocol inconsistency, not a bad value).
+        """
+        plan = self._plans.get(relation_oid)
+        if plan is None:
+            plan = self._plan(relation_oid)
+        names = plan.names
+        if len(names) != len(data.values):
+            raise RelationMismatchError(
+                f"tuple has {len(data.values)} columns, relation "
+                f"{plan.relation.namespace}.{plan.relation.name} has {len(names)}"
+            )
+        out: dict[str, Any] = {}
+        try:
+            for name, kind, value, text, binary in zip(
+                names, data.kinds, data.values, plan.text, plan.binary, strict=True
+            ):
+                if kind == 116:  # 't'
+                    out[name] = text(value)
+                elif kind == 98:  # 'b'
+                    out[name] = binary(value)
+                elif kind == 110:  # 'n'
+                    out[name] = None
+                else:
+                    out[name] = UNCHANGED_TOAST
+        except Exception:
+            return self._decode_carefully(plan, data)
+        return out
+
+    def _decode_carefully(self, plan: _Plan, data: TupleData) -> dict[str, Any]:
+        """Slow path after a loader raised: decode column by column, falling back to text."""
+        out: dict[str, Any] = {}
+        columns = plan.relation.columns
+        for i, (name, kind, value) in enumerate(
+            zip(plan.names, data.kinds, data.values, strict=True)
+        ):
+            if kind == 116 or kind == 98:
+                load = plan.text[i] if kind == 116 else plan.binary[i]
+                try:
+                    out[name] = load(value)
+                except Exception as exc:
+                    oid = columns[i].type_oid
+                    key = (oid, -1 - (kind == 98))
+                    if key not in self._logged:
+                        self._logged.add(key)
+                        logger.warning(
+                            "cannot load a value of type %s (oid %d), column %s.%s: %s; "
+                            "delivering it as %s (logged once per type)",
+                            self.type_name(oid) or "?",
+                            oid,
+                            plan.relation.name,
+                            name,
+                            exc,
+                            "text" if kind == 116 else "bytes",
+                        )
+                    out[name] = _as_text(value) if kind == 116 else bytes(value)  # type: ignore[arg-type]
+            elif kind == 110:
+                out[name] = None
+            else:
+                out[name] = UNCHANGED_TOAST
+        return out
+
+    def decode_relation(
+        self, relation_oid: int, tuples: Iterable[TupleData]
+    ) -> list[dict[str, Any]]:
+        """Decode several tuples of one relation (convenience for batches)."""
+        return [self.decode(relation_oid, data) for data in tuples]
+
+
+def _as_text(value: bytes) -> str:
+    return value.decode("utf-8", "replace")
