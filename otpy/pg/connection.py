@@ -46,6 +46,7 @@ import socket
 import time
 import warnings
 from collections.abc import Callable
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import psycopg
@@ -70,6 +71,7 @@ __all__ = [
     "REPLICATION_SESSION_SETTINGS",
     "TESTED_PSYCOPG",
     "ConnectionLock",
+    "ReplicationConnection",
     "TrioConnection",
     "replication_connect",
     "send_copy_data",
@@ -690,7 +692,25 @@ def _replication_options(user_options: str | None) -> str:
     return f"{user_options} {pinned}" if user_options else pinned
 
 
-async def replication_connect(conninfo: str = "", **kwargs: Any) -> TrioConnection[TupleRow]:
+class ReplicationConnection(TrioConnection[TupleRow]):
+    """A :class:`TrioConnection` opened with ``replication=database``.
+
+    Made by :func:`replication_connect`.  Leaving ``async with`` only closes
+    it: there is no transaction to commit on a walsender session, and once
+    streaming has started no command can be sent (a ``COMMIT`` would fail with
+    "another command is already in progress").
+    """
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+async def replication_connect(conninfo: str = "", **kwargs: Any) -> ReplicationConnection:
     """Open a logical replication connection (``replication=database``).
 
     The connection is in autocommit mode with prepared statements disabled,
@@ -709,7 +729,7 @@ async def replication_connect(conninfo: str = "", **kwargs: Any) -> TrioConnecti
     params = conninfo_to_dict(conninfo, **kwargs)
     params["replication"] = "database"
     params["options"] = _replication_options(cast("str | None", params.get("options")))
-    return await TrioConnection.connect(
+    return await ReplicationConnection.connect(
         make_conninfo("", **params), autocommit=True, prepare_threshold=None
     )
 
@@ -762,7 +782,15 @@ async def wait_copy_data(conn: TrioConnection[Any]) -> bytes | None:
     while True:
         if pgconn.status != _CONN_OK:
             raise ConnectionClosedError("the replication connection is closed")
-        nbytes, data = pgconn.get_copy_data(1)
+        try:
+            nbytes, data = pgconn.get_copy_data(1)
+        except e.OperationalError as ex:
+            # psycopg raises for libpq's -2: connection lost, or not in COPY mode.
+            if pgconn.status != _CONN_OK:
+                raise ConnectionClosedError(f"replication connection lost: {ex}") from None
+            raise ReplicationProtocolError(
+                f"cannot read copy data (is START_REPLICATION running?): {ex}"
+            ) from None
         if nbytes > 0:
             await trio.lowlevel.checkpoint_if_cancelled()
             return bytes(data)
