@@ -1,0 +1,147 @@
+"""Child specifications: how a supervisor starts, restarts and stops one child.
+
+A :class:`ChildSpec` is a plain immutable value (Elixir's child spec map), so
+specs can be built in one line, compared, stored and reused.  The enums accept
+their Erlang spellings as strings too (``restart="transient"``,
+``shutdown="brutal_kill"``), so configuration files can name them directly.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:
+    from otpy.gen_server import GenServer
+
+__all__ = [
+    "BRUTAL_KILL",
+    "INFINITY",
+    "PERMANENT",
+    "SUPERVISOR",
+    "TEMPORARY",
+    "TRANSIENT",
+    "WORKER",
+    "Backoff",
+    "ChildSpec",
+    "ChildType",
+    "Restart",
+    "Shutdown",
+]
+
+
+class Restart(enum.Enum):
+    """When a supervisor restarts a child that exited (OTP restart types)."""
+
+    PERMANENT = "permanent"
+    """Always restarted."""
+    TRANSIENT = "transient"
+    """Restarted only after an abnormal exit (a crash or kill, not normal/shutdown)."""
+    TEMPORARY = "temporary"
+    """Never restarted; its spec is removed when it exits."""
+
+
+class Shutdown(enum.Enum):
+    """The non-numeric shutdown kinds; a number is a graceful timeout in seconds."""
+
+    BRUTAL_KILL = "brutal_kill"
+    """Cancel the child at once, without running ``terminate``."""
+    INFINITY = "infinity"
+    """Wait for the child's ``terminate`` however long it takes (default for supervisors)."""
+
+
+class ChildType(enum.Enum):
+    """Whether a child is a worker or a supervisor (decides the default shutdown)."""
+
+    WORKER = "worker"
+    SUPERVISOR = "supervisor"
+
+
+PERMANENT = Restart.PERMANENT
+TRANSIENT = Restart.TRANSIENT
+TEMPORARY = Restart.TEMPORARY
+BRUTAL_KILL = Shutdown.BRUTAL_KILL
+INFINITY = Shutdown.INFINITY
+WORKER = ChildType.WORKER
+SUPERVISOR = ChildType.SUPERVISOR
+
+
+@attrs.frozen
+class Backoff:
+    """Exponential restart delay for one child (beyond OTP, for reconnect loops).
+
+    The n-th consecutive restart waits ``min(maximum, initial * multiplier**(n-1))``
+    seconds, scaled by a random factor in ``[1 - jitter, 1 + jitter]`` so that
+    many children do not retry in lock step.  A child that ran for at least
+    ``reset_after`` seconds (default: ``maximum``) counts as healthy again and
+    its next restart waits ``initial`` again.  Restarts still count towards the
+    supervisor's intensity, which is what eventually gives up.
+    """
+
+    initial: float = 0.1
+    maximum: float = 30.0
+    multiplier: float = 2.0
+    jitter: float = 0.0
+    reset_after: float | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.initial < 0 or self.maximum < self.initial or self.multiplier < 1:
+            raise ValueError(
+                f"invalid backoff {self!r}: need 0 <= initial <= maximum, multiplier >= 1"
+            )
+        if not 0 <= self.jitter <= 1:
+            raise ValueError(f"backoff jitter must be within [0, 1], got {self.jitter}")
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """The delay before restart number ``attempt`` (1-based) of a run of failures."""
+        base = min(self.maximum, self.initial * self.multiplier ** max(0, attempt - 1))
+        if self.jitter:
+            base *= 1 + (rng or random).uniform(-self.jitter, self.jitter)
+        return max(0.0, base)
+
+    @property
+    def healthy_after(self) -> float:
+        """How long a child must run before its failure count is reset."""
+        return self.maximum if self.reset_after is None else self.reset_after
+
+
+def _shutdown(value: Any) -> float | Shutdown:
+    if isinstance(value, Shutdown):
+        return value
+    if isinstance(value, str):
+        return Shutdown(value)
+    seconds = float(value)
+    if seconds < 0:
+        raise ValueError(f"shutdown must be >= 0 seconds, got {value!r}")
+    return seconds
+
+
+def _default_shutdown(spec: Any) -> float | Shutdown:
+    return INFINITY if spec.type is ChildType.SUPERVISOR else 5.0
+
+
+@attrs.frozen
+class ChildSpec:
+    """How to run one child: the OTP child spec as an immutable value.
+
+    ``start`` builds a *fresh* server instance for every (re)start, so no state
+    leaks from a crashed incarnation into the next.  ``shutdown`` is a graceful
+    timeout in seconds (``terminate`` runs, then the child is cancelled),
+    :data:`BRUTAL_KILL` or :data:`INFINITY`; it defaults to 5 s for workers and
+    infinity for supervisors, as in OTP.  ``name`` registers the child (a plain
+    name or ``Via``), so it can be called by name across restarts.
+    """
+
+    id: Hashable
+    start: Callable[[], GenServer]
+    restart: Restart = attrs.field(default=Restart.PERMANENT, converter=Restart)
+    type: ChildType = attrs.field(default=ChildType.WORKER, converter=ChildType)
+    shutdown: float | Shutdown = attrs.field(
+        default=attrs.Factory(_default_shutdown, takes_self=True), converter=_shutdown
+    )
+    name: Any = None
+    backoff: Backoff | None = None

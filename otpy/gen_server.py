@@ -1,0 +1,575 @@
+"""GenServer: the OTP generic server as a Python behaviour class, plus the process API.
+
+Subclass :class:`GenServer`, keep state on ``self``, and implement the handlers
+you need.  The server handles one message at a time, so its state needs no
+locks.  Start it with :func:`start` (standalone, in any nursery) or under a
+supervisor through a :class:`~otpy.ChildSpec`; talk to it with :func:`call`,
+:func:`cast` and :func:`send` from any trio task, actor or not.
+
+Lifecycle of a server, and why it is shaped this way:
+
+1. ``init()`` runs inside the server's own task.  The starter waits for it
+   (``nursery.start`` semantics, OTP's ``start_link``), so "started" means
+   "initialised"; if it raises, the starter gets :class:`~otpy.errors.InitError`.
+2. Messages are handled in arrival order by ``handle_call`` / ``handle_cast`` /
+   ``handle_info``.
+3. On a graceful stop (``self.stop()``, ``otpy.stop``, a supervisor's shutdown)
+   ``terminate(reason)`` runs while the server's background tasks are still
+   alive, then they are cancelled.  On a crash the background tasks are
+   cancelled first (trio's nursery semantics), then ``terminate`` runs.  On a
+   kill (brutal kill, expired shutdown timeout, cancellation) nothing runs.
+
+Each server owns a nursery (``self.nursery`` / ``self.start_soon``) for
+background tasks such as a socket reader: their lifetime is the server's, and
+an exception in one of them crashes the server with that exception as reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections.abc import Awaitable, Callable, Hashable
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+import outcome
+import trio
+
+from otpy import actor as _actor
+from otpy.actor import _CURRENT, _WAKE, NORMAL, ExitReason, Monitor, Ref
+from otpy.child_spec import Backoff, ChildSpec, ChildType, Restart, Shutdown
+from otpy.errors import (
+    ActorExited,
+    CallingSelf,
+    CallTimeout,
+    InitError,
+    NotAnActor,
+    UnexpectedMessage,
+)
+from otpy.registry import register, resolve, whereis
+
+if TYPE_CHECKING:
+    from otpy.supervisor import SupervisorBase
+
+__all__ = [
+    "NO_REPLY",
+    "From",
+    "GenServer",
+    "TaskServer",
+    "call",
+    "cast",
+    "demonitor",
+    "link",
+    "monitor",
+    "reply",
+    "reply_error",
+    "send",
+    "start",
+    "stop",
+    "unlink",
+]
+
+logger = logging.getLogger("otpy.gen_server")
+
+DEFAULT_CALL_TIMEOUT: Final = 5.0
+"""Seconds a call waits for its reply by default (Erlang's 5000 ms)."""
+
+
+class _NoReply:
+    def __repr__(self) -> str:
+        return "otpy.NO_REPLY"
+
+
+NO_REPLY: Final = _NoReply()
+"""Return this from ``handle_call`` to reply later with :func:`reply` (``{noreply, State}``)."""
+
+
+class From:
+    """The caller of one pending call: keep it to reply later with :func:`reply`.
+
+    A reply is delivered at most once; replying to a caller that has timed out
+    or was cancelled is silently ignored (the caller has moved on).
+    """
+
+    __slots__ = ("_done", "_target", "_task", "request")
+
+    def __init__(self, request: Any, task: trio.lowlevel.Task, target: Ref) -> None:
+        self.request = request
+        self._task = task
+        self._target = target
+        self._done = False
+
+    def __repr__(self) -> str:
+        return f"<From {self._task.name} -> {self._target!r}>"
+
+    @property
+    def pending(self) -> bool:
+        """True while the caller still waits for a reply."""
+        return not self._done
+
+    def _resolve(self, result: outcome.Outcome[Any]) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._target._callers.discard(self)
+        trio.lowlevel.reschedule(self._task, result)
+
+    def _fail(self, error: BaseException) -> None:
+        self._resolve(outcome.Error(error))
+
+    def _abort(self, _: Any) -> trio.lowlevel.Abort:
+        self._done = True
+        self._target._callers.discard(self)
+        return trio.lowlevel.Abort.SUCCEEDED
+
+
+class _Cast:
+    __slots__ = ("request",)
+
+    def __init__(self, request: Any) -> None:
+        self.request = request
+
+
+def reply(from_: From, value: Any) -> None:
+    """Reply to a call deferred with :data:`NO_REPLY` (``gen_server:reply``)."""
+    from_._resolve(outcome.Value(value))
+
+
+def reply_error(from_: From, error: BaseException) -> None:
+    """Make the caller of a pending call raise ``error``, without crashing the server.
+
+    Use it for errors that belong to the caller (bad request, overload), where
+    crashing the server would be wrong.
+    """
+    from_._fail(error)
+
+
+# A per-call timeout is the gen_server:call contract, hence the noqa.
+async def call(
+    target: Any,
+    request: Any,
+    timeout: float | None = DEFAULT_CALL_TIMEOUT,  # noqa: ASYNC109
+) -> Any:
+    """Send ``request`` to a server's ``handle_call`` and wait for the reply.
+
+    ``target`` is a ref, a registered name or a ``Via``.  Raises
+    :class:`~otpy.errors.ActorExited` (with the exit reason) as soon as the
+    server dies or if it is already dead, :class:`~otpy.errors.NoProcess` for
+    an unknown name, and :class:`~otpy.errors.CallTimeout` when no reply came
+    within ``timeout`` seconds (None: wait forever).  Works from any task.
+    """
+    ref = target if type(target) is Ref else resolve(target)
+    task = trio.lowlevel.current_task()
+    if not ref.alive:
+        await trio.lowlevel.checkpoint()
+        assert ref.exit_reason is not None
+        raise ActorExited(ref, ref.exit_reason)
+    if ref._task is task:
+        raise CallingSelf(f"{ref!r} called itself from its own message loop; this would deadlock")
+    from_ = From(request, task, ref)
+    ref._callers.add(from_)
+    ref.deliver(from_)
+    if timeout is None or timeout == math.inf:
+        return await trio.lowlevel.wait_task_rescheduled(from_._abort)
+    with trio.move_on_after(timeout):
+        return await trio.lowlevel.wait_task_rescheduled(from_._abort)
+    raise CallTimeout(target, request, timeout)
+
+
+def cast(target: Any, request: Any) -> None:
+    """Send ``request`` to a server's ``handle_cast`` without waiting (``gen_server:cast``).
+
+    Like Erlang's cast it never fails: a dead server or an unknown name drops
+    the request.  Use :func:`call` when you need to know it arrived.
+    """
+    ref = target if type(target) is Ref else whereis(target)
+    if ref is not None:
+        ref.deliver(_Cast(request))
+
+
+def send(target: Any, message: Any) -> None:
+    """Send ``message`` to an actor's ``handle_info`` (Erlang's ``!``).
+
+    Sending to a dead ref is silently dropped; an unknown *name* raises
+    :class:`~otpy.errors.NoProcess`, as ``Name ! Msg`` raises ``badarg``.
+    """
+    ref = target if type(target) is Ref else resolve(target)
+    ref.deliver(message)
+
+
+async def stop(
+    target: Any,
+    reason: ExitReason = NORMAL,
+    timeout: float | None = None,  # noqa: ASYNC109 - gen_server:stop takes a timeout too
+) -> ExitReason:
+    """Stop a server gracefully (``gen_server:stop``) and return its exit reason.
+
+    The server finishes the message it is handling, runs ``terminate(reason)``
+    and exits.  Raises :class:`~otpy.errors.CallTimeout` if it has not exited
+    within ``timeout`` seconds (it keeps stopping).
+    """
+    ref = resolve(target)
+    ref.request_stop(reason)
+    if ref._task is trio.lowlevel.current_task():
+        return reason
+    if timeout is None:
+        return await ref.wait()
+    with trio.move_on_after(timeout):
+        return await ref.wait()
+    raise CallTimeout(target, "stop", timeout)
+
+
+def _watcher(watcher: Ref | None) -> Ref:
+    watcher = watcher or _CURRENT.get()
+    if watcher is None:
+        raise NotAnActor(
+            "monitor/link need an actor on the calling side; call it from a server "
+            "(or its background tasks), or wait on ref.wait() from a plain task"
+        )
+    return watcher
+
+
+def monitor(target: Any, watcher: Ref | None = None) -> Monitor:
+    """Monitor ``target``: the watcher (default: the calling actor) gets a ``Down`` on exit.
+
+    An unknown name produces an immediate ``Down`` with reason ``noproc``, as in Erlang.
+    """
+    me = _watcher(watcher)
+    ref = target if type(target) is Ref else whereis(target)
+    if ref is None:
+        ghost = Ref(f"noproc:{target!r}")
+        ghost._exit(_actor.NOPROC)
+        ref = ghost
+    return _actor.monitor(me, ref)
+
+
+def demonitor(mon: Monitor) -> bool:
+    """Cancel a monitor; False if its ``Down`` was already delivered."""
+    return _actor.demonitor(mon)
+
+
+def link(target: Any, watcher: Ref | None = None) -> None:
+    """Link the calling actor (or ``watcher``) with ``target`` both ways.
+
+    An abnormal exit of either kills the other with
+    :class:`~otpy.errors.ExitSignal` as reason, unless it sets
+    ``trap_exits = True`` and so receives an :class:`~otpy.Exit` message instead.
+    Within trio, prefer structure (a shared nursery, a supervisor) when it fits;
+    links are for actors whose lifetimes are tied but who live in different trees.
+    """
+    _actor.link(_watcher(watcher), resolve(target))
+
+
+def unlink(target: Any, watcher: Ref | None = None) -> None:
+    """Remove a link created with :func:`link`."""
+    ref = target if type(target) is Ref else whereis(target)
+    if ref is not None:
+        _actor.unlink(_watcher(watcher), ref)
+
+
+class GenServer:
+    """Base class of servers: override the handlers, keep state on ``self``.
+
+    Handlers are coroutines and run one at a time.  ``handle_call`` returns the
+    reply (or :data:`NO_REPLY` to reply later with :func:`reply`); raising from
+    any handler crashes the server, its callers get
+    :class:`~otpy.errors.ActorExited` at once, and its supervisor decides what
+    happens next.  Subclasses need not call ``super().__init__()``.
+    """
+
+    trap_exits: ClassVar[bool] = False
+    """Set True to receive :class:`~otpy.Exit` messages instead of dying with linked actors."""
+
+    _ref: Ref | None = None
+    _nursery: trio.Nursery | None = None
+
+    # -- behaviour callbacks -----------------------------------------------------
+
+    async def init(self) -> None:
+        """Prepare the server's state; the starter waits until this returns.
+
+        Raise to refuse to start (the starter gets
+        :class:`~otpy.errors.InitError`).  Background tasks started here run as
+        soon as init returns.
+        """
+
+    async def handle_call(self, request: Any, from_: From) -> Any:
+        """Answer a :func:`call`; the return value is the reply.
+
+        The default raises :class:`~otpy.errors.UnexpectedMessage` (crashing the
+        server), like an unmatched ``handle_call`` clause.
+        """
+        raise UnexpectedMessage(f"{type(self).__name__} does not handle call {request!r}")
+
+    async def handle_cast(self, request: Any) -> None:
+        """Handle a :func:`cast`.  The default raises :class:`~otpy.errors.UnexpectedMessage`."""
+        raise UnexpectedMessage(f"{type(self).__name__} does not handle cast {request!r}")
+
+    async def handle_info(self, message: Any) -> None:
+        """Handle any other message (:func:`send`, ``Down``, ``Exit``, timers).
+
+        The default logs and drops it, as OTP's default does, so that a stray
+        message never crashes a server.
+        """
+        logger.warning(
+            "%r dropped unexpected message %r",
+            self._ref,
+            message,
+            extra={"event": "unexpected_message", "actor": repr(self._ref)},
+        )
+
+    async def terminate(self, reason: ExitReason) -> None:
+        """Clean up before the server exits (close sockets, flush buffers).
+
+        Runs after a graceful stop or a crash, not after a kill; a supervisor
+        cancels it when the child's shutdown time is up.
+        """
+
+    # -- helpers for implementations -------------------------------------------
+
+    @property
+    def ref(self) -> Ref:
+        """This server's ref (available from ``init`` on)."""
+        if self._ref is None:
+            raise RuntimeError(f"{type(self).__name__} has not been started")
+        return self._ref
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        """The server's own nursery: tasks in it live and die with the server."""
+        if self._nursery is None:
+            raise RuntimeError(f"{type(self).__name__} has not been started")
+        return self._nursery
+
+    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any, name: Any = None) -> None:
+        """Run a background task tied to this server (a crash in it crashes the server)."""
+        self.nursery.start_soon(fn, *args, name=name)
+
+    async def start_task(
+        self, fn: Callable[..., Awaitable[Any]], *args: Any, name: Any = None
+    ) -> Any:
+        """Like :meth:`start_soon` but waits for ``task_status.started()`` (``nursery.start``)."""
+        return await self.nursery.start(fn, *args, name=name)
+
+    def stop(self, reason: ExitReason = NORMAL) -> None:
+        """Stop this server after the current message (from a handler or a background task)."""
+        self.ref.request_stop(reason)
+
+    def monitor(self, target: Any) -> Monitor:
+        """Monitor ``target``; a :class:`~otpy.Down` arrives in ``handle_info`` when it exits."""
+        return monitor(target, self.ref)
+
+    def link(self, target: Any) -> None:
+        """Link this server with ``target`` (see :func:`otpy.link`)."""
+        link(target, self.ref)
+
+    @classmethod
+    def child_spec(
+        cls,
+        *args: Any,
+        id: Hashable | None = None,
+        name: Any = None,
+        restart: Restart | str = Restart.PERMANENT,
+        shutdown: float | Shutdown | str | None = None,
+        backoff: Backoff | None = None,
+        **kwargs: Any,
+    ) -> ChildSpec:
+        """A :class:`~otpy.ChildSpec` that builds ``cls(*args, **kwargs)`` on every start.
+
+        ``id`` defaults to the registered name or the class name, so
+        ``MyServer.child_spec(arg)`` is all a supervisor needs (Elixir's ``{MyServer, arg}``).
+        """
+        from otpy.supervisor import SupervisorBase
+
+        kind = ChildType.SUPERVISOR if issubclass(cls, SupervisorBase) else ChildType.WORKER
+        extra: dict[str, Any] = {} if shutdown is None else {"shutdown": shutdown}
+        return ChildSpec(
+            id=id if id is not None else (name if name is not None else cls.__name__),
+            start=functools.partial(cls, *args, **kwargs),
+            restart=restart,
+            type=kind,
+            name=name,
+            backoff=backoff,
+            **extra,
+        )
+
+    # -- the message loop --------------------------------------------------------
+
+    async def _loop(self, ref: Ref) -> ExitReason:
+        queue = ref._queue
+        checkpoint = trio.lowlevel.checkpoint
+        while True:
+            if ref._stop_reason is not None:
+                return ref._stop_reason
+            if queue:
+                await checkpoint()
+                msg = queue.popleft()
+            else:
+                msg = await ref._park()
+            kind = type(msg)
+            if kind is From:
+                result = await self.handle_call(msg.request, msg)
+                if result is not NO_REPLY:
+                    msg._resolve(outcome.Value(result))
+            elif kind is _Cast:
+                await self.handle_cast(msg.request)
+            elif msg is _WAKE:
+                continue
+            else:
+                await self.handle_info(msg)
+
+
+def _split_cancelled(
+    exc: BaseException,
+) -> tuple[BaseException | None, BaseException | None]:
+    """Split an exception into (cancellation part, everything else), unwrapping 1-groups."""
+    if isinstance(exc, trio.Cancelled):
+        return exc, None
+    if isinstance(exc, BaseExceptionGroup):
+        cancelled, rest = exc.split(trio.Cancelled)
+        while isinstance(rest, BaseExceptionGroup) and len(rest.exceptions) == 1:
+            rest = rest.exceptions[0]
+        return cancelled, rest
+    return None, exc
+
+
+def _is_error(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_error(e) for e in exc.exceptions)
+    return isinstance(exc, Exception)
+
+
+async def _run(
+    server: GenServer,
+    name: Any,
+    linked: bool,
+    supervisor: SupervisorBase | None,
+    task_status: trio.TaskStatus[Ref] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The actor task: register, init, loop, terminate; turn any crash into an exit reason."""
+    if server._ref is not None:
+        raise RuntimeError(
+            f"{server!r} was already started once; build a new instance for every start"
+        )
+    ref = Ref(type(server).__name__)
+    ref.trap_exits = server.trap_exits
+    server._ref = ref
+    if name is not None:
+        try:
+            register(name, ref)
+        except BaseException as exc:
+            ref._exit(ExitReason.crashed(exc))
+            raise
+    _CURRENT.set(ref)
+    started = False
+    terminated = False
+    crash: BaseException | None = None
+    final = _actor.KILLED
+    try:
+        with trio.CancelScope() as scope:
+            ref._attach(scope, trio.lowlevel.current_task())
+            try:
+                async with trio.open_nursery() as nursery:
+                    server._nursery = nursery
+                    await server.init()
+                    started = True
+                    task_status.started(ref)
+                    final = await server._loop(ref)
+                    terminated = True
+                    await server.terminate(final)
+                    nursery.cancel_scope.cancel()
+            except BaseException as exc:
+                cancelled, crash = _split_cancelled(exc)
+                if crash is None:
+                    raise
+                final = ExitReason.crashed(crash)
+                if not _is_error(crash):
+                    raise
+                if cancelled is not None:
+                    raise cancelled from None
+            if started and not terminated:
+                terminated = True
+                try:
+                    await server.terminate(final)
+                except Exception:
+                    logger.exception(
+                        "%r: terminate raised after a crash",
+                        ref,
+                        extra={"event": "terminate_failed", "actor": repr(ref)},
+                    )
+        if scope.cancelled_caught and crash is None:
+            final = ref._kill_reason or _actor.KILLED
+    finally:
+        ref._exit(final)
+    if not started:
+        raise InitError(server, final) from crash
+    if crash is not None:
+        if linked:
+            raise crash
+        if supervisor is None:
+            logger.error(
+                "%r crashed: %s",
+                ref,
+                final,
+                exc_info=crash,
+                extra={"event": "actor_crashed", "actor": repr(ref), "reason": str(final)},
+            )
+
+
+async def start(
+    nursery: trio.Nursery, server: GenServer, *, name: Any = None, link: bool = True
+) -> Ref:
+    """Start ``server`` as an actor in ``nursery``; return its ref once ``init`` finished.
+
+    ``name`` registers it (a plain name in the current registry, or a ``Via``);
+    :class:`~otpy.errors.NameTaken` if the name is held.  If ``init`` raises,
+    :class:`~otpy.errors.InitError` is raised here.  With ``link=True`` (the
+    default, like ``start_link``) a crash after start propagates into
+    ``nursery`` as the original exception, so errors never pass silently; with
+    ``link=False`` the crash only becomes the exit reason (seen by monitors,
+    ``ref.wait()`` and callers) and is logged.
+    """
+    ref: Ref = await nursery.start(_run, server, name, link, None)
+    return ref
+
+
+async def _start_supervised(
+    nursery: trio.Nursery, server: GenServer, name: Any, supervisor: SupervisorBase
+) -> Ref:
+    ref: Ref = await nursery.start(_run, server, name, False, supervisor)
+    return ref
+
+
+class TaskServer(GenServer):
+    """Runs one plain async function as an actor, so it can be supervised.
+
+    The function runs as the server's background task: returning stops the
+    server with reason ``normal``, raising crashes it.  If the function takes a
+    ``task_status`` keyword, the server counts as started only once it calls
+    ``task_status.started()`` (``nursery.start`` semantics).
+    """
+
+    def __init__(self, fn: Callable[..., Awaitable[Any]], *args: Any, wait_started: bool = False):
+        self._fn = fn
+        self._args = args
+        self._wait_started = wait_started
+
+    def __repr__(self) -> str:
+        return f"<TaskServer {getattr(self._fn, '__name__', self._fn)!r}>"
+
+    async def init(self) -> None:
+        if self._wait_started:
+            await self.nursery.start(self._body_started)
+        else:
+            self.start_soon(self._body)
+
+    async def _body(self) -> None:
+        await self._fn(*self._args)
+        self.stop(NORMAL)
+
+    async def _body_started(self, task_status: trio.TaskStatus[Any]) -> None:
+        await self._fn(*self._args, task_status=task_status)
+        self.stop(NORMAL)
+
+    async def handle_call(self, request: Any, from_: From) -> Any:
+        raise UnexpectedMessage(f"task {self!r} does not handle calls ({request!r})")

@@ -1,0 +1,601 @@
+"""Supervisor: OTP restart strategies, intensity and escalation on trio.
+
+A supervisor is a :class:`~otpy.GenServer` whose children run in its own
+nursery, each inside the actor wrapper of :mod:`otpy.gen_server`: a child's
+crash becomes an *exit reason* delivered to the supervisor as a ``Down``
+message, never an exception in the supervisor's nursery.  The supervisor reacts
+one message at a time, exactly like OTP's ``supervisor`` process:
+
+* children start in order, each counted as started only when its ``init``
+  returned; if one fails to start, the ones already started are stopped in
+  reverse order and the supervisor itself fails to start;
+* ``one_for_one`` restarts the child that exited, ``one_for_all`` stops the
+  others (in reverse order) and restarts all of them in order,
+  ``rest_for_one`` does the same for the children started after it;
+* more than ``intensity`` restarts within ``period`` seconds make the
+  supervisor stop all children and crash with :class:`~otpy.errors.GaveUp`, so
+  its own supervisor handles the failure (escalation);
+* on shutdown, children stop in reverse order, each given its shutdown time to
+  run ``terminate`` before it is cancelled.
+
+Every start, crash, restart, shutdown and give-up is logged on the
+``otpy.supervisor`` logger with ``extra`` fields ``event``, ``supervisor``,
+``child_id``, ``ref`` and ``reason``, so log pipelines can filter on them.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+from collections import deque
+from collections.abc import Hashable, Iterable
+from typing import Any
+
+import attrs
+import trio
+
+from otpy.actor import SHUTDOWN, Down, ExitReason, Monitor, Ref
+from otpy.child_spec import (
+    BRUTAL_KILL,
+    INFINITY,
+    ChildSpec,
+    ChildType,
+    Restart,
+)
+from otpy.errors import (
+    ChildNotFound,
+    ChildRunning,
+    DuplicateChild,
+    GaveUp,
+    InitError,
+    SupervisorError,
+    UnexpectedMessage,
+)
+from otpy.gen_server import (
+    NO_REPLY,
+    From,
+    GenServer,
+    _start_supervised,
+    call,
+    demonitor,
+    monitor,
+    reply_error,
+)
+
+__all__ = [
+    "ONE_FOR_ALL",
+    "ONE_FOR_ONE",
+    "REST_FOR_ONE",
+    "ChildCounts",
+    "ChildInfo",
+    "Strategy",
+    "Supervisor",
+    "SupervisorBase",
+    "count_children",
+    "delete_child",
+    "restart_child",
+    "start_child",
+    "terminate_child",
+    "which_children",
+]
+
+logger = logging.getLogger("otpy.supervisor")
+
+
+class Strategy(enum.Enum):
+    """Which children a supervisor restarts when one of them exits."""
+
+    ONE_FOR_ONE = "one_for_one"
+    """Only the child that exited."""
+    ONE_FOR_ALL = "one_for_all"
+    """All children: the others are stopped (reverse order), then all start in order."""
+    REST_FOR_ONE = "rest_for_one"
+    """The child that exited and every child started after it."""
+
+
+ONE_FOR_ONE = Strategy.ONE_FOR_ONE
+ONE_FOR_ALL = Strategy.ONE_FOR_ALL
+REST_FOR_ONE = Strategy.REST_FOR_ONE
+
+
+@attrs.frozen
+class ChildInfo:
+    """One row of :func:`which_children`: ``ref`` is None when the child is not running."""
+
+    id: Hashable
+    ref: Ref | None
+    type: ChildType
+    restart: Restart
+
+
+@attrs.frozen
+class ChildCounts:
+    """Result of :func:`count_children` (OTP's specs/active/supervisors/workers)."""
+
+    specs: int
+    active: int
+    supervisors: int
+    workers: int
+
+
+@attrs.define(eq=False)
+class _Child:
+    spec: ChildSpec
+    ref: Ref | None = None
+    monitor: Monitor | None = None
+    failures: int = 0
+    started_at: float = 0.0
+    pending: int = 0
+
+
+@attrs.frozen
+class _Which:
+    pass
+
+
+@attrs.frozen
+class _Count:
+    pass
+
+
+@attrs.frozen
+class _StartChild:
+    spec: ChildSpec
+
+
+@attrs.frozen
+class _TerminateChild:
+    key: Any
+
+
+@attrs.frozen
+class _RestartChild:
+    key: Any
+
+
+@attrs.frozen
+class _DeleteChild:
+    key: Any
+
+
+@attrs.frozen(eq=False)
+class _Retry:
+    child: _Child
+    token: int
+
+
+async def which_children(sup: Any) -> list[ChildInfo]:
+    """The supervisor's children in start order, with their refs (None if not running)."""
+    result: list[ChildInfo] = await call(sup, _Which(), timeout=None)
+    return result
+
+
+async def count_children(sup: Any) -> ChildCounts:
+    """How many child specs, running children, supervisors and workers the supervisor has."""
+    result: ChildCounts = await call(sup, _Count(), timeout=None)
+    return result
+
+
+async def start_child(sup: Any, spec: ChildSpec) -> Ref:
+    """Add and start a child at run time; returns its ref once its ``init`` finished.
+
+    Raises :class:`~otpy.errors.InitError` if the child fails to start,
+    :class:`~otpy.errors.DuplicateChild` (static supervisors) or
+    :class:`~otpy.errors.MaxChildren` (dynamic ones).  Callable from any task.
+    """
+    result: Ref = await call(sup, _StartChild(spec), timeout=None)
+    return result
+
+
+async def terminate_child(sup: Any, key: Any) -> None:
+    """Stop a child (by id, or by ref for dynamic supervisors) with its shutdown settings.
+
+    A static supervisor keeps the spec of a non-temporary child, so
+    :func:`restart_child` can start it again; a dynamic supervisor forgets it.
+    """
+    await call(sup, _TerminateChild(key), timeout=None)
+
+
+async def restart_child(sup: Any, child_id: Any) -> Ref:
+    """Start a stopped child of a static supervisor again; returns its new ref."""
+    result: Ref = await call(sup, _RestartChild(child_id), timeout=None)
+    return result
+
+
+async def delete_child(sup: Any, child_id: Any) -> None:
+    """Remove the spec of a stopped child from a static supervisor."""
+    await call(sup, _DeleteChild(child_id), timeout=None)
+
+
+class SupervisorBase(GenServer):
+    """What every supervisor shares: child start/stop, intensity, backoff, reports."""
+
+    def __init__(self, *, intensity: int = 3, period: float = 5.0) -> None:
+        if intensity < 0 or period <= 0:
+            raise ValueError(f"need intensity >= 0 and period > 0, got {intensity}, {period}")
+        self.intensity = intensity
+        self.period = period
+        self._restarts: deque[float] = deque()
+        self._by_monitor: dict[Monitor, _Child] = {}
+        self._tokens = 0
+        self._rng = random.Random()
+
+    # -- reporting ---------------------------------------------------------------
+
+    @property
+    def label(self) -> str:
+        """How this supervisor appears in logs: its registered name, else its ref."""
+        ref = self._ref
+        if ref is None:
+            return type(self).__name__
+        return repr(ref.name) if ref.name is not None else repr(ref)
+
+    def _report(
+        self,
+        level: int,
+        event: str,
+        message: str,
+        child: _Child | None,
+        reason: ExitReason | None = None,
+        ref: Ref | None = None,
+        **fields: Any,
+    ) -> None:
+        extra: dict[str, Any] = {
+            "event": event,
+            "supervisor": self.label,
+            "child_id": None if child is None else child.spec.id,
+            "ref": repr(ref) if ref is not None else None,
+            "reason": None if reason is None else str(reason),
+            **fields,
+        }
+        error = reason.error if reason is not None else None
+        logger.log(
+            level,
+            "supervisor %s: " + message,
+            self.label,
+            extra=extra,
+            exc_info=error if level >= logging.ERROR and error is not None else None,
+        )
+
+    # -- children ----------------------------------------------------------------
+
+    def _children_list(self) -> list[_Child]:
+        raise NotImplementedError
+
+    def _contains(self, child: _Child) -> bool:
+        raise NotImplementedError
+
+    def _remove(self, child: _Child) -> None:
+        raise NotImplementedError
+
+    async def _restart(self, child: _Child) -> None:
+        raise NotImplementedError
+
+    async def _start_child(self, child: _Child, event: str = "child_started") -> Ref:
+        """Start one child and monitor it; raises InitError (already reported)."""
+        child.pending = 0
+        try:
+            ref = await _start_supervised(self.nursery, child.spec.start(), child.spec.name, self)
+        except InitError as exc:
+            self._report(
+                logging.ERROR,
+                "child_start_failed",
+                "child %r failed to start: %s",
+                child,
+                exc.reason,
+                None,
+            )
+            raise
+        except Exception as exc:
+            # A failing factory (bad arguments) or a taken name: report it as a start error.
+            reason = ExitReason.crashed(exc)
+            self._report(
+                logging.ERROR, "child_start_failed", "child %r failed to start: %s", child, reason
+            )
+            raise InitError(child.spec.id, reason) from exc
+        child.ref = ref
+        child.started_at = trio.current_time()
+        mon = monitor(ref, self.ref)
+        child.monitor = mon
+        self._by_monitor[mon] = child
+        self._report(logging.INFO, event, "child %r %s as %r", child, None, ref)
+        return ref
+
+    async def _shutdown_child(self, child: _Child, reason: ExitReason = SHUTDOWN) -> ExitReason:
+        """Stop one running child: graceful stop within its shutdown time, then cancel."""
+        ref = child.ref
+        assert ref is not None
+        child.ref = None
+        if child.monitor is not None:
+            demonitor(child.monitor)
+            self._by_monitor.pop(child.monitor, None)
+            child.monitor = None
+        shutdown = child.spec.shutdown
+        if shutdown is BRUTAL_KILL:
+            ref.kill()
+        else:
+            ref.request_stop(reason)
+            if shutdown is not INFINITY:
+                assert isinstance(shutdown, float)
+                with trio.move_on_after(shutdown):
+                    await ref.wait()
+                if ref.alive:
+                    self._report(
+                        logging.WARNING,
+                        "child_shutdown_timeout",
+                        "child %r did not stop within %s s; cancelling it",
+                        child,
+                        None,
+                        ref,
+                    )
+                    ref.kill()
+        with trio.CancelScope(shield=True):
+            exit_reason = await ref.wait()
+        self._report(
+            logging.INFO, "child_shutdown", "child %r shut down (%s)", child, exit_reason, ref
+        )
+        return exit_reason
+
+    def _record_restart(self) -> bool:
+        """Count one restart; False if that exceeds ``intensity`` within ``period``."""
+        now = trio.current_time()
+        restarts = self._restarts
+        restarts.append(now)
+        while restarts and restarts[0] <= now - self.period:
+            restarts.popleft()
+        return len(restarts) <= self.intensity
+
+    async def _give_up(self, child: _Child) -> None:
+        self._report(
+            logging.ERROR,
+            "supervisor_gave_up",
+            "more than %d restarts in %s s (last: child %r); shutting down",
+            child,
+            None,
+            None,
+            intensity=self.intensity,
+            period=self.period,
+        )
+        error = GaveUp(self.label, child.spec.id, self.intensity, self.period)
+        for other in reversed(self._children_list()):
+            if other.ref is not None:
+                await self._shutdown_child(other)
+        raise error
+
+    async def _start_group(self, group: list[_Child]) -> None:
+        """(Re)start the non-running members of ``group`` in order; retry later on failure."""
+        for child in group:
+            if child.ref is not None or not self._contains(child):
+                continue
+            try:
+                await self._start_child(child, "child_restarted")
+            except InitError:
+                self._schedule(child)
+                return
+
+    def _schedule(self, child: _Child) -> None:
+        """Restart ``child`` later: after its backoff delay, or as the next message."""
+        self._tokens += 1
+        child.pending = token = self._tokens
+        backoff = child.spec.backoff
+        if backoff is None:
+            self.ref.deliver(_Retry(child, token))
+            return
+        now = trio.current_time()
+        if child.started_at and now - child.started_at >= backoff.healthy_after:
+            child.failures = 0
+        child.failures += 1
+        delay = backoff.delay(child.failures, self._rng)
+        self._report(
+            logging.INFO,
+            "child_restart_scheduled",
+            "child %r restarts in %.3f s",
+            child,
+            None,
+            None,
+            delay=delay,
+        )
+        self.start_soon(self._timer, child, token, delay)
+
+    async def _timer(self, child: _Child, token: int, delay: float) -> None:
+        await trio.sleep(delay)
+        self.ref.deliver(_Retry(child, token))
+
+    async def _restart_now(self, child: _Child) -> None:
+        if not self._record_restart():
+            await self._give_up(child)
+        await self._restart(child)
+
+    async def _child_exited(self, child: _Child, reason: ExitReason) -> None:
+        child.ref = None
+        child.monitor = None
+        if reason.abnormal:
+            self._report(
+                logging.ERROR, "child_crashed", "child %r crashed: %s", child, reason, None
+            )
+        else:
+            self._report(logging.INFO, "child_exited", "child %r exited (%s)", child, reason)
+        restart = child.spec.restart
+        if restart is Restart.PERMANENT or (restart is Restart.TRANSIENT and reason.abnormal):
+            if child.spec.backoff is not None:
+                self._schedule(child)
+            else:
+                await self._restart_now(child)
+        elif restart is Restart.TEMPORARY:
+            self._remove(child)
+
+    # -- messages ----------------------------------------------------------------
+
+    async def handle_info(self, message: Any) -> None:
+        """Handles child ``Down`` messages and scheduled restarts; ignores stale ones."""
+        if type(message) is Down:
+            child = self._by_monitor.pop(message.monitor, None)
+            if child is not None and child.ref is message.ref:
+                await self._child_exited(child, message.reason)
+        elif type(message) is _Retry:
+            child = message.child
+            if child.pending == message.token and child.ref is None and self._contains(child):
+                child.pending = 0
+                await self._restart_now(child)
+        else:
+            await super().handle_info(message)
+
+    def _find(self, key: Any) -> _Child:
+        for child in self._children_list():
+            if (type(key) is Ref and child.ref is key) or (
+                type(key) is not Ref and child.spec.id == key
+            ):
+                return child
+        raise ChildNotFound(f"supervisor {self.label} has no child {key!r}")
+
+    def _info(self) -> list[ChildInfo]:
+        return [
+            ChildInfo(c.spec.id, c.ref, c.spec.type, c.spec.restart) for c in self._children_list()
+        ]
+
+    def _counts(self) -> ChildCounts:
+        children = self._children_list()
+        sups = sum(1 for c in children if c.spec.type is ChildType.SUPERVISOR)
+        return ChildCounts(
+            specs=len(children),
+            active=sum(1 for c in children if c.ref is not None),
+            supervisors=sups,
+            workers=len(children) - sups,
+        )
+
+    async def handle_call(self, request: Any, from_: From) -> Any:
+        """Management requests (which/count/start/terminate/restart/delete child)."""
+        try:
+            return await self._handle_request(request)
+        except SupervisorError as exc:
+            reply_error(from_, exc)
+        except (InitError, UnexpectedMessage) as exc:
+            reply_error(from_, exc)
+        return NO_REPLY
+
+    async def _handle_request(self, request: Any) -> Any:
+        kind = type(request)
+        if kind is _Which:
+            return self._info()
+        if kind is _Count:
+            return self._counts()
+        if kind is _TerminateChild:
+            child = self._find(request.key)
+            if child.ref is not None:
+                await self._shutdown_child(child)
+            child.pending = 0
+            if child.spec.restart is Restart.TEMPORARY or self._drops_terminated():
+                self._remove(child)
+            return None
+        return await self._handle_other(request)
+
+    def _drops_terminated(self) -> bool:
+        return False
+
+    async def _handle_other(self, request: Any) -> Any:
+        raise UnexpectedMessage(f"supervisor {self.label} does not handle {request!r}")
+
+    async def terminate(self, reason: ExitReason) -> None:
+        """Stop all running children in reverse start order."""
+        for child in reversed(self._children_list()):
+            if child.ref is not None:
+                await self._shutdown_child(child)
+
+
+class Supervisor(SupervisorBase):
+    """A static supervisor: a list of child specs and a restart strategy.
+
+    ``intensity``/``period`` default to OTP's 1 restart in 5 s would be too
+    strict for most Python services; otpy uses Elixir's 3 in 5 s.  Use
+    :meth:`child_spec` to nest it under another supervisor
+    (``Supervisor.child_spec(children, id="db")``).
+    """
+
+    def __init__(
+        self,
+        children: Iterable[ChildSpec],
+        *,
+        strategy: Strategy | str = Strategy.ONE_FOR_ONE,
+        intensity: int = 3,
+        period: float = 5.0,
+    ) -> None:
+        super().__init__(intensity=intensity, period=period)
+        self.strategy = Strategy(strategy)
+        self._children: list[_Child] = []
+        for spec in children:
+            self._add(spec)
+
+    which_children = staticmethod(which_children)
+    count_children = staticmethod(count_children)
+    start_child = staticmethod(start_child)
+    terminate_child = staticmethod(terminate_child)
+    restart_child = staticmethod(restart_child)
+    delete_child = staticmethod(delete_child)
+
+    def __repr__(self) -> str:
+        return f"<Supervisor {self.strategy.value} {[c.spec.id for c in self._children]}>"
+
+    def _add(self, spec: ChildSpec) -> _Child:
+        if any(c.spec.id == spec.id for c in self._children):
+            raise DuplicateChild(f"a child with id {spec.id!r} already exists")
+        child = _Child(spec)
+        self._children.append(child)
+        return child
+
+    def _children_list(self) -> list[_Child]:
+        return self._children
+
+    def _contains(self, child: _Child) -> bool:
+        return child in self._children
+
+    def _remove(self, child: _Child) -> None:
+        if child in self._children:
+            self._children.remove(child)
+
+    async def init(self) -> None:
+        """Start the children in order; on a failure stop the started ones and fail."""
+        for child in list(self._children):
+            try:
+                await self._start_child(child)
+            except InitError:
+                for started in reversed(self._children):
+                    if started.ref is not None:
+                        await self._shutdown_child(started)
+                raise
+
+    async def _restart(self, child: _Child) -> None:
+        if self.strategy is Strategy.ONE_FOR_ONE:
+            group = [child]
+        elif self.strategy is Strategy.ONE_FOR_ALL:
+            group = list(self._children)
+        else:
+            group = self._children[self._children.index(child) :]
+        for other in reversed(group):
+            if other.ref is not None:
+                await self._shutdown_child(other)
+                if other.spec.restart is Restart.TEMPORARY:
+                    self._remove(other)
+        await self._start_group(group)
+
+    async def _handle_other(self, request: Any) -> Any:
+        kind = type(request)
+        if kind is _StartChild:
+            child = self._add(request.spec)
+            try:
+                return await self._start_child(child)
+            except InitError:
+                self._remove(child)
+                raise
+        if kind is _RestartChild:
+            child = self._find(request.key)
+            if child.ref is not None:
+                raise ChildRunning(f"child {child.spec.id!r} is running; terminate it first")
+            return await self._start_child(child, "child_restarted")
+        if kind is _DeleteChild:
+            child = self._find(request.key)
+            if child.ref is not None:
+                raise ChildRunning(f"child {child.spec.id!r} is running; terminate it first")
+            self._remove(child)
+            return None
+        return await super()._handle_other(request)
