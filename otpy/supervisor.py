@@ -241,19 +241,25 @@ class SupervisorBase(GenServer):
         ref: Ref | None = None,
         **fields: Any,
     ) -> None:
+        """Log one supervisor report; ``message`` uses {child}, {reason}, {ref} and ``fields``."""
+        if not logger.isEnabledFor(level):
+            return
+        child_id = None if child is None else child.spec.id
         extra: dict[str, Any] = {
             "event": event,
             "supervisor": self.label,
-            "child_id": None if child is None else child.spec.id,
+            "child_id": child_id,
             "ref": repr(ref) if ref is not None else None,
             "reason": None if reason is None else str(reason),
             **fields,
         }
+        text = message.format(child=child_id, reason=reason, ref=ref, **fields)
         error = reason.error if reason is not None else None
         logger.log(
             level,
-            "supervisor %s: " + message,
+            "supervisor %s: %s",
             self.label,
+            text,
             extra=extra,
             exc_info=error if level >= logging.ERROR and error is not None else None,
         )
@@ -281,17 +287,20 @@ class SupervisorBase(GenServer):
             self._report(
                 logging.ERROR,
                 "child_start_failed",
-                "child %r failed to start: %s",
+                "child {child!r} failed to start: {reason}",
                 child,
                 exc.reason,
-                None,
             )
             raise
         except Exception as exc:
             # A failing factory (bad arguments) or a taken name: report it as a start error.
             reason = ExitReason.crashed(exc)
             self._report(
-                logging.ERROR, "child_start_failed", "child %r failed to start: %s", child, reason
+                logging.ERROR,
+                "child_start_failed",
+                "child {child!r} failed to start: {reason}",
+                child,
+                reason,
             )
             raise InitError(child.spec.id, reason) from exc
         child.ref = ref
@@ -299,7 +308,9 @@ class SupervisorBase(GenServer):
         mon = monitor(ref, self.ref)
         child.monitor = mon
         self._by_monitor[mon] = child
-        self._report(logging.INFO, event, "child %r %s as %r", child, None, ref)
+        self._report(
+            logging.INFO, event, "child {child!r} " + event[6:] + " as {ref!r}", child, None, ref
+        )
         return ref
 
     async def _shutdown_child(self, child: _Child, reason: ExitReason = SHUTDOWN) -> ExitReason:
@@ -324,16 +335,22 @@ class SupervisorBase(GenServer):
                     self._report(
                         logging.WARNING,
                         "child_shutdown_timeout",
-                        "child %r did not stop within %s s; cancelling it",
+                        "child {child!r} did not stop within {shutdown} s; cancelling it",
                         child,
                         None,
                         ref,
+                        shutdown=shutdown,
                     )
                     ref.kill()
         with trio.CancelScope(shield=True):
             exit_reason = await ref.wait()
         self._report(
-            logging.INFO, "child_shutdown", "child %r shut down (%s)", child, exit_reason, ref
+            logging.INFO,
+            "child_shutdown",
+            "child {child!r} shut down ({reason})",
+            child,
+            exit_reason,
+            ref,
         )
         return exit_reason
 
@@ -350,7 +367,7 @@ class SupervisorBase(GenServer):
         self._report(
             logging.ERROR,
             "supervisor_gave_up",
-            "more than %d restarts in %s s (last: child %r); shutting down",
+            "more than {intensity} restarts in {period} s (last: child {child!r}); giving up",
             child,
             None,
             None,
@@ -390,7 +407,7 @@ class SupervisorBase(GenServer):
         self._report(
             logging.INFO,
             "child_restart_scheduled",
-            "child %r restarts in %.3f s",
+            "child {child!r} restarts in {delay:.3f} s",
             child,
             None,
             None,
@@ -412,17 +429,19 @@ class SupervisorBase(GenServer):
         child.monitor = None
         if reason.abnormal:
             self._report(
-                logging.ERROR, "child_crashed", "child %r crashed: %s", child, reason, None
+                logging.ERROR, "child_crashed", "child {child!r} crashed: {reason}", child, reason
             )
         else:
-            self._report(logging.INFO, "child_exited", "child %r exited (%s)", child, reason)
+            self._report(
+                logging.INFO, "child_exited", "child {child!r} exited ({reason})", child, reason
+            )
         restart = child.spec.restart
         if restart is Restart.PERMANENT or (restart is Restart.TRANSIENT and reason.abnormal):
             if child.spec.backoff is not None:
                 self._schedule(child)
             else:
                 await self._restart_now(child)
-        elif restart is Restart.TEMPORARY:
+        elif restart is Restart.TEMPORARY or self._drops_terminated():
             self._remove(child)
 
     # -- messages ----------------------------------------------------------------
