@@ -391,15 +391,24 @@ async def _resolve_attempts(
 
 
 class ConnectionLock:
-    """The :class:`trio.Lock` serialising the commands of one :class:`TrioConnection`.
+    """The trio lock serialising the commands of one :class:`TrioConnection`.
 
-    It behaves like ``trio.Lock`` with one exception: in an already-cancelled
-    scope a *free* lock is still acquired (instead of raising
-    ``trio.Cancelled`` before trying).  psycopg's clean-up code (the rollback
-    in ``transaction().__aexit__``, closing a server-side cursor) takes the
-    lock while the task is being cancelled; without this it would never run and
-    the connection would stay in an aborted transaction.  A lock held by another
-    task is waited for as usual, so cancellation is never delayed by it.
+    A :class:`trio.Lock` underneath, with two differences that matter for a
+    database connection:
+
+    * Acquiring a *free* lock is not a checkpoint (``trio.Lock`` yields to the
+      scheduler even then).  Every command run under the lock waits on the
+      socket, which is a checkpoint, so nothing is lost, and a round trip costs
+      one scheduler pass instead of two.
+    * For the same reason, a free lock is acquired even in an already-cancelled
+      scope.  psycopg's clean-up code (the rollback in
+      ``transaction().__aexit__``, closing a server-side cursor) takes the lock
+      while the task is being cancelled; the command then runs shielded and
+      bounded (see :class:`TrioConnection`), instead of never running and
+      leaving the connection in an aborted transaction.
+
+    A lock held by another task is waited for as with ``trio.Lock`` (FIFO, and
+    cancellable).
     """
 
     __slots__ = ("_lock",)
@@ -408,14 +417,11 @@ class ConnectionLock:
         self._lock = trio.Lock()
 
     async def acquire(self) -> None:
-        """Acquire the lock (see the class docstring for cancelled scopes)."""
-        if trio.current_effective_deadline() == -math.inf:
-            try:
-                self._lock.acquire_nowait()
-                return
-            except trio.WouldBlock:
-                pass
-        await self._lock.acquire()
+        """Acquire the lock (see the class docstring for what differs from trio.Lock)."""
+        try:
+            self._lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._lock.acquire()
 
     def release(self) -> None:
         """Release the lock."""
@@ -430,10 +436,13 @@ class ConnectionLock:
         return self._lock.statistics()
 
     async def __aenter__(self) -> None:
-        await self.acquire()
+        try:
+            self._lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._lock.acquire()
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self.release()
+        self._lock.release()
 
 
 class TrioConnection(psycopg.AsyncConnection[Row]):
