@@ -14,6 +14,7 @@ Resolution per OID, from ``pg_type``:
 * ``hstore`` -> ``TypeInfo`` + ``register_hstore``;
 * domain -> its base type's loaders (the base is resolved too, if it is a
   user type itself);
+* a string-category base type (``citext``...) -> loaded like ``text``;
 * array of a user type -> resolve the element type (its info registers the array);
 * anything else (e.g. a base type from an extension with no psycopg loader)
   -> given up: values stay text.
@@ -82,6 +83,8 @@ def _plan(
             domains.append((oid, basetype, array))
         elif typname == "hstore":
             fetch.append((oid, TypeInfo, ident))
+        elif category == "S" and typtype == "b":
+            decoder.register_as_text(oid, typname, array)  # citext and friends
         elif category == "A" and elem:
             next_round.add(elem)
             decoder.give_up(oid)  # the element's info registers the array, if it can
@@ -113,6 +116,7 @@ def fetch_missing_types(conn: Connection[Any], decoder: ValueDecoder) -> None:
     wanted = set(decoder.missing_types())
     domains: list[_Domain] = []
     for _ in range(_MAX_ROUNDS):
+        wanted = {oid for oid in wanted if decoder.adapters.get_loader(oid, Format.TEXT) is None}
         if not wanted:
             break
         rows = conn.execute(TYPE_QUERY, [sorted(wanted)]).fetchall()
@@ -130,6 +134,7 @@ async def afetch_missing_types(conn: AsyncConnection[Any], decoder: ValueDecoder
     wanted = set(decoder.missing_types())
     domains: list[_Domain] = []
     for _ in range(_MAX_ROUNDS):
+        wanted = {oid for oid in wanted if decoder.adapters.get_loader(oid, Format.TEXT) is None}
         if not wanted:
             break
         cursor = await conn.execute(TYPE_QUERY, [sorted(wanted)])

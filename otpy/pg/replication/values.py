@@ -240,6 +240,20 @@ class ValueDecoder:
                     self.adapters.register_loader(array_oid, array_loader)
         self._resolved(oid, array_oid)
 
+    def register_as_text(self, oid: int, name: str, array_oid: int = 0) -> None:
+        """Load ``oid`` (and its array type) like ``text``: for string-like extension types.
+
+        ``citext`` and similar types send their text in both formats; without
+        this, binary mode would deliver them as ``bytes``.
+        """
+        for fmt in (Format.TEXT, Format.BINARY):
+            loader = self.adapters.get_loader(postgres.types.get_oid("text"), fmt)
+            if loader is not None:
+                self.adapters.register_loader(oid, loader)
+        # Registering the TypeInfo registers array loaders for its array OID.
+        TypeInfo(name, oid, array_oid).register(self.adapters)
+        self._resolved(oid, array_oid)
+
     def give_up(self, oid: int) -> None:
         """Stop asking for ``oid`` (e.g. its fetch failed): its values stay text."""
         self._given_up.add(oid)
