@@ -1,0 +1,355 @@
+"""Applications: named units with config and dependencies, started from a root spec.
+
+An :class:`Application` is OTP's ``application`` as a value: a name, a default
+environment, the applications it depends on, and a ``start`` function that
+turns the (merged) environment into the root supervisor's spec.  Running them:
+
+* ``async with otpy.start_application(app) as system:`` inside an existing trio
+  run (tests, embedding): dependencies start first, in dependency order, and
+  everything stops in reverse order when the block exits;
+* ``await otpy.serve(app)`` runs until :meth:`System.stop` is called;
+* ``otpy.run(app)`` is the program entry point: its own trio run, SIGINT and
+  SIGTERM turn into an orderly stop, and the return value is an exit code that
+  says how it ended (:class:`ExitCode`).
+
+If a root supervisor exits abnormally (it gave up), every application is
+stopped in reverse order and :class:`~otpy.errors.ApplicationFailed` is raised,
+as a permanent OTP application takes its node down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import enum
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+import attrs
+import trio
+
+from otpy.actor import SHUTDOWN, Ref
+from otpy.child_spec import ChildSpec
+from otpy.errors import (
+    ApplicationFailed,
+    ApplicationStartError,
+    DependencyCycle,
+    OtpyError,
+)
+from otpy.gen_server import GenServer, start
+from otpy.registry import Registry, use_registry
+
+__all__ = [
+    "Application",
+    "ExitCode",
+    "System",
+    "current_system",
+    "get_env",
+    "run",
+    "serve",
+    "start_application",
+    "start_order",
+]
+
+logger = logging.getLogger("otpy.application")
+
+
+def _frozen_env(env: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(env or {}))
+
+
+@attrs.frozen(eq=False)
+class Application:
+    """One application: ``start(env)`` returns the root supervisor's spec (or server).
+
+    ``env`` holds defaults that callers of :func:`start_application`/:func:`run`
+    can override per application name; ``dependencies`` are other
+    :class:`Application` values, started before this one and stopped after it.
+    """
+
+    name: str
+    start: Callable[[Mapping[str, Any]], ChildSpec | GenServer]
+    env: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_env)
+    dependencies: tuple[Application, ...] = attrs.field(default=(), converter=tuple)
+    description: str = ""
+
+
+class ExitCode(enum.IntEnum):
+    """How :func:`run` ended, as a process exit code."""
+
+    STOPPED = 0
+    """Stopped on request (SIGTERM or :meth:`System.stop`): an orderly end."""
+    FAILED = 1
+    """A root supervisor gave up while running."""
+    START_FAILED = 2
+    """An application failed to start."""
+    INTERRUPTED = 130
+    """Stopped by SIGINT (Ctrl-C), the shell convention 128 + 2."""
+
+
+def start_order(app: Application) -> list[Application]:
+    """``app`` and its dependencies, each after everything it depends on.
+
+    Raises :class:`~otpy.errors.DependencyCycle` for a cycle, and
+    :class:`~otpy.errors.OtpyError` if two different applications share a name.
+    """
+    order: list[Application] = []
+    done: dict[str, Application] = {}
+    visiting: list[str] = []
+
+    def visit(a: Application) -> None:
+        seen = done.get(a.name)
+        if seen is not None:
+            if seen is not a:
+                raise OtpyError(f"two different applications are named {a.name!r}")
+            return
+        if a.name in visiting:
+            cycle = [*visiting[visiting.index(a.name) :], a.name]
+            raise DependencyCycle(f"applications depend on each other: {' -> '.join(cycle)}")
+        visiting.append(a.name)
+        for dep in a.dependencies:
+            visit(dep)
+        visiting.pop()
+        done[a.name] = a
+        order.append(a)
+
+    visit(app)
+    return order
+
+
+_SYSTEM: contextvars.ContextVar[System | None] = contextvars.ContextVar("otpy_system", default=None)
+
+
+class System:
+    """The running applications started by one :func:`start_application`.
+
+    Gives access to each application's root supervisor and environment, and
+    lets any task ask for an orderly stop (what SIGTERM does under :func:`run`).
+    """
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.running: list[tuple[Application, Ref]] = []
+        self.envs: dict[str, Mapping[str, Any]] = {}
+        self.stop_requested = trio.Event()
+        self.stop_reason: str | None = None
+        self.failure: ApplicationFailed | None = None
+        self._stopping = False
+        self._body_scope: trio.CancelScope | None = None
+
+    def __repr__(self) -> str:
+        return f"<System {[a.name for a, _ in self.running]}>"
+
+    def root(self, name: str) -> Ref:
+        """The root supervisor of the running application ``name``."""
+        for app, ref in self.running:
+            if app.name == name:
+                return ref
+        raise KeyError(f"application {name!r} is not running")
+
+    def env(self, name: str) -> Mapping[str, Any]:
+        """The merged environment application ``name`` was started with."""
+        return self.envs[name]
+
+    def stop(self, reason: str = "requested") -> None:
+        """Ask :func:`serve`/:func:`run` to stop all applications in reverse order."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.stop_requested.set()
+
+    async def _watch(self, app: Application, ref: Ref) -> None:
+        reason = await ref.wait()
+        if self._stopping or reason.normal:
+            return
+        logger.error(
+            "application %s failed: %s",
+            app.name,
+            reason,
+            extra={"event": "application_failed", "application": app.name, "reason": str(reason)},
+        )
+        if self.failure is None:
+            self.failure = ApplicationFailed(app.name, reason)
+        self.stop("failed")
+        if self._body_scope is not None:
+            self._body_scope.cancel()
+
+    async def _stop_all(self) -> None:
+        self._stopping = True
+        for app, ref in reversed(self.running):
+            ref.request_stop(SHUTDOWN)
+            reason = await ref.wait()
+            logger.info(
+                "application %s stopped (%s)",
+                app.name,
+                reason,
+                extra={
+                    "event": "application_stopped",
+                    "application": app.name,
+                    "reason": str(reason),
+                },
+            )
+
+
+def current_system() -> System | None:
+    """The :class:`System` the calling task runs in (inherited by its actors), or None."""
+    return _SYSTEM.get()
+
+
+def get_env(app: str, key: str, default: Any = None) -> Any:
+    """Read ``key`` from application ``app``'s environment (``application:get_env``)."""
+    system = _SYSTEM.get()
+    if system is None or app not in system.envs:
+        return default
+    return system.envs[app].get(key, default)
+
+
+@contextlib.asynccontextmanager
+async def start_application(
+    app: Application,
+    *,
+    env: Mapping[str, Mapping[str, Any]] | None = None,
+    registry: Registry | None = None,
+) -> AsyncIterator[System]:
+    """Start ``app`` and its dependencies in the current trio run; stop them on exit.
+
+    ``env`` maps application names to overrides of their default environment.
+    With ``registry``, plain names inside the block (and in every actor of the
+    applications) resolve in that registry, so several systems can share a
+    process without their names colliding; by default the run's registry is used.
+
+    Raises :class:`~otpy.errors.ApplicationStartError` if an application fails
+    to start (those already started are stopped first), and
+    :class:`~otpy.errors.ApplicationFailed` (after stopping everything) if a
+    root supervisor gives up while the block runs; the block is cancelled then.
+    """
+    order = start_order(app)
+    overrides = env or {}
+    with contextlib.ExitStack() as stack:
+        if registry is not None:
+            stack.enter_context(use_registry(registry))
+        from otpy.registry import current_registry
+
+        system = System(current_registry())
+        token = _SYSTEM.set(system)
+        try:
+            async with trio.open_nursery() as nursery:
+                try:
+                    for a in order:
+                        await _start_one(system, nursery, a, overrides.get(a.name, {}))
+                    with trio.CancelScope() as body_scope:
+                        system._body_scope = body_scope
+                        yield system
+                finally:
+                    system._body_scope = None
+                    await system._stop_all()
+        except BaseExceptionGroup as group:
+            # Only the block (or a start) can raise here: hand its exception back
+            # as it was raised, not wrapped by the nursery that spans the block.
+            if len(group.exceptions) == 1:
+                only = group.exceptions[0]
+                raise only from only.__cause__
+            raise
+        finally:
+            _SYSTEM.reset(token)
+    if system.failure is not None:
+        raise system.failure
+
+
+async def _start_one(
+    system: System, nursery: trio.Nursery, app: Application, override: Mapping[str, Any]
+) -> None:
+    merged = _frozen_env({**app.env, **override})
+    system.envs[app.name] = merged
+    try:
+        root = app.start(merged)
+        if isinstance(root, ChildSpec):
+            ref = await start(nursery, root.start(), name=root.name, link=False)
+        else:
+            ref = await start(nursery, root, link=False)
+    except Exception as exc:
+        logger.error(
+            "application %s failed to start: %s",
+            app.name,
+            exc,
+            exc_info=exc,
+            extra={"event": "application_start_failed", "application": app.name},
+        )
+        raise ApplicationStartError(app.name, exc) from exc
+    system.running.append((app, ref))
+    logger.info(
+        "application %s started",
+        app.name,
+        extra={"event": "application_started", "application": app.name, "ref": repr(ref)},
+    )
+    nursery.start_soon(system._watch, app, ref)
+
+
+async def serve(
+    app: Application,
+    *,
+    env: Mapping[str, Mapping[str, Any]] | None = None,
+    registry: Registry | None = None,
+    task_status: trio.TaskStatus[System] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run ``app`` until :meth:`System.stop` is called, then stop it in order.
+
+    Use with ``nursery.start(serve, app)`` to get the :class:`System` once
+    every application has started.
+    """
+    async with start_application(app, env=env, registry=registry) as system:
+        task_status.started(system)
+        await system.stop_requested.wait()
+
+
+async def _main(
+    app: Application, env: Mapping[str, Mapping[str, Any]] | None, handle_signals: bool
+) -> ExitCode:
+    signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
+    received: list[int] = []
+    with trio.open_signal_receiver(*signals) if signals else contextlib.nullcontext() as sigs:
+        try:
+            async with start_application(app, env=env) as system, trio.open_nursery() as n:
+                if sigs is not None:
+
+                    async def on_signal() -> None:
+                        async for signum in sigs:
+                            received.append(signum)
+                            logger.info(
+                                "received %s, stopping",
+                                signal.Signals(signum).name,
+                                extra={"event": "signal", "signal": signal.Signals(signum).name},
+                            )
+                            system.stop(signal.Signals(signum).name)
+                            return
+
+                    n.start_soon(on_signal)
+                await system.stop_requested.wait()
+                n.cancel_scope.cancel()
+        except ApplicationStartError:
+            return ExitCode.START_FAILED
+        except ApplicationFailed:
+            return ExitCode.FAILED
+    if received and received[0] == signal.SIGINT:
+        return ExitCode.INTERRUPTED
+    return ExitCode.STOPPED
+
+
+def run(
+    app: Application,
+    *,
+    env: Mapping[str, Mapping[str, Any]] | None = None,
+    handle_signals: bool = True,
+    clock: trio.abc.Clock | None = None,
+) -> ExitCode:
+    """Run ``app`` (and its dependencies) in a new trio run until it is stopped.
+
+    SIGINT and SIGTERM stop every application in reverse start order.  Returns
+    an :class:`ExitCode` (an int) for ``sys.exit``: 0 after SIGTERM or
+    :meth:`System.stop`, 130 after SIGINT, 1 if a root supervisor gave up,
+    2 if an application failed to start.
+    """
+    result: ExitCode = trio.run(_main, app, env, handle_signals, clock=clock)
+    return result

@@ -1,0 +1,255 @@
+"""Applications: dependency order, env, failure, run() with real signals."""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from rt_helpers import Journal, worker_spec
+
+import otpy
+from otpy.errors import ApplicationFailed, ApplicationStartError, DependencyCycle, OtpyError
+
+
+def make_app(
+    name: str, journal: Journal, deps: tuple[otpy.Application, ...] = (), **kwargs: Any
+) -> otpy.Application:
+    def start(env: Mapping[str, Any]) -> otpy.ChildSpec:
+        journal.record("env", (name, dict(env)))
+        return otpy.Supervisor.child_spec(
+            [worker_spec(f"{name}.w1", journal), worker_spec(f"{name}.w2", journal)],
+            id=name,
+            name=f"{name}_sup",
+            intensity=env.get("intensity", 3),
+        )
+
+    return otpy.Application(name=name, start=start, dependencies=deps, **kwargs)
+
+
+def diamond(journal: Journal) -> otpy.Application:
+    base = make_app("base", journal, env={"greeting": "hi"})
+    left = make_app("left", journal, (base,))
+    right = make_app("right", journal, (base,))
+    return make_app("top", journal, (left, right))
+
+
+def test_start_order_is_dependency_order() -> None:
+    journal = Journal()
+    assert [a.name for a in otpy.application.start_order(diamond(journal))] == [
+        "base",
+        "left",
+        "right",
+        "top",
+    ]
+
+
+def test_dependency_cycles_and_name_clashes_are_rejected() -> None:
+    journal = Journal()
+    a_deps: list[otpy.Application] = []
+
+    def start(env: Mapping[str, Any]) -> otpy.Supervisor:
+        return otpy.Supervisor([])
+
+    b = otpy.Application("b", start, dependencies=a_deps)
+    a = otpy.Application("a", start, dependencies=(b,))
+    a_deps.append(a)  # b's tuple was copied at creation; build a real cycle instead:
+    c = otpy.Application("c", start)
+    object.__setattr__(c, "dependencies", (otpy.Application("d", start, dependencies=(c,)),))
+    with pytest.raises(DependencyCycle, match="c -> d -> c"):
+        otpy.application.start_order(c)
+    twin = make_app("base", journal)
+    with pytest.raises(OtpyError, match="two different applications"):
+        otpy.application.start_order(make_app("x", journal, (make_app("base", journal), twin)))
+
+
+async def test_applications_start_in_order_and_stop_in_reverse() -> None:
+    journal = Journal()
+    async with otpy.start_application(diamond(journal), env={"base": {"extra": 1}}) as system:
+        assert [a.name for a, _ in system.running] == ["base", "left", "right", "top"]
+        starts = journal.starts()
+        assert starts == [
+            "base.w1",
+            "base.w2",
+            "left.w1",
+            "left.w2",
+            "right.w1",
+            "right.w2",
+            "top.w1",
+            "top.w2",
+        ]
+        assert system.env("base") == {"greeting": "hi", "extra": 1}
+        assert otpy.get_env("base", "greeting") == "hi"
+        assert otpy.whereis("top_sup") is system.root("top")
+    assert journal.stops() == list(reversed(starts))
+    assert otpy.whereis("top_sup") is None
+
+
+async def test_start_failure_stops_the_started_ones() -> None:
+    journal = Journal()
+    journal.init_failures["right.w2"] = 1
+    with pytest.raises(ApplicationStartError) as info:
+        async with otpy.start_application(diamond(journal)):
+            raise AssertionError("the block must not run")
+    assert info.value.app == "right"
+    assert isinstance(info.value.__cause__, otpy.errors.InitError)
+    assert journal.starts() == ["base.w1", "base.w2", "left.w1", "left.w2", "right.w1"]
+    assert journal.stops() == ["right.w1", "left.w2", "left.w1", "base.w2", "base.w1"]
+
+
+async def test_root_supervisor_giving_up_fails_the_system(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    journal = Journal()
+    base = make_app("base", journal)
+    top = make_app("top", journal, (base,))
+    cancelled = False
+    with pytest.raises(ApplicationFailed) as info:
+        async with otpy.start_application(top, env={"top": {"intensity": 0}}):
+            ref = otpy.whereis("top.w1")
+            assert ref is None  # workers are not registered; find it through the supervisor
+            (w1, _) = [i.ref for i in await otpy.which_children("top_sup")]
+            assert w1 is not None
+            otpy.cast(w1, "crash")
+            try:
+                await trio.sleep_forever()
+            except trio.Cancelled:
+                cancelled = True
+                raise
+    assert cancelled  # the block was cancelled when the application failed
+    assert info.value.app == "top"
+    assert isinstance(info.value.reason.error, otpy.errors.GaveUp)
+    assert journal.stops()[-2:] == ["base.w2", "base.w1"]
+    events = [getattr(r, "event", None) for r in caplog.records]
+    assert "application_failed" in events
+
+
+async def test_user_exception_in_block_is_not_wrapped() -> None:
+    journal = Journal()
+    with pytest.raises(KeyError):
+        async with otpy.start_application(make_app("solo", journal)):
+            raise KeyError("mine")
+    assert journal.stops() == ["solo.w2", "solo.w1"]
+
+
+async def test_serve_until_stop_with_own_registry() -> None:
+    journal = Journal()
+    registry = otpy.Registry("app")
+    async with trio.open_nursery() as nursery:
+        system = await nursery.start(
+            lambda task_status: otpy.serve(
+                make_app("solo", journal), registry=registry, task_status=task_status
+            )
+        )
+        assert registry.whereis("solo_sup") is system.root("solo")
+        assert otpy.whereis("solo_sup") is None  # the run's default registry is untouched
+        system.stop()
+    assert journal.stops() == ["solo.w2", "solo.w1"]
+    assert registry.registered() == {}
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import logging, sys
+    import otpy
+
+    class Announcer(otpy.GenServer):
+        def __init__(self, name):
+            self.name = name
+
+        async def init(self):
+            print("start", self.name, flush=True)
+
+        async def terminate(self, reason):
+            print("stop", self.name, reason, flush=True)
+
+    def app(name, deps=()):
+        def start(env):
+            return otpy.Supervisor([Announcer.child_spec(name, id=name)])
+        return otpy.Application(name, start, dependencies=deps)
+
+    base = app("base")
+    top = app("top", (base,))
+
+    class Ready(otpy.GenServer):
+        async def init(self):
+            print("ready", flush=True)
+
+    def last(env):
+        return otpy.Supervisor([Ready.child_spec()])
+
+    main = otpy.Application("main", last, dependencies=(top,))
+    code = otpy.run(main)
+    print("exit", int(code), flush=True)
+    sys.exit(code)
+    """
+)
+
+
+def run_until_ready(tmp_path: Path) -> subprocess.Popen[bytes]:
+    script = tmp_path / "app.py"
+    script.write_text(SCRIPT)
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, env=env)
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    buffer = b""
+    while b"ready\n" not in buffer:
+        ready, _, _ = select.select([fd], [], [], 20)
+        assert ready, f"app did not start in time: {buffer!r}"
+        chunk = os.read(fd, 4096)
+        assert chunk, f"app exited early: {buffer!r}"
+        buffer += chunk
+    assert buffer.decode().splitlines() == ["start base", "start top", "ready"]
+    return proc
+
+
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGTERM, 0), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"]
+)
+def test_run_stops_in_reverse_order_on_signal(tmp_path: Path, signum: int, code: int) -> None:
+    proc = run_until_ready(tmp_path)
+    proc.send_signal(signum)
+    out, _ = proc.communicate(timeout=20)
+    assert out.decode().splitlines() == ["stop top shutdown", "stop base shutdown", f"exit {code}"]
+    assert proc.returncode == code
+
+
+def test_run_exit_codes_for_failures(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.CRITICAL)
+    journal = Journal()
+    journal.init_failures["solo.w1"] = 1
+    assert otpy.run(make_app("solo", journal), handle_signals=False) == otpy.ExitCode.START_FAILED
+
+    class Quitter(otpy.GenServer):
+        async def init(self) -> None:
+            otpy.current_system().stop()  # type: ignore[union-attr]
+
+    def quit_start(env: Mapping[str, Any]) -> otpy.Supervisor:
+        return otpy.Supervisor([Quitter.child_spec()])
+
+    quitter = otpy.Application("quit", quit_start)
+    assert otpy.run(quitter, handle_signals=False) == otpy.ExitCode.STOPPED
+
+    class Crasher(otpy.GenServer):
+        async def init(self) -> None:
+            self.start_soon(self.boom)
+
+        async def boom(self) -> None:
+            raise RuntimeError("boom")
+
+    def crash_start(env: Mapping[str, Any]) -> otpy.Supervisor:
+        return otpy.Supervisor([Crasher.child_spec()], intensity=0)
+
+    crasher = otpy.Application("crash", crash_start)
+    assert otpy.run(crasher, handle_signals=False) == otpy.ExitCode.FAILED
