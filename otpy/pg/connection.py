@@ -390,6 +390,39 @@ async def _resolve_attempts(
     return attempts, failures
 
 
+def _settle(pgconn: pq.abc.PGconn) -> Any:
+    """Generator consuming all that the server still sends for an interrupted command.
+
+    Used after a cancellation, when psycopg's own generator has returned but
+    libpq is still busy: results not yet read, a COPY TO whose data must be
+    read to its (error) end, or a COPY FROM that must be ended.  Raises
+    ``InternalError`` for COPY_BOTH, which cannot be left: the caller closes.
+    """
+    while pgconn.transaction_status == _ACTIVE:
+        if pgconn.is_busy():
+            yield _WAIT_R
+            pgconn.consume_input()
+            continue
+        result = pgconn.get_result()
+        if result is None:
+            continue
+        if result.status == pq.ExecStatus.COPY_OUT:
+            while True:
+                nbytes, _ = pgconn.get_copy_data(1)
+                if nbytes < 0:
+                    break
+                if nbytes == 0:
+                    yield _WAIT_R
+                    pgconn.consume_input()
+        elif result.status == pq.ExecStatus.COPY_IN:
+            while pgconn.put_copy_end(b"cancelled by the client") == 0:
+                yield _WAIT_W
+            while pgconn.flush() == 1:
+                yield _WAIT_W
+        elif result.status == _COPY_BOTH:
+            raise e.InternalError("cannot leave COPY_BOTH mode")
+
+
 class ConnectionLock:
     """The trio lock serialising the commands of one :class:`TrioConnection`.
 
@@ -612,7 +645,14 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
             except e.QueryCanceled:
                 pass  # the expected outcome
             except e.Error as ex:
-                logger.debug("error draining a cancelled command: %s", ex)
+                logger.debug("error draining a cancelled command: %r", ex)
+            # The generator may have finished on a COPY response (the cancel
+            # then ends the copy with an error): consume whatever is pending.
+            if pgconn.status == _CONN_OK and pgconn.transaction_status == _ACTIVE:
+                try:
+                    await _wait_gen(_settle(pgconn), fileno)
+                except e.Error as ex:
+                    logger.debug("error settling a cancelled command: %r", ex)
         if scope.cancelled_caught:
             self._close_unusable(
                 f"the cancelled command did not stop within {self.cancel_timeout}s"

@@ -466,3 +466,61 @@ async def test_connect_options_are_honoured(module_dsn: str) -> None:
         ident = sql.Identifier('weird "name"').as_string(c)
         assert ident == '"weird ""name"""'
     assert math.isfinite(TrioConnection.cancel_timeout)
+
+
+async def test_cancel_during_pipeline(conn: TrioConnection[Any]) -> None:
+    with trio.move_on_after(0.3) as scope:
+        async with conn.pipeline():
+            await conn.execute("SELECT 1")
+            await conn.execute("SELECT pg_sleep(30)")
+            await conn.execute("SELECT 2")
+    assert scope.cancelled_caught
+    assert not conn.closed
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert conn.info.pipeline_status == psycopg.pq.PipelineStatus.OFF
+    assert await (await conn.execute("SELECT 3")).fetchone() == (3,)
+
+
+async def test_cancel_during_copy_out(conn: TrioConnection[Any]) -> None:
+    with trio.move_on_after(0.3) as scope:
+        async with conn.cursor() as cur:
+            query = "COPY (SELECT pg_sleep(30), g FROM generate_series(1, 2) g) TO STDOUT"
+            async with cur.copy(query) as copy:
+                async for _block in copy:
+                    pass
+    assert scope.cancelled_caught
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert await (await conn.execute("SELECT 4")).fetchone() == (4,)
+
+
+def test_missing_psycopg_internals_fail_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
+    from psycopg._connection_base import BaseConnection
+
+    from otpy.pg import connection
+    from otpy.pg.errors import PsycopgCompatibilityError
+
+    monkeypatch.delattr(BaseConnection, "_cancel_gen")
+    with pytest.raises(PsycopgCompatibilityError, match=r"AsyncConnection\._cancel_gen") as info:
+        connection._check_psycopg()
+    assert connection.TESTED_PSYCOPG in str(info.value)
+    assert isinstance(info.value, ImportError)
+
+
+def test_untested_psycopg_version_warns(monkeypatch: pytest.MonkeyPatch) -> None:
+    from otpy.pg import connection
+
+    monkeypatch.setattr(psycopg, "__version__", "3.9.0")
+    with pytest.warns(RuntimeWarning, match="tested with psycopg>=3.2,<3.4"):
+        connection._check_psycopg()
+
+
+async def test_cancel_in_the_middle_of_copy_in(conn: TrioConnection[Any]) -> None:
+    await conn.execute("CREATE TABLE copy_cancelled (v int)")
+    with trio.move_on_after(0.2) as scope:
+        async with conn.cursor() as cur, cur.copy("COPY copy_cancelled FROM STDIN") as copy:
+            await copy.write_row((1,))
+            await trio.sleep_forever()  # the producer stalls; the deadline cancels it
+    assert scope.cancelled_caught
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    cur2 = await conn.execute("SELECT count(*) FROM copy_cancelled")
+    assert await cur2.fetchone() == (0,)  # the COPY was aborted, not committed
