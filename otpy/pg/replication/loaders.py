@@ -12,7 +12,8 @@ never become a poison transaction:
 * some built-in types have no loader at all; for those whose Python form is
   obvious we add one, identical in text and binary format: ``money`` ->
   ``Decimal``, ``pg_lsn`` -> :class:`~.lsn.LSN`, ``point`` -> ``(x, y)``,
-  ``xid``/``xid8``/``cid`` -> ``int``, and, in binary format, the text form of
+  ``xid``/``xid8``/``cid`` -> ``int``, ``reg*`` OID aliases -> the name
+  (text) or the OID (binary, all the server sends), and, in binary format, the text form of
   ``macaddr``/``macaddr8``/``bit``/``varbit``/``xml``/``tsvector`` (which are
   delivered as ``str`` in text format).
 
@@ -276,6 +277,13 @@ def install_loaders(adapters: AdaptersMap) -> None:
         ("xml", StrTextLoader, XmlBinaryLoader),
         ("tsvector", StrTextLoader, TsvectorBinaryLoader),
     ]
+    # OID alias types: the server prints a name in text format but sends the OID in binary.
+    for name in (
+        "regclass", "regtype", "regproc", "regprocedure", "regoper", "regoperator",
+        "regconfig", "regdictionary", "regnamespace", "regrole", "regcollation",
+    ):  # fmt: skip
+        if postgres.types.get(name) is not None:
+            simple.append((name, StrTextLoader, UIntBinaryLoader))
     for name, text_loader, binary_loader in simple:
         type_oid = oid(name)
         adapters.register_loader(type_oid, text_loader)
