@@ -91,13 +91,14 @@ class From:
     or was cancelled is silently ignored (the caller has moved on).
     """
 
-    __slots__ = ("_done", "_target", "_task", "request")
+    __slots__ = ("_done", "_target", "_task", "_timers", "request")
 
     def __init__(self, request: Any, task: trio.lowlevel.Task, target: Ref) -> None:
         self.request = request
         self._task = task
         self._target = target
         self._done = False
+        self._timers: dict[From, float] | None = None
 
     def __repr__(self) -> str:
         return f"<From {self._task.name} -> {self._target!r}>"
@@ -107,20 +108,86 @@ class From:
         """True while the caller still waits for a reply."""
         return not self._done
 
+    def _finish(self) -> None:
+        self._done = True
+        self._target._callers.discard(self)
+        timers = self._timers
+        if timers is not None:
+            self._timers = None
+            timers.pop(self, None)
+
     def _resolve(self, result: outcome.Outcome[Any]) -> None:
         if self._done:
             return
-        self._done = True
-        self._target._callers.discard(self)
+        self._finish()
         trio.lowlevel.reschedule(self._task, result)
 
     def _fail(self, error: BaseException) -> None:
         self._resolve(outcome.Error(error))
 
     def _abort(self, _: Any) -> trio.lowlevel.Abort:
-        self._done = True
-        self._target._callers.discard(self)
+        self._finish()
         return trio.lowlevel.Abort.SUCCEEDED
+
+
+class _CallTimers:
+    """Call deadlines of one trio run, enforced by a single system task.
+
+    A cancel scope per call would cost a third of a call round trip.  Instead
+    every pending call with a timeout sits in an insertion-ordered dict per
+    timeout value; because the clock only moves forward, each dict is also
+    ordered by deadline, so adding and removing a call is O(1) and the timer
+    task only looks at the head of each dict.  The timer sleeps until the
+    earliest deadline it knows of and is woken (its scope's deadline moved
+    earlier) only when a new call would expire before that; in a steady stream
+    of calls with the same timeout it wakes about once per timeout period.
+    """
+
+    def __init__(self) -> None:
+        self.queues: dict[float, dict[From, float]] = {}
+        self.wake_at = math.inf
+        self.scope = trio.CancelScope()
+
+    def add(self, from_: From, timeout: float) -> None:
+        deadline = trio.current_time() + timeout
+        queue = self.queues.get(timeout)
+        if queue is None:
+            queue = self.queues[timeout] = {}
+        queue[from_] = deadline
+        from_._timers = queue
+        if deadline < self.wake_at:
+            self.wake_at = deadline
+            self.scope.deadline = deadline
+
+    async def run(self) -> None:
+        while True:
+            with self.scope:
+                await trio.sleep_forever()
+            self.scope = trio.CancelScope()
+            now = trio.current_time()
+            wake_at = math.inf
+            for timeout, queue in self.queues.items():
+                while queue:
+                    from_, deadline = next(iter(queue.items()))
+                    if deadline > now:
+                        wake_at = min(wake_at, deadline)
+                        break
+                    from_._fail(CallTimeout(from_._target, from_.request, timeout))
+            self.wake_at = wake_at
+            self.scope.deadline = wake_at
+
+
+_TIMERS: trio.lowlevel.RunVar[_CallTimers] = trio.lowlevel.RunVar("otpy_call_timers")
+
+
+def _timers() -> _CallTimers:
+    try:
+        return _TIMERS.get()
+    except LookupError:
+        timers = _CallTimers()
+        _TIMERS.set(timers)
+        trio.lowlevel.spawn_system_task(timers.run, name="otpy call timeouts")
+        return timers
 
 
 class _Cast:
@@ -167,13 +234,14 @@ async def call(
     if ref._task is task:
         raise CallingSelf(f"{ref!r} called itself from its own message loop; this would deadlock")
     from_ = From(request, task, ref)
+    if timeout is not None and timeout != math.inf:
+        if timeout <= 0:
+            await trio.lowlevel.checkpoint()
+            raise CallTimeout(ref, request, timeout)
+        _timers().add(from_, timeout)
     ref._callers.add(from_)
     ref.deliver(from_)
-    if timeout is None or timeout == math.inf:
-        return await trio.lowlevel.wait_task_rescheduled(from_._abort)
-    with trio.move_on_after(timeout):
-        return await trio.lowlevel.wait_task_rescheduled(from_._abort)
-    raise CallTimeout(target, request, timeout)
+    return await trio.lowlevel.wait_task_rescheduled(from_._abort)
 
 
 def cast(target: Any, request: Any) -> None:

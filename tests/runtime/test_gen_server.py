@@ -150,6 +150,38 @@ async def test_call_timeout(autojump_clock: trio.testing.MockClock) -> None:
         await otpy.stop(ref)
 
 
+@pytest.mark.trio
+async def test_many_call_timeouts_fire_at_their_own_deadlines(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        ref = await otpy.start(nursery, Deferred())
+        fired: dict[str, float] = {}
+        t0 = trio.current_time()
+
+        async def caller(label: str, timeout: float) -> None:
+            try:
+                await otpy.call(ref, "wait", timeout=timeout)
+            except CallTimeout:
+                fired[label] = trio.current_time() - t0
+
+        async with trio.open_nursery() as callers:
+            for label, timeout in [("a", 3.0), ("b", 1.0), ("c", 3.0), ("d", 2.0)]:
+                callers.start_soon(caller, label, timeout)
+            await trio.sleep(0.5)
+            # A later call with a shorter timeout still fires first.
+            callers.start_soon(caller, "e", 0.25)
+        assert fired == pytest.approx({"a": 3, "b": 1, "c": 3, "d": 2, "e": 0.75})
+        # Answered calls never time out afterwards; zero timeout fails at once.
+        otpy.cast(ref, "flush")
+        assert await otpy.call(ref, "count", timeout=1) == 0
+        await trio.sleep(5)
+        with pytest.raises(CallTimeout):
+            await otpy.call(ref, "count", timeout=0)
+        assert ref._callers == set()
+        await otpy.stop(ref)
+
+
 async def test_outer_cancellation_of_call_is_not_a_timeout() -> None:
     async with trio.open_nursery() as nursery:
         ref = await otpy.start(nursery, Counter())
