@@ -67,10 +67,10 @@ class LSN(int):
         return f"LSN('{self}')"
 
     def __format__(self, spec: str) -> str:
-        # f"{lsn}" must give the X/Y form, not the decimal integer.
-        return (
-            format(str(self), spec) if not spec or spec[-1] == "s" else int.__format__(self, spec)
-        )
+        # f"{lsn}" and f"{lsn:>20}" give the X/Y form; numeric types (f"{lsn:x}") the number.
+        if spec and spec[-1] in "bcdoxXneEfFgG%":
+            return int.__format__(self, spec)
+        return format(str(self), spec)
 
     def __add__(self, other: int) -> LSN:
         if not isinstance(other, int):
