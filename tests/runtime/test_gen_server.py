@@ -159,15 +159,15 @@ async def test_many_call_timeouts_fire_at_their_own_deadlines(
         fired: dict[str, float] = {}
         t0 = trio.current_time()
 
-        async def caller(label: str, timeout: float) -> None:
+        async def caller(label: str, seconds: float) -> None:
             try:
-                await otpy.call(ref, "wait", timeout=timeout)
+                await otpy.call(ref, "wait", timeout=seconds)
             except CallTimeout:
                 fired[label] = trio.current_time() - t0
 
         async with trio.open_nursery() as callers:
-            for label, timeout in [("a", 3.0), ("b", 1.0), ("c", 3.0), ("d", 2.0)]:
-                callers.start_soon(caller, label, timeout)
+            for label, seconds in [("a", 3.0), ("b", 1.0), ("c", 3.0), ("d", 2.0)]:
+                callers.start_soon(caller, label, seconds)
             await trio.sleep(0.5)
             # A later call with a shorter timeout still fires first.
             callers.start_soon(caller, "e", 0.25)
