@@ -162,7 +162,18 @@ class System:
 
     async def _watch(self, app: Application, ref: Ref) -> None:
         reason = await ref.wait()
-        if self._stopping or reason.normal:
+        if self._stopping:
+            return
+        if reason.normal:
+            # A root that stops by itself ends the system, as a permanent OTP
+            # application stopping takes its node down (but as an orderly stop).
+            logger.info(
+                "application %s exited (%s); stopping the system",
+                app.name,
+                reason,
+                extra={"event": "application_exited", "application": app.name},
+            )
+            self.stop(f"application {app.name} exited")
             return
         logger.error(
             "application %s failed: %s",

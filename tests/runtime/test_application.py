@@ -253,3 +253,15 @@ def test_run_exit_codes_for_failures(caplog: pytest.LogCaptureFixture) -> None:
 
     crasher = otpy.Application("crash", crash_start)
     assert otpy.run(crasher, handle_signals=False) == otpy.ExitCode.FAILED
+
+
+async def test_root_stopping_normally_stops_the_system() -> None:
+    journal = Journal()
+    base = make_app("base", journal)
+    top = make_app("top", journal, (base,))
+    async with trio.open_nursery() as nursery:
+        system = await nursery.start(lambda task_status: otpy.serve(top, task_status=task_status))
+        await otpy.stop("top_sup")
+        # serve() returns on its own: the nursery can exit.
+    assert system.stop_reason == "application top exited"
+    assert journal.stops() == ["top.w2", "top.w1", "base.w2", "base.w1"]
