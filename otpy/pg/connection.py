@@ -848,7 +848,7 @@ async def wait_copy_data(conn: TrioConnection[Any]) -> bytes | None:
                 f"cannot read copy data (is START_REPLICATION running?): {ex}"
             ) from None
         if nbytes > 0:
-            await trio.lowlevel.checkpoint_if_cancelled()
+            await _busy_checkpoint()
             return bytes(data)
         if nbytes == 0:
             try:
@@ -874,6 +874,20 @@ async def wait_copy_data(conn: TrioConnection[Any]) -> bytes | None:
         raise ReplicationProtocolError(
             f"cannot read copy data (is START_REPLICATION running?): {message}"
         )
+
+
+async def _busy_checkpoint() -> None:
+    """A cancellation point that also lets other tasks run if we have not for a while.
+
+    A stream whose frames are always already buffered would otherwise never
+    yield to the scheduler and starve every other task.
+    """
+    global _last_yield
+    if time.monotonic() - _last_yield >= _MAX_BUSY_TIME:
+        await trio.lowlevel.checkpoint()
+        _last_yield = time.monotonic()
+    else:
+        await trio.lowlevel.checkpoint_if_cancelled()
 
 
 async def _finish_copy(conn: TrioConnection[Any]) -> None:

@@ -525,3 +525,12 @@ async def test_cancel_in_the_middle_of_copy_in(conn: TrioConnection[Any]) -> Non
     assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     cur2 = await conn.execute("SELECT count(*) FROM copy_cancelled")
     assert await cur2.fetchone() == (0,)  # the COPY was aborted, not committed
+
+
+async def test_connect_through_the_unix_socket(pg_server: Any, module_dsn: str) -> None:
+    if pg_server is None:
+        pytest.skip("needs the throw-away server (its socket directory)")
+    dsn = _params(module_dsn, host=str(pg_server.basedir))
+    async with await TrioConnection.connect(dsn) as c:
+        cur = await c.execute("SELECT inet_server_addr() IS NULL")  # NULL over a Unix socket
+        assert await cur.fetchone() == (True,)
