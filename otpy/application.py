@@ -86,6 +86,8 @@ class ExitCode(enum.IntEnum):
     """A root supervisor gave up while running."""
     START_FAILED = 2
     """An application failed to start."""
+    FORCED = 3
+    """A second SIGINT/SIGTERM cut the orderly stop short: everything was cancelled."""
     INTERRUPTED = 130
     """Stopped by SIGINT (Ctrl-C), the shell convention 128 + 2."""
 
@@ -320,32 +322,51 @@ async def _main(
 ) -> ExitCode:
     signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
     received: list[int] = []
+    systems: list[System] = []
+    code = ExitCode.STOPPED
     with trio.open_signal_receiver(*signals) if signals else contextlib.nullcontext() as sigs:
-        try:
-            async with start_application(app, env=env) as system, trio.open_nursery() as n:
-                if sigs is not None:
+        async with trio.open_nursery() as outer:
 
-                    async def on_signal() -> None:
-                        async for signum in sigs:
-                            received.append(signum)
-                            logger.info(
-                                "received %s, stopping",
-                                signal.Signals(signum).name,
-                                extra={"event": "signal", "signal": signal.Signals(signum).name},
-                            )
-                            system.stop(signal.Signals(signum).name)
-                            return
+            async def on_signals(sigs: Any) -> None:
+                async for signum in sigs:
+                    received.append(signum)
+                    name = signal.Signals(signum).name
+                    if len(received) == 1:
+                        logger.info(
+                            "received %s, stopping in order (send it again to force)",
+                            name,
+                            extra={"event": "signal", "signal": name},
+                        )
+                        if systems:
+                            systems[0].stop(name)
+                    else:
+                        logger.warning(
+                            "received %s again, cancelling everything",
+                            name,
+                            extra={"event": "forced_stop", "signal": name},
+                        )
+                        outer.cancel_scope.cancel()
+                        return
 
-                    n.start_soon(on_signal)
-                await system.stop_requested.wait()
-                n.cancel_scope.cancel()
-        except ApplicationStartError:
-            return ExitCode.START_FAILED
-        except ApplicationFailed:
-            return ExitCode.FAILED
-    if received and received[0] == signal.SIGINT:
-        return ExitCode.INTERRUPTED
-    return ExitCode.STOPPED
+            if sigs is not None:
+                outer.start_soon(on_signals, sigs)
+            try:
+                async with start_application(app, env=env) as system:
+                    systems.append(system)
+                    if received:  # a signal arrived while starting
+                        system.stop(signal.Signals(received[0]).name)
+                    await system.stop_requested.wait()
+            except ApplicationStartError:
+                code = ExitCode.START_FAILED
+            except ApplicationFailed:
+                code = ExitCode.FAILED
+            else:
+                if received and received[0] == signal.SIGINT:
+                    code = ExitCode.INTERRUPTED
+            outer.cancel_scope.cancel()
+    if len(received) > 1:
+        return ExitCode.FORCED
+    return code
 
 
 def run(
@@ -357,10 +378,11 @@ def run(
 ) -> ExitCode:
     """Run ``app`` (and its dependencies) in a new trio run until it is stopped.
 
-    SIGINT and SIGTERM stop every application in reverse start order.  Returns
-    an :class:`ExitCode` (an int) for ``sys.exit``: 0 after SIGTERM or
+    SIGINT and SIGTERM stop every application in reverse start order; a second
+    one cancels whatever is still stopping (for a ``terminate`` that hangs).
+    Returns an :class:`ExitCode` (an int) for ``sys.exit``: 0 after SIGTERM or
     :meth:`System.stop`, 130 after SIGINT, 1 if a root supervisor gave up,
-    2 if an application failed to start.
+    2 if an application failed to start, 3 if a second signal forced the stop.
     """
     result: ExitCode = trio.run(_main, app, env, handle_signals, clock=clock)
     return result

@@ -159,8 +159,11 @@ async def test_serve_until_stop_with_own_registry() -> None:
 
 SCRIPT = textwrap.dedent(
     """
-    import logging, sys
+    import logging, os, sys
+    import trio
     import otpy
+
+    HANG = os.environ.get("HANG") == "1"
 
     class Announcer(otpy.GenServer):
         def __init__(self, name):
@@ -171,10 +174,12 @@ SCRIPT = textwrap.dedent(
 
         async def terminate(self, reason):
             print("stop", self.name, reason, flush=True)
+            if HANG and self.name == "top":
+                await trio.sleep_forever()
 
     def app(name, deps=()):
         def start(env):
-            return otpy.Supervisor([Announcer.child_spec(name, id=name)])
+            return otpy.Supervisor([Announcer.child_spec(name, id=name, shutdown="infinity")])
         return otpy.Application(name, start, dependencies=deps)
 
     base = app("base")
@@ -195,22 +200,26 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def run_until_ready(tmp_path: Path) -> subprocess.Popen[bytes]:
-    script = tmp_path / "app.py"
-    script.write_text(SCRIPT)
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, env=env)
+def read_until(proc: subprocess.Popen[bytes], marker: bytes) -> list[str]:
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
     buffer = b""
-    while b"ready\n" not in buffer:
+    while marker not in buffer:
         ready, _, _ = select.select([fd], [], [], 20)
-        assert ready, f"app did not start in time: {buffer!r}"
+        assert ready, f"no {marker!r} in time: {buffer!r}"
         chunk = os.read(fd, 4096)
-        assert chunk, f"app exited early: {buffer!r}"
+        assert chunk, f"exited before {marker!r}: {buffer!r}"
         buffer += chunk
-    assert buffer.decode().splitlines() == ["start base", "start top", "ready"]
+    return buffer.decode().splitlines()
+
+
+def run_until_ready(tmp_path: Path, hang: bool = False) -> subprocess.Popen[bytes]:
+    script = tmp_path / "app.py"
+    script.write_text(SCRIPT)
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "HANG": "1" if hang else "0"}
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, env=env)
+    assert read_until(proc, b"ready\n") == ["start base", "start top", "ready"]
     return proc
 
 
@@ -223,6 +232,16 @@ def test_run_stops_in_reverse_order_on_signal(tmp_path: Path, signum: int, code:
     out, _ = proc.communicate(timeout=20)
     assert out.decode().splitlines() == ["stop top shutdown", "stop base shutdown", f"exit {code}"]
     assert proc.returncode == code
+
+
+def test_second_signal_forces_a_hanging_stop(tmp_path: Path) -> None:
+    proc = run_until_ready(tmp_path, hang=True)
+    proc.send_signal(signal.SIGTERM)
+    assert read_until(proc, b"stop top shutdown\n") == ["stop top shutdown"]
+    proc.send_signal(signal.SIGTERM)  # top's terminate hangs: a second signal cancels it all
+    out, _ = proc.communicate(timeout=20)
+    assert out.decode().splitlines() == ["exit 3"]
+    assert proc.returncode == otpy.ExitCode.FORCED
 
 
 def test_run_exit_codes_for_failures(caplog: pytest.LogCaptureFixture) -> None:
