@@ -56,6 +56,7 @@ __all__ = [
     "From",
     "GenServer",
     "TaskServer",
+    "Timer",
     "call",
     "cast",
     "demonitor",
@@ -188,6 +189,23 @@ def _timers() -> _CallTimers:
         _TIMERS.set(timers)
         trio.lowlevel.spawn_system_task(timers.run, name="otpy call timeouts")
         return timers
+
+
+class Timer:
+    """Handle of a :meth:`GenServer.send_after` timer (Erlang's TRef)."""
+
+    __slots__ = ("_fired", "_scope")
+
+    def __init__(self, scope: trio.CancelScope) -> None:
+        self._scope = scope
+        self._fired = False
+
+    def cancel(self) -> bool:
+        """Stop the timer; False if the message was already sent."""
+        if self._fired or self._scope.cancel_called:
+            return False
+        self._scope.cancel()
+        return True
 
 
 class _Cast:
@@ -422,6 +440,27 @@ class GenServer:
     def stop(self, reason: ExitReason = NORMAL) -> None:
         """Stop this server after the current message (from a handler or a background task)."""
         self.ref.request_stop(reason)
+
+    def send_after(self, delay: float, message: Any, target: Any = None) -> Timer:
+        """Deliver ``message`` to ``target`` (default: this server) after ``delay`` seconds.
+
+        Erlang's ``erlang:send_after``: the timer is a background task of this
+        server, so it dies with the server; ``Timer.cancel()`` stops it.  The
+        message arrives in ``handle_info`` like any other.
+        """
+        timer = Timer(trio.CancelScope())
+        dest = self.ref if target is None else target
+
+        async def fire() -> None:
+            with timer._scope:
+                await trio.sleep(delay)
+                timer._fired = True
+                ref = dest if type(dest) is Ref else whereis(dest)
+                if ref is not None:
+                    ref.deliver(message)
+
+        self.nursery.start_soon(fire, name=f"send_after({delay}, {message!r})")
+        return timer
 
     def monitor(self, target: Any) -> Monitor:
         """Monitor ``target``; a :class:`~otpy.Down` arrives in ``handle_info`` when it exits."""

@@ -447,3 +447,32 @@ async def test_task_server_waits_for_started() -> None:
         assert ref.alive
         await otpy.stop(ref)
         assert ref.exit_reason is otpy.NORMAL
+
+
+class Ticker(otpy.GenServer):
+    def __init__(self) -> None:
+        self.ticks: list[tuple[float, Any]] = []
+        self.timer: otpy.Timer | None = None
+
+    async def init(self) -> None:
+        self.send_after(1, "tick")
+        self.timer = self.send_after(2, "never")
+
+    async def handle_info(self, message: Any) -> None:
+        self.ticks.append((trio.current_time(), message))
+        if message == "tick":
+            assert self.timer is not None
+            assert self.timer.cancel() is True
+            assert self.timer.cancel() is False
+            self.send_after(3, "tock")
+
+
+@pytest.mark.trio
+async def test_send_after_and_cancel(autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        server = Ticker()
+        t0 = trio.current_time()
+        ref = await otpy.start(nursery, server)
+        await trio.sleep(10)
+        assert [(round(t - t0), m) for t, m in server.ticks] == [(1, "tick"), (4, "tock")]
+        await otpy.stop(ref)
