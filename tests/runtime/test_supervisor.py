@@ -418,3 +418,65 @@ async def test_call_to_supervised_child_that_crashes_raises_at_once() -> None:
         with trio.fail_after(1), pytest.raises(ActorExited):
             await otpy.call(ref, "crash", timeout=30)
         await otpy.stop(sup)
+
+
+async def test_cancelling_the_tree_kills_everything_and_is_not_swallowed() -> None:
+    journal = Journal()
+    inner = otpy.Supervisor.child_spec([worker_spec("x", journal)], id="inner")
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            sup = await otpy.start(nursery, otpy.Supervisor([*three(journal), inner]))
+            refs = await running(sup)
+            inner_ref = refs["inner"]
+            assert inner_ref is not None
+            x = await child_ref(inner_ref, "x")
+            scope.cancel()
+            await trio.sleep_forever()
+    assert scope.cancelled_caught
+    assert sup.exit_reason is otpy.KILLED
+    assert all(r is not None and r.exit_reason is otpy.KILLED for r in refs.values())
+    assert x.exit_reason is otpy.KILLED
+    assert journal.stops() == []  # killed: no terminate ran
+
+
+async def test_task_children_are_supervised_like_servers() -> None:
+    runs: list[int] = []
+    fail_now = trio.Event()
+    finish = trio.Event()
+
+    async def job(n: int) -> None:
+        runs.append(n)
+        if len(runs) == 1:
+            await fail_now.wait()
+            raise OSError("first run fails")
+        await finish.wait()
+
+    spec = otpy.ChildSpec(id="job", start=lambda: otpy.TaskServer(job, 7), restart="transient")
+    async with trio.open_nursery() as nursery:
+        sup = await otpy.start(nursery, otpy.Supervisor([spec]))
+        ref = await child_ref(sup, "job")
+        fail_now.set()
+        assert isinstance((await ref.wait()).error, OSError)
+        await otpy.count_children(sup)
+        second = await child_ref(sup, "job")
+        assert second is not ref
+        finish.set()
+        assert await second.wait() is otpy.NORMAL
+        await otpy.count_children(sup)
+        assert runs == [7, 7]
+        assert (await running(sup))["job"] is None  # transient + normal exit: not restarted
+        await otpy.stop(sup)
+
+
+@pytest.mark.trio
+async def test_shutdown_timeout_is_reported(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    journal = Journal()
+    spec = worker_spec("slow", journal, terminate_time=100, shutdown=1)
+    async with trio.open_nursery() as nursery:
+        sup = await otpy.start(nursery, otpy.Supervisor([spec]), name="S2")
+        await otpy.stop(sup)
+    (record,) = [r for r in caplog.records if getattr(r, "event", "") == "child_shutdown_timeout"]
+    assert record.levelno == logging.WARNING
+    assert record.child_id == "slow" and record.supervisor == "'S2'"
