@@ -82,8 +82,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: The psycopg versions this module was tested with (a pip requirement specifier).
-TESTED_PSYCOPG = ">=3.2,<3.4"
-_TESTED_MIN = (3, 2)
+#: 3.3.6 is the first release whose ``AsyncConnection.wait`` takes a ``timeout`` and
+#: raises ``_WaitTimeout`` (older ones tick with ``interval``); tested: 3.3.6, 3.3.7,
+#: 3.3.9, with both the binary and the pure-Python implementation.
+TESTED_PSYCOPG = ">=3.3.6,<3.4"
+_TESTED_MIN = (3, 3, 6)
 _TESTED_MAX_EXCLUSIVE = (3, 4)
 
 
@@ -135,7 +138,7 @@ def _check_psycopg() -> None:
             f"install a tested version: psycopg{TESTED_PSYCOPG}"
         )
     try:
-        version = tuple(int(part) for part in psycopg.__version__.split(".")[:2])
+        version = tuple(int(part) for part in psycopg.__version__.split(".")[:3])
     except ValueError:  # pragma: no cover - a development version string
         version = _TESTED_MIN
     if not (_TESTED_MIN <= version < _TESTED_MAX_EXCLUSIVE):

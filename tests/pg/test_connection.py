@@ -511,7 +511,7 @@ def test_untested_psycopg_version_warns(monkeypatch: pytest.MonkeyPatch) -> None
     from otpy.pg import connection
 
     monkeypatch.setattr(psycopg, "__version__", "3.9.0")
-    with pytest.warns(RuntimeWarning, match="tested with psycopg>=3.2,<3.4"):
+    with pytest.warns(RuntimeWarning, match=r"tested with psycopg>=3\.3\.6,<3\.4"):
         connection._check_psycopg()
 
 
