@@ -312,7 +312,10 @@ async def _wait_gen(gen: Any, fileno: int, timeout: float | None = None) -> Any:
     with trio.move_on_after(max(timeout, 0.0)):
         # Data already waiting is processed even with a zero timeout.
         if state & _WAIT_R and (ready := _ready_now(fileno, state)):
-            state = gen.send(ready)
+            try:
+                state = gen.send(ready)
+            except StopIteration as ex:
+                return ex.value
         return await _drive(gen, state, fileno)
     raise e._WaitTimeout("wait timeout expired")
 

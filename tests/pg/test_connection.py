@@ -534,3 +534,13 @@ async def test_connect_through_the_unix_socket(pg_server: Any, module_dsn: str) 
     async with await TrioConnection.connect(dsn) as c:
         cur = await c.execute("SELECT inet_server_addr() IS NULL")  # NULL over a Unix socket
         assert await cur.fetchone() == (True,)
+
+
+async def test_notifies_zero_timeout_takes_what_already_arrived(
+    conn: TrioConnection[Any], other: TrioConnection[Any]
+) -> None:
+    await conn.execute("LISTEN otpy_poll")
+    await other.execute("NOTIFY otpy_poll, 'ready'")
+    await trio.lowlevel.wait_readable(conn.fileno())  # the notification is in the socket
+    got = [n async for n in conn.notifies(timeout=0)]
+    assert [(n.channel, n.payload) for n in got] == [("otpy_poll", "ready")]
