@@ -125,7 +125,7 @@ class _Child:
     ref: Ref | None = None
     monitor: Monitor | None = None
     failures: int = 0
-    started_at: float = 0.0
+    started_at: float | None = None
     pending: int = 0
 
 
@@ -388,19 +388,26 @@ class SupervisorBase(GenServer):
             try:
                 await self._start_child(child, "child_restarted")
             except InitError:
-                self._schedule(child)
+                self._schedule(child, after_run=False)
                 return
 
-    def _schedule(self, child: _Child) -> None:
-        """Restart ``child`` later: after its backoff delay, or as the next message."""
+    def _schedule(self, child: _Child, after_run: bool) -> None:
+        """Restart ``child`` later: after its backoff delay, or as the next message.
+
+        ``after_run`` says the child was running (rather than failing to start):
+        only then can a long healthy run reset its backoff.
+        """
         self._tokens += 1
         child.pending = token = self._tokens
         backoff = child.spec.backoff
         if backoff is None:
             self.ref.deliver(_Retry(child, token))
             return
-        now = trio.current_time()
-        if child.started_at and now - child.started_at >= backoff.healthy_after:
+        started_at = child.started_at
+        healthy = started_at is not None and (
+            trio.current_time() - started_at >= backoff.healthy_after
+        )
+        if after_run and healthy:
             child.failures = 0
         child.failures += 1
         delay = backoff.delay(child.failures, self._rng)
@@ -438,7 +445,7 @@ class SupervisorBase(GenServer):
         restart = child.spec.restart
         if restart is Restart.PERMANENT or (restart is Restart.TRANSIENT and reason.abnormal):
             if child.spec.backoff is not None:
-                self._schedule(child)
+                self._schedule(child, after_run=True)
             else:
                 await self._restart_now(child)
         elif restart is Restart.TEMPORARY or self._drops_terminated():

@@ -324,6 +324,27 @@ async def test_restart_backoff_is_exponential_and_capped(
         await otpy.stop(sup)
 
 
+@pytest.mark.trio
+async def test_backoff_keeps_growing_while_restarts_fail(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    journal = Journal()
+    backoff = otpy.Backoff(initial=1, maximum=4, reset_after=100)
+    spec = worker_spec("db", journal, backoff=backoff)
+    async with trio.open_nursery() as nursery:
+        sup = await otpy.start(nursery, otpy.Supervisor([spec], intensity=100, period=1000))
+        await trio.sleep(200)  # a long healthy run: the next crash starts at `initial`
+        journal.init_failures["db"] = 3  # ...but then the database stays down for a while
+        ref = await child_ref(sup, "db")
+        otpy.cast(ref, "crash")
+        await ref.wait()
+        t0 = trio.current_time()
+        await journal.wait_for(lambda: journal.starts().count("db") == 2)
+        # 1 s, then 2 s and 4 s after failed starts, then the capped 4 s.
+        assert trio.current_time() - t0 == pytest.approx(1 + 2 + 4 + 4)
+        await otpy.stop(sup)
+
+
 def test_backoff_delays_with_jitter_stay_in_bounds() -> None:
     import random
 
