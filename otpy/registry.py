@@ -136,9 +136,14 @@ def _split(name: Any) -> tuple[NameRegistry, Hashable]:
 
 
 def register(name: Any, ref: Ref) -> None:
-    """Register ``ref`` as ``name`` (a plain name or a :class:`Via`)."""
+    """Register ``ref`` as ``name`` (a plain name or a :class:`Via`).
+
+    The name is released when ``ref`` exits, whatever kind of registry holds it.
+    """
     registry, key = _split(name)
     registry.register(key, ref)
+    if not isinstance(registry, Registry):
+        ref._names.append((registry, key))
 
 
 def unregister(name: Any) -> None:

@@ -200,6 +200,34 @@ async def test_via_and_scoped_registries_do_not_collide() -> None:
         assert mine.registered() == {}
 
 
+class DictRegistry:
+    """A minimal third-party registry: anything with register/unregister/whereis works."""
+
+    def __init__(self) -> None:
+        self.names: dict[Any, otpy.Ref] = {}
+
+    def register(self, name: Any, ref: otpy.Ref) -> None:
+        if name in self.names:
+            raise NameTaken(name, self.names[name])
+        self.names[name] = ref
+
+    def unregister(self, name: Any) -> None:
+        self.names.pop(name, None)
+
+    def whereis(self, name: Any) -> otpy.Ref | None:
+        return self.names.get(name)
+
+
+async def test_via_custom_registry_is_released_on_exit() -> None:
+    registry = DictRegistry()
+    async with trio.open_nursery() as nursery:
+        ref = await otpy.start(nursery, Watcher(), name=otpy.Via(registry, ("tenant", 1)))
+        assert registry.names == {("tenant", 1): ref}
+        assert await otpy.call(otpy.Via(registry, ("tenant", 1)), "anything") is None
+        await otpy.stop(ref)
+    assert registry.names == {}
+
+
 def test_each_trio_run_has_its_own_default_registry() -> None:
     async def claim() -> otpy.Ref:
         async with trio.open_nursery() as nursery:
