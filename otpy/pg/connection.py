@@ -411,6 +411,7 @@ def _settle(pgconn: pq.abc.PGconn) -> Any:
     read to its (error) end, or a COPY FROM that must be ended.  Raises
     ``InternalError`` for COPY_BOTH, which cannot be left: the caller closes.
     """
+    nulls = 0
     while pgconn.transaction_status == _ACTIVE:
         if pgconn.is_busy():
             yield _WAIT_R
@@ -418,7 +419,13 @@ def _settle(pgconn: pq.abc.PGconn) -> Any:
             continue
         result = pgconn.get_result()
         if result is None:
+            # End of one command's results; two in a row while still ACTIVE
+            # means a state this cannot settle (e.g. a pipeline): give up.
+            nulls += 1
+            if nulls > 1:
+                raise e.InternalError("the connection stays active with no result pending")
             continue
+        nulls = 0
         if result.status == pq.ExecStatus.COPY_OUT:
             while True:
                 nbytes, _ = pgconn.get_copy_data(1)
