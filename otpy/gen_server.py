@@ -27,6 +27,7 @@ an exception in one of them crashes the server with that exception as reason.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import math
 from collections.abc import Awaitable, Callable, Hashable
@@ -368,6 +369,16 @@ class GenServer:
 
     _ref: Ref | None = None
     _nursery: trio.Nursery | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Reject handlers written as plain ``def`` when the class is defined, not at run time."""
+        super().__init_subclass__(**kwargs)
+        for callback in ("init", "handle_call", "handle_cast", "handle_info", "terminate"):
+            fn = cls.__dict__.get(callback)
+            if fn is not None and not inspect.iscoroutinefunction(fn):
+                raise TypeError(
+                    f"{cls.__name__}.{callback} must be a coroutine function (async def)"
+                )
 
     # -- behaviour callbacks -----------------------------------------------------
 

@@ -476,3 +476,11 @@ async def test_send_after_and_cancel(autojump_clock: trio.testing.MockClock) -> 
         await trio.sleep(10)
         assert [(round(t - t0), m) for t, m in server.ticks] == [(1, "tick"), (4, "tock")]
         await otpy.stop(ref)
+
+
+def test_sync_handlers_are_rejected_at_class_definition() -> None:
+    with pytest.raises(TypeError, match="handle_call must be a coroutine function"):
+
+        class Wrong(otpy.GenServer):
+            def handle_call(self, request: Any, from_: otpy.From) -> Any:  # type: ignore[override]
+                return request
