@@ -91,6 +91,18 @@ class Model:
                 other.running = True
         return events
 
+    def terminate(self, cid: str) -> list[tuple[str, str]]:
+        child = next(c for c in self.children if c.id == cid)
+        child.running = False
+        if child.restart is otpy.TEMPORARY:
+            self.children.remove(child)
+        return [("stop", cid)]
+
+    def restart(self, cid: str) -> list[tuple[str, str]]:
+        child = next(c for c in self.children if c.id == cid)
+        child.running = True
+        return [("start", cid)]
+
 
 class TrioThread:
     """A trio run on a helper thread, driven synchronously from hypothesis rules."""
@@ -186,6 +198,30 @@ class SupervisorMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def child_exits_normally(self, data: st.DataObject) -> None:
         self._step(data.draw(st.sampled_from(self.running_children())), abnormal=False)
+
+    @precondition(lambda self: self.alive() and self.running_children())
+    @rule(data=st.data())
+    def terminate_child(self, data: st.DataObject) -> None:
+        assert self.model is not None and self.sup is not None
+        cid = data.draw(st.sampled_from(self.running_children()))
+        expected = self.model.terminate(cid)
+        self.journal.clear()
+        self.trio.run(otpy.terminate_child, self.sup, cid)
+        assert self.journal.events == expected
+
+    def stopped_children(self) -> list[str]:
+        assert self.model is not None
+        return [c.id for c in self.model.children if not c.running]
+
+    @precondition(lambda self: self.alive() and self.stopped_children())
+    @rule(data=st.data())
+    def restart_child(self, data: st.DataObject) -> None:
+        assert self.model is not None and self.sup is not None
+        cid = data.draw(st.sampled_from(self.stopped_children()))
+        expected = self.model.restart(cid)
+        self.journal.clear()
+        self.trio.run(otpy.restart_child, self.sup, cid)
+        assert self.journal.events == expected
 
     @rule(seconds=st.sampled_from([0.25, 1.0, 3.0]))
     def time_passes(self, seconds: float) -> None:
