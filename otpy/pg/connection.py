@@ -715,6 +715,24 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
             return
         raise e.CancellationTimeout("cancellation timeout expired")
 
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        """Commit (or roll back on error) and close, as psycopg does, but always close.
+
+        psycopg skips ``close()`` when the rollback raises a ``BaseException``:
+        under trio that is ``trio.Cancelled`` whenever the block is left by a
+        cancellation, and the connection would leak.
+        """
+        try:
+            await super().__aexit__(exc_type, exc_val, exc_tb)
+        finally:
+            if not self.closed and not getattr(self, "_pool", None):
+                await self.close()
+
     async def close(self) -> None:
         """Close the connection.
 

@@ -544,3 +544,11 @@ async def test_notifies_zero_timeout_takes_what_already_arrived(
     await trio.lowlevel.wait_readable(conn.fileno())  # the notification is in the socket
     got = [n async for n in conn.notifies(timeout=0)]
     assert [(n.channel, n.payload) for n in got] == [("otpy_poll", "ready")]
+
+
+async def test_async_with_block_left_by_cancellation_closes(module_dsn: str) -> None:
+    with trio.move_on_after(0.3) as scope:
+        async with await TrioConnection.connect(module_dsn) as c:
+            await c.execute("SELECT pg_sleep(30)")
+    assert scope.cancelled_caught
+    assert c.closed and not c.broken  # closed by __aexit__, not leaked
