@@ -676,6 +676,7 @@ class TaskServer(GenServer):
         return f"<TaskServer {getattr(self._fn, '__name__', self._fn)!r}>"
 
     async def init(self) -> None:
+        """Start the function as a background task (waiting for ``started()`` if asked)."""
         if self._wait_started:
             await self.nursery.start(self._body_started)
         else:
@@ -690,4 +691,5 @@ class TaskServer(GenServer):
         self.stop(NORMAL)
 
     async def handle_call(self, request: Any, from_: From) -> Any:
+        """A task has no request protocol: any call is unexpected (and crashes it)."""
         raise UnexpectedMessage(f"task {self!r} does not handle calls ({request!r})")
