@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
-from psycopg import abc, postgres
+from psycopg import DataError, abc, postgres
 from psycopg.abc import AdaptContext, Buffer
 from psycopg.adapt import AdaptersMap, Loader
 from psycopg.pq import Format
@@ -60,15 +59,16 @@ _DT_MAX_UTC = datetime.max.replace(tzinfo=UTC)
 _DT_MIN_UTC = datetime.min.replace(tzinfo=UTC)
 
 
-def _wrapping_loader(
-    base: type[abc.Loader],
-    fmt: Format,
-    special: dict[bytes, Any],
-    post: Callable[[Any], Any] | None = None,
+def _infinity_loader(
+    base: type[abc.Loader], fmt: Format, special: dict[bytes, Any]
 ) -> type[Loader]:
-    """A loader class that answers ``special`` byte strings itself, else delegates to ``base``."""
+    """A loader that delegates to ``base`` and answers ``special`` values when it refuses them.
 
-    class WrappingLoader(Loader):
+    Catching the error instead of checking first keeps the normal case at the
+    cost of one extra call: infinity is rare.
+    """
+
+    class InfinityLoader(Loader):
         format = fmt
 
         def __init__(self, oid: int, context: AdaptContext | None = None) -> None:
@@ -76,22 +76,37 @@ def _wrapping_loader(
             self._load = base(oid, context).load
 
         def load(self, data: Buffer) -> Any:
-            if special:
+            try:
+                return self._load(data)
+            except DataError:
                 hit = special.get(bytes(data), _MISS)
-                if hit is not _MISS:
-                    return hit
-            value = self._load(data)
-            return post(value) if post is not None else value
+                if hit is _MISS:
+                    raise
+                return hit
 
-    WrappingLoader.__name__ = WrappingLoader.__qualname__ = f"Wrapping{base.__name__}"
-    return WrappingLoader
+    InfinityLoader.__name__ = InfinityLoader.__qualname__ = f"Infinity{base.__name__}"
+    return InfinityLoader
+
+
+def _json_loader(base: type[abc.Loader], fmt: Format) -> type[Loader]:
+    """A json/jsonb loader that returns :data:`JSON_NULL` for the JSON literal ``null``."""
+
+    class JsonNullLoader(Loader):
+        format = fmt
+
+        def __init__(self, oid: int, context: AdaptContext | None = None) -> None:
+            super().__init__(oid, context)
+            self._load = base(oid, context).load
+
+        def load(self, data: Buffer) -> Any:
+            value = self._load(data)
+            return JSON_NULL if value is None else value
+
+    JsonNullLoader.__name__ = JsonNullLoader.__qualname__ = f"JsonNull{base.__name__}"
+    return JsonNullLoader
 
 
 _MISS = object()
-
-
-def _json_null(value: Any) -> Any:
-    return JSON_NULL if value is None else value
 
 
 class MoneyLoader(Loader):
@@ -239,16 +254,23 @@ class TsvectorBinaryLoader(Loader):
         return " ".join(out)
 
 
-def install_loaders(adapters: AdaptersMap) -> None:
-    """Register the loaders described in the module docstring on ``adapters``."""
+def install_loaders(adapters: AdaptersMap) -> dict[tuple[int, Format], type[abc.Loader]]:
+    """Register the loaders described in the module docstring on ``adapters``.
+
+    Returns the date/time loaders that were wrapped, by (oid, format): a
+    whole-row fast path can use them directly and fall back to the wrapped
+    ones only when they refuse a value.
+    """
     oid = postgres.types.get_oid
+    replaced: dict[tuple[int, Format], type[abc.Loader]] = {}
 
     def wrap(name: str, special_text: dict[bytes, Any], special_binary: dict[bytes, Any]) -> None:
         type_oid = oid(name)
         for fmt, special in ((Format.TEXT, special_text), (Format.BINARY, special_binary)):
             base = adapters.get_loader(type_oid, fmt)
             if base is not None:
-                adapters.register_loader(type_oid, _wrapping_loader(base, fmt, special))
+                replaced[type_oid, fmt] = base
+                adapters.register_loader(type_oid, _infinity_loader(base, fmt, special))
 
     wrap("date", {b"infinity": date.max, b"-infinity": date.min},
          {_INT32_MAX: date.max, _INT32_MIN: date.min})  # fmt: skip
@@ -261,7 +283,7 @@ def install_loaders(adapters: AdaptersMap) -> None:
         for fmt in (Format.TEXT, Format.BINARY):
             base = adapters.get_loader(type_oid, fmt)
             if base is not None:
-                adapters.register_loader(type_oid, _wrapping_loader(base, fmt, {}, _json_null))
+                adapters.register_loader(type_oid, _json_loader(base, fmt))
 
     simple: list[tuple[str, type[Loader], type[Loader]]] = [
         ("money", MoneyLoader, MoneyBinaryLoader),
@@ -288,3 +310,4 @@ def install_loaders(adapters: AdaptersMap) -> None:
         type_oid = oid(name)
         adapters.register_loader(type_oid, text_loader)
         adapters.register_loader(type_oid, binary_loader)
+    return replaced

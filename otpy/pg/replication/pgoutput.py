@@ -445,7 +445,13 @@ def _xid(data: bytes, pos: int, in_stream: bool) -> tuple[int | None, int]:
 
 
 def _tuple(data: bytes, pos: int) -> tuple[TupleData, int]:
-    """Read TupleData at ``pos``; return it and the offset after it (the hot path)."""
+    """Read TupleData at ``pos``; return it and the offset after it.
+
+    The hot path of the decoder, so the loop checks nothing it does not have
+    to: a read past the end raises IndexError/struct.error (turned into
+    DecodeError below), lengths are read unsigned so they can only overshoot,
+    and an overshoot is caught by the next read or by the final check.
+    """
     n = len(data)
     if pos + 2 > n:
         raise DecodeError("truncated tuple: missing column count", pos)
@@ -453,34 +459,41 @@ def _tuple(data: bytes, pos: int) -> tuple[TupleData, int]:
     pos += 2
     values: list[ColumnValue] = []
     append = values.append
-    kinds = bytearray()
+    kinds: list[int] = []
     kinds_append = kinds.append
-    unpack_i32 = _unpack_i32
-    for _ in range(ncols):
-        if pos >= n:
-            raise DecodeError(
-                f"truncated tuple: {ncols - len(values)} of {ncols} columns missing", pos
-            )
-        kind = data[pos]
-        if kind == 116 or kind == 98:  # 't', 'b'
-            if pos + 5 > n:
-                raise DecodeError("truncated column length", pos + 1)
-            size = unpack_i32(data, pos + 1)[0]
-            start = pos + 5
-            pos = start + size
-            if size < 0 or pos > n:
-                raise DecodeError(f"column length {size} exceeds the message", start - 4)
-            append(data[start:pos])
-        elif kind == 110:  # 'n'
-            append(None)
-            pos += 1
-        elif kind == 117:  # 'u'
-            append(UNCHANGED_TOAST)
-            pos += 1
-        else:
-            raise DecodeError(f"unknown column kind {kind:#04x}", pos)
-        kinds_append(kind)
+    unpack = _unpack_u32
+    start = pos
+    try:
+        for _ in range(ncols):
+            kind = data[pos]
+            kinds_append(kind)
+            if kind == 116 or kind == 98:  # 't', 'b'
+                start = pos + 5
+                pos = start + unpack(data, pos + 1)[0]
+                append(data[start:pos])
+            elif kind == 110:  # 'n'
+                append(None)
+                pos += 1
+            elif kind == 117:  # 'u'
+                append(UNCHANGED_TOAST)
+                pos += 1
+            else:
+                raise DecodeError(f"unknown column kind {kind:#04x}", pos)
+    except (IndexError, struct.error):
+        raise _tuple_error(data, pos, start, ncols, len(values)) from None
+    if pos > n:
+        raise _tuple_error(data, pos, start, ncols, len(values))
     return TupleData(bytes(kinds), tuple(values)), pos
+
+
+def _tuple_error(data: bytes, pos: int, start: int, ncols: int, done: int) -> DecodeError:
+    """Explain why the tuple loop stopped (slow path, errors only)."""
+    if pos > len(data):
+        size = _unpack_u32(data, start - 4)[0]
+        return DecodeError(f"column length {size} exceeds the message", start - 4)
+    if pos < len(data):  # the length field itself was cut
+        return DecodeError("truncated column length", pos + 1)
+    return DecodeError(f"truncated tuple: {ncols - done} of {ncols} columns missing", pos)
 
 
 def _begin(data: bytes, in_stream: bool) -> Begin:
@@ -749,7 +762,12 @@ class PgOutputDecoder:
         Raises:
             DecodeError: malformed input, or Stream Start/Stop out of order.
         """
-        message = decode_message(data, in_stream=self.in_stream)
+        if type(data) is not bytes:
+            data = bytes(data)
+        decoder = _DECODERS.get(data[0]) if data else None
+        if decoder is None:
+            return decode_message(data)  # raises the right DecodeError
+        message = decoder(data, self.in_stream)
         if type(message) is StreamStart:
             if self.in_stream:
                 raise DecodeError("Stream Start inside a stream block", 0)

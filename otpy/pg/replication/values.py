@@ -22,7 +22,7 @@ forever.  See ``docs/types.md`` for what each PostgreSQL type becomes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -98,12 +98,20 @@ class _Context:
 
 @attrs.frozen(slots=True)
 class _Plan:
-    """Per-relation decoding plan: names and per-column load functions."""
+    """Per-relation decoding plan: names, per-column load functions, whole-row loaders.
+
+    ``load_text``/``load_binary`` are psycopg ``Transformer.load_sequence``
+    bound to transformers set up for this relation's column types: they load
+    a whole row in one call (in C with psycopg's binary package), the fast
+    path for rows whose columns are all in one format (the common case).
+    """
 
     relation: Relation
     names: tuple[str, ...]
     text: tuple[_Load, ...]
     binary: tuple[_Load, ...]
+    load_text: Callable[[Sequence[Any]], tuple[Any, ...]]
+    load_binary: Callable[[Sequence[Any]], tuple[Any, ...]]
 
 
 class ValueDecoder:
@@ -132,7 +140,8 @@ class ValueDecoder:
     def __init__(self, context: AdaptContext | None = None) -> None:
         base = context.adapters if context is not None else postgres.adapters
         self.adapters = AdaptersMap(base)
-        install_loaders(self.adapters)
+        self._unwrapped = install_loaders(self.adapters)
+        self._fast_context: _Context | None = None
         self._connection = context.connection if context is not None else None
         self._relations: dict[int, Relation] = {}
         self._plans: dict[int, _Plan] = {}
@@ -264,6 +273,7 @@ class ValueDecoder:
             self._missing.discard(oid)
         # Loaders changed: cached loaders (ours and the transformer's) are stale.
         self._tx = Transformer(_Context(self.adapters, self._connection))
+        self._fast_context = None
         self._plans.clear()
 
     # ------------------------------------------------------------------ decoding
@@ -275,9 +285,35 @@ class ValueDecoder:
         for column in relation.columns:
             text.append(self._load_function(column.type_oid, Format.TEXT))
             binary.append(self._load_function(column.type_oid, Format.BINARY))
-        plan = _Plan(relation, tuple(c.name for c in relation.columns), tuple(text), tuple(binary))
+        oids = [c.type_oid for c in relation.columns]
+        context = self._fast()
+        text_tx, binary_tx = Transformer(context), Transformer(context)
+        text_tx.set_loader_types(oids, Format.TEXT)
+        binary_tx.set_loader_types(oids, Format.BINARY)
+        plan = _Plan(
+            relation,
+            tuple(c.name for c in relation.columns),
+            tuple(text),
+            tuple(binary),
+            text_tx.load_sequence,
+            binary_tx.load_sequence,
+        )
         self._plans[oid] = plan
         return plan
+
+    def _fast(self) -> _Context:
+        """Context of the whole-row fast path: date/time loaders without infinity wrappers.
+
+        The wrappers cost a Python call per value; psycopg's own loaders raise
+        on infinity instead, which sends the row to the careful path (that
+        uses the wrapped loaders): same result, fast in the common case.
+        """
+        if self._fast_context is None:
+            adapters = AdaptersMap(self.adapters)
+            for (oid, _fmt), loader in self._unwrapped.items():
+                adapters.register_loader(oid, loader)
+            self._fast_context = _Context(adapters, self._connection)
+        return self._fast_context
 
     def _load_function(self, oid: int, fmt: Format) -> _Load:
         if self.adapters.get_loader(oid, fmt) is None:
@@ -307,11 +343,22 @@ class ValueDecoder:
         if plan is None:
             plan = self._plan(relation_oid)
         names = plan.names
-        if len(names) != len(data.values):
+        values = data.values
+        if len(names) != len(values):
             raise RelationMismatchError(
-                f"tuple has {len(data.values)} columns, relation "
+                f"tuple has {len(values)} columns, relation "
                 f"{plan.relation.namespace}.{plan.relation.name} has {len(names)}"
             )
+        kinds = data.kinds
+        # Fast path: one format (and NULLs) only: load the whole row in one call.
+        if 117 not in kinds:  # no unchanged TOAST
+            try:
+                if 98 not in kinds:  # text and NULL only
+                    return dict(zip(names, plan.load_text(values), strict=False))
+                if 116 not in kinds:  # binary and NULL only
+                    return dict(zip(names, plan.load_binary(values), strict=False))
+            except Exception:
+                return self._decode_carefully(plan, data)
         out: dict[str, Any] = {}
         try:
             for name, kind, value, text, binary in zip(
