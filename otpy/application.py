@@ -24,7 +24,7 @@ import contextvars
 import enum
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -61,6 +61,10 @@ def _frozen_env(env: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(env or {}))
 
 
+def _dependencies(deps: Iterable[Application]) -> tuple[Application, ...]:
+    return tuple(deps)
+
+
 @attrs.frozen(eq=False)
 class Application:
     """One application: ``start(env)`` returns the root supervisor's spec (or server).
@@ -73,7 +77,7 @@ class Application:
     name: str
     start: Callable[[Mapping[str, Any]], ChildSpec | GenServer]
     env: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_env)
-    dependencies: tuple[Application, ...] = attrs.field(default=(), converter=tuple)
+    dependencies: tuple[Application, ...] = attrs.field(default=(), converter=_dependencies)
     description: str = ""
 
 

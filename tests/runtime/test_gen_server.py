@@ -482,5 +482,5 @@ def test_sync_handlers_are_rejected_at_class_definition() -> None:
     with pytest.raises(TypeError, match="handle_call must be a coroutine function"):
 
         class Wrong(otpy.GenServer):
-            def handle_call(self, request: Any, from_: otpy.From) -> Any:  # type: ignore[override]
+            def handle_call(self, request: Any, from_: otpy.From) -> Any:
                 return request
