@@ -12,9 +12,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from conftest import Capture, execute
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pgcapture import Capture, execute
 
 from otpy.pg.replication import (
     LSN,

@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import Capture, execute
+from pgcapture import Capture, execute
 
 from otpy.pg.replication import (
     UNCHANGED_TOAST,

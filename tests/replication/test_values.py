@@ -25,7 +25,7 @@ from uuid import UUID
 import attrs
 import psycopg
 import pytest
-from conftest import Capture, execute
+from pgcapture import Capture, execute
 from psycopg.types.multirange import Multirange
 from psycopg.types.range import Range
 
