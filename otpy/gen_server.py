@@ -621,15 +621,16 @@ async def _run(
         ref._exit(final)
     if not started:
         raise InitError(server, final) from crash
-    if crash is not None:
+    error = final.error  # a crash, or an ExitSignal from a linked actor
+    if error is not None:
         if linked:
-            raise crash
+            raise error
         if supervisor is None:
             logger.error(
                 "%r crashed: %s",
                 ref,
                 final,
-                exc_info=crash,
+                exc_info=error,
                 extra={"event": "actor_crashed", "actor": repr(ref), "reason": str(final)},
             )
 
@@ -643,7 +644,8 @@ async def start(
     :class:`~otpy.errors.NameTaken` if the name is held.  If ``init`` raises,
     :class:`~otpy.errors.InitError` is raised here.  With ``link=True`` (the
     default, like ``start_link``) a crash after start propagates into
-    ``nursery`` as the original exception, so errors never pass silently; with
+    ``nursery`` as the original exception (or :class:`~otpy.errors.ExitSignal`
+    when a linked actor took it down), so errors never pass silently; with
     ``link=False`` the crash only becomes the exit reason (seen by monitors,
     ``ref.wait()`` and callers) and is logged.
     """

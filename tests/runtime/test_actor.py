@@ -117,6 +117,16 @@ async def test_link_kills_the_partner_on_crash() -> None:
         assert isinstance(reason.error.reason.error, LookupError)
 
 
+async def test_link_exit_signal_reaches_the_nursery_of_a_linked_start() -> None:
+    with pytest.raises(ExceptionGroup) as info:
+        async with trio.open_nursery() as nursery:
+            a = await otpy.start(nursery, Watcher(), link=False)
+            await otpy.start(nursery, Watcher(), name="partner")  # link=True: errors surface
+            await otpy.call(a, ("link", "partner"))
+            otpy.cast(a, "crash")
+    assert info.group_contains(ExitSignal)
+
+
 async def test_link_ignores_normal_exit_and_unlink_works() -> None:
     async with trio.open_nursery() as nursery:
         a = await otpy.start(nursery, Watcher())
