@@ -651,3 +651,19 @@ async def test_wait_for_readable_or_writable_wakes_on_either() -> None:
     finally:
         a.close()
         b.close()
+
+
+async def test_cancelled_notifies_leaves_the_connection_usable(
+    conn: TrioConnection[Any], other: TrioConnection[Any]
+) -> None:
+    await conn.execute("LISTEN otpy_abandoned")
+    with trio.move_on_after(0.2) as scope:
+        async for _ in conn.notifies():
+            pytest.fail("no notification was sent")  # pragma: no cover
+    assert scope.cancelled_caught and not conn.closed
+    assert await (await conn.execute("SELECT 5")).fetchone() == (5,)
+    # Still listening: a later notification is delivered.
+    await other.execute("NOTIFY otpy_abandoned, 'later'")
+    with trio.fail_after(5):
+        got = [n.payload async for n in conn.notifies(stop_after=1)]
+    assert got == ["later"]
