@@ -84,6 +84,14 @@ _DEDICATED_PARAMS = {
 
 _REDACTED = "********"
 
+#: libpq parameters whose values are secrets: redacted from ``repr(params)``.
+_SECRET_PARAMS = frozenset({"sslpassword"})
+
+
+def _params_repr(params: Mapping[str, str]) -> str:
+    return repr({k: _REDACTED if k in _SECRET_PARAMS else v for k, v in params.items()})
+
+
 T = TypeVar("T")
 
 
@@ -174,8 +182,9 @@ class DatabaseConfig:
     """Seconds allowed for each connection attempt (per host address)."""
     application_name: str | None = None
     """Shown in ``pg_stat_activity``; helps operators find the connector's sessions."""
-    params: Mapping[str, str] = attrs.field(factory=dict)
-    """Other libpq parameters, passed through as given."""
+    params: Mapping[str, str] = attrs.field(factory=dict, repr=_params_repr)
+    """Other libpq parameters, passed through as given (``sslpassword`` is redacted
+    from the repr like the password)."""
 
     def connect_kwargs(self, **overrides: Any) -> dict[str, Any]:
         """Keyword arguments for :meth:`TrioConnection.connect`, password included.

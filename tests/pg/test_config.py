@@ -268,3 +268,10 @@ async def test_connect_with_a_loaded_config(pg_dsn: str) -> None:
         )
         assert await cur.fetchone() == ("otpy-config-test", "12345ms")
         assert conn.info.password == SECRET
+
+
+def test_secret_libpq_params_are_redacted() -> None:
+    data = _with("databases.main_db.params", {"sslpassword": "key-passphrase", "keepalives": 1})
+    db = _load(data).databases["main_db"]
+    assert "key-passphrase" not in repr(db) and "'keepalives': '1'" in repr(db)
+    assert db.connect_kwargs()["sslpassword"] == "key-passphrase"
