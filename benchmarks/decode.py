@@ -173,15 +173,24 @@ def pypgoutput_decoder(module: ModuleType) -> Callable[[list[bytes]], int]:
     return run
 
 
-def measure(run: Callable[[list[bytes]], int], stream: list[bytes], repeat: int) -> float:
-    """Median rows/s over ``repeat`` runs (after one warm-up run)."""
-    run(stream)
-    rates = []
+def measure(
+    runs: dict[str, Callable[[list[bytes]], int]], stream: list[bytes], repeat: int
+) -> dict[str, list[float]]:
+    """Rows/s of each decoder, ``repeat`` times, *interleaved*.
+
+    The machine is shared: load drifts during a run.  Timing the decoders
+    in turn within each repetition lets the ratios be computed per
+    repetition (paired), which drift affects far less than separate medians.
+    """
+    for run in runs.values():
+        run(stream)  # warm-up
+    rates: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeat):
-        start = time.perf_counter()
-        rows = run(stream)
-        rates.append(rows / (time.perf_counter() - start))
-    return statistics.median(rates)
+        for name, run in runs.items():
+            start = time.perf_counter()
+            rows = run(stream)
+            rates[name].append(rows / (time.perf_counter() - start))
+    return rates
 
 
 @contextlib.contextmanager
@@ -206,21 +215,31 @@ def main(argv: list[str] | None = None) -> int:
     pypgoutput = load_pypgoutput()
     results: list[dict[str, Any]] = []
     for (label, fmt), stream in streams.items():
-        base = None
+        runs: dict[str, Callable[[list[bytes]], int]] = {}
         if pypgoutput is not None and fmt == "text":
-            base = measure(pypgoutput_decoder(pypgoutput), stream, args.repeat)
-            results.append(dict(table=label, format=fmt, decoder="pypgoutput", rows_s=base))
-        for name, run in (("otpy messages", otpy_messages), ("otpy rows", otpy_rows)):
-            rate = measure(run, stream, args.repeat)
+            runs["pypgoutput"] = pypgoutput_decoder(pypgoutput)
+        runs["otpy messages"] = otpy_messages
+        runs["otpy rows"] = otpy_rows
+        rates = measure(runs, stream, args.repeat)
+        base = rates.get("pypgoutput")
+        for name, values in rates.items():
+            ratio = (
+                statistics.median(v / b for v, b in zip(values, base, strict=True))
+                if base is not None
+                else None
+            )
             results.append(
-                dict(table=label, format=fmt, decoder=name, rows_s=rate,
-                     ratio=rate / base if base else None)
+                dict(table=label, format=fmt, decoder=name, rows_s=statistics.median(values),
+                     ratio=ratio)
             )  # fmt: skip
 
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    print(f"pgoutput decoding, {args.rows} rows per table, median of {args.repeat} runs")
+    print(
+        f"pgoutput decoding, {args.rows} rows per table, median of {args.repeat} interleaved"
+        " runs; ratios are medians of per-run ratios"
+    )
     print()
     print("| table | format | decoder | rows/s | vs pypgoutput |")
     print("|---|---|---|---:|---:|")
