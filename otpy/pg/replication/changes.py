@@ -1,0 +1,383 @@
+"""Row changes as values, and the assembly of pgoutput messages into transactions.
+
+:class:`Change` is the Python form of epg_connector's ``{Table, Op, Data,
+OldData}`` tuple, so handlers ported from Erlang read the same::
+
+    match change:
+        case Change("users", "insert", row, None): ...
+        case Change("users", "update", row, old): ...
+
+:class:`TransactionAssembler` turns the decoded pgoutput stream into
+:class:`ChangeBatch` lists, in commit order, each one either a whole
+transaction or, for transactions larger than ``max_batch_size``, one chunk of
+it (``batch.final`` tells which).  It is pure (no I/O), so the delivery rules
+can be tested without a server; the reader feeds it and acknowledges a
+transaction's ``end_lsn`` only after the handler returned from its final chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, ClassVar
+
+import attrs
+
+from .lsn import LSN
+from .pgoutput import (
+    UNCHANGED_TOAST,
+    Begin,
+    Commit,
+    Delete,
+    Insert,
+    Message,
+    PgOutputMessage,
+    Relation,
+    StreamAbort,
+    StreamCommit,
+    StreamStart,
+    StreamStop,
+    Truncate,
+    Type,
+    Update,
+)
+from .values import ValueDecoder
+
+__all__ = ["OPS", "Change", "ChangeBatch", "TransactionAssembler"]
+
+_ZERO = LSN(0)
+
+#: The values of :attr:`Change.op`.
+OPS = ("insert", "update", "delete", "truncate", "message")
+
+
+@attrs.frozen(slots=True)
+class Change:
+    """One change of a committed transaction (or a logical decoding message).
+
+    The first four fields are the Erlang tuple and are what positional patterns
+    match: ``case Change(table, op, data, old)``.
+
+    * ``insert``: ``data`` is the new row, ``old`` None.
+    * ``update``: ``data`` is the new row; ``old`` is the whole old row under
+      REPLICA IDENTITY FULL, the old key columns when the key changed under
+      DEFAULT / USING INDEX (other columns None), else None.  A TOASTed column
+      the update did not change is not sent by PostgreSQL: it is filled from
+      ``old`` when ``old`` has it, otherwise it is the
+      :data:`~otpy.pg.replication.UNCHANGED_TOAST` sentinel, never None.
+    * ``delete``: ``data`` is the deleted row as PostgreSQL sends it (the whole
+      row under FULL, else the key columns with the others None); ``old`` None.
+    * ``truncate``: one change per truncated table; ``data`` and ``old`` None,
+      ``detail`` has ``cascade`` and ``restart_identity``.
+    * ``message``: a ``pg_logical_emit_message`` (option ``messages``):
+      ``table`` is the prefix, ``data`` the content (bytes), ``detail`` has
+      ``transactional``.
+
+    Attributes:
+        schema: the table's schema (``""`` for messages).
+        lsn: WAL position of this change.
+        commit_lsn: LSN of the commit record of its transaction.
+        xid: transaction id (None for non-transactional messages).
+        commit_time: commit timestamp (aware UTC); None for non-transactional messages.
+    """
+
+    __match_args__: ClassVar[tuple[str, ...]] = ("table", "op", "data", "old")
+
+    table: str
+    op: str
+    data: Any
+    old: dict[str, Any] | None
+    schema: str = ""
+    lsn: LSN = _ZERO
+    commit_lsn: LSN = _ZERO
+    xid: int | None = None
+    commit_time: datetime | None = None
+    detail: Mapping[str, Any] | None = None
+
+
+class ChangeBatch(list[Change]):
+    """The ``changes`` handed to ``handle_replication_data``: a list with metadata.
+
+    A plain list of :class:`Change` in commit order, so ``for change in
+    changes`` works as in Erlang.  For a transaction of at most
+    ``max_batch_size`` changes it is the whole transaction (``final`` True,
+    ``chunk`` 0).  A larger one arrives as several batches with ``chunk`` 0, 1,
+    2...; only the last has ``final`` True.  The transaction is acknowledged
+    after the handler returns from its final batch: if anything fails before,
+    the *whole* transaction is delivered again from chunk 0.
+    """
+
+    __slots__ = ("chunk", "commit_lsn", "commit_time", "end_lsn", "final", "xid")
+
+    def __init__(
+        self,
+        changes: list[Change],
+        *,
+        final: bool,
+        chunk: int,
+        xid: int | None,
+        commit_lsn: LSN,
+        end_lsn: LSN,
+        commit_time: datetime | None,
+    ) -> None:
+        super().__init__(changes)
+        self.final = final
+        self.chunk = chunk
+        self.xid = xid
+        self.commit_lsn = commit_lsn
+        self.end_lsn = end_lsn
+        self.commit_time = commit_time
+
+    def __repr__(self) -> str:
+        return (
+            f"<ChangeBatch xid={self.xid} chunk={self.chunk} final={self.final} "
+            f"end_lsn={self.end_lsn} {list.__repr__(self)}>"
+        )
+
+
+@attrs.define
+class _Txn:
+    xid: int | None
+    commit_lsn: LSN
+    commit_time: datetime | None
+    changes: list[Change] = attrs.Factory(list)
+    chunk: int = 0
+
+
+def _fill_toast(new: dict[str, Any], old: dict[str, Any] | None) -> dict[str, Any]:
+    if old is None:
+        return new
+    for name, value in new.items():
+        if value is UNCHANGED_TOAST:
+            previous = old.get(name, UNCHANGED_TOAST)
+            if previous is not UNCHANGED_TOAST and name in old:
+                new[name] = previous
+    return new
+
+
+class TransactionAssembler:
+    """Builds :class:`ChangeBatch` values from decoded pgoutput messages.
+
+    Feed every message with :meth:`feed` together with the LSN of its
+    XLogData; it returns the batches that became ready (usually none, one at a
+    commit, or a chunk when a transaction reaches ``max_batch_size``).
+    Relation and Type messages go to the :class:`ValueDecoder`.  Streamed
+    transactions (``streaming`` on, protocol >= 2) are kept per xid until
+    Stream Commit (aborted subtransactions are dropped), then delivered like
+    any other; they are the only case where a transaction is held in memory
+    whole.
+    """
+
+    def __init__(self, decoder: ValueDecoder, max_batch_size: int | None = None) -> None:
+        self.decoder = decoder
+        self.max_batch_size = max_batch_size
+        self._txn: _Txn | None = None
+        # Streamed transactions: top xid -> [(sub xid, change-without-commit-info)].
+        self._streams: dict[int, list[tuple[int | None, Change]]] = {}
+        self._stream_xid: int | None = None
+
+    @property
+    def idle(self) -> bool:
+        """True outside any transaction (nothing received that is not yet in a batch)."""
+        return self._txn is None and not self._streams
+
+    def reset(self) -> None:
+        """Forget partial transactions (after the stream restarted)."""
+        self._txn = None
+        self._streams.clear()
+        self._stream_xid = None
+
+    # ------------------------------------------------------------------ feeding
+
+    def feed(self, lsn: LSN, msg: PgOutputMessage) -> list[ChangeBatch]:
+        """Consume one message; return the batches ready for delivery, in order."""
+        kind = type(msg)
+        if kind is Insert or kind is Update or kind is Delete:
+            return self._row(lsn, msg)  # type: ignore[arg-type]
+        if kind is Begin:
+            assert isinstance(msg, Begin)
+            self._txn = _Txn(msg.xid, msg.final_lsn, msg.commit_time)
+            return []
+        if kind is Commit:
+            assert isinstance(msg, Commit)
+            txn = self._txn
+            self._txn = None
+            if txn is None:
+                txn = _Txn(None, msg.commit_lsn, msg.commit_time)
+            return [self._batch(txn, txn.changes, final=True, end_lsn=msg.end_lsn)]
+        if kind is Relation:
+            assert isinstance(msg, Relation)
+            self.decoder.add_relation(msg)
+            return []
+        if kind is Type:
+            assert isinstance(msg, Type)
+            self.decoder.add_type(msg)
+            return []
+        if kind is Truncate:
+            assert isinstance(msg, Truncate)
+            return self._truncate(lsn, msg)
+        if kind is Message:
+            assert isinstance(msg, Message)
+            return self._message(lsn, msg)
+        if kind is StreamStart:
+            assert isinstance(msg, StreamStart)
+            self._stream_xid = msg.xid
+            self._streams.setdefault(msg.xid, [])
+            return []
+        if kind is StreamStop:
+            self._stream_xid = None
+            return []
+        if kind is StreamAbort:
+            assert isinstance(msg, StreamAbort)
+            if msg.subxid == msg.xid:
+                self._streams.pop(msg.xid, None)
+            elif msg.xid in self._streams:
+                self._streams[msg.xid] = [
+                    (sub, ch) for sub, ch in self._streams[msg.xid] if sub != msg.subxid
+                ]
+            return []
+        if kind is StreamCommit:
+            assert isinstance(msg, StreamCommit)
+            return self._stream_commit(msg)
+        # Origin and two-phase messages: nothing to deliver (two_phase is never enabled).
+        return []
+
+    # ------------------------------------------------------------------ helpers
+
+    def _add(self, change: Change, sub_xid: int | None) -> list[ChangeBatch]:
+        if self._stream_xid is not None:
+            self._streams[self._stream_xid].append((sub_xid, change))
+            return []
+        txn = self._txn
+        if txn is None:  # a change outside Begin/Commit: cannot happen with pgoutput
+            txn = self._txn = _Txn(None, LSN(0), None)
+        txn.changes.append(change)
+        limit = self.max_batch_size
+        if limit is not None and len(txn.changes) >= limit:
+            changes = txn.changes
+            txn.changes = []
+            return [self._batch(txn, changes, final=False, end_lsn=LSN(0))]
+        return []
+
+    def _batch(self, txn: _Txn, changes: list[Change], *, final: bool, end_lsn: LSN) -> ChangeBatch:
+        batch = ChangeBatch(
+            changes,
+            final=final,
+            chunk=txn.chunk,
+            xid=txn.xid,
+            commit_lsn=txn.commit_lsn,
+            end_lsn=end_lsn,
+            commit_time=txn.commit_time,
+        )
+        txn.chunk += 1
+        return batch
+
+    def _row(self, lsn: LSN, msg: Insert | Update | Delete) -> list[ChangeBatch]:
+        decoder = self.decoder
+        relation = decoder.relation(msg.relation_oid)
+        txn = self._txn
+        streamed = self._stream_xid is not None
+        commit_lsn = txn.commit_lsn if txn is not None and not streamed else LSN(0)
+        commit_time = txn.commit_time if txn is not None and not streamed else None
+        xid = msg.xid if streamed else (txn.xid if txn is not None else None)
+        if type(msg) is Insert:
+            data = decoder.decode(msg.relation_oid, msg.new)
+            op, old = "insert", None
+        elif type(msg) is Update:
+            assert isinstance(msg, Update)
+            source = msg.old if msg.old is not None else msg.key
+            old = decoder.decode(msg.relation_oid, source) if source is not None else None
+            data = decoder.decode(msg.relation_oid, msg.new)
+            if msg.key is not None and old is not None:
+                # K tuples carry the key columns only; the others arrive as nulls.
+                keys = {c.name for c in relation.columns if c.is_key}
+                old = {k: v for k, v in old.items() if k in keys}
+            data = _fill_toast(data, old)
+            op = "update"
+        else:
+            assert isinstance(msg, Delete)
+            source = msg.old if msg.old is not None else msg.key
+            assert source is not None
+            data = decoder.decode(msg.relation_oid, source)
+            op, old = "delete", None
+        change = Change(
+            relation.name,
+            op,
+            data,
+            old,
+            relation.namespace or "pg_catalog",
+            lsn,
+            commit_lsn,
+            xid,
+            commit_time,
+        )
+        return self._add(change, msg.xid)
+
+    def _truncate(self, lsn: LSN, msg: Truncate) -> list[ChangeBatch]:
+        out: list[ChangeBatch] = []
+        txn = self._txn
+        detail = {"cascade": msg.cascade, "restart_identity": msg.restart_identity}
+        for oid in msg.relation_oids:
+            relation = self.decoder.relation(oid)
+            change = Change(
+                relation.name,
+                "truncate",
+                None,
+                None,
+                relation.namespace or "pg_catalog",
+                lsn,
+                txn.commit_lsn if txn is not None else LSN(0),
+                msg.xid if msg.xid is not None else (txn.xid if txn is not None else None),
+                txn.commit_time if txn is not None else None,
+                detail,
+            )
+            out += self._add(change, msg.xid)
+        return out
+
+    def _message(self, lsn: LSN, msg: Message) -> list[ChangeBatch]:
+        detail = {"transactional": msg.transactional}
+        if not msg.transactional:
+            # Delivered at once, outside any transaction, acknowledged at its own LSN.
+            change = Change(msg.prefix, "message", msg.content, None, "", msg.lsn, detail=detail)
+            return [
+                ChangeBatch(
+                    [change],
+                    final=True,
+                    chunk=0,
+                    xid=None,
+                    commit_lsn=msg.lsn,
+                    end_lsn=msg.lsn,
+                    commit_time=None,
+                )
+            ]
+        txn = self._txn
+        change = Change(
+            msg.prefix,
+            "message",
+            msg.content,
+            None,
+            "",
+            msg.lsn,
+            txn.commit_lsn if txn is not None else LSN(0),
+            msg.xid if msg.xid is not None else (txn.xid if txn is not None else None),
+            txn.commit_time if txn is not None else None,
+            detail,
+        )
+        return self._add(change, msg.xid)
+
+    def _stream_commit(self, msg: StreamCommit) -> list[ChangeBatch]:
+        entries = self._streams.pop(msg.xid, [])
+        txn = _Txn(msg.xid, msg.commit_lsn, msg.commit_time)
+        limit = self.max_batch_size or len(entries) or 1
+        out: list[ChangeBatch] = []
+        changes = [
+            attrs.evolve(ch, commit_lsn=msg.commit_lsn, commit_time=msg.commit_time, xid=msg.xid)
+            for _, ch in entries
+        ]
+        for start in range(0, max(len(changes), 1), limit):
+            part = changes[start : start + limit]
+            final = start + limit >= len(changes)
+            out.append(
+                self._batch(txn, part, final=final, end_lsn=msg.end_lsn if final else LSN(0))
+            )
+        return out

@@ -1,0 +1,295 @@
+"""One replication session: connect, slot, START_REPLICATION, read, acknowledge.
+
+:class:`ReplicationSession` owns two connections to the database:
+
+* the walsender session (``replication=database``) that streams pgoutput in
+  COPY_BOTH mode;
+* a normal connection for what a walsender cannot do: catalog checks
+  (publications, slots, with real query parameters) and fetching the
+  ``TypeInfo`` of user types announced by Type messages.
+
+Three loops run concurrently while streaming (see :mod:`otpy.pg.wal_reader`):
+:meth:`~ReplicationSession.read_loop` reads the socket, answers keepalives and
+assembles transactions into a *bounded* channel; the handler loop (the
+reader's) consumes that channel and calls the user; :meth:`status_loop` sends
+standby status updates.  Because the socket is read by its own task, keepalives
+are answered while the handler runs; because the channel is bounded, a slow
+handler stops the socket from being read (TCP backpressure, bounded memory)
+while periodic status updates keep the walsender from timing out.
+
+Acknowledgement rule: the *flush* position sent to the server is
+:attr:`~ReplicationSession.acked`, which only moves (a) to a transaction's
+``end_lsn`` after the handler returned from its final batch, or (b) to a
+keepalive's WAL end when nothing at all is in flight (no partial transaction,
+nothing queued or being handled), so that an idle slot does not retain WAL.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from typing import Any
+
+import psycopg
+import trio
+from psycopg import errors as pg_errors
+
+from otpy.pg.connection import (
+    ReplicationConnection,
+    TrioConnection,
+    replication_connect,
+    send_copy_data,
+    start_copy_both,
+    wait_copy_data,
+)
+from otpy.pg.errors import ConnectionClosedError
+
+from .changes import ChangeBatch, TransactionAssembler
+from .lsn import LSN
+from .options import ReaderOptions
+from .pgoutput import Delete, Insert, PgOutputDecoder, Relation, Type, Update
+from .protocol import decode_copy_data, encode_standby_status
+from .reader_errors import StreamEnded
+from .slots import check_publications, ensure_slot, slot_in_use_error, start_replication_command
+from .typefetch import afetch_missing_types
+from .values import ValueDecoder
+
+__all__ = ["ReplicationSession"]
+
+logger = logging.getLogger("otpy.pg.wal_reader")
+
+_XLOG_HEADER = struct.Struct(">QQq")
+_XLOG_SIZE = 1 + _XLOG_HEADER.size
+_ROW_MESSAGES = (Insert, Update, Delete)
+#: Acknowledgements of handled transactions are coalesced over this many seconds.
+ACK_COALESCE = 0.01
+
+
+class ReplicationSession:
+    """The walsender session of one reader, from connection to final acknowledgement.
+
+    Args:
+        connect_kwargs: libpq parameters (password included; never logged).
+        slot: a validated slot name.
+        publications: validated publication names.
+        options: the reader's options.
+    """
+
+    def __init__(
+        self,
+        connect_kwargs: dict[str, Any],
+        slot: str,
+        publications: tuple[str, ...],
+        options: ReaderOptions,
+    ) -> None:
+        self.connect_kwargs = connect_kwargs
+        self.slot = slot
+        self.publications = publications
+        self.options = options
+        self.repl: ReplicationConnection | None = None
+        self.meta: TrioConnection[Any] | None = None
+        self.streaming = False
+        #: The flush position confirmed to the server (only ever grows).
+        self.acked = LSN(0)
+        #: Highest WAL position received.
+        self.received = LSN(0)
+        #: Batches sent to the handler channel and not yet handled.
+        self.pending = 0
+        self.last_status = 0.0
+        self.decoder: ValueDecoder | None = None
+        self.assembler: TransactionAssembler | None = None
+        self._send_lock = trio.Lock()
+        self._ack_event = trio.Event()
+        self.backend_pid: int | None = None
+
+    # ------------------------------------------------------------------ opening
+
+    async def connect(self) -> None:
+        """Open both connections and check (or create) the publications."""
+        kwargs = dict(self.connect_kwargs)
+        kwargs.setdefault("application_name", f"otpy_wal_reader:{self.slot}")
+        self.meta = await TrioConnection.connect(autocommit=True, **kwargs)
+        self.repl = await replication_connect(**kwargs)
+        self.backend_pid = self.repl.pgconn.backend_pid
+        await check_publications(
+            self.meta,
+            self.publications,
+            self.meta.info.dbname,
+            self.options.create_publication,
+        )
+
+    async def start(self) -> None:
+        """Create or find the slot and START_REPLICATION from its confirmed position.
+
+        Raises:
+            SlotInUse: the slot is streaming to another session.
+            SlotMismatch: the slot exists with another plugin/database/kind.
+        """
+        assert self.repl is not None and self.meta is not None
+        confirmed = await ensure_slot(
+            self.repl,
+            self.meta,
+            self.slot,
+            temporary=self.options.temporary,
+            database=self.meta.info.dbname,
+        )
+        self.acked = confirmed
+        self.received = confirmed
+        command = start_replication_command(
+            self.slot, self.publications, self.options.plugin_options()
+        )
+        try:
+            await start_copy_both(self.repl, command)
+        except pg_errors.ObjectInUse as exc:
+            raise slot_in_use_error(self.slot, exc) from None
+        self.streaming = True
+        self.decoder = ValueDecoder(self.repl)
+        self.assembler = TransactionAssembler(self.decoder, self.options.max_batch_size)
+        self.last_status = trio.current_time()
+        logger.info(
+            "slot %s: streaming from %s (publications %s)",
+            self.slot,
+            confirmed,
+            ", ".join(self.publications),
+            extra={"event": "replication_started", "slot": self.slot, "lsn": str(confirmed)},
+        )
+
+    async def open(self) -> None:
+        """:meth:`connect` (unless connected) then :meth:`start`; the caller closes on error."""
+        if self.repl is None:
+            await self.connect()
+        await self.start()
+
+    # ------------------------------------------------------------------ streaming
+
+    async def read_loop(self, out: trio.MemorySendChannel[ChangeBatch]) -> None:
+        """Read the stream until it ends: decode, assemble, queue batches, answer keepalives.
+
+        Raises:
+            StreamEnded: the server ended the stream without an error.
+            psycopg.Error / ConnectionClosedError: the session failed.
+        """
+        conn = self.repl
+        assembler = self.assembler
+        decoder = self.decoder
+        assert conn is not None and assembler is not None and decoder is not None
+        pgdecoder = PgOutputDecoder()
+        decode = pgdecoder.decode
+        unpack = _XLOG_HEADER.unpack_from
+        feed = assembler.feed
+        types_dirty = False
+        while True:
+            data = await wait_copy_data(conn)
+            if data is None:
+                raise StreamEnded(f"the server ended the replication stream of slot {self.slot!r}")
+            if data[0] == 0x77:  # 'w'
+                start, _end, _time = unpack(data, 1)
+                msg = decode(data[_XLOG_SIZE:])
+                kind = type(msg)
+                if start > self.received:
+                    self.received = LSN(start)
+                if kind is Relation or kind is Type:
+                    types_dirty = True
+                elif types_dirty and kind in _ROW_MESSAGES:
+                    types_dirty = False
+                    if decoder.missing_types():
+                        await self._fetch_types(decoder)
+                batches = feed(LSN(start), msg)
+                for batch in batches:
+                    self.pending += 1
+                    await out.send(batch)
+            else:
+                keepalive = decode_copy_data(data)
+                if assembler.idle and self.pending == 0 and keepalive.end > self.acked:
+                    # Nothing in flight: everything before `end` was delivered and acked.
+                    self.acked = keepalive.end
+                    if keepalive.end > self.received:
+                        self.received = keepalive.end
+                if keepalive.reply_requested:  # type: ignore[union-attr]
+                    await self.send_status()
+
+    async def _fetch_types(self, decoder: ValueDecoder) -> None:
+        assert self.meta is not None
+        try:
+            await afetch_missing_types(self.meta, decoder)
+        except psycopg.Error as exc:
+            logger.warning(
+                "slot %s: cannot fetch user types (%s); their values are delivered as text",
+                self.slot,
+                exc,
+            )
+            for oid in decoder.missing_types():
+                decoder.give_up(oid)
+
+    def acknowledge(self, lsn: LSN) -> None:
+        """Record that the handler finished everything up to ``lsn`` (a commit's end)."""
+        if lsn > self.acked:
+            self.acked = lsn
+            self._ack_event.set()
+
+    async def send_status(self, reply: bool = False) -> None:
+        """Send a standby status update: write = received, flush = apply = :attr:`acked`."""
+        conn = self.repl
+        assert conn is not None
+        flush = self.acked
+        write = max(self.received, flush)
+        async with self._send_lock:
+            await send_copy_data(conn, encode_standby_status(write, flush, flush, None, reply))
+        self.last_status = trio.current_time()
+
+    async def status_loop(self) -> None:
+        """Send status updates every ``status_interval`` and soon after acknowledgements."""
+        interval = self.options.status_interval
+        coalesce = min(ACK_COALESCE, interval)
+        while True:
+            with trio.move_on_at(self.last_status + interval):
+                await self._ack_event.wait()
+                await trio.sleep(coalesce)
+            self._ack_event = trio.Event()
+            await self.send_status()
+
+    # ------------------------------------------------------------------ closing
+
+    async def close(self, *, final_ack: bool = True, release_timeout: float = 5.0) -> None:
+        """Send a last acknowledgement (if streaming), close, wait until the slot is released.
+
+        Waiting for the release makes ``unsubscribe`` followed by ``subscribe``
+        on the same slot work at once (the walsender exits asynchronously).
+        Never raises for a connection that is already broken.
+        """
+        repl, meta = self.repl, self.meta
+        self.repl = None
+        if repl is not None:
+            if final_ack and self.streaming and repl.pgconn.status == psycopg.pq.ConnStatus.OK:
+                try:
+                    flush = self.acked
+                    await send_copy_data(
+                        repl, encode_standby_status(max(self.received, flush), flush, flush)
+                    )
+                except (psycopg.Error, ConnectionClosedError) as exc:
+                    logger.debug("slot %s: final status update failed: %s", self.slot, exc)
+            await repl.close()
+        self.streaming = False
+        if meta is not None and not meta.closed and self.backend_pid is not None:
+            with trio.move_on_after(release_timeout):
+                try:
+                    await self._wait_released(meta, self.backend_pid)
+                except (psycopg.Error, ConnectionClosedError) as exc:
+                    logger.debug("slot %s: cannot check the slot release: %s", self.slot, exc)
+        if meta is not None:
+            self.meta = None
+            await meta.close()
+
+    async def _wait_released(self, meta: TrioConnection[Any], pid: int) -> None:
+        delay = 0.002
+        while True:
+            cur = await meta.execute(
+                "SELECT 1 FROM pg_catalog.pg_stat_activity WHERE pid = %s "
+                "UNION ALL SELECT 1 FROM pg_catalog.pg_replication_slots "
+                "WHERE slot_name = %s AND active_pid = %s",
+                [pid, self.slot, pid],
+            )
+            if await cur.fetchone() is None:
+                return
+            await trio.sleep(delay)
+            delay = min(delay * 2, 0.05)

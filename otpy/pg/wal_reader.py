@@ -1,0 +1,499 @@
+"""The WAL reader: stream a logical replication slot into a behaviour class.
+
+The Python counterpart of epg_connector's ``epg_wal_reader``::
+
+    class UserReplicationHandler(wal_reader.ReplicationHandler):
+        async def handle_replication_data(self, ref, changes):
+            for change in changes:
+                match change:
+                    case Change("users", "insert", row, None): ...
+
+        async def handle_replication_stop(self, ref, slot_name): ...
+
+    ref = await wal_reader.subscribe(UserReplicationHandler(), db_opts, "myapp_slot",
+                                     ["user_changes"], {"slot_type": "persistent"})
+    ...
+    await wal_reader.unsubscribe(ref)
+
+``subscribe`` returns once the reader is connected, has its slot and
+START_REPLICATION was accepted; otherwise it raises the specific error
+(:class:`SlotInUse`, :class:`PublicationMissing`, :class:`InvalidName`, a
+connection error...).  The reader is a :class:`WalReader` actor under the WAL
+readers' :class:`~otpy.DynamicSupervisor` (include :func:`readers_supervisor_spec`
+in your supervision tree, or pass ``supervisor=``).  When it crashes (server
+gone, walsender terminated, handler raised) it calls ``handle_replication_stop``
+and is restarted with exponential backoff; on a persistent slot it resumes
+right after the last transaction the handler returned from.
+
+Delivery contract (see ``docs/replication.md``):
+
+* a transaction is acknowledged only after ``handle_replication_data``
+  returned for it (for its final chunk, when chunked); a raising handler
+  acknowledges nothing and gets the transaction again after the restart;
+* persistent slot: at-least-once across crashes of the handler, the reader,
+  the process, the walsender and PostgreSQL itself; duplicates only from the
+  unacknowledged tail, never a gap, never out of order;
+* temporary slot: the slot dies with the session, so changes committed while
+  the reader is disconnected (between a crash and its restart) are not replayed.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+import trio
+from psycopg.conninfo import conninfo_to_dict
+
+from otpy.actor import ExitReason, Ref
+from otpy.child_spec import ChildSpec, Restart
+from otpy.dynamic_supervisor import DynamicSupervisor
+from otpy.errors import ChildNotFound, InitError
+from otpy.gen_server import GenServer
+from otpy.pg.config import ConnectorConfig, DatabaseConfig
+from otpy.pg.errors import ConfigError
+from otpy.pg.replication.changes import Change, ChangeBatch
+from otpy.pg.replication.handler import ReplicationHandler
+from otpy.pg.replication.lsn import LSN
+from otpy.pg.replication.options import ReaderOptions
+from otpy.pg.replication.pgoutput import UNCHANGED_TOAST
+from otpy.pg.replication.reader_errors import (
+    AlreadySubscribed,
+    InvalidName,
+    InvalidOptions,
+    PublicationMissing,
+    ReplicationError,
+    SlotInUse,
+    SlotMismatch,
+    StreamEnded,
+)
+from otpy.pg.replication.slots import validate_publication_name, validate_slot_name
+from otpy.pg.replication.stream import ReplicationSession
+from otpy.registry import Registry, Via, whereis
+from otpy.supervisor import start_child, terminate_child, which_children
+
+__all__ = [
+    "CONNECTOR_APP",
+    "READERS_SUPERVISOR",
+    "UNCHANGED_TOAST",
+    "AlreadySubscribed",
+    "Change",
+    "ChangeBatch",
+    "InvalidName",
+    "InvalidOptions",
+    "PublicationMissing",
+    "ReaderOptions",
+    "ReaderState",
+    "ReplicationError",
+    "ReplicationHandler",
+    "SlotInUse",
+    "SlotMismatch",
+    "StreamEnded",
+    "Subscription",
+    "WalReader",
+    "readers_supervisor_spec",
+    "resolve_database",
+    "subscribe",
+    "unsubscribe",
+]
+
+logger = logging.getLogger("otpy.pg.wal_reader")
+
+#: Registered name of the WAL readers' dynamic supervisor (see :func:`readers_supervisor_spec`).
+READERS_SUPERVISOR = "otpy.pg.wal_readers"
+#: Application whose environment holds configured databases (``databases`` or ``config``).
+CONNECTOR_APP = "otpy.pg"
+
+# Readers are registered here under (host, port, slot): slot names are cluster-wide.
+_READERS = Registry("wal_readers")
+# Live subscriptions of this process, for AlreadySubscribed (process-wide, like a node).
+_SUBSCRIPTIONS: dict[tuple[str, str, str], Subscription] = {}
+_ids = itertools.count(1)
+
+
+def readers_supervisor_spec(
+    name: Any = READERS_SUPERVISOR,
+    *,
+    intensity: int = 1000,
+    period: float = 60.0,
+    max_children: int | None = None,
+) -> ChildSpec:
+    """The child spec of the WAL readers' :class:`~otpy.DynamicSupervisor`.
+
+    The connector application includes it; ``subscribe`` finds it by ``name``.
+    Its intensity is high on purpose: reader restarts are already paced by
+    each reader's exponential backoff, and a server restart fails every reader
+    at once, which must not make the supervisor give up on all of them.
+    """
+    return DynamicSupervisor.child_spec(
+        id=name, name=name, intensity=intensity, period=period, max_children=max_children
+    )
+
+
+@attrs.define(eq=False)
+class ReaderState:
+    """What a subscription's reader is doing (see :meth:`Subscription.wait_streaming`)."""
+
+    #: How many times a reader of the subscription started streaming.
+    starts: int = 0
+    #: True while a reader streams (False while standing by, restarting or stopped).
+    streaming: bool = False
+    _changed: trio.Event = attrs.field(factory=trio.Event)
+
+    def _update(self, streaming: bool) -> None:
+        if streaming:
+            self.starts += 1
+        self.streaming = streaming
+        self._changed.set()
+        self._changed = trio.Event()
+
+
+@attrs.frozen(eq=False, repr=False)
+class Subscription:
+    """The handle ``subscribe`` returns and handlers receive as ``ref``.
+
+    Stable across restarts of the reader (unlike the actor's ref, see
+    :meth:`reader`); pass it to :func:`unsubscribe`.
+    """
+
+    slot: str
+    publications: tuple[str, ...]
+    database: str
+    options: ReaderOptions
+    handler: ReplicationHandler
+    supervisor: Ref
+    key: tuple[str, str, str]
+    child_id: tuple[str, str, int]
+    connect_kwargs: dict[str, Any] = attrs.field(repr=False)
+    state: ReaderState = attrs.field(factory=ReaderState)
+
+    def __repr__(self) -> str:
+        return f"<Subscription slot={self.slot!r} db={self.database!r} {self.options.slot_type}>"
+
+    @property
+    def name(self) -> Via:
+        """The registered name of the reader actor (valid across its restarts)."""
+        return Via(_READERS, self.key)
+
+    def reader(self) -> Ref | None:
+        """The running reader actor, or None while it is being restarted."""
+        return whereis(self.name)
+
+    async def wait_streaming(self, starts: int = 1) -> None:
+        """Wait until a reader streams and streaming has started ``starts`` times in all.
+
+        A standby reader counts once it has taken the slot over; after a
+        crash, ``wait_streaming(previous_starts + 1)`` waits for the restart.
+        Bound it with ``trio.fail_after``.
+        """
+        state = self.state
+        while not (state.streaming and state.starts >= starts):
+            await state._changed.wait()
+
+
+def _describe(params: Mapping[str, Any]) -> str:
+    return (
+        f"{params.get('user') or '?'}@{params.get('host') or 'localhost'}:"
+        f"{params.get('port') or 5432}/{params.get('dbname') or '?'}"
+    )
+
+
+def resolve_database(db_opts: Any) -> tuple[dict[str, Any], str]:
+    """Turn ``db_opts`` into (libpq keyword arguments, safe description).
+
+    Accepts a :class:`~otpy.pg.config.DatabaseConfig`; a mapping with the same
+    keys (epg_connector's ``DbOpts``; a ``replication`` key is ignored); a
+    libpq DSN (``"host=... dbname=..."`` or ``"postgresql://..."``); or the name
+    of a database configured in the connector application's environment
+    (``otpy.get_env("otpy.pg", "databases")`` or ``"config"``).
+
+    Raises:
+        ConfigError: invalid settings or an unknown configured name.
+    """
+    if isinstance(db_opts, DatabaseConfig):
+        return db_opts.connect_kwargs(), db_opts.describe()
+    if isinstance(db_opts, Mapping):
+        entry = {k: v for k, v in db_opts.items() if k not in ("replication", "name")}
+        name = str(db_opts.get("name", "wal_reader"))
+        config = ConnectorConfig.from_mapping({"databases": {name: entry}})
+        db = config.databases[name]
+        return db.connect_kwargs(), db.describe()
+    if isinstance(db_opts, str):
+        if "=" in db_opts or "://" in db_opts:
+            params = conninfo_to_dict(db_opts)
+            params.pop("replication", None)
+            return dict(params), _describe(params)
+        from otpy.application import get_env
+
+        databases = get_env(CONNECTOR_APP, "databases")
+        config = get_env(CONNECTOR_APP, "config")
+        if databases is None and isinstance(config, ConnectorConfig):
+            databases = config.databases
+        if isinstance(databases, Mapping) and db_opts in databases:
+            return resolve_database(databases[db_opts])
+        raise ConfigError(
+            "db_opts",
+            f"unknown database {db_opts!r}: not a DSN, and not configured in the "
+            f"{CONNECTOR_APP!r} application environment",
+        )
+    raise ConfigError(
+        "db_opts", f"expected a DatabaseConfig, a mapping, a DSN or a name, got {db_opts!r}"
+    )
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The single interesting exception of a nursery's group (cancellations removed)."""
+    while isinstance(exc, BaseExceptionGroup):
+        _, rest = exc.split(trio.Cancelled)
+        if rest is None or len(rest.exceptions) != 1:
+            return exc if rest is None else rest
+        exc = rest.exceptions[0]
+    return exc
+
+
+class WalReader(GenServer):
+    """The reader actor of one subscription (one incarnation; restarted as a new instance).
+
+    ``init`` connects, checks publications, creates or finds the slot and
+    starts replication (in standby mode it may instead wait for the slot in
+    the background).  Streaming runs in background tasks: the socket reader,
+    the status sender and the handler loop.  ``terminate`` sends the last
+    acknowledgement, closes, waits for the slot to be released and calls
+    ``handle_replication_stop``.
+    """
+
+    def __init__(self, subscription: Subscription) -> None:
+        self.subscription = subscription
+        self.session = ReplicationSession(
+            subscription.connect_kwargs,
+            subscription.slot,
+            subscription.publications,
+            subscription.options,
+        )
+        self._scope: trio.CancelScope | None = None
+        self._stream_started = False
+        self._stream_done = trio.Event()
+        #: Transactions (final batches) handled by this incarnation.
+        self.transactions = 0
+        self.standby = False
+
+    def __repr__(self) -> str:
+        return f"<WalReader slot={self.subscription.slot!r}>"
+
+    async def init(self) -> None:
+        """Open the session; in standby mode a busy slot is waited for in the background."""
+        try:
+            await self.session.open()
+        except SlotInUse:
+            if not self.subscription.options.standby:
+                await self._close_quietly()
+                raise
+            self.standby = True
+            logger.info(
+                "slot %s is in use elsewhere: standing by",
+                self.subscription.slot,
+                extra={"event": "replication_standby", "slot": self.subscription.slot},
+            )
+            self.start_soon(self._standby)
+            return
+        except BaseException:
+            await self._close_quietly()
+            raise
+        self.start_soon(self._stream)
+
+    async def _close_quietly(self) -> None:
+        with trio.CancelScope(shield=True):
+            await self.session.close(final_ack=False, release_timeout=0)
+
+    async def _standby(self) -> None:
+        backoff = self.subscription.options.restart_backoff
+        attempt = 0
+        while True:
+            attempt += 1
+            await trio.sleep(backoff.delay(attempt))
+            try:
+                await self.session.start()
+            except SlotInUse:
+                continue
+            break
+        self.standby = False
+        logger.info(
+            "slot %s was freed: taking over",
+            self.subscription.slot,
+            extra={"event": "replication_takeover", "slot": self.subscription.slot},
+        )
+        await self._stream()
+
+    async def _stream(self) -> None:
+        self._stream_started = True
+        session = self.session
+        self.subscription.state._update(True)
+        try:
+            with trio.CancelScope() as scope:
+                self._scope = scope
+                send, recv = trio.open_memory_channel[ChangeBatch](
+                    self.subscription.options.queue_size
+                )
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(session.read_loop, send)
+                        nursery.start_soon(session.status_loop)
+                        nursery.start_soon(self._deliver, recv)
+                except BaseExceptionGroup as group:
+                    raise _unwrap(group) from None
+        finally:
+            self.subscription.state._update(False)
+            self._stream_done.set()
+
+    async def _deliver(self, recv: trio.MemoryReceiveChannel[ChangeBatch]) -> None:
+        handler = self.subscription.handler
+        sub = self.subscription
+        session = self.session
+        async for batch in recv:
+            if batch:
+                await handler.handle_replication_data(sub, batch)
+            if batch.final:
+                session.acknowledge(batch.end_lsn)
+                self.transactions += 1
+            session.pending -= 1
+
+    @property
+    def acked(self) -> LSN:
+        """The flush position acknowledged to the server so far."""
+        return self.session.acked
+
+    async def terminate(self, reason: ExitReason) -> None:
+        """Stop streaming, acknowledge what was handled, release the slot, call the stop hook."""
+        if self._scope is not None:
+            self._scope.cancel()
+        if self._stream_started:
+            await self._stream_done.wait()
+        sub = self.subscription
+        try:
+            await self.session.close(final_ack=True)
+        finally:
+            logger.info(
+                "slot %s: replication stopped (%s), acknowledged up to %s",
+                sub.slot,
+                reason,
+                self.session.acked,
+                extra={"event": "replication_stopped", "slot": sub.slot, "reason": str(reason)},
+            )
+            try:
+                await sub.handler.handle_replication_stop(sub, sub.slot)
+            except Exception:
+                logger.exception("slot %s: handle_replication_stop raised", sub.slot)
+
+
+async def _still_subscribed(sub: Subscription) -> bool:
+    if not sub.supervisor.alive:
+        return False
+    try:
+        children = await which_children(sub.supervisor)
+    except Exception:
+        return False
+    return any(child.id == sub.child_id for child in children)
+
+
+async def subscribe(
+    handler: ReplicationHandler,
+    db_opts: Any,
+    slot_name: str,
+    publications: Sequence[str],
+    options: ReaderOptions | Mapping[str, Any] | None = None,
+    *,
+    supervisor: Any = READERS_SUPERVISOR,
+) -> Subscription:
+    """Start a reader for ``slot_name`` that calls ``handler``; return its subscription.
+
+    Returns only after the reader connected, created or found the slot and
+    the server accepted START_REPLICATION (or, with ``standby=True`` and a busy
+    slot, after it started waiting for it).
+
+    Raises:
+        InvalidName / InvalidOptions / ConfigError: bad arguments (nothing was started).
+        AlreadySubscribed: this process already reads the slot (``.subscription``).
+        SlotInUse: another session reads the slot (and ``standby`` is off).
+        PublicationMissing: a publication does not exist (and ``create_publication`` is off).
+        SlotMismatch: an existing slot of that name cannot be used.
+        otpy.pg.errors.ConnectError / psycopg.Error: connection or authentication failure.
+        ReplicationError: no readers supervisor is running.
+    """
+    slot = validate_slot_name(slot_name)
+    if isinstance(publications, str):
+        raise InvalidName(f"publications must be a list of names, got the string {publications!r}")
+    pubs = tuple(validate_publication_name(p) for p in publications)
+    if not pubs:
+        raise InvalidName("at least one publication is needed")
+    opts = ReaderOptions.coerce(options)
+    kwargs, description = resolve_database(db_opts)
+    sup = whereis(supervisor)
+    if sup is None:
+        raise ReplicationError(
+            f"no WAL readers supervisor {supervisor!r} is running: include "
+            f"wal_reader.readers_supervisor_spec() in your supervision tree, or pass supervisor="
+        )
+    key = (str(kwargs.get("host") or ""), str(kwargs.get("port") or "5432"), slot)
+    existing = _SUBSCRIPTIONS.get(key)
+    if existing is not None:
+        if await _still_subscribed(existing):
+            raise AlreadySubscribed(slot, existing)
+        if _SUBSCRIPTIONS.get(key) is existing:
+            del _SUBSCRIPTIONS[key]
+    if key in _SUBSCRIPTIONS:  # another task subscribed meanwhile
+        raise AlreadySubscribed(slot, _SUBSCRIPTIONS[key])
+    sub = Subscription(
+        slot=slot,
+        publications=pubs,
+        database=description,
+        options=opts,
+        handler=handler,
+        supervisor=sup,
+        key=key,
+        child_id=("wal_reader", slot, next(_ids)),
+        connect_kwargs=kwargs,
+    )
+    _SUBSCRIPTIONS[key] = sub
+    spec = ChildSpec(
+        id=sub.child_id,
+        start=functools.partial(WalReader, sub),
+        restart=Restart.TRANSIENT,
+        name=sub.name,
+        backoff=opts.restart_backoff,
+        shutdown=opts.shutdown_timeout,
+    )
+    try:
+        await start_child(sup, spec)
+    except InitError as exc:
+        _SUBSCRIPTIONS.pop(key, None)
+        error = exc.reason.error
+        if isinstance(error, Exception):
+            raise error from None
+        raise
+    except BaseException:
+        _SUBSCRIPTIONS.pop(key, None)
+        raise
+    return sub
+
+
+async def unsubscribe(ref: Subscription) -> None:
+    """Stop the reader of ``ref`` and forget it; idempotent.
+
+    The reader sends its last acknowledgement, closes its session, waits until
+    the slot is released (so the slot can be subscribed again at once) and
+    calls ``handle_replication_stop``.  A temporary slot is dropped by the
+    server; a persistent one stays, positioned after the last handled
+    transaction.
+    """
+    try:
+        if ref.supervisor.alive:
+            await terminate_child(ref.supervisor, ref.child_id)
+    except ChildNotFound:
+        pass
+    finally:
+        if _SUBSCRIPTIONS.get(ref.key) is ref:
+            del _SUBSCRIPTIONS[ref.key]
