@@ -1,0 +1,583 @@
+"""The state of one pool, and the synchronous checkout/checkin fast path.
+
+A :class:`PoolCore` is owned by the pool's manager actor (it is created in the
+manager's ``init`` and closed when the manager exits), but its checkout and
+checkin methods run in the *caller's* task.  trio runs one task at a time and
+switches only at ``await``: a method without ``await`` is atomic, exactly like
+a message handled by an actor, without the two task switches of a message
+round trip.  That is what makes the hot path cheap:
+
+* ``checkout_nowait``: an idle connection and nobody waiting -> pop it (no
+  await, no message, no I/O);
+* ``checkin``: the connection is clean (checked *locally*: libpq's transaction
+  status and psycopg's session attributes) -> hand it straight to the first
+  waiter or put it back on the idle stack.  A dirty or broken connection goes
+  to its worker, which rolls it back or replaces it *outside* the caller's
+  task and outside the manager;
+* ``checkout``: nothing idle -> queue a waiter (FIFO) and park the task.  A
+  waiter leaves the queue atomically when it is cancelled or expires
+  (``wait_task_rescheduled``'s abort callback, a single timer task for the
+  deadlines), so a connection is never handed to a caller that gave up.
+
+Waiters are served by :meth:`PoolCore.put`, the single place a connection
+becomes available: a check-in, a reconnection, a finished reset or health
+check, a newly opened on-demand connection.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+import outcome
+import trio
+from psycopg import pq
+from psycopg.rows import tuple_row
+
+from otpy.pg.config import DatabaseConfig, PoolConfig
+from otpy.pg.pool.errors import (
+    PoolClosed,
+    PoolError,
+    PoolOverloaded,
+    PoolTimeout,
+    PoolUnavailable,
+)
+from otpy.pg.pool.types import WAIT_BUCKETS, PoolStats
+
+if TYPE_CHECKING:
+    from psycopg.rows import TupleRow
+
+    from otpy.pg.connection import TrioConnection
+
+__all__ = ["PoolCore", "Slot", "SlotState"]
+
+logger = logging.getLogger("otpy.pg.pool")
+
+_IDLE_TX: Final = pq.TransactionStatus.IDLE
+
+#: Fraction by which ``max_lifetime`` and ``max_idle`` are shortened at random
+#: per connection, so that connections opened together are not all replaced
+#: (or closed) in the same instant.
+LIFETIME_JITTER: Final = 0.1
+
+
+class SlotState(enum.IntEnum):
+    """Where one connection slot is in its life."""
+
+    CONNECTING = 0
+    """Its worker is opening (or re-opening) the connection."""
+    IDLE = 1
+    """On the idle stack, ready for a caller."""
+    IN_USE = 2
+    """Checked out by a caller."""
+    BUSY = 3
+    """Its worker is resetting, health-checking or closing it."""
+    CLOSED = 4
+    """Its worker is gone; the connection is (or will be, at check-in) closed."""
+
+
+class Slot:
+    """One connection of a pool and its bookkeeping; owned by one worker actor.
+
+    Only the worker opens and closes ``conn``; callers borrow it between
+    checkout and checkin.
+    """
+
+    __slots__ = (
+        "checked_at",
+        "conn",
+        "ephemeral",
+        "expires_at",
+        "holder",
+        "idle_since",
+        "max_idle",
+        "reclaim",
+        "retired",
+        "state",
+        "worker",
+    )
+
+    def __init__(self, worker: Any, ephemeral: bool) -> None:
+        self.worker = worker
+        self.ephemeral = ephemeral
+        self.conn: TrioConnection[TupleRow] | None = None
+        self.state = SlotState.CONNECTING
+        self.holder: trio.lowlevel.Task | None = None
+        self.idle_since = 0.0
+        self.checked_at = 0.0
+        self.expires_at = math.inf
+        self.max_idle = math.inf
+        self.retired = False
+        self.reclaim = False
+
+    def __repr__(self) -> str:
+        return f"<Slot {self.state.name}{' ephemeral' if self.ephemeral else ''}>"
+
+
+class _Waiter:
+    __slots__ = ("deadline", "task", "timeout")
+
+    def __init__(self, task: trio.lowlevel.Task, deadline: float, timeout: float) -> None:
+        self.task = task
+        self.deadline = deadline
+        self.timeout = timeout
+
+
+def _jittered(value: float | None) -> float:
+    if value is None:
+        return math.inf
+    return value * (1.0 - LIFETIME_JITTER * random.random())
+
+
+class PoolCore:
+    """The state of one pool: slots, idle stack, FIFO waiters, counters.
+
+    Created by the pool manager; its methods are called from callers' tasks
+    (checkout/checkin), from workers (connection life cycle) and from the
+    manager's timer task (waiter deadlines).  None of them blocks except
+    :meth:`checkout` (parks the calling task) and :meth:`run_timer`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        config: PoolConfig,
+        database: DatabaseConfig,
+        request_grow: Callable[[], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.database = database
+        self._request_grow = request_grow
+        self.idle: dict[Slot, None] = {}
+        self.waiters: dict[_Waiter, None] = {}
+        self.slots: set[Slot] = set()
+        self.closed = False
+        self.down = False
+        self.last_error: str | None = None
+        self.pending_grow = 0
+        self.connecting = 0
+        self._timer_scope: trio.CancelScope | None = None
+        self._wake_at = math.inf
+        self._changed: trio.Event | None = None
+        # counters
+        self.checkouts = 0
+        self.waited_checkouts = 0
+        self.wait_time_total = 0.0
+        self.wait_time_max = 0.0
+        self.wait_buckets = [0] * len(WAIT_BUCKETS)
+        self.timeouts = 0
+        self.overloaded = 0
+        self.cancelled_waits = 0
+        self.unavailable = 0
+        self.connection_errors = 0
+        self.connections_opened = 0
+        self.connections_lost = 0
+        self.connections_replaced = 0
+        self.connections_closed_idle = 0
+        self.rollbacks = 0
+        self.health_checks = 0
+        self.leaked = 0
+
+    def __repr__(self) -> str:
+        return f"<PoolCore {self.name!r} {len(self.slots)} slots, {len(self.idle)} idle>"
+
+    # -- the hot path (caller's task, no await) -----------------------------------
+
+    def checkout_nowait(self) -> Slot | None:
+        """Take an idle connection without waiting, or return None.
+
+        The idle stack is only ever non-empty while nobody waits (:meth:`put`
+        hands a connection to the first waiter before stacking it), so taking
+        from it never overtakes a queued caller.  LIFO: the most recently used
+        connection is the warmest, and the ones at the bottom stay idle long
+        enough to be health-checked or closed by ``max_idle``.
+        """
+        idle = self.idle
+        if idle:
+            slot = idle.popitem()[0]
+            slot.state = SlotState.IN_USE
+            slot.holder = trio.lowlevel.current_task()
+            self.checkouts += 1
+            if self._changed is not None:
+                self._notify()
+            return slot
+        return None
+
+    def checkin(self, slot: Slot) -> bool:
+        """Give a connection back; False if the caller must close it (its pool is gone).
+
+        Clean connections (idle transaction status, the pool's session
+        attributes, not past their lifetime) are served to the next waiter or
+        stacked at once, with no I/O.  Anything else goes to the slot's
+        worker, which rolls back or replaces it before it is used again.
+        """
+        if slot.state is not SlotState.IN_USE:
+            raise PoolError(
+                f"a connection of pool {self.name!r} was returned twice (or never checked out)",
+                self.name,
+            )
+        slot.holder = None
+        if slot.retired:
+            slot.state = SlotState.CLOSED
+            if self._changed is not None:
+                self._notify()
+            return False
+        conn = slot.conn
+        assert conn is not None
+        if (
+            conn.pgconn.transaction_status == _IDLE_TX
+            and conn.autocommit
+            and conn.row_factory is tuple_row
+            and conn.isolation_level is None
+            and conn.read_only is None
+            and conn.deferrable is None
+        ):
+            now = trio.current_time()
+            if now < slot.expires_at:
+                self.put(slot, now)
+                return True
+        slot.state = SlotState.BUSY
+        slot.worker.request_maintenance()
+        if self._changed is not None:
+            self._notify()
+        return True
+
+    def put(self, slot: Slot, now: float | None = None, *, keep_idle_since: bool = False) -> None:
+        """Make a connection available: to the first waiter, else onto the idle stack."""
+        waiters = self.waiters
+        if waiters:
+            waiter = next(iter(waiters))
+            del waiters[waiter]
+            slot.state = SlotState.IN_USE
+            slot.holder = waiter.task
+            self.checkouts += 1
+            trio.lowlevel.reschedule(waiter.task, outcome.Value(slot))
+        else:
+            slot.state = SlotState.IDLE
+            if not keep_idle_since:
+                slot.idle_since = trio.current_time() if now is None else now
+            self.idle[slot] = None
+        if self._changed is not None:
+            self._notify()
+
+    # -- the slow path: queueing --------------------------------------------------
+
+    async def checkout(self, timeout: float | None = None) -> Slot:  # noqa: ASYNC109
+        """Take a connection, queueing (FIFO) for up to ``timeout`` seconds.
+
+        ``timeout`` defaults to the pool's ``checkout_timeout``.
+
+        Raises:
+            PoolTimeout: nothing became free in time.
+            PoolOverloaded: ``max_waiting`` callers already wait.
+            PoolUnavailable: the pool has no connection and cannot open one.
+            PoolClosed: the pool stopped.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        slot = self.checkout_nowait()
+        if slot is not None:
+            return slot
+        self._check_can_wait()
+        limit = self.config.checkout_timeout if timeout is None else timeout
+        task = trio.lowlevel.current_task()
+        start = trio.current_time()
+        if limit <= 0:
+            raise self._timeout_error(limit)
+        waiter = _Waiter(task, start + limit, limit)
+        waiters = self.waiters
+        waiters[waiter] = None
+        if waiter.deadline < self._wake_at:
+            self._arm(waiter.deadline)
+        if self._request_grow is not None and len(self.slots) + self.pending_grow < (
+            self.config.max_size
+        ):
+            self._maybe_grow()
+        if self._changed is not None:
+            self._notify()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            waiters.pop(waiter, None)
+            self.cancelled_waits += 1
+            if self._changed is not None:
+                self._notify()
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        slot = await trio.lowlevel.wait_task_rescheduled(abort)
+        waited = trio.current_time() - start
+        self.waited_checkouts += 1
+        self.wait_time_total += waited
+        if waited > self.wait_time_max:
+            self.wait_time_max = waited
+        buckets = self.wait_buckets
+        for i, bound in enumerate(WAIT_BUCKETS):
+            if waited <= bound:
+                buckets[i] += 1
+                break
+        assert isinstance(slot, Slot)
+        return slot
+
+    def _check_can_wait(self) -> None:
+        if self.closed:
+            raise PoolClosed(f"pool {self.name!r} is stopped", self.name)
+        if self.down:
+            self.unavailable += 1
+            raise self._unavailable_error()
+        max_waiting = self.config.max_waiting
+        if len(self.waiters) >= max_waiting:
+            self.overloaded += 1
+            raise PoolOverloaded(
+                f"pool {self.name!r} is overloaded: {len(self.waiters)} callers already wait "
+                f"for one of its {len(self.slots)} connections (max_waiting={max_waiting}); "
+                f"the checkout was refused without waiting",
+                self.name,
+                len(self.waiters),
+                max_waiting,
+            )
+
+    def _unavailable_error(self) -> PoolUnavailable:
+        error = self.last_error or "unknown error"
+        return PoolUnavailable(
+            f"pool {self.name!r} has no connection to {self.database.describe()} and cannot "
+            f"open one; last error: {error}",
+            self.name,
+            error,
+        )
+
+    def _timeout_error(self, timeout: float) -> PoolTimeout:
+        self.timeouts += 1
+        in_use = sum(1 for s in self.slots if s.state is SlotState.IN_USE)
+        return PoolTimeout(
+            f"pool {self.name!r}: no connection became free within {timeout:g} s "
+            f"(size {len(self.slots)} of max {self.config.max_size}: {in_use} in use, "
+            f"{self.connecting} connecting; {len(self.waiters)} other callers waiting)",
+            self.name,
+            timeout,
+            len(self.slots),
+            len(self.waiters),
+        )
+
+    def _arm(self, deadline: float) -> None:
+        self._wake_at = deadline
+        if self._timer_scope is not None:
+            self._timer_scope.deadline = deadline
+
+    def _maybe_grow(self) -> None:
+        """Ask the manager for an on-demand connection if queued callers outnumber openings."""
+        if len(self.waiters) > self.connecting + self.pending_grow:
+            self.pending_grow += 1
+            assert self._request_grow is not None
+            self._request_grow()
+
+    async def run_timer(self) -> None:
+        """Expire waiters whose deadline passed; runs in the manager for the pool's life.
+
+        One task for all deadlines instead of a cancel scope per waiter: the
+        queue is FIFO and most callers use the same timeout, so the earliest
+        deadline is nearly always at the head, and the timer wakes about once
+        per timeout period under a steady load.
+        """
+        while True:
+            with trio.CancelScope(deadline=self._wake_at) as scope:
+                self._timer_scope = scope
+                await trio.sleep_forever()
+            self._timer_scope = None
+            now = trio.current_time()
+            wake_at = math.inf
+            expired: list[_Waiter] = []
+            for waiter in self.waiters:
+                if waiter.deadline <= now:
+                    expired.append(waiter)
+                elif waiter.deadline < wake_at:
+                    wake_at = waiter.deadline
+            for waiter in expired:
+                del self.waiters[waiter]
+                error = self._timeout_error(waiter.timeout)
+                trio.lowlevel.reschedule(waiter.task, outcome.Error(error))
+            self._wake_at = wake_at
+            if expired:
+                self._notify()
+
+    # -- worker side ----------------------------------------------------------------
+
+    def add_slot(self, worker: Any, ephemeral: bool) -> Slot:
+        """Register a new worker's slot (CONNECTING)."""
+        if self.closed:
+            raise PoolClosed(f"pool {self.name!r} is stopped", self.name)
+        slot = Slot(worker, ephemeral)
+        self.slots.add(slot)
+        self.connecting += 1
+        if ephemeral and self.pending_grow:
+            self.pending_grow -= 1
+        self._notify()
+        return slot
+
+    def connected(self, slot: Slot, conn: TrioConnection[TupleRow]) -> None:
+        """The worker opened ``slot``'s connection: serve it."""
+        now = trio.current_time()
+        slot.conn = conn
+        slot.expires_at = now + _jittered(self.config.max_lifetime)
+        slot.max_idle = _jittered(self.config.max_idle) if slot.ephemeral else math.inf
+        slot.checked_at = now
+        self.connecting -= 1
+        self.connections_opened += 1
+        self.down = False
+        self.put(slot, now)
+
+    def connect_failed(self, slot: Slot, error: str) -> None:
+        """A connection attempt failed; with no connection left, fail the waiters fast."""
+        self.connection_errors += 1
+        self.last_error = error
+        if not any(s.conn is not None for s in self.slots):
+            self.down = True
+            if self.waiters:
+                waiters = list(self.waiters)
+                self.waiters.clear()
+                for waiter in waiters:
+                    self.unavailable += 1
+                    trio.lowlevel.reschedule(waiter.task, outcome.Error(self._unavailable_error()))
+        self._notify()
+
+    def take_idle(self, slot: Slot) -> bool:
+        """Take ``slot`` off the idle stack for maintenance; False if it is not idle."""
+        if self.idle.pop(slot, 0) is None:
+            slot.state = SlotState.BUSY
+            self._notify()
+            return True
+        return False
+
+    def disconnected(self, slot: Slot) -> None:
+        """The worker closed ``slot``'s connection and will open a new one."""
+        if slot.conn is not None:
+            slot.conn = None
+            self.connecting += 1
+        slot.state = SlotState.CONNECTING
+        self._notify()
+
+    def remove_slot(self, slot: Slot) -> bool:
+        """The slot's worker is exiting; True if the worker must close the connection.
+
+        A connection checked out at this moment stays with its caller, who
+        closes it at check-in (``checkin`` returns False for a retired slot).
+        """
+        self.slots.discard(slot)
+        self.idle.pop(slot, None)
+        slot.retired = True
+        if slot.conn is None and slot.state is not SlotState.CLOSED:
+            self.connecting -= 1
+        owns = slot.state is not SlotState.IN_USE
+        if owns:
+            slot.state = SlotState.CLOSED
+        if (
+            not self.closed
+            and self.waiters
+            and self._request_grow is not None
+            and len(self.slots) + self.pending_grow < self.config.max_size
+        ):
+            self._maybe_grow()
+        self._notify()
+        return owns
+
+    def reclaim_leaks(self) -> int:
+        """Reclaim connections whose holder task has ended without checking them in.
+
+        In trio a task cannot end without leaving its ``async with`` blocks,
+        so this only catches low-level :func:`~otpy.pg.pool.acquire` users that
+        forgot ``release()``.  The connection's state is unknown: its worker
+        replaces it.
+        """
+        count = 0
+        for slot in list(self.slots):
+            task = slot.holder
+            if slot.state is SlotState.IN_USE and task is not None:
+                coro = task.coro
+                if getattr(coro, "cr_frame", True) is None:
+                    count += 1
+                    self.leaked += 1
+                    logger.warning(
+                        "pool %r: task %r ended without returning its connection; replacing it",
+                        self.name,
+                        task.name,
+                        extra={"event": "pool_connection_leaked", "pool": self.name},
+                    )
+                    slot.holder = None
+                    slot.reclaim = True
+                    slot.state = SlotState.BUSY
+                    slot.worker.request_maintenance()
+        if count:
+            self._notify()
+        return count
+
+    def close(self) -> None:
+        """The manager is exiting: refuse new checkouts, fail the waiters."""
+        if self.closed:
+            return
+        self.closed = True
+        waiters = list(self.waiters)
+        self.waiters.clear()
+        for waiter in waiters:
+            trio.lowlevel.reschedule(
+                waiter.task,
+                outcome.Error(PoolClosed(f"pool {self.name!r} stopped", self.name)),
+            )
+        self._notify()
+
+    # -- observation --------------------------------------------------------------
+
+    def _notify(self) -> None:
+        event = self._changed
+        if event is not None:
+            self._changed = None
+            event.set()
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Wait until ``predicate()`` holds, re-checking whenever the pool's state changes."""
+        while not predicate():
+            if self._changed is None:
+                self._changed = trio.Event()
+            await self._changed.wait()
+
+    def stats(self) -> PoolStats:
+        """A snapshot of the pool's state and counters (no I/O)."""
+        states = [0] * len(SlotState)
+        for slot in self.slots:
+            states[slot.state] += 1
+        # Checkouts that found an idle connection waited 0 s: the first bucket.
+        # (A handed-over checkout whose task has not resumed yet is briefly
+        # counted there too; max() keeps the figure sane.)
+        buckets = list(self.wait_buckets)
+        buckets[0] += max(0, self.checkouts - self.waited_checkouts)
+        return PoolStats(
+            name=self.name,
+            min_size=self.config.min_size,
+            max_size=self.config.max_size,
+            size=len(self.slots),
+            idle=states[SlotState.IDLE],
+            in_use=states[SlotState.IN_USE],
+            busy=states[SlotState.BUSY],
+            connecting=states[SlotState.CONNECTING],
+            waiting=len(self.waiters),
+            checkouts=self.checkouts,
+            waited_checkouts=self.waited_checkouts,
+            wait_time_total=self.wait_time_total,
+            wait_time_max=self.wait_time_max,
+            wait_histogram=tuple(zip(WAIT_BUCKETS, buckets, strict=True)),
+            timeouts=self.timeouts,
+            overloaded=self.overloaded,
+            cancelled_waits=self.cancelled_waits,
+            unavailable=self.unavailable,
+            connection_errors=self.connection_errors,
+            connections_opened=self.connections_opened,
+            connections_lost=self.connections_lost,
+            connections_replaced=self.connections_replaced,
+            connections_closed_idle=self.connections_closed_idle,
+            rollbacks=self.rollbacks,
+            health_checks=self.health_checks,
+            leaked=self.leaked,
+            down=self.down,
+            last_error=self.last_error,
+        )
