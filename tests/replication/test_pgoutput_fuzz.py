@@ -115,7 +115,9 @@ def in_stream_for(message: PgOutputMessage) -> bool:
 @given(messages)
 def test_encode_decode_round_trip(message: PgOutputMessage) -> None:
     raw = encode_message(message)
-    assert decode_message(raw, in_stream=in_stream_for(message)) == message
+    decoded = decode_message(raw, in_stream=in_stream_for(message))
+    assert decoded == message
+    assert hash(decoded) == hash(message) and repr(decoded) == repr(message)
     assert decode_message(bytearray(raw), in_stream=in_stream_for(message)) == message
 
 
