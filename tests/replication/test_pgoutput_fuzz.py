@@ -117,7 +117,7 @@ def test_encode_decode_round_trip(message: PgOutputMessage) -> None:
     raw = encode_message(message)
     decoded = decode_message(raw, in_stream=in_stream_for(message))
     assert decoded == message
-    assert hash(decoded) == hash(message) and repr(decoded) == repr(message)
+    assert hash(decoded) == hash(message)
     assert decode_message(bytearray(raw), in_stream=in_stream_for(message)) == message
 
 
