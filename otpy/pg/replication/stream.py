@@ -270,7 +270,12 @@ class ReplicationSession:
                     logger.debug("slot %s: final status update failed: %s", self.slot, exc)
             await repl.close()
         self.streaming = False
-        if meta is not None and not meta.closed and self.backend_pid is not None:
+        if (
+            release_timeout > 0
+            and meta is not None
+            and not meta.closed
+            and self.backend_pid is not None
+        ):
             with trio.move_on_after(release_timeout):
                 try:
                     await self._wait_released(meta, self.backend_pid)
