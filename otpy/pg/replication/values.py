@@ -339,19 +339,15 @@ class ValueDecoder:
             RelationMismatchError: the tuple's column count differs from the
                 Relation's (a protocol inconsistency, not a bad value).
         """
-        plan = self._plans.get(relation_oid)
-        if plan is None:
+        try:
+            plan = self._plans[relation_oid]
+        except KeyError:
             plan = self._plan(relation_oid)
         names = plan.names
         values = data.values
-        if len(names) != len(values):
-            raise RelationMismatchError(
-                f"tuple has {len(values)} columns, relation "
-                f"{plan.relation.namespace}.{plan.relation.name} has {len(names)}"
-            )
         kinds = data.kinds
         # Fast path: one format (and NULLs) only: load the whole row in one call.
-        if 117 not in kinds:  # no unchanged TOAST
+        if 117 not in kinds and len(values) == len(names):  # no unchanged TOAST
             try:
                 if 98 not in kinds:  # text and NULL only
                     return dict(zip(names, plan.load_text(values), strict=False))
@@ -359,6 +355,11 @@ class ValueDecoder:
                     return dict(zip(names, plan.load_binary(values), strict=False))
             except Exception:
                 return self._decode_carefully(plan, data)
+        if len(names) != len(values):
+            raise RelationMismatchError(
+                f"tuple has {len(values)} columns, relation "
+                f"{plan.relation.namespace}.{plan.relation.name} has {len(names)}"
+            )
         out: dict[str, Any] = {}
         try:
             for name, kind, value, text, binary in zip(
