@@ -52,6 +52,15 @@ class Admin:
                     return pids
                 await trio.sleep(0.01)
 
+    async def wait_state(self, pid: int, state: str, within: float = 10.0) -> None:
+        """Wait until backend ``pid`` is in ``state`` (polling, as for :meth:`wait_backends`)."""
+        sql = "SELECT state FROM pg_stat_activity WHERE pid = %s"
+        with trio.fail_after(within):
+            while True:
+                if await self.scalar(sql, (pid,)) == state:
+                    return
+                await trio.sleep(0.01)
+
     async def terminate(self, pid: int) -> bool:
         return bool(await self.scalar("SELECT pg_terminate_backend(%s)", (pid,)))
 
