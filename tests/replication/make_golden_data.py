@@ -1,0 +1,119 @@
+"""Regenerate tests/replication/data/: real pgoutput streams for offline golden tests.
+
+    .venv/bin/python tests/replication/make_golden_data.py
+
+Starts a throw-away server (two-phase enabled), runs a workload that produces
+every pgoutput message kind, and writes, per option set, one hex-encoded
+message per line (``<name>.hex``) and the ``repr`` of each decoded message
+(``<name>.expected``).  Review the diff of the .expected files before
+committing: they are the golden output.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import psycopg
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from pgcapture import Capture, execute  # noqa: E402
+
+from otpy.pg.replication import PgOutputDecoder  # noqa: E402
+from otpy.testing import PostgresServer  # noqa: E402
+
+OPTION_SETS = {
+    "v1_text": dict(proto=1),
+    "v2_binary_stream_messages": dict(
+        proto=2, binary=True, streaming=True, messages=True, work_mem="64kB"
+    ),
+    "v3_text_stream_two_phase": dict(
+        proto=3, streaming=True, two_phase=True, messages=True, work_mem="64kB"
+    ),
+}
+
+
+def workload(dsn: str) -> None:
+    execute(
+        dsn,
+        "CREATE TYPE mood AS ENUM ('sad', 'happy')",
+        "CREATE TABLE g (id int PRIMARY KEY, t text, m mood, big text, f float8, j jsonb)",
+        "ALTER TABLE g ALTER big SET STORAGE EXTERNAL",
+        "CREATE TABLE g_full (id int, v text)",
+        "ALTER TABLE g_full REPLICA IDENTITY FULL",
+    )
+
+
+def changes(dsn: str) -> None:
+    big = "(SELECT string_agg(md5(g::text), '') FROM generate_series(1, 320) g)"
+    execute(
+        dsn,
+        f"INSERT INTO g VALUES (1, 'a', 'happy', {big}, 'NaN', 'null'), "
+        "(2, NULL, NULL, NULL, NULL, NULL)",
+        "UPDATE g SET t = 'b' WHERE id = 1",
+        "UPDATE g SET id = 3 WHERE id = 2",
+        "DELETE FROM g WHERE id = 3",
+        "INSERT INTO g_full VALUES (1, 'x')",
+        "UPDATE g_full SET v = 'y'",
+        "DELETE FROM g_full",
+        "SELECT pg_logical_emit_message(false, 'golden', 'non-transactional')",
+        "BEGIN",
+        "SELECT pg_logical_emit_message(true, 'golden', 'transactional')",
+        "INSERT INTO g (id, t) SELECT g, md5(g::text) FROM generate_series(100, 1100) g",
+        "COMMIT",
+        "BEGIN",
+        "INSERT INTO g (id, t) SELECT g, 'aborted' FROM generate_series(5000, 6000) g",
+        "ROLLBACK",
+        "BEGIN",
+        "INSERT INTO g (id, t) VALUES (7000, 'prepared')",
+        "PREPARE TRANSACTION 'golden-1'",
+        "COMMIT PREPARED 'golden-1'",
+        "BEGIN",
+        "INSERT INTO g (id, t) VALUES (7001, 'rolled back')",
+        "PREPARE TRANSACTION 'golden-2'",
+        "ROLLBACK PREPARED 'golden-2'",
+        "BEGIN",
+        "INSERT INTO g (id, t) SELECT g, md5(g::text) FROM generate_series(8000, 9000) g",
+        "PREPARE TRANSACTION 'golden-3'",
+        "COMMIT PREPARED 'golden-3'",
+        "TRUNCATE g, g_full RESTART IDENTITY CASCADE",
+    )
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_replication_origin_create('golden-origin')")
+        conn.execute("SELECT pg_replication_origin_session_setup('golden-origin')")
+        with conn.transaction():
+            conn.execute("SELECT pg_replication_origin_xact_setup('0/ABCDEF', now())")
+            conn.execute("INSERT INTO g (id) VALUES (9999)")
+        conn.execute("SELECT pg_replication_origin_session_reset()")
+
+
+def main() -> None:
+    out = HERE / "data"
+    out.mkdir(exist_ok=True)
+    with PostgresServer(settings={"max_prepared_transactions": "10"}) as server:
+        workload(server.dsn)
+        cap = Capture(server.dsn, ["g", "g_full"], two_phase=True)
+        changes(server.dsn)
+        for name, options in OPTION_SETS.items():
+            raw = cap.peek(**options)  # type: ignore[arg-type]
+            decoder = PgOutputDecoder()
+            # Keep streams small: only every 100th Insert of the big transactions.
+            keep: list[tuple[bytes, str]] = []
+            inserts = 0
+            for data in raw:
+                message = decoder.decode(data)
+                if data[:1] == b"I":
+                    inserts += 1
+                    if inserts > 10 and inserts % 100:
+                        continue
+                keep.append((data, repr(message)))
+            (out / f"{name}.hex").write_text("".join(d.hex() + "\n" for d, _ in keep))
+            (out / f"{name}.expected").write_text("".join(r + "\n" for _, r in keep))
+            print(f"{name}: {len(keep)} of {len(raw)} messages")
+        cap.drop()
+
+
+if __name__ == "__main__":
+    main()
