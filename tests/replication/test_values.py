@@ -495,3 +495,27 @@ def test_decoder_uses_connection_context(module_dsn: str) -> None:
 
 
 Loader = Callable[[bytes], Any]
+
+
+async def test_afetch_missing_types_on_a_trio_connection(module_dsn: str) -> None:
+    """The reader's path: user types resolved with the trio psycopg connection."""
+    from otpy.pg.connection import TrioConnection
+    from otpy.pg.replication import afetch_missing_types
+
+    with psycopg.connect(module_dsn, autocommit=True) as conn:
+        conn.execute(
+            "DO $$ BEGIN CREATE TYPE amood AS ENUM ('meh', 'yay'); "
+            "EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+        )
+        row = conn.execute("SELECT 'amood'::regtype::oid, 'amood[]'::regtype::oid").fetchone()
+        assert row is not None
+        enum_oid, array_oid = int(row[0]), int(row[1])
+    values = ValueDecoder()
+    values.add_relation(relation_of(enum_oid, array_oid))
+    assert values.missing_types() == {enum_oid, array_oid}
+    async with await TrioConnection.connect(module_dsn, autocommit=True) as aconn:
+        await afetch_missing_types(aconn, values)
+    assert values.missing_types() == frozenset()
+    row = values.decode(90000, TupleData(b"tt", (b"yay", b"{meh,yay}")))
+    assert isinstance(row["c0"], Enum) and row["c0"].name == "yay"
+    assert [m.name for m in row["c1"]] == ["meh", "yay"]
