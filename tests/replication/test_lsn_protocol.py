@@ -12,6 +12,7 @@ from otpy.pg.replication import (
     LSN,
     DecodeError,
     PrimaryKeepalive,
+    StandbyStatusUpdate,
     XLogData,
     datetime_to_pg_timestamp,
     decode_copy_data,
@@ -134,6 +135,8 @@ def test_standby_status_update_layout() -> None:
     default_time = int.from_bytes(encode_standby_status(0, 0, 0)[25:33], "big")
     assert abs(default_time - now_pg_timestamp()) < 5_000_000
     assert encode_standby_status(0, 0, 0, time=0)[-1] == 0
+    update = StandbyStatusUpdate(LSN(1), LSN(2), LSN(3), 4, True)
+    assert update.encode() == raw
 
 
 @pytest.mark.parametrize(

@@ -87,6 +87,12 @@ class StandbyStatusUpdate:
     time: int
     reply_requested: bool = False
 
+    def encode(self) -> bytes:
+        """The ``r`` message bytes (see :func:`encode_standby_status`)."""
+        return encode_standby_status(
+            self.write, self.flush, self.apply, self.time, self.reply_requested
+        )
+
 
 def decode_copy_data(data: bytes | bytearray | memoryview) -> XLogData | PrimaryKeepalive:
     """Decode one CopyData message received in COPY_BOTH mode.
