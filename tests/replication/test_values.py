@@ -477,6 +477,21 @@ def test_relation_errors_and_replacement() -> None:
     assert values.decode(90000, TupleData(b"tt", (b"1", b"t"))) == {"c0": "1", "c1": True}
 
 
+def test_custom_loader_after_refresh() -> None:
+    from psycopg.adapt import Loader
+
+    class Upper(Loader):
+        def load(self, data: Any) -> str:
+            return bytes(data).decode().upper()
+
+    values = ValueDecoder()
+    values.add_relation(relation_of(25))
+    assert values.decode(90000, TupleData(b"t", (b"abc",))) == {"c0": "abc"}
+    values.adapters.register_loader(25, Upper)
+    values.refresh()
+    assert values.decode(90000, TupleData(b"t", (b"abc",))) == {"c0": "ABC"}
+
+
 def test_context_adapters_are_copied_not_modified() -> None:
     adapters = psycopg.adapters
     before = adapters.get_loader(1082, psycopg.pq.Format.TEXT)

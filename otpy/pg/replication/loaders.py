@@ -254,23 +254,26 @@ class TsvectorBinaryLoader(Loader):
         return " ".join(out)
 
 
-def install_loaders(adapters: AdaptersMap) -> dict[tuple[int, Format], type[abc.Loader]]:
+def install_loaders(
+    adapters: AdaptersMap,
+) -> dict[tuple[int, Format], tuple[type[abc.Loader], type[abc.Loader]]]:
     """Register the loaders described in the module docstring on ``adapters``.
 
-    Returns the date/time loaders that were wrapped, by (oid, format): a
-    whole-row fast path can use them directly and fall back to the wrapped
-    ones only when they refuse a value.
+    Returns, by (oid, format), the date/time loaders that were wrapped and
+    their wrappers: a whole-row fast path can use psycopg's loaders directly
+    and fall back to the wrapped ones only when they refuse a value.
     """
     oid = postgres.types.get_oid
-    replaced: dict[tuple[int, Format], type[abc.Loader]] = {}
+    replaced: dict[tuple[int, Format], tuple[type[abc.Loader], type[abc.Loader]]] = {}
 
     def wrap(name: str, special_text: dict[bytes, Any], special_binary: dict[bytes, Any]) -> None:
         type_oid = oid(name)
         for fmt, special in ((Format.TEXT, special_text), (Format.BINARY, special_binary)):
             base = adapters.get_loader(type_oid, fmt)
             if base is not None:
-                replaced[type_oid, fmt] = base
-                adapters.register_loader(type_oid, _infinity_loader(base, fmt, special))
+                wrapper = _infinity_loader(base, fmt, special)
+                replaced[type_oid, fmt] = (base, wrapper)
+                adapters.register_loader(type_oid, wrapper)
 
     wrap("date", {b"infinity": date.max, b"-infinity": date.min},
          {_INT32_MAX: date.max, _INT32_MIN: date.min})  # fmt: skip

@@ -135,6 +135,11 @@ class ValueDecoder:
 
     Values: SQL NULL -> ``None``; unchanged TOAST -> :data:`UNCHANGED_TOAST`;
     JSON ``null`` -> :data:`JSON_NULL`; everything else as in ``docs/types.md``.
+
+    Attributes:
+        adapters: the decoder's private ``AdaptersMap``.  To customise a type,
+            register a loader on it and call :meth:`refresh` (cached plans
+            hold the previous loaders).
     """
 
     def __init__(self, context: AdaptContext | None = None) -> None:
@@ -263,6 +268,10 @@ class ValueDecoder:
         TypeInfo(name, oid, array_oid).register(self.adapters)
         self._resolved(oid, array_oid)
 
+    def refresh(self) -> None:
+        """Drop cached loaders and plans, after loaders were registered on :attr:`adapters`."""
+        self._resolved()
+
     def give_up(self, oid: int) -> None:
         """Stop asking for ``oid`` (e.g. its fetch failed): its values stay text."""
         self._given_up.add(oid)
@@ -310,8 +319,9 @@ class ValueDecoder:
         """
         if self._fast_context is None:
             adapters = AdaptersMap(self.adapters)
-            for (oid, _fmt), loader in self._unwrapped.items():
-                adapters.register_loader(oid, loader)
+            for (oid, fmt), (loader, wrapper) in self._unwrapped.items():
+                if self.adapters.get_loader(oid, fmt) is wrapper:  # not customised since
+                    adapters.register_loader(oid, loader)
             self._fast_context = _Context(adapters, self._connection)
         return self._fast_context
 
