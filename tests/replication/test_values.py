@@ -25,6 +25,8 @@ from uuid import UUID
 import attrs
 import psycopg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pgcapture import Capture, execute
 from psycopg.types.multirange import Multirange
 from psycopg.types.range import Range
@@ -534,3 +536,26 @@ async def test_afetch_missing_types_on_a_trio_connection(module_dsn: str) -> Non
     row = values.decode(90000, TupleData(b"tt", (b"yay", b"{meh,yay}")))
     assert isinstance(row["c0"], Enum) and row["c0"].name == "yay"
     assert [m.name for m in row["c1"]] == ["meh", "yay"]
+
+
+BUILTIN_OIDS = sorted(
+    {info.oid for info in psycopg.adapters.types if info.oid < 16384}
+    | {info.array_oid for info in psycopg.adapters.types if 0 < info.array_oid < 16384}
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.sampled_from(BUILTIN_OIDS), min_size=1, max_size=6),
+    st.data(),
+)
+def test_garbage_values_never_poison_a_row(oids: list[int], data: st.DataObject) -> None:
+    """No value, however wrong for its type, makes decode raise: it comes back as text/bytes."""
+    values = ValueDecoder()
+    values.add_relation(relation_of(*oids))
+    kinds = bytes(data.draw(st.sampled_from(b"tbn")) for _ in oids)
+    raw = tuple(None if kind == ord("n") else data.draw(st.binary(max_size=24)) for kind in kinds)
+    row = values.decode(90000, TupleData(kinds, raw))
+    assert list(row) == [f"c{i}" for i in range(len(oids))]
+    for kind, decoded in zip(kinds, row.values(), strict=True):
+        assert (decoded is None) if kind == ord("n") else (decoded is not UNCHANGED_TOAST)
