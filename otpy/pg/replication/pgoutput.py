@@ -34,6 +34,10 @@ from .lsn import LSN
 from .timestamps import datetime_to_pg_timestamp, pg_timestamp_to_datetime
 
 __all__ = [
+    "KIND_BINARY",
+    "KIND_NULL",
+    "KIND_TEXT",
+    "KIND_UNCHANGED",
     "UNCHANGED_TOAST",
     "Begin",
     "BeginPrepare",
@@ -83,10 +87,15 @@ UNCHANGED_TOAST: Final = UnchangedToast.UNCHANGED_TOAST
 #: raw bytes (text or binary form, see :attr:`TupleData.kinds`).
 ColumnValue: TypeAlias = bytes | Literal[UnchangedToast.UNCHANGED_TOAST] | None
 
-# Column kinds as they appear on the wire.
+# Column kinds as they appear on the wire (the bytes of TupleData.kinds), so that
+# code inspecting a tuple compares with names rather than magic numbers.
+#: ``n``: SQL NULL.
 KIND_NULL: Final = ord("n")
+#: ``u``: unchanged TOASTed value, not sent.
 KIND_UNCHANGED: Final = ord("u")
+#: ``t``: value in text format.
 KIND_TEXT: Final = ord("t")
+#: ``b``: value in binary format (``binary`` option).
 KIND_BINARY: Final = ord("b")
 
 
