@@ -118,10 +118,11 @@ def _core(pool: str | Pool) -> PoolCore:
 
 
 async def _checkout(core: PoolCore, timeout: float | None) -> Slot:  # noqa: ASYNC109
+    # Inlined in _ConnectionContext.__aenter__ and query() (hot path): keep in sync.
     await trio.lowlevel.checkpoint_if_cancelled()
     slot = core.checkout_nowait()
     if slot is None:
-        slot = await core.checkout(timeout)
+        slot = await core.wait(timeout)
     return slot
 
 
@@ -142,8 +143,13 @@ class _ConnectionContext:
         self._slot: Slot | None = None
 
     async def __aenter__(self) -> TrioConnection[TupleRow]:
-        core = self._core = _core(self._pool)
-        slot = self._slot = await _checkout(core, self._timeout)
+        pool = self._pool
+        core = self._core = lookup(pool) if type(pool) is str else _core(pool)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        slot = core.checkout_nowait()
+        if slot is None:
+            slot = await core.wait(self._timeout)
+        self._slot = slot
         conn = slot.conn
         assert conn is not None
         return conn
@@ -157,7 +163,9 @@ class _ConnectionContext:
         slot = self._slot
         if slot is not None:
             self._slot = None
-            await _checkin(self._core, slot)
+            if not self._core.checkin(slot):
+                assert slot.conn is not None
+                await slot.conn.close()
         return None
 
 
@@ -262,8 +270,11 @@ async def query(
     """
     if isinstance(pool, psycopg.AsyncConnection):
         return await _query_with_timeout(pool, sql, params, timeout)
-    core = _core(pool)
-    slot = await _checkout(core, checkout_timeout)
+    core = lookup(pool) if type(pool) is str else _core(pool)
+    await trio.lowlevel.checkpoint_if_cancelled()
+    slot = core.checkout_nowait()
+    if slot is None:
+        slot = await core.wait(checkout_timeout)
     try:
         conn = slot.conn
         assert conn is not None

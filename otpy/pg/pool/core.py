@@ -91,6 +91,7 @@ class Slot:
         "checked_at",
         "conn",
         "ephemeral",
+        "expired",
         "expires_at",
         "holder",
         "idle_since",
@@ -110,6 +111,7 @@ class Slot:
         self.idle_since = 0.0
         self.checked_at = 0.0
         self.expires_at = math.inf
+        self.expired = False
         self.max_idle = math.inf
         self.retired = False
         self.reclaim = False
@@ -119,12 +121,24 @@ class Slot:
 
 
 class _Waiter:
-    __slots__ = ("deadline", "task", "timeout")
+    __slots__ = ("core", "deadline", "task", "timeout")
 
-    def __init__(self, task: trio.lowlevel.Task, deadline: float, timeout: float) -> None:
+    def __init__(
+        self, task: trio.lowlevel.Task, deadline: float, timeout: float, core: PoolCore
+    ) -> None:
         self.task = task
         self.deadline = deadline
         self.timeout = timeout
+        self.core = core
+
+    def abort(self, _: Any) -> trio.lowlevel.Abort:
+        """The waiting task was cancelled: leave the queue (atomically, so never served)."""
+        core = self.core
+        if core.waiters.pop(self, 0) is None:
+            core.cancelled_waits += 1
+            if core._changed is not None:
+                core._notify()
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 def _jittered(value: float | None) -> float:
@@ -213,8 +227,10 @@ class PoolCore:
 
         Clean connections (idle transaction status, the pool's session
         attributes, not past their lifetime) are served to the next waiter or
-        stacked at once, with no I/O.  Anything else goes to the slot's
-        worker, which rolls back or replaces it before it is used again.
+        stacked at once, with no I/O (not even a clock read when a waiter
+        takes it: the worker flags a connection past its lifetime).  Anything
+        else goes to the slot's worker, which rolls back or replaces it before
+        it is used again.
         """
         if slot.state is not SlotState.IN_USE:
             raise PoolError(
@@ -236,11 +252,10 @@ class PoolCore:
             and conn.isolation_level is None
             and conn.read_only is None
             and conn.deferrable is None
+            and not slot.expired
         ):
-            now = trio.current_time()
-            if now < slot.expires_at:
-                self.put(slot, now)
-                return True
+            self.put(slot)
+            return True
         slot.state = SlotState.BUSY
         slot.worker.request_maintenance()
         if self._changed is not None:
@@ -282,46 +297,38 @@ class PoolCore:
         slot = self.checkout_nowait()
         if slot is not None:
             return slot
-        self._check_can_wait()
+        return await self.wait(timeout)
+
+    async def wait(self, timeout: float | None) -> Slot:  # noqa: ASYNC109
+        """Queue for a connection (the caller found none idle); see :meth:`checkout`."""
+        waiters = self.waiters
+        if self.closed or self.down or len(waiters) >= self.config.max_waiting:
+            self._refuse()
         limit = self.config.checkout_timeout if timeout is None else timeout
-        task = trio.lowlevel.current_task()
-        start = trio.current_time()
         if limit <= 0:
             raise self._timeout_error(limit)
-        waiter = _Waiter(task, start + limit, limit)
-        waiters = self.waiters
+        start = trio.current_time()
+        waiter = _Waiter(trio.lowlevel.current_task(), start + limit, limit, self)
         waiters[waiter] = None
         if waiter.deadline < self._wake_at:
             self._arm(waiter.deadline)
-        if self._request_grow is not None and len(self.slots) + self.pending_grow < (
-            self.config.max_size
-        ):
+        if len(self.slots) + self.pending_grow < self.config.max_size:
             self._maybe_grow()
         if self._changed is not None:
             self._notify()
-
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            waiters.pop(waiter, None)
-            self.cancelled_waits += 1
-            if self._changed is not None:
-                self._notify()
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        slot = await trio.lowlevel.wait_task_rescheduled(abort)
+        slot: Slot = await trio.lowlevel.wait_task_rescheduled(waiter.abort)
         waited = trio.current_time() - start
         self.waited_checkouts += 1
         self.wait_time_total += waited
         if waited > self.wait_time_max:
             self.wait_time_max = waited
-        buckets = self.wait_buckets
-        for i, bound in enumerate(WAIT_BUCKETS):
-            if waited <= bound:
-                buckets[i] += 1
-                break
-        assert isinstance(slot, Slot)
+        i = 0
+        while waited > WAIT_BUCKETS[i]:
+            i += 1
+        self.wait_buckets[i] += 1
         return slot
 
-    def _check_can_wait(self) -> None:
+    def _refuse(self) -> None:
         if self.closed:
             raise PoolClosed(f"pool {self.name!r} is stopped", self.name)
         if self.down:
@@ -368,9 +375,10 @@ class PoolCore:
 
     def _maybe_grow(self) -> None:
         """Ask the manager for an on-demand connection if queued callers outnumber openings."""
-        if len(self.waiters) > self.connecting + self.pending_grow:
+        if self._request_grow is not None and len(self.waiters) > (
+            self.connecting + self.pending_grow
+        ):
             self.pending_grow += 1
-            assert self._request_grow is not None
             self._request_grow()
 
     async def run_timer(self) -> None:
@@ -423,6 +431,7 @@ class PoolCore:
         slot.expires_at = now + _jittered(self.config.max_lifetime)
         slot.max_idle = _jittered(self.config.max_idle) if slot.ephemeral else math.inf
         slot.checked_at = now
+        slot.expired = False
         self.connecting -= 1
         self.connections_opened += 1
         self.down = False
@@ -475,7 +484,6 @@ class PoolCore:
         if (
             not self.closed
             and self.waiters
-            and self._request_grow is not None
             and len(self.slots) + self.pending_grow < self.config.max_size
         ):
             self._maybe_grow()

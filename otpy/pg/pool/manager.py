@@ -46,7 +46,7 @@ from otpy.pg.config import DatabaseConfig, PoolConfig
 from otpy.pg.pool.core import PoolCore
 from otpy.pg.pool.errors import PoolNotFound
 from otpy.pg.pool.worker import ConnectionWorker
-from otpy.registry import whereis
+from otpy.registry import current_registry
 from otpy.supervisor import Strategy, Supervisor, start_child
 
 __all__ = [
@@ -86,7 +86,7 @@ def lookup(name: str) -> PoolCore:
     Raises:
         PoolNotFound: no pool of that name runs (in this registry).
     """
-    ref = whereis((_NAMESPACE, name))
+    ref = current_registry().whereis((_NAMESPACE, name))
     if ref is not None:
         core = _CORES.get(ref)
         if core is not None:

@@ -163,6 +163,8 @@ class ConnectionWorker(GenServer):
                     continue
                 return _RETIRE if slot.ephemeral and not core.waiters else _REPLACE
             now = trio.current_time()
+            if slot.state is not SlotState.IDLE and now >= slot.expires_at:
+                slot.expired = True  # replaced when it comes back (checked at check-in)
             deadline = self._next_deadline(now)
             if deadline > now:
                 with trio.move_on_at(deadline):
@@ -186,7 +188,9 @@ class ConnectionWorker(GenServer):
         recheck = interval if interval is not None else 60.0
         if slot.max_idle != math.inf:
             recheck = min(recheck, slot.max_idle)
-        return min(now + recheck, max(slot.expires_at, now + 0.001))
+        if slot.expired:
+            return now + recheck
+        return min(now + recheck, slot.expires_at)
 
     async def _housekeeping(self, conn: TrioConnection[TupleRow], now: float) -> _Outcome | None:
         core, slot = self.core, self.slot
@@ -242,7 +246,7 @@ class ConnectionWorker(GenServer):
         if conn.closed or pgconn.status != _CONN_OK:
             core.connections_lost += 1
             return False
-        if trio.current_time() >= slot.expires_at:
+        if slot.expired or trio.current_time() >= slot.expires_at:
             core.connections_replaced += 1
             return False
         status = pgconn.transaction_status
