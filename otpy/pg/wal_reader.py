@@ -276,6 +276,7 @@ class WalReader(GenServer):
         )
         self._scope: trio.CancelScope | None = None
         self._stream_started = False
+        self._stopping = False
         self._stream_done = trio.Event()
         #: Transactions (final batches) handled by this incarnation.
         self.transactions = 0
@@ -312,14 +313,19 @@ class WalReader(GenServer):
     async def _standby(self) -> None:
         backoff = self.subscription.options.restart_backoff
         attempt = 0
-        while True:
-            attempt += 1
-            await trio.sleep(backoff.delay(attempt))
-            try:
-                await self.session.start()
-            except SlotInUse:
-                continue
-            break
+        try:
+            while True:
+                attempt += 1
+                await trio.sleep(backoff.delay(attempt))
+                try:
+                    await self.session.start()
+                except SlotInUse:
+                    continue
+                break
+        except trio.Cancelled:
+            if not self._stopping:
+                self.session.abort()
+            raise
         self.standby = False
         logger.info(
             "slot %s was freed: taking over",
@@ -345,6 +351,11 @@ class WalReader(GenServer):
                         nursery.start_soon(self._deliver, recv)
                 except BaseExceptionGroup as group:
                     raise _unwrap(group) from None
+        except trio.Cancelled:
+            if not self._stopping:
+                # Killed (no terminate will run): do not leave the slot held.
+                session.abort()
+            raise
         finally:
             self.subscription.state._update(False)
             self._stream_done.set()
@@ -368,6 +379,7 @@ class WalReader(GenServer):
 
     async def terminate(self, reason: ExitReason) -> None:
         """Stop streaming, acknowledge what was handled, release the slot, call the stop hook."""
+        self._stopping = True
         if self._scope is not None:
             self._scope.cancel()
         if self._stream_started:

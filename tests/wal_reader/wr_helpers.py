@@ -113,3 +113,54 @@ async def walsender_pid(dsn: str, slot: str) -> int | None:
         dsn, "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", [slot]
     )
     return rows[0][0] if rows else None
+
+
+# --------------------------------------------------------------------------- chaos
+
+
+async def run_workload(
+    dsn: str, table: str, transactions: int, rng: Any, *, big_every: int = 25, retry: bool = False
+) -> None:
+    """One writer commits ``transactions`` transactions of random sizes into ``table``.
+
+    Rows get ids from a bigserial, so commit order is id order.  With ``retry``,
+    connection failures (a server restart) are survived: the writer reconnects
+    and goes on (the table itself is the ground truth of what was committed).
+    """
+    done = 0
+    while done < transactions:
+        try:
+            async with await TrioConnection.connect(dsn, autocommit=True) as conn:
+                while done < transactions:
+                    size = 200 if done % big_every == big_every - 1 else rng.randint(1, 6)
+                    await conn.execute(
+                        f"INSERT INTO {table} (v) SELECT g FROM generate_series(1, {size}) g"  # type: ignore[arg-type]
+                    )
+                    done += 1
+                    if done % 10 == 0:
+                        await trio.lowlevel.checkpoint()
+        except psycopg.OperationalError:
+            if not retry:
+                raise
+            done += 1  # the outcome of that commit is unknown: the table will tell
+            await trio.sleep(0.1)  # the server is down: try again a bit later
+
+
+def check_delivery(delivered: list[int], committed: list[int]) -> None:
+    """0 lost, no gap, never out of order; duplicates only by going back (redelivery).
+
+    ``delivered`` is every id in delivery order (with duplicates), ``committed``
+    the ids in the table.  Commit order is id order (one writer).
+    """
+    rank = {row_id: i for i, row_id in enumerate(sorted(committed))}
+    missing = set(rank) - set(delivered)
+    assert not missing, f"{len(missing)} committed rows never delivered, e.g. {sorted(missing)[:5]}"
+    unknown = set(delivered) - set(rank)
+    assert not unknown, f"delivered rows that were never committed: {sorted(unknown)[:5]}"
+    highest = -1
+    for position, row_id in enumerate(delivered):
+        r = rank[row_id]
+        assert r <= highest + 1, (
+            f"gap/out of order at delivery #{position}: row rank {r} after max rank {highest}"
+        )
+        highest = max(highest, r)

@@ -26,6 +26,7 @@ nothing queued or being handled), so that an idle slot does not retain WAL.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import struct
 from typing import Any
@@ -284,6 +285,22 @@ class ReplicationSession:
         if meta is not None:
             self.meta = None
             await meta.close()
+
+    def abort(self) -> None:
+        """Close both connections at once, synchronously, without a last acknowledgement.
+
+        For a reader that is being killed (cancelled without ``terminate``):
+        the sockets must not outlive it, or the walsender would keep the slot
+        active and every restart would find it in use.
+        """
+        for conn in (self.repl, self.meta):
+            if conn is None or conn.closed:
+                continue
+            with contextlib.suppress(psycopg.Error, OSError):
+                trio.lowlevel.notify_closing(conn.pgconn.socket)
+            conn.pgconn.finish()
+        self.repl = self.meta = None
+        self.streaming = False
 
     async def _wait_released(self, meta: TrioConnection[Any], pid: int) -> None:
         delay = 0.002
