@@ -164,3 +164,19 @@ def check_delivery(delivered: list[int], committed: list[int]) -> None:
             f"gap/out of order at delivery #{position}: row rank {r} after max rank {highest}"
         )
         highest = max(highest, r)
+
+
+async def drop_slot_when_free(dsn: str, slot: str) -> None:
+    """Drop a slot once the walsender of a killed reader has let go of it (bounded wait)."""
+    assert slot.replace("_", "").isalnum()
+    await execute(
+        dsn,
+        f"""DO $$ BEGIN
+          FOR i IN 1..300 LOOP
+            EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_replication_slots
+                                  WHERE slot_name = '{slot}' AND active);
+            PERFORM pg_sleep(0.05);
+          END LOOP;
+          PERFORM pg_drop_replication_slot('{slot}');
+        END $$""",
+    )
