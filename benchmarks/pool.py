@@ -22,7 +22,9 @@ warmed up before the clock starts):
   ``asyncpg noreset`` (a no-op ``reset``), i.e. those pools doing what otpy does.
 
 Repeats alternate the order of the contenders; the table shows medians (ops/s)
-and the ratio of otpy to each.  Usage::
+and, per contender, the median over the repeats of otpy's rate divided by its
+rate in the same repeat (a paired ratio: the machine's load drifts between
+repeats, and pairing cancels most of it).  Usage::
 
     .venv/bin/python benchmarks/pool.py                 # own throw-away server
     .venv/bin/python benchmarks/pool.py --dsn "host=... dbname=..." --repeat 7
@@ -228,6 +230,12 @@ def _prepare(dsn: str) -> None:
         conn.execute("CREATE TABLE bench_items (id bigserial PRIMARY KEY, task int, n int)")
 
 
+def _paired_ratio(results: dict[str, list[float]], name: str) -> float:
+    if "otpy" not in results:
+        return float("nan")
+    return statistics.median(o / x for o, x in zip(results["otpy"], results[name], strict=True))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dsn", help="server to use (default: start a throw-away one)")
@@ -271,10 +279,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         row = f"| {name:<15} |"
         for w in workloads:
-            value = medians[w][name]
-            ratio = medians[w]["otpy"] / value if "otpy" in medians[w] else float("nan")
-            row += f" {value:>13,.0f} | {ratio:>6.2f} |"
+            row += f" {medians[w][name]:>13,.0f} | {_paired_ratio(results[w], name):>6.2f} |"
         print(row)
+    print()
+    print(
+        "otpy/x: median over the repeats of otpy's rate divided by x's rate in the same "
+        "repeat (paired, so that load changes on the machine between repeats cancel out)"
+    )
     return 0
 
 

@@ -57,6 +57,7 @@ __all__ = [
     "make_pool_supervisor",
     "pool_key",
     "pool_spec",
+    "running_pool",
 ]
 
 logger = logging.getLogger("otpy.pg.pool")
