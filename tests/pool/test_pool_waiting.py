@@ -276,3 +276,53 @@ async def test_released_lease_cannot_be_used(db: DatabaseConfig) -> None:
         await lease.release()  # idempotent
         with pytest.raises(pool.PoolError, match="released"):
             lease.connection  # noqa: B018
+
+
+async def test_cancelled_inside_a_transaction_rolls_back_and_keeps_the_connection(
+    db: DatabaseConfig, admin: Admin
+) -> None:
+    async with pool.open_pool("p", pool_config(1), db) as p:
+        await pool.query("p", "CREATE TABLE tx_cancel (x int)")
+        started = trio.Event()
+        pid: list[int] = []
+
+        async def writer() -> None:
+            async with pool.transaction("p") as conn:
+                pid.append(conn.info.backend_pid)
+                await conn.execute("INSERT INTO tx_cancel VALUES (1)")
+                started.set()
+                await conn.execute("SELECT pg_sleep(30)")
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(writer)
+                await started.wait()
+                await admin.wait_state(pid[0], "active")
+                nursery.cancel_scope.cancel()
+        assert (await pool.query("p", "SELECT count(*) FROM tx_cancel")).scalar() == 0
+        assert (await pool.query("p", "SELECT pg_backend_pid()")).scalar() == pid[0]
+        stats = p.stats()
+        assert stats.connections_lost == stats.connections_replaced == 0
+
+
+async def test_on_demand_growth_under_load_never_exceeds_max(db: DatabaseConfig) -> None:
+    config = pool_config((1, 4), max_idle=0.2)
+    sizes: list[int] = []
+    async with pool.open_pool("p", config, db) as p:
+
+        async def client(task: int) -> None:
+            for n in range(30):
+                async with pool.connection("p") as conn:
+                    sizes.append(p.stats().size)
+                    await conn.execute("SELECT %s::int", (n,))
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                for task in range(20):
+                    nursery.start_soon(client, task)
+        assert max(sizes) == 4
+        stats = p.stats()
+        assert stats.checkouts == 600 and stats.timeouts == 0
+        with trio.fail_after(10):
+            await p.wait_for(lambda s: s.size == 1 and s.idle == 1)
+        assert p.stats().connections_closed_idle == 3
