@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 TASKS = 32
 SIZE = 8
-ROUNDS = 150
+ROUNDS = 300
 
 
 async def test_backends_killed_under_load(db: DatabaseConfig, admin: Admin) -> None:
