@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import trio
 from pool_helpers import Admin, pool_config
@@ -112,3 +114,44 @@ async def test_password_never_appears_in_errors(db: DatabaseConfig) -> None:
             await pool.query("p", "SELECT 1")
         assert "s3cr3t-Pa55" not in str(info.value)
         assert "s3cr3t-Pa55" not in repr(p.stats())
+
+
+async def test_reconnect_attempts_follow_the_backoff(
+    db: DatabaseConfig, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Attempts to an unreachable server are spaced by the configured back-off.
+
+    The clock is virtual (it jumps whenever every task waits), so the back-off
+    delays, up to seconds, pass instantly and are measured exactly.
+    """
+    import logging
+
+    from otpy.pg.config import Backoff
+
+    unreachable = type(db)(
+        name="db", database=db.database, username=db.username, host="127.0.0.1", port=1
+    )
+    attempts: list[float] = []
+
+    class Recorder(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if getattr(record, "event", None) == "pool_connect_failed":
+                attempts.append(trio.current_time())
+
+    handler = Recorder()
+    logger = logging.getLogger("otpy.pg.pool")
+    logger.addHandler(handler)
+    backoff = Backoff(initial=0.5, maximum=4.0, multiplier=2.0, jitter=0.0)
+    try:
+        config = pool_config(1, reconnect=backoff)
+        async with pool.open_pool("p", config, unreachable, wait=False) as p:
+            with trio.fail_after(60):
+                await p.wait_for(lambda s: s.connection_errors >= 6)
+    finally:
+        logger.removeHandler(handler)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(attempts)]
+    expected = [0.5, 1.0, 2.0, 4.0, 4.0]
+    assert len(gaps) >= 5
+    for gap, delay in zip(gaps, expected, strict=False):
+        assert gap >= delay
+        assert gap < delay + 2.0  # the next attempt comes right after its delay

@@ -32,6 +32,9 @@ async def test_waiters_are_served_in_fifo_order(db: DatabaseConfig) -> None:
         assert order == [0, 1, 2, 3, 4, 5]
         stats = p.stats()
         assert stats.waited_checkouts == 6 and stats.waiting == 0 and stats.idle == 1
+        assert 0 < stats.wait_time_max <= stats.wait_time_total
+        assert stats.average_wait == stats.wait_time_total / 6
+        assert sum(count for _, count in stats.wait_histogram) == stats.checkouts == 7
 
 
 async def test_checkout_timeout_names_the_pool_size_and_waiters(db: DatabaseConfig) -> None:
