@@ -46,6 +46,8 @@ from .values import ValueDecoder
 __all__ = ["OPS", "Change", "ChangeBatch", "TransactionAssembler"]
 
 _ZERO = LSN(0)
+# Returned by feed() when nothing is ready; never mutated by callers.
+_NOTHING: list[ChangeBatch] = []
 
 #: The values of :attr:`Change.op`.
 OPS = ("insert", "update", "delete", "truncate", "message")
@@ -175,6 +177,14 @@ class TransactionAssembler:
         # Streamed transactions: top xid -> [(sub xid, change-without-commit-info)].
         self._streams: dict[int, list[tuple[int | None, Change]]] = {}
         self._stream_xid: int | None = None
+        # Relation OID -> (table, schema), for the hot path.
+        self._names: dict[int, tuple[str, str]] = {}
+
+    def _relation_names(self, oid: int) -> tuple[str, str]:
+        relation = self.decoder.relation(oid)
+        names = (relation.name, relation.namespace or "pg_catalog")
+        self._names[oid] = names
+        return names
 
     @property
     def idle(self) -> bool:
@@ -192,6 +202,34 @@ class TransactionAssembler:
     def feed(self, lsn: LSN, msg: PgOutputMessage) -> list[ChangeBatch]:
         """Consume one message; return the batches ready for delivery, in order."""
         kind = type(msg)
+        if kind is Insert:
+            # The hot path (bulk inserts): no streaming, inside Begin/Commit.
+            txn = self._txn
+            if txn is not None and self._stream_xid is None:
+                assert isinstance(msg, Insert)
+                oid = msg.relation_oid
+                names = self._names.get(oid)
+                if names is None:
+                    names = self._relation_names(oid)
+                changes = txn.changes
+                changes.append(
+                    Change(
+                        names[0],
+                        "insert",
+                        self.decoder.decode(oid, msg.new),
+                        None,
+                        names[1],
+                        lsn,
+                        txn.commit_lsn,
+                        txn.xid,
+                        txn.commit_time,
+                    )
+                )
+                limit = self.max_batch_size
+                if limit is not None and len(changes) >= limit:
+                    txn.changes = []
+                    return [self._batch(txn, changes, final=False, end_lsn=_ZERO)]
+                return _NOTHING
         if kind is Insert or kind is Update or kind is Delete:
             return self._row(lsn, msg)  # type: ignore[arg-type]
         if kind is Begin:
@@ -208,6 +246,7 @@ class TransactionAssembler:
         if kind is Relation:
             assert isinstance(msg, Relation)
             self.decoder.add_relation(msg)
+            self._names.pop(msg.oid, None)
             return []
         if kind is Type:
             assert isinstance(msg, Type)

@@ -35,9 +35,10 @@ import psycopg
 import trio
 from psycopg import errors as pg_errors
 
-from otpy.pg.connection import (
+from otpy.pg.connection import (  # _finish_copy: see read_loop's fast path
     ReplicationConnection,
     TrioConnection,
+    _finish_copy,
     replication_connect,
     send_copy_data,
     start_copy_both,
@@ -62,6 +63,10 @@ logger = logging.getLogger("otpy.pg.wal_reader")
 _XLOG_HEADER = struct.Struct(">QQq")
 _XLOG_SIZE = 1 + _XLOG_HEADER.size
 _ROW_MESSAGES = (Insert, Update, Delete)
+#: Messages taken from libpq's buffer between two scheduler passes.
+_BURST = 128
+#: LSN from a protocol integer without re-validating it (it is a u64 by construction).
+_new_lsn = int.__new__
 #: Acknowledgements of handled transactions are coalesced over this many seconds.
 ACK_COALESCE = 0.01
 
@@ -178,29 +183,53 @@ class ReplicationSession:
         decode = pgdecoder.decode
         unpack = _XLOG_HEADER.unpack_from
         feed = assembler.feed
+        make_lsn = _new_lsn
+        get_copy_data = conn.pgconn.get_copy_data
+        checkpoint = trio.lowlevel.checkpoint
         types_dirty = False
+        burst = 0
         while True:
-            data = await wait_copy_data(conn)
-            if data is None:
+            # Fast path: take what libpq already buffered without a scheduler pass
+            # per message; wait_copy_data() does the waiting, the end and the errors.
+            try:
+                nbytes, data = get_copy_data(1)
+            except psycopg.Error:
+                nbytes = 0
+            if nbytes == -1:
+                # The server ended COPY: raise its error, if it sent one.
+                await _finish_copy(conn)
                 raise StreamEnded(f"the server ended the replication stream of slot {self.slot!r}")
+            if nbytes > 0:
+                burst += 1
+                if burst >= _BURST:
+                    burst = 0
+                    await checkpoint()
+            else:
+                burst = 0
+                data = await wait_copy_data(conn)  # type: ignore[assignment]
+                if data is None:
+                    raise StreamEnded(
+                        f"the server ended the replication stream of slot {self.slot!r}"
+                    )
             if data[0] == 0x77:  # 'w'
                 start, _end, _time = unpack(data, 1)
                 msg = decode(data[_XLOG_SIZE:])
                 kind = type(msg)
+                lsn = make_lsn(LSN, start)
                 if start > self.received:
-                    self.received = LSN(start)
+                    self.received = lsn
                 if kind is Relation or kind is Type:
                     types_dirty = True
                 elif types_dirty and kind in _ROW_MESSAGES:
                     types_dirty = False
                     if decoder.missing_types():
                         await self._fetch_types(decoder)
-                batches = feed(LSN(start), msg)
+                batches = feed(lsn, msg)
                 for batch in batches:
                     self.pending += 1
                     await out.send(batch)
             else:
-                keepalive = decode_copy_data(data)
+                keepalive = decode_copy_data(bytes(data))
                 if assembler.idle and self.pending == 0 and keepalive.end > self.acked:
                     # Nothing in flight: everything before `end` was delivered and acked.
                     self.acked = keepalive.end
