@@ -632,12 +632,27 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
             raise
 
     async def _run_while_cancelled(self, gen: Any, fileno: int) -> Any:
-        """Run ``gen`` shielded (bounded by ``cancel_timeout``), then raise Cancelled."""
+        """Run a command started in a cancelled scope, shielded and bounded; then raise.
+
+        Only a command actually sent is completed (a ``ROLLBACK`` from a
+        clean-up path); a generator that merely waits for the server (e.g. for
+        notifications) is abandoned at once.
+        """
         with trio.CancelScope(shield=True):
-            with trio.move_on_after(self.cancel_timeout) as timeout_scope:
-                await _wait_gen(gen, fileno)
-            if timeout_scope.cancelled_caught:
-                self._close_unusable("a command run while the task was cancelled did not finish")
+            try:
+                state = next(gen)
+            except StopIteration:
+                state = None
+            if state is not None:
+                if self.pgconn.transaction_status != _ACTIVE:
+                    gen.close()  # nothing in flight: just stop waiting
+                else:
+                    with trio.move_on_after(self.cancel_timeout) as timeout_scope:
+                        await _drive(gen, state, fileno)
+                    if timeout_scope.cancelled_caught:
+                        self._close_unusable(
+                            "a command run while the task was cancelled did not finish"
+                        )
         await trio.lowlevel.checkpoint()  # raises trio.Cancelled: the scope is cancelled
         raise AssertionError("unreachable: the scope was cancelled")  # pragma: no cover
 

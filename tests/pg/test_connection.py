@@ -667,3 +667,17 @@ async def test_cancelled_notifies_leaves_the_connection_usable(
     with trio.fail_after(5):
         got = [n.payload async for n in conn.notifies(stop_after=1)]
     assert got == ["later"]
+
+
+async def test_notifies_in_an_already_cancelled_scope_stops_at_once(
+    conn: TrioConnection[Any],
+) -> None:
+    await conn.execute("LISTEN otpy_never")
+    start = trio.current_time()
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        async for _ in conn.notifies():
+            pytest.fail("no notification was sent")  # pragma: no cover
+    assert trio.current_time() - start < conn.cancel_timeout / 2
+    assert not conn.closed
+    assert await (await conn.execute("SELECT 6")).fetchone() == (6,)
