@@ -51,3 +51,24 @@ async def test_server_restart(db: DatabaseConfig, own_server: PostgresServer, mo
             await p.wait_for(lambda s: s.idle == 2 and not s.down)
         assert (await pool.query("p", "SELECT 2")).scalar() == 2
         assert p.stats().connection_errors >= 1
+
+
+async def test_on_demand_only_pool_recovers(db: DatabaseConfig, own_server: PostgresServer) -> None:
+    """A pool of size (0, n) has no worker retrying: each checkout makes a fresh attempt."""
+    config = pool_config((0, 2), checkout_timeout=5.0)
+    async with pool.open_pool("p", config, db) as p:
+        assert (await pool.query("p", "SELECT 1")).scalar() == 1
+        try:
+            await trio.to_thread.run_sync(own_server.stop, "fast")
+            with trio.fail_after(20):
+                for _ in range(2):  # every attempt fails clearly, none hangs
+                    with pytest.raises((pool.PoolUnavailable, psycopg.OperationalError)):
+                        await pool.query("p", "SELECT 1")
+                with pytest.raises(pool.PoolUnavailable):
+                    await pool.query("p", "SELECT 1")
+            assert p.stats().down
+        finally:
+            await trio.to_thread.run_sync(own_server.start)
+        with trio.fail_after(20):
+            assert (await pool.query("p", "SELECT 2")).scalar() == 2
+        assert not p.stats().down

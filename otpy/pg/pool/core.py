@@ -302,7 +302,15 @@ class PoolCore:
     async def wait(self, timeout: float | None) -> Slot:  # noqa: ASYNC109
         """Queue for a connection (the caller found none idle); see :meth:`checkout`."""
         waiters = self.waiters
-        if self.closed or self.down or len(waiters) >= self.config.max_waiting:
+        # While the pool is down, callers are refused at once as long as some
+        # worker is retrying; with nobody retrying (on-demand connections only),
+        # the caller queues and triggers a fresh attempt, so a pool of size
+        # (0, n) recovers once the server is back.
+        if (
+            self.closed
+            or (self.down and self.connecting)
+            or len(waiters) >= self.config.max_waiting
+        ):
             self._refuse()
         limit = self.config.checkout_timeout if timeout is None else timeout
         if limit <= 0:
@@ -331,7 +339,7 @@ class PoolCore:
     def _refuse(self) -> None:
         if self.closed:
             raise PoolClosed(f"pool {self.name!r} is stopped", self.name)
-        if self.down:
+        if self.down and self.connecting:
             self.unavailable += 1
             raise self._unavailable_error()
         max_waiting = self.config.max_waiting
@@ -438,10 +446,12 @@ class PoolCore:
         self.put(slot, now)
 
     def connect_failed(self, slot: Slot, error: str) -> None:
-        """A connection attempt failed; with no connection left, fail the waiters fast."""
+        """A connection attempt failed; with no usable connection left, fail the waiters fast."""
         self.connection_errors += 1
         self.last_error = error
-        if not any(s.conn is not None for s in self.slots):
+        # Slots under maintenance (BUSY) do not count: after a server restart
+        # they are the dead connections being replaced.
+        if not any(s.state is SlotState.IDLE or s.state is SlotState.IN_USE for s in self.slots):
             self.down = True
             if self.waiters:
                 waiters = list(self.waiters)
@@ -450,6 +460,15 @@ class PoolCore:
                     self.unavailable += 1
                     trio.lowlevel.reschedule(waiter.task, outcome.Error(self._unavailable_error()))
         self._notify()
+
+    def restored(self, slot: Slot, *, keep_idle_since: bool = False) -> None:
+        """The worker finished maintaining ``slot`` and the connection is fine: serve it.
+
+        ``keep_idle_since`` after a health check, so that the connection's idle
+        time (for ``max_idle``) keeps counting.
+        """
+        self.down = False
+        self.put(slot, keep_idle_since=keep_idle_since)
 
     def take_idle(self, slot: Slot) -> bool:
         """Take ``slot`` off the idle stack for maintenance; False if it is not idle."""

@@ -159,7 +159,7 @@ class ConnectionWorker(GenServer):
                 if slot.state is not SlotState.BUSY:
                     continue
                 if await self._reset(conn):
-                    core.put(slot)
+                    core.restored(slot)
                     continue
                 return _RETIRE if slot.ephemeral and not core.waiters else _REPLACE
             now = trio.current_time()
@@ -212,7 +212,7 @@ class ConnectionWorker(GenServer):
             healthy = await self._health_check(conn)
             slot.checked_at = trio.current_time()
             if healthy:
-                core.put(slot, keep_idle_since=True)
+                core.restored(slot, keep_idle_since=True)
                 return None
             core.connections_lost += 1
             return _REPLACE
