@@ -69,5 +69,7 @@ async def test_backends_killed_under_load(db: DatabaseConfig, admin: Admin) -> N
         stats = p.stats()
         assert stats.connections_lost + stats.connections_replaced >= 1
         assert stats.in_use == 0 and stats.waiting == 0
+        core = p._resolve()  # internal bookkeeping agrees with the slots' states
+        assert (core.connecting, core.pending_grow, len(core.idle)) == (0, 0, SIZE)
         await admin.wait_backends(SIZE)
         assert (await pool.query("p", "SELECT count(*) FROM chaos")).scalar() >= 0
