@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -89,7 +90,15 @@ class NoOp(wal_reader.ReplicationHandler):
             self.done.set()
 
 
-def run_otpy(dsn: str, slot: str, rows: int, options: dict[str, Any]) -> float:
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_otpy(dsn: str, slot: str, rows: int, options: dict[str, Any]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) to stream ``rows`` rows."""
+    cpu = time.process_time()
+
     async def main() -> float:
         async with trio.open_nursery() as nursery:
             await start_actor(nursery, DynamicSupervisor(), name=wal_reader.READERS_SUPERVISOR)
@@ -104,11 +113,13 @@ def run_otpy(dsn: str, slot: str, rows: int, options: dict[str, Any]) -> float:
             nursery.cancel_scope.cancel()
         return elapsed
 
-    return trio.run(main)
+    elapsed = trio.run(main)
+    return elapsed, time.process_time() - cpu
 
 
-def run_recvlogical(dsn: str, slot: str, endpos: str) -> float:
+def run_recvlogical(dsn: str, slot: str, endpos: str) -> tuple[float, float]:
     binary = find_bindir() / "pg_recvlogical"
+    cpu = children_cpu()
     start = time.perf_counter()
     subprocess.run(
         [
@@ -131,7 +142,7 @@ def run_recvlogical(dsn: str, slot: str, endpos: str) -> float:
         ],
         check=True,
     )
-    return time.perf_counter() - start
+    return time.perf_counter() - start, children_cpu() - cpu
 
 
 def peer_python() -> Path | None:
@@ -149,20 +160,21 @@ def peer_python() -> Path | None:
     return python
 
 
-def run_peer(python: Path, dsn: str, slot: str, rows: int) -> float:
+def run_peer(python: Path, dsn: str, slot: str, rows: int) -> tuple[float, float]:
+    cpu = children_cpu()
     out = subprocess.run(
         [str(python), str(PEER_SCRIPT), dsn, slot, PUB, str(rows)],
         check=True,
         capture_output=True,
         text=True,
     )
-    return float(out.stdout.strip())
+    return float(out.stdout.strip()), children_cpu() - cpu
 
 
-def throughput(dsn: str, repeat: int) -> list[tuple[str, str, float]]:
-    """(workload, consumer, seconds) for every run."""
+def throughput(dsn: str, repeat: int) -> list[tuple[str, str, float, float]]:
+    """(workload, consumer, wall seconds, client CPU seconds) for every run."""
     python = peer_python()
-    results: list[tuple[str, str, float]] = []
+    results: list[tuple[str, str, float, float]] = []
     for name, (statement, rows) in WORKLOADS.items():
         for rep in range(repeat):
             sql(dsn, "TRUNCATE bench")
@@ -180,16 +192,19 @@ def throughput(dsn: str, repeat: int) -> list[tuple[str, str, float]]:
                 for consumer in order:
                     slot = slots[consumer]
                     if consumer == "pg_recvlogical":
-                        seconds = run_recvlogical(dsn, slot, endpos)
+                        seconds, cpu = run_recvlogical(dsn, slot, endpos)
                     elif consumer == "otpy":
-                        seconds = run_otpy(dsn, slot, rows, {})
+                        seconds, cpu = run_otpy(dsn, slot, rows, {})
                     elif consumer == "otpy binary":
-                        seconds = run_otpy(dsn, slot, rows, {"binary": True})
+                        seconds, cpu = run_otpy(dsn, slot, rows, {"binary": True})
                     else:
                         assert python is not None
-                        seconds = run_peer(python, dsn, slot, rows)
-                    results.append((name, consumer, seconds))
-                    print(f"  {name:15} {consumer:20} {seconds:8.3f} s", file=sys.stderr)
+                        seconds, cpu = run_peer(python, dsn, slot, rows)
+                    results.append((name, consumer, seconds, cpu))
+                    print(
+                        f"  {name:15} {consumer:20} {seconds:8.3f} s  cpu {cpu:.3f} s",
+                        file=sys.stderr,
+                    )
             finally:
                 for slot in slots.values():
                     sql(dsn, f"SELECT pg_drop_replication_slot('{slot}')")
@@ -237,7 +252,7 @@ def latency(dsn: str, rate: int = 1000, seconds: float = 5.0) -> list[float]:
 
 def rss_child(dsn: str, slot: str, rows: int) -> None:
     """Stream ``rows`` rows from ``slot`` with a no-op handler; print peak RSS in MB."""
-    run_otpy(dsn, slot, rows, {})
+    run_otpy(dsn, slot, rows, {})[0]
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             print(int(line.split()[1]) / 1024)
@@ -284,21 +299,32 @@ def main(argv: list[str] | None = None) -> int:
         memory = rss(dsn) if args.rss else None
     print()
     print(f"WAL reader benchmark (medians of {args.repeat}; {os.cpu_count()} CPUs)")
-    print(f"{'workload':16} {'consumer':20} {'seconds':>8} {'rows/s':>10} {'vs recvlogical':>15}")
+    print(
+        f"{'workload':16} {'consumer':20} {'seconds':>8} {'rows/s':>10} {'vs recvlogical':>15}"
+        f" {'client CPU s':>13}"
+    )
     for name, (_, rows) in WORKLOADS.items():
+        consumers = dict.fromkeys(r[1] for r in results if r[0] == name)
         med = {
-            c: statistics.median(s for w, cc, s in results if w == name and cc == c)
-            for c in dict.fromkeys(cc for w, cc, _ in results if w == name)
+            c: statistics.median(r[2] for r in results if r[0] == name and r[1] == c)
+            for c in consumers
+        }
+        cpu = {
+            c: statistics.median(r[3] for r in results if r[0] == name and r[1] == c)
+            for c in consumers
         }
         base = med["pg_recvlogical"]
         for consumer, seconds in med.items():
             print(
                 f"{name:16} {consumer:20} {seconds:8.3f} {rows / seconds:10,.0f} "
-                f"{base / seconds:14.2f}x"
+                f"{base / seconds:14.2f}x {cpu[consumer]:13.3f}"
             )
         peer = med.get("psycopg2+pypgoutput")
         if peer is not None:
-            print(f"{'':16} otpy vs psycopg2+pypgoutput: {peer / med['otpy']:.2f}x")
+            print(
+                f"{'':16} otpy vs psycopg2+pypgoutput: {peer / med['otpy']:.2f}x wall, "
+                f"{cpu['psycopg2+pypgoutput'] / cpu['otpy']:.2f}x client CPU"
+            )
     lat.sort()
     p50 = lat[len(lat) // 2]
     p99 = lat[int(len(lat) * 0.99) - 1]
