@@ -1,0 +1,103 @@
+"""db_opts and options in every accepted form; the readers supervisor inside an Application."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+from wr_helpers import Recorder, create_publication, execute, unique
+
+from otpy import Application, Backoff, start_application
+from otpy.pg import wal_reader
+from otpy.pg.config import DatabaseConfig
+from otpy.pg.errors import ConfigError
+from otpy.pg.wal_reader import InvalidOptions, ReaderOptions
+
+
+def test_options_mapping_form_and_validation() -> None:
+    opts = ReaderOptions.coerce(
+        {"slot_type": "persistent", "restart_backoff": {"initial": 1, "maximum": 5}}
+    )
+    assert opts.slot_type == "persistent" and not opts.temporary
+    assert opts.restart_backoff == Backoff(initial=1, maximum=5)
+    assert ReaderOptions.coerce(None) == ReaderOptions()
+    assert ReaderOptions(streaming=True).plugin_options() == [
+        ("proto_version", "2"),
+        ("streaming", "on"),
+    ]
+    for bad in (
+        {"max_batch_size": 0},
+        {"proto_version": 4},
+        {"status_interval": 0},
+        {"queue_size": 0},
+        {"create_publication": "yes"},
+        {"restart_backoff": {"initial": 5, "maximum": 1}},
+    ):
+        with pytest.raises(InvalidOptions):
+            ReaderOptions.coerce(bad)
+    with pytest.raises(InvalidOptions, match="did you mean 'standby'"):
+        ReaderOptions.coerce({"stanby": True})
+
+
+def test_db_opts_forms() -> None:
+    config = DatabaseConfig(name="main", database="app", username="u", host="h", port=5433)
+    kwargs, described = wal_reader.resolve_database(config)
+    assert kwargs["dbname"] == "app" and described == "u@h:5433/app"
+    # epg_connector's DbOpts map, including its replication key (ignored).
+    kwargs, described = wal_reader.resolve_database(
+        {
+            "host": "h",
+            "port": 5433,
+            "database": "app",
+            "username": "u",
+            "password": "secret",
+            "replication": "database",
+        }
+    )
+    assert kwargs["password"] == "secret" and "secret" not in described
+    kwargs, _ = wal_reader.resolve_database("host=h port=5433 dbname=app user=u")
+    assert kwargs == {"host": "h", "port": "5433", "dbname": "app", "user": "u"}
+    with pytest.raises(ConfigError, match="unknown database 'nope'"):
+        wal_reader.resolve_database("nope")
+    with pytest.raises(ConfigError, match="unknown key"):
+        wal_reader.resolve_database({"database": "app", "username": "u", "hots": "h"})
+
+
+async def test_subscribe_a_configured_database_under_an_application(module_dsn: str) -> None:
+    with psycopg.connect(module_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE cf (id int PRIMARY KEY)")
+    create_publication(module_dsn, "cf_pub", ["cf"])
+    params = conninfo_to_dict(module_dsn)
+    database = DatabaseConfig(
+        name="main",
+        database=str(params["dbname"]),
+        username=str(params["user"]),
+        host=str(params.get("host", "localhost")),
+        port=int(params.get("port", 5432)),
+    )
+    app = Application(
+        name=wal_reader.CONNECTOR_APP,
+        start=lambda env: wal_reader.readers_supervisor_spec(),
+        env={"databases": {"main": database}},
+    )
+    rec = Recorder()
+    async with start_application(app):
+        ref = await wal_reader.subscribe(rec, "main", unique("cfg"), ["cf_pub"], {"messages": True})
+        try:
+            await execute(
+                module_dsn,
+                "INSERT INTO cf VALUES (1)",
+                "SELECT pg_logical_emit_message(false, 'audit', 'outside any transaction')",
+            )
+            changes = await rec.wait_changes(2)
+        finally:
+            await wal_reader.unsubscribe(ref)
+    assert (changes[0].table, changes[0].op, changes[0].data) == ("cf", "insert", {"id": 1})
+    message = changes[1]
+    assert (message.table, message.op, message.data) == (
+        "audit",
+        "message",
+        b"outside any transaction",
+    )
+    assert message.detail == {"transactional": False} and message.xid is None
+    assert rec.batches[1].final and len(rec.batches[1]) == 1
