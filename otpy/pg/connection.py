@@ -174,6 +174,9 @@ _COPY_BOTH = pq.ExecStatus.COPY_BOTH
 _MAX_BUSY_TIME = 0.005
 _last_yield = 0.0
 
+#: Seconds to wait for a cancelled command to end before sending the cancel again.
+_CANCEL_RETRY_INTERVAL = 0.5
+
 
 def _make_ready_function() -> Callable[[int, int], int]:
     """Return a function telling, without blocking, which of ``wait`` is ready on ``fd``."""
@@ -671,16 +674,25 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
             gen.close()
             return
         with trio.move_on_after(self.cancel_timeout) as scope:
-            try:
-                await self._send_cancel()
-            except e.Error as ex:
-                logger.warning("query cancellation request failed: %s", ex)
-            try:
-                await _wait_gen(gen, fileno)
-            except e.QueryCanceled:
-                pass  # the expected outcome
-            except e.Error as ex:
-                logger.debug("error draining a cancelled command: %r", ex)
+            drained = False
+            while not drained:
+                # A cancel request that reaches the backend before it has read
+                # the query is ignored by PostgreSQL: if the command does not
+                # end soon, ask again.  A cancel arriving once the backend is
+                # idle is discarded too, so repeating it cannot hit a later
+                # command (and none can start: we hold the connection's lock).
+                try:
+                    await self._send_cancel()
+                except e.Error as ex:
+                    logger.warning("query cancellation request failed: %s", ex)
+                with trio.move_on_after(_CANCEL_RETRY_INTERVAL):
+                    try:
+                        await _wait_gen(gen, fileno)
+                    except e.QueryCanceled:
+                        pass  # the expected outcome
+                    except e.Error as ex:
+                        logger.debug("error draining a cancelled command: %r", ex)
+                    drained = True
             # The generator may have finished on a COPY response (the cancel
             # then ends the copy with an error): consume whatever is pending.
             if pgconn.status == _CONN_OK and pgconn.transaction_status == _ACTIVE:
