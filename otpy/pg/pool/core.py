@@ -31,7 +31,7 @@ import logging
 import math
 import random
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import outcome
 import trio
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 
     from otpy.pg.connection import TrioConnection
 
-__all__ = ["PoolCore", "Slot", "SlotState"]
+__all__ = ["PoolCore", "Slot", "SlotOwner", "SlotState"]
 
 logger = logging.getLogger("otpy.pg.pool")
 
@@ -80,6 +80,13 @@ class SlotState(enum.IntEnum):
     """Its worker is gone; the connection is (or will be, at check-in) closed."""
 
 
+class SlotOwner(Protocol):
+    """What the pool state needs from a slot's worker."""
+
+    def request_maintenance(self) -> None:
+        """A dirty or reclaimed connection came back: reset or replace it (without blocking)."""
+
+
 class Slot:
     """One connection of a pool and its bookkeeping; owned by one worker actor.
 
@@ -102,7 +109,7 @@ class Slot:
         "worker",
     )
 
-    def __init__(self, worker: Any, ephemeral: bool) -> None:
+    def __init__(self, worker: SlotOwner, ephemeral: bool) -> None:
         self.worker = worker
         self.ephemeral = ephemeral
         self.conn: TrioConnection[TupleRow] | None = None
@@ -420,7 +427,7 @@ class PoolCore:
 
     # -- worker side ----------------------------------------------------------------
 
-    def add_slot(self, worker: Any, ephemeral: bool) -> Slot:
+    def add_slot(self, worker: SlotOwner, ephemeral: bool) -> Slot:
         """Register a new worker's slot (CONNECTING)."""
         if self.closed:
             raise PoolClosed(f"pool {self.name!r} is stopped", self.name)
