@@ -1,0 +1,241 @@
+"""``otpy demo``: the whole connector at work on a throw-away (or given) PostgreSQL.
+
+It is the README's main command and a tour of what otpy does:
+
+1. starts an embedded PostgreSQL (unless ``--dsn`` is given) and creates an
+   ``otpy_demo`` schema with ``orders`` and ``inventory`` tables and one
+   publication each (``order_events``, ``inventory_changes``), as in the
+   original epg_connector README's ``order_sync`` example;
+2. starts the connector application with a pool for that database;
+3. subscribes an ``order_sync``-style handler to both publications;
+4. runs a workload generator through the pool (inserts, updates, deletes,
+   some transactions with several statements) and prints every decoded change
+   as it arrives, with pool statistics every few seconds;
+5. on ``--seconds`` or Ctrl-C it stops the workload, waits for the reader to
+   catch up, and checks that every committed change was delivered.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import sys
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+import attrs
+import trio
+from psycopg.conninfo import conninfo_to_dict
+
+import otpy
+from otpy.cli.render import format_change
+from otpy.pg import pool, wal_reader
+from otpy.pg.app import connector_application
+from otpy.pg.config import ConnectorConfig
+from otpy.pg.connection import TrioConnection
+from otpy.pg.replication.changes import Change, ChangeBatch
+
+__all__ = ["DemoResult", "OrderSync", "run_demo"]
+
+SCHEMA = "otpy_demo"
+PUBLICATIONS = ("otpy_demo_order_events", "otpy_demo_inventory_changes")
+SLOT = "otpy_demo_slot"
+POOL = "demo_pool"
+
+_SETUP = f"""
+DROP SCHEMA IF EXISTS {SCHEMA} CASCADE;
+CREATE SCHEMA {SCHEMA};
+CREATE TABLE {SCHEMA}.orders (
+    id bigserial PRIMARY KEY,
+    customer_id int NOT NULL,
+    total_amount numeric(10, 2) NOT NULL,
+    status text NOT NULL DEFAULT 'new',
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE {SCHEMA}.inventory (sku text PRIMARY KEY, quantity int NOT NULL);
+DROP PUBLICATION IF EXISTS {PUBLICATIONS[0]};
+DROP PUBLICATION IF EXISTS {PUBLICATIONS[1]};
+CREATE PUBLICATION {PUBLICATIONS[0]} FOR TABLE {SCHEMA}.orders;
+CREATE PUBLICATION {PUBLICATIONS[1]} FOR TABLE {SCHEMA}.inventory;
+"""
+
+_SKUS = ("apple", "pear", "plum", "fig")
+
+
+def _event(change: Change) -> dict[str, Any]:
+    """order_sync's ``transform_change``, in Python: a change becomes a business event."""
+    match change:
+        case Change("orders", "insert", order, _):
+            return {
+                "event": "order_created",
+                "order_id": order["id"],
+                "amount": order["total_amount"],
+            }
+        case Change("orders", "update", order, _):
+            return {"event": "order_updated", "order_id": order["id"], "status": order["status"]}
+        case Change("inventory", op, data, _):
+            return {"event": "inventory_change", "operation": op, "sku": (data or {}).get("sku")}
+        case Change(table, op, _, _):
+            return {"event": "generic_change", "table": table, "operation": op}
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class OrderSync(wal_reader.ReplicationHandler):
+    """The original README's ``order_sync`` handler: print each change and count events."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.events: list[dict[str, Any]] = []
+        self.changed = trio.Event()
+
+    async def handle_replication_data(self, ref: Any, changes: ChangeBatch) -> None:
+        for change in changes:
+            self.events.append(_event(change))
+            print(f"  change  {format_change(change)}", file=self.out)
+        self.out.flush()
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def handle_replication_stop(self, ref: Any, slot_name: str) -> None:
+        print(f"  replication of {slot_name} stopped", file=self.out)
+
+
+@attrs.frozen
+class DemoResult:
+    """What the demo committed and what its handler received."""
+
+    committed: int
+    """Changes committed by the workload."""
+    delivered: int
+    """Changes the replication handler received."""
+
+    @property
+    def lost(self) -> int:
+        """Committed changes that never reached the handler (0, or the demo failed)."""
+        return max(0, self.committed - self.delivered)
+
+
+def _config(dsn: str) -> ConnectorConfig:
+    params = conninfo_to_dict(dsn)
+    db: dict[str, Any] = {
+        "host": params.get("host", "localhost"),
+        "port": int(params.get("port") or 5432),
+        "database": params.get("dbname", "postgres"),
+        "username": params.get("user", "postgres"),
+        "application_name": "otpy_demo",
+    }
+    if params.get("password"):
+        db["password"] = params["password"]
+    pools = {POOL: {"database": "demo_db", "size": [2, 4]}}
+    return ConnectorConfig.from_mapping({"databases": {"demo_db": db}, "pools": pools})
+
+
+def _workload(rng: random.Random) -> Iterator[tuple[str, list[tuple[str, tuple[Any, ...]]]]]:
+    """Endless (description, statements) pairs; each statement changes exactly one row."""
+    order_ids: list[int] = []
+    next_id = 1
+    while True:
+        roll = rng.random()
+        if roll < 0.45 or not order_ids:
+            amount = round(rng.uniform(5, 500), 2)
+            statements = [
+                (
+                    f"INSERT INTO {SCHEMA}.orders (id, customer_id, total_amount) "
+                    "VALUES (%s, %s, %s)",
+                    (next_id, rng.randint(1, 50), amount),
+                ),
+                (
+                    f"INSERT INTO {SCHEMA}.inventory VALUES (%s, 100) ON CONFLICT (sku) "
+                    "DO UPDATE SET quantity = inventory.quantity - 1",
+                    (rng.choice(_SKUS),),
+                ),
+            ]
+            order_ids.append(next_id)
+            next_id += 1
+            yield "order + stock (one transaction)", statements
+        elif roll < 0.85:
+            status = rng.choice(("paid", "shipped", "delivered"))
+            order = rng.choice(order_ids)
+            yield (
+                "update",
+                [(f"UPDATE {SCHEMA}.orders SET status = %s WHERE id = %s", (status, order))],
+            )
+        else:
+            order = order_ids.pop(rng.randrange(len(order_ids)))
+            yield "delete", [(f"DELETE FROM {SCHEMA}.orders WHERE id = %s", (order,))]
+
+
+def _stats_line() -> str:
+    s = pool.stats(POOL)
+    wait = s.wait_time_max * 1000
+    return (
+        f"  pool    {POOL}: size {s.size} (idle {s.idle}, in use {s.in_use}), waiting {s.waiting}, "
+        f"checkouts {s.checkouts}, longest wait {wait:.1f} ms, errors {s.connection_errors}"
+    )
+
+
+async def run_demo(
+    dsn: str,
+    *,
+    seconds: float | None,
+    rate: float = 10.0,
+    out: TextIO | None = None,
+    seed: int | None = None,
+) -> DemoResult:
+    """Run the demo against ``dsn`` for ``seconds`` (None: until SIGINT/SIGTERM).
+
+    Output goes to ``out`` (default: the current ``sys.stdout``).
+    """
+    out = sys.stdout if out is None else out
+    async with await TrioConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute(_SETUP)
+    print(f"demo: schema {SCHEMA} with orders and inventory, publications created", file=out)
+    handler = OrderSync(out)
+    committed = 0
+    app = connector_application(_config(dsn))
+    async with otpy.start_application(app):
+        sub = await wal_reader.subscribe(handler, dsn, SLOT, list(PUBLICATIONS))
+        print(f"demo: reading slot {SLOT}; workload of {rate:g} transactions/s", file=out)
+        rng = random.Random(seed)
+        with (
+            trio.move_on_after(math.inf if seconds is None else seconds),
+            trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
+        ):
+            async with trio.open_nursery() as nursery:
+
+                async def stop_on_signal() -> None:
+                    async for _ in signals:
+                        print("demo: stopping (signal)", file=out)
+                        nursery.cancel_scope.cancel()
+
+                async def show_stats() -> None:
+                    while True:
+                        await trio.sleep(3)
+                        print(_stats_line(), file=out)
+
+                nursery.start_soon(stop_on_signal)
+                nursery.start_soon(show_stats)
+                for _description, statements in _workload(rng):
+                    # Shielded, so that a stop lands between transactions and
+                    # `committed` is exact: the final check compares it with
+                    # what the handler received.
+                    with trio.CancelScope(shield=True):
+                        async with pool.transaction(POOL) as tx:
+                            for sql, params in statements:
+                                await tx.execute(sql, params)
+                        committed += len(statements)
+                    await trio.sleep(rng.expovariate(rate))
+        # Nothing is lost: wait (bounded) until the handler has every committed change.
+        with trio.move_on_after(15):
+            while len(handler.events) < committed:
+                await handler.changed.wait()
+        print(_stats_line(), file=out)
+        await wal_reader.unsubscribe(sub)
+    result = DemoResult(committed=committed, delivered=len(handler.events))
+    print(
+        f"demo: committed {result.committed} changes, the handler received "
+        f"{result.delivered}: {result.lost} lost",
+        file=out,
+    )
+    return result
