@@ -50,9 +50,14 @@ async def test_server_restarts_lose_nothing(
             "restart_backoff": {"initial": 0.05, "maximum": 0.5},
         },
     )
+    writer_errors: list[int] = []
+
+    async def writer() -> None:
+        writer_errors.append(await run_workload(module_dsn, "rs", 1500, rng, retry=True))
+
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(lambda: run_workload(module_dsn, "rs", 400, rng, retry=True))
+            nursery.start_soon(writer)
             for mode in ("immediate", "fast"):
                 starts = ref.state.starts
                 target = len(rec.batches) + rng.randint(10, 30)
@@ -71,4 +76,5 @@ async def test_server_restarts_lose_nothing(
         await wal_reader.unsubscribe(ref)
         await execute(module_dsn, f"SELECT pg_drop_replication_slot('{slot}')")
     check_delivery([c.data["id"] for c in rec.changes], committed)
+    assert writer_errors[0] >= 1, "the restarts did not overlap the workload"
     assert rec.stops.count(slot) >= 3  # one per restart, one for unsubscribe

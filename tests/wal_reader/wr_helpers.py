@@ -120,14 +120,16 @@ async def walsender_pid(dsn: str, slot: str) -> int | None:
 
 async def run_workload(
     dsn: str, table: str, transactions: int, rng: Any, *, big_every: int = 25, retry: bool = False
-) -> None:
+) -> int:
     """One writer commits ``transactions`` transactions of random sizes into ``table``.
 
     Rows get ids from a bigserial, so commit order is id order.  With ``retry``,
     connection failures (a server restart) are survived: the writer reconnects
     and goes on (the table itself is the ground truth of what was committed).
+    Returns how many connection failures it survived.
     """
     done = 0
+    errors = 0
     while done < transactions:
         try:
             async with await TrioConnection.connect(dsn, autocommit=True) as conn:
@@ -142,8 +144,10 @@ async def run_workload(
         except psycopg.OperationalError:
             if not retry:
                 raise
+            errors += 1
             done += 1  # the outcome of that commit is unknown: the table will tell
             await trio.sleep(0.1)  # the server is down: try again a bit later
+    return errors
 
 
 def check_delivery(delivered: list[int], committed: list[int]) -> None:
