@@ -49,7 +49,7 @@ from otpy.pg.errors import ConnectionClosedError
 from .changes import ChangeBatch, TransactionAssembler
 from .lsn import LSN
 from .options import ReaderOptions
-from .pgoutput import Delete, Insert, PgOutputDecoder, Relation, Type, Update
+from .pgoutput import Delete, Insert, PgOutputDecoder, Relation, Type, Update, decode_message
 from .protocol import decode_copy_data, encode_standby_status
 from .reader_errors import StreamEnded
 from .slots import check_publications, ensure_slot, slot_in_use_error, start_replication_command
@@ -179,8 +179,9 @@ class ReplicationSession:
         assembler = self.assembler
         decoder = self.decoder
         assert conn is not None and assembler is not None and decoder is not None
-        pgdecoder = PgOutputDecoder()
-        decode = pgdecoder.decode
+        # Stream Start/Stop only exist with streaming on; without it the stateless
+        # decoder is the same and saves a call per message.
+        decode = PgOutputDecoder().decode if self.options.streaming else decode_message
         unpack = _XLOG_HEADER.unpack_from
         feed = assembler.feed
         make_lsn = _new_lsn
