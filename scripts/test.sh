@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine: set-up, lint, format check, types, tests.
+# The whole test suite on a fresh machine: set-up, lint, format check, types, docs, tests.
 # Extra arguments go to pytest (e.g. scripts/test.sh -k pool -x).
 source "$(dirname "$0")/_bootstrap.sh"
 
-say "ruff check";           "$VENV/bin/ruff" check .
-say "ruff format --check";  "$VENV/bin/ruff" format --check .
-say "mypy --strict otpy";   "$VENV/bin/mypy"
-say "pytest";               "$VENV/bin/pytest" "$@"
+say "ruff check";             "$VENV/bin/ruff" check .
+say "ruff format --check";    "$VENV/bin/ruff" format --check .
+say "mypy --strict otpy";     "$VENV/bin/mypy"
+say "mkdocs build --strict";  NO_MKDOCS_2_WARNING=1 "$VENV/bin/mkdocs" build --strict --quiet --site-dir "$(mktemp -d)"
+say "pytest";                 "$VENV/bin/pytest" "$@"
