@@ -67,9 +67,10 @@ def database_settings(dsn: str) -> dict[str, Any]:
 def connector_config(dsn: str, pools: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """A connector configuration with one database, ``main_db`` at ``dsn``, and ``pools``.
 
-    The same data as the ``[databases.main_db]`` and ``[pools.*]`` tables of a TOML file.
+    The same data as a TOML file with ``[databases] main_db = "<dsn>"`` and
+    ``[pools.*]`` tables (a database may be a table of settings or a DSN).
     """
-    return {"databases": {"main_db": database_settings(dsn)}, "pools": dict(pools)}
+    return {"databases": {"main_db": dsn}, "pools": dict(pools)}
 
 
 def setup_logging(example_logger: str) -> None:

@@ -26,13 +26,12 @@ from typing import Any, TextIO
 
 import attrs
 import trio
-from psycopg.conninfo import conninfo_to_dict
 
 import otpy
 from otpy.cli.render import format_change
 from otpy.pg import pool, wal_reader
 from otpy.pg.app import connector_application
-from otpy.pg.config import ConnectorConfig
+from otpy.pg.config import ConnectorConfig, DatabaseConfig, PoolConfig
 from otpy.pg.connection import TrioConnection
 from otpy.pg.replication.changes import Change, ChangeBatch
 
@@ -117,18 +116,9 @@ class DemoResult:
 
 
 def _config(dsn: str) -> ConnectorConfig:
-    params = conninfo_to_dict(dsn)
-    db: dict[str, Any] = {
-        "host": params.get("host", "localhost"),
-        "port": int(params.get("port") or 5432),
-        "database": params.get("dbname", "postgres"),
-        "username": params.get("user", "postgres"),
-        "application_name": "otpy_demo",
-    }
-    if params.get("password"):
-        db["password"] = params["password"]
-    pools = {POOL: {"database": "demo_db", "size": [2, 4]}}
-    return ConnectorConfig.from_mapping({"databases": {"demo_db": db}, "pools": pools})
+    database = attrs.evolve(DatabaseConfig.from_dsn("demo_db", dsn), application_name="otpy_demo")
+    demo_pool = PoolConfig(name=POOL, database="demo_db", min_size=2, max_size=4)
+    return ConnectorConfig(databases={"demo_db": database}, pools={POOL: demo_pool})
 
 
 def _workload(rng: random.Random) -> Iterator[tuple[str, list[tuple[str, tuple[Any, ...]]]]]:

@@ -186,6 +186,24 @@ class DatabaseConfig:
     """Other libpq parameters, passed through as given (``sslpassword`` is redacted
     from the repr like the password)."""
 
+    @classmethod
+    def from_dsn(
+        cls, name: str, dsn: str, *, environ: Mapping[str, str] | None = None
+    ) -> DatabaseConfig:
+        """A database from a libpq DSN (``"host=... dbname=..."`` or ``postgresql://...``).
+
+        Tools and tests usually have a DSN rather than a configuration table;
+        this keeps every libpq setting in it (unknown ones go to ``params``)
+        and validates it exactly as a ``[databases.NAME]`` table.  In a
+        configuration file, a database given as a string is read this way.
+        ``user``/``dbname`` default as in libpq (the OS user, then the user).
+
+        Raises:
+            ConfigError: the DSN is malformed (the message never shows it, as
+                it may hold a password) or holds an invalid setting.
+        """
+        return _database_from_dsn(name, dsn, f"databases.{name}", environ)
+
     def connect_kwargs(self, **overrides: Any) -> dict[str, Any]:
         """Keyword arguments for :meth:`TrioConnection.connect`, password included.
 
@@ -286,11 +304,16 @@ class ConnectorConfig:
         root = _mapping(data, "")
         _check_keys(root, "", ("databases", "pools"))
         databases = {
-            name: _database(name, entry, f"databases.{name}", env)
+            # A database is a table of settings, or a DSN string.
+            name: (
+                _database_from_dsn(name, entry, f"databases.{name}", env)
+                if isinstance(entry, str)
+                else _database(name, _mapping(entry, f"databases.{name}"), f"databases.{name}", env)
+            )
             for name, entry in _named_entries(root.get("databases", {}), "databases")
         }
         pools = {
-            name: _pool(name, entry, f"pools.{name}", databases)
+            name: _pool(name, _mapping(entry, f"pools.{name}"), f"pools.{name}", databases)
             for name, entry in _named_entries(root.get("pools", {}), "pools")
         }
         return cls(databases=databases, pools=pools)
@@ -354,14 +377,61 @@ def _did_you_mean(word: str, choices: tuple[str, ...] | list[str]) -> str:
     return f"{hint}; expected one of: {', '.join(sorted(choices))}"
 
 
-def _named_entries(value: object, path: str) -> list[tuple[str, Mapping[str, Any]]]:
+def _named_entries(value: object, path: str) -> list[tuple[str, object]]:
     section = _mapping(value, path)
-    entries = []
-    for name, entry in section.items():
-        if not name:
-            raise ConfigError(path, "names must not be empty")
-        entries.append((name, _mapping(entry, f"{path}.{name}")))
-    return entries
+    if not all(section):
+        raise ConfigError(path, "names must not be empty")
+    return list(section.items())
+
+
+# libpq keyword -> DatabaseConfig field, for DSNs.
+_DSN_FIELDS = {
+    "host": "host",
+    "port": "port",
+    "dbname": "database",
+    "user": "username",
+    "password": "password",
+    "sslmode": "sslmode",
+    "sslrootcert": "sslrootcert",
+    "sslcert": "sslcert",
+    "sslkey": "sslkey",
+    "connect_timeout": "connect_timeout",
+    "application_name": "application_name",
+}
+
+
+def _database_from_dsn(
+    name: str, dsn: str, path: str, environ: Mapping[str, str] | None
+) -> DatabaseConfig:
+    import getpass
+
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        params = conninfo_to_dict(dsn)
+    except ProgrammingError:
+        # psycopg's message quotes the DSN, which may hold a password.
+        raise ConfigError(path, "not a valid libpq connection string or URL") from None
+    entry: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in params.items():
+        if value is None:
+            continue
+        field = _DSN_FIELDS.get(key)
+        if field is None:
+            extra[key] = value
+        elif field == "port":
+            entry[field] = int(value) if str(value).isdigit() else value
+        elif field == "connect_timeout":
+            entry[field] = float(value) if str(value).replace(".", "", 1).isdigit() else value
+        else:
+            entry[field] = str(value)
+    entry.setdefault("username", getpass.getuser())
+    entry.setdefault("database", entry["username"])
+    if extra:
+        entry["params"] = extra
+    return _database(name, entry, path, os.environ if environ is None else environ)
 
 
 def _string(entry: Mapping[str, Any], key: str, path: str, *, required: bool = False) -> str | None:

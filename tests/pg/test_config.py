@@ -275,3 +275,48 @@ def test_secret_libpq_params_are_redacted() -> None:
     db = _load(data).databases["main_db"]
     assert "key-passphrase" not in repr(db) and "'keepalives': '1'" in repr(db)
     assert db.connect_kwargs()["sslpassword"] == "key-passphrase"
+
+
+def test_database_from_dsn_keeps_every_setting() -> None:
+    db = DatabaseConfig.from_dsn(
+        "main_db",
+        "host=db1,db2 port=5433 dbname=shop user=app password=s3cret sslmode=require "
+        "application_name=svc target_session_attrs=read-write keepalives_idle=30",
+    )
+    assert (db.host, db.port, db.database, db.username) == ("db1,db2", 5433, "shop", "app")
+    assert db.password is not None and db.password.reveal() == "s3cret"
+    assert db.sslmode == "require" and db.application_name == "svc"
+    assert db.params == {"target_session_attrs": "read-write", "keepalives_idle": "30"}
+    assert "s3cret" not in repr(db)
+    kwargs = db.connect_kwargs()
+    assert kwargs["dbname"] == "shop" and kwargs["target_session_attrs"] == "read-write"
+
+
+def test_database_from_url_and_defaults() -> None:
+    db = DatabaseConfig.from_dsn("d", "postgresql://app@localhost:6000/inventory")
+    assert (db.host, db.port, db.database, db.username) == ("localhost", 6000, "inventory", "app")
+    only_user = DatabaseConfig.from_dsn("d", "user=app")
+    assert only_user.database == "app"  # libpq's default: the user name
+
+
+def test_bad_dsn_never_echoes_it() -> None:
+    with pytest.raises(ConfigError, match=r"databases\.d: not a valid libpq") as info:
+        DatabaseConfig.from_dsn("d", "host=x password=hunter2 = =")
+    assert "hunter2" not in str(info.value)
+    with pytest.raises(ConfigError, match=r"databases\.d\.sslmode"):
+        DatabaseConfig.from_dsn("d", "host=x sslmode=sometimes")
+
+
+def test_database_entries_may_be_dsn_strings() -> None:
+    config = ConnectorConfig.from_toml_string(
+        """
+        [databases]
+        main_db = "postgresql://app@db.internal/shop"
+
+        [pools.main_pool]
+        database = "main_db"
+        size = 3
+        """
+    )
+    assert config.database_of("main_pool").host == "db.internal"
+    assert config.database_of("main_pool").database == "shop"
