@@ -154,9 +154,10 @@ class GaveUp(OtpyError):
     Raise the intensity, or fix the child that keeps crashing.
     """
 
-    def __init__(self, supervisor: object, child_id: object, restarts: int, period: float) -> None:
+    def __init__(self, supervisor: str, child_id: object, restarts: int, period: float) -> None:
+        # ``supervisor`` is the supervisor's label, already quoted ('name' or <Ref ...>).
         super().__init__(
-            f"supervisor {supervisor!r} gave up: more than {restarts} restarts in {period} s "
+            f"supervisor {supervisor} gave up: more than {restarts} restarts in {period} s "
             f"(last crash: child {child_id!r})"
         )
         self.supervisor = supervisor

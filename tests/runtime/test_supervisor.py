@@ -501,3 +501,18 @@ async def test_shutdown_timeout_is_reported(
     (record,) = [r for r in caplog.records if getattr(r, "event", "") == "child_shutdown_timeout"]
     assert record.levelno == logging.WARNING
     assert record.__dict__["child_id"] == "slow" and record.__dict__["supervisor"] == "'S2'"
+
+
+
+async def test_gave_up_message_names_the_supervisor_once() -> None:
+    journal = Journal()
+    async with trio.open_nursery() as nursery:
+        sup = await otpy.start(
+            nursery, otpy.Supervisor(three(journal), intensity=0), name="root", link=False
+        )
+        otpy.cast(await child_ref(sup, "a"), "crash")
+        reason = await sup.wait()
+    assert isinstance(reason.error, GaveUp)
+    message = str(reason.error)
+    assert message.startswith("supervisor 'root' gave up: more than 0 restarts in 5.0 s")
+    assert "last crash: child 'a'" in message
