@@ -277,6 +277,7 @@ class WalReader(GenServer):
         self._scope: trio.CancelScope | None = None
         self._stream_started = False
         self._stopping = False
+        self._streamed = False
         self._stream_done = trio.Event()
         #: Transactions (final batches) handled by this incarnation.
         self.transactions = 0
@@ -313,19 +314,29 @@ class WalReader(GenServer):
     async def _standby(self) -> None:
         backoff = self.subscription.options.restart_backoff
         attempt = 0
+        taken = False
+        self._stream_started = True  # terminate must wait for this task too
         try:
-            while True:
-                attempt += 1
-                await trio.sleep(backoff.delay(attempt))
-                try:
-                    await self.session.start()
-                except SlotInUse:
-                    continue
-                break
+            with trio.CancelScope() as scope:  # cancelled by terminate
+                self._scope = scope
+                while True:
+                    attempt += 1
+                    await trio.sleep(backoff.delay(attempt))
+                    try:
+                        await self.session.start()
+                    except SlotInUse:
+                        continue
+                    taken = True
+                    break
         except trio.Cancelled:
             if not self._stopping:
-                self.session.abort()
+                self.session.abort()  # killed: no terminate will close the sockets
             raise
+        finally:
+            if not taken or self._stopping:
+                self._stream_done.set()
+        if not taken or self._stopping:
+            return
         self.standby = False
         logger.info(
             "slot %s was freed: taking over",
@@ -336,6 +347,7 @@ class WalReader(GenServer):
 
     async def _stream(self) -> None:
         self._stream_started = True
+        self._streamed = True
         session = self.session
         self.subscription.state._update(True)
         try:
@@ -395,10 +407,11 @@ class WalReader(GenServer):
                 self.session.acked,
                 extra={"event": "replication_stopped", "slot": sub.slot, "reason": str(reason)},
             )
-            try:
-                await sub.handler.handle_replication_stop(sub, sub.slot)
-            except Exception:
-                logger.exception("slot %s: handle_replication_stop raised", sub.slot)
+            if self._streamed:  # a standby that never took over had no stream to end
+                try:
+                    await sub.handler.handle_replication_stop(sub, sub.slot)
+                except Exception:
+                    logger.exception("slot %s: handle_replication_stop raised", sub.slot)
 
 
 async def _still_subscribed(sub: Subscription) -> bool:

@@ -14,6 +14,7 @@ from wr_helpers import (
     FAST_BACKOFF,
     Recorder,
     create_publication,
+    drop_slot_when_free,
     execute,
     query,
     unique,
@@ -454,3 +455,22 @@ async def test_standby_takes_over_when_the_slot_is_freed(
     finally:
         await wal_reader.unsubscribe(ref)
         await execute(module_dsn, "DELETE FROM users", f"SELECT pg_drop_replication_slot('{slot}')")
+
+
+async def test_unsubscribe_while_standing_by(module_dsn: str, tables: str, readers: Ref) -> None:
+    slot = unique("standby_stop")
+    await execute(module_dsn, f"SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')")
+    rec = Recorder()
+    async with await replication_connect(module_dsn) as other:
+        await start_copy_both(other, START.format(slot=slot, pub=tables))
+        holder = await walsender_pid(module_dsn, slot)
+        ref = await wal_reader.subscribe(
+            rec, module_dsn, slot, [tables], {"slot_type": "persistent", "standby": True}
+        )
+        assert ref.reader() is not None and not ref.state.streaming
+        with trio.fail_after(15):
+            await wal_reader.unsubscribe(ref)
+        # The standby never streamed: no stop callback; the other session still holds the slot.
+        assert rec.stops == [] and ref.reader() is None
+        assert await walsender_pid(module_dsn, slot) == holder
+    await drop_slot_when_free(module_dsn, slot)
