@@ -503,7 +503,6 @@ async def test_shutdown_timeout_is_reported(
     assert record.__dict__["child_id"] == "slow" and record.__dict__["supervisor"] == "'S2'"
 
 
-
 async def test_gave_up_message_names_the_supervisor_once() -> None:
     journal = Journal()
     async with trio.open_nursery() as nursery:
