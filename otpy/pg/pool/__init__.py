@@ -42,7 +42,7 @@ See ``docs/pools.md`` for the design and the measurements behind it.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Generator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -93,6 +93,8 @@ __all__ = [
     "PoolStats",
     "PoolTimeout",
     "PoolUnavailable",
+    "PooledConnection",
+    "PooledTransaction",
     "QueryResult",
     "QueryTimeout",
     "TooManyWaiters",
@@ -118,11 +120,11 @@ def _core(pool: str | Pool) -> PoolCore:
 
 
 async def _checkout(core: PoolCore, timeout: float | None) -> Slot:  # noqa: ASYNC109
-    # Inlined in _ConnectionContext.__aenter__ and query() (hot path): keep in sync.
+    # Inlined in PooledConnection.__aenter__ and query() (hot path): keep in sync.
     await trio.lowlevel.checkpoint_if_cancelled()
     slot = core.checkout_nowait()
     if slot is None:
-        slot = await core.wait(timeout)
+        slot = await core.enqueue(timeout)
     return slot
 
 
@@ -132,8 +134,14 @@ async def _checkin(core: PoolCore, slot: Slot) -> None:
         await slot.conn.close()
 
 
-class _ConnectionContext:
-    """``async with connection(pool)``: a class rather than a generator, for speed."""
+class PooledConnection:
+    """What :func:`connection` returns: an async context manager lending a connection.
+
+    A class with ``__slots__`` rather than an ``asynccontextmanager``
+    generator, and ``__aexit__`` a plain function returning a ready awaitable
+    when the check-in is clean: the checkout path is hot, and each coroutine
+    object spared is measurable (see docs/pools.md).
+    """
 
     __slots__ = ("_core", "_pool", "_slot", "_timeout")
 
@@ -148,28 +156,51 @@ class _ConnectionContext:
         await trio.lowlevel.checkpoint_if_cancelled()
         slot = core.checkout_nowait()
         if slot is None:
-            slot = await core.wait(self._timeout)
+            slot = await core.enqueue(self._timeout)
         self._slot = slot
         conn = slot.conn
         assert conn is not None
         return conn
 
-    async def __aexit__(
+    def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool | None:
+    ) -> Awaitable[bool | None]:
         slot = self._slot
         if slot is not None:
             self._slot = None
             if not self._core.checkin(slot):
                 assert slot.conn is not None
-                await slot.conn.close()
-        return None
+                return _close(slot.conn)
+        return _DONE
 
 
-class _TransactionContext(_ConnectionContext):
+class _Done:
+    """An awaitable that completes at once with None."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        yield from ()
+
+
+_DONE = _Done()
+
+
+async def _close(conn: TrioConnection[TupleRow]) -> None:
+    await conn.close()
+
+
+class PooledTransaction(PooledConnection):
+    """What :func:`transaction` returns: a pooled connection inside ``conn.transaction()``.
+
+    psycopg's own transaction block does the BEGIN/COMMIT/ROLLBACK (so
+    savepoints and :class:`psycopg.Rollback` work as usual); the connection
+    goes back to the pool after it, whatever happened.
+    """
+
     __slots__ = ("_tx",)
 
     async def __aenter__(self) -> TrioConnection[TupleRow]:
@@ -178,7 +209,7 @@ class _TransactionContext(_ConnectionContext):
             tx = conn.transaction()
             await tx.__aenter__()
         except BaseException:
-            await super().__aexit__(None, None, None)
+            await PooledConnection.__aexit__(self, None, None, None)
             raise
         self._tx = tx
         return conn
@@ -192,14 +223,14 @@ class _TransactionContext(_ConnectionContext):
         try:
             return await self._tx.__aexit__(exc_type, exc, tb)
         finally:
-            await super().__aexit__(exc_type, exc, tb)
+            await PooledConnection.__aexit__(self, exc_type, exc, tb)
 
 
 def connection(
     pool: str | Pool,
     *,
     timeout: float | None = None,
-) -> contextlib.AbstractAsyncContextManager[TrioConnection[TupleRow]]:
+) -> PooledConnection:
     """Check out a connection for the ``async with`` block (``epg_pool:with/2``).
 
     The block gets a real psycopg connection (a
@@ -214,14 +245,14 @@ def connection(
         PoolUnavailable: the pool has no connection and cannot open one.
         PoolClosed: the pool stopped.
     """
-    return _ConnectionContext(pool, timeout)
+    return PooledConnection(pool, timeout)
 
 
 def transaction(
     pool: str | Pool,
     *,
     timeout: float | None = None,
-) -> contextlib.AbstractAsyncContextManager[TrioConnection[TupleRow]]:
+) -> PooledTransaction:
     """Check out a connection and run the block in a transaction (``epg_pool:transaction/2``).
 
     ``BEGIN`` on entry, ``COMMIT`` when the block succeeds, ``ROLLBACK`` when
@@ -229,7 +260,7 @@ def transaction(
     roll back quietly).  Raises the same errors as :func:`connection` on
     entry, and the server's error if the ``COMMIT`` fails.
     """
-    return _TransactionContext(pool, timeout)
+    return PooledTransaction(pool, timeout)
 
 
 async def _run_query(
@@ -274,7 +305,7 @@ async def query(
     await trio.lowlevel.checkpoint_if_cancelled()
     slot = core.checkout_nowait()
     if slot is None:
-        slot = await core.wait(checkout_timeout)
+        slot = await core.enqueue(checkout_timeout)
     try:
         conn = slot.conn
         assert conn is not None
@@ -418,17 +449,17 @@ class Pool:
         self,
         *,
         timeout: float | None = None,
-    ) -> contextlib.AbstractAsyncContextManager[TrioConnection[TupleRow]]:
+    ) -> PooledConnection:
         """See :func:`connection`."""
-        return _ConnectionContext(self, timeout)
+        return PooledConnection(self, timeout)
 
     def transaction(
         self,
         *,
         timeout: float | None = None,
-    ) -> contextlib.AbstractAsyncContextManager[TrioConnection[TupleRow]]:
+    ) -> PooledTransaction:
         """See :func:`transaction`."""
-        return _TransactionContext(self, timeout)
+        return PooledTransaction(self, timeout)
 
     async def query(
         self,

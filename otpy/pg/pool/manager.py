@@ -71,6 +71,12 @@ _NAMESPACE: Final = "otpy.pg.pool"
 #: Manager ref -> its pool state; entries are removed when the manager exits.
 _CORES: dict[Ref, PoolCore] = {}
 
+#: Pool name -> (registry, state) of the last successful lookup: every
+#: checkout looks its pool up, and this halves the cost.  An entry is used only
+#: for the same registry and while the state is open (a closed state means its
+#: manager exited, so the name is looked up again).
+_LOOKUPS: dict[str, tuple[Any, PoolCore]] = {}
+
 
 def pool_key(name: str) -> tuple[str, str]:
     """The registry name of pool ``name``'s manager: ``("otpy.pg.pool", name)``.
@@ -87,10 +93,15 @@ def lookup(name: str) -> PoolCore:
     Raises:
         PoolNotFound: no pool of that name runs (in this registry).
     """
-    ref = current_registry().whereis((_NAMESPACE, name))
+    registry = current_registry()
+    cached = _LOOKUPS.get(name)
+    if cached is not None and cached[0] is registry and not cached[1].closed:
+        return cached[1]
+    ref = registry.whereis((_NAMESPACE, name))
     if ref is not None:
         core = _CORES.get(ref)
         if core is not None:
+            _LOOKUPS[name] = (registry, core)
             return core
     raise PoolNotFound(
         f"no pool named {name!r} is running (start it with open_pool() or under a "
@@ -151,6 +162,8 @@ class PoolManager(GenServer):
         box.ephemeral = None
         for stale in [r for r in _CORES if not r.alive]:
             del _CORES[stale]
+        for name in [n for n, (_, c) in _LOOKUPS.items() if c.closed]:
+            del _LOOKUPS[name]
         _CORES[ref] = core
         self.start_soon(self._timer, name=f"pool {box.name!r} timer")
         if box.leak_check_interval is not None:
@@ -166,6 +179,9 @@ class PoolManager(GenServer):
             # Runs however the manager exits (stop, crash, kill).
             self.core.close()
             _CORES.pop(self.ref, None)
+            cached = _LOOKUPS.get(self._box.name)
+            if cached is not None and cached[1] is self.core:
+                del _LOOKUPS[self._box.name]
 
     async def _sweep(self, interval: float) -> None:
         while True:
