@@ -63,10 +63,17 @@ def test_db_opts_forms() -> None:
         wal_reader.resolve_database({"database": "app", "username": "u", "hots": "h"})
 
 
-async def test_subscribe_a_configured_database_under_an_application(module_dsn: str) -> None:
+@pytest.fixture(scope="module")
+def cf_pub(module_dsn: str) -> str:
     with psycopg.connect(module_dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE cf (id int PRIMARY KEY)")
     create_publication(module_dsn, "cf_pub", ["cf"])
+    return "cf_pub"
+
+
+async def test_subscribe_a_configured_database_under_an_application(
+    module_dsn: str, cf_pub: str
+) -> None:
     params = conninfo_to_dict(module_dsn)
     database = DatabaseConfig(
         name="main",
@@ -82,7 +89,7 @@ async def test_subscribe_a_configured_database_under_an_application(module_dsn: 
     )
     rec = Recorder()
     async with start_application(app):
-        ref = await wal_reader.subscribe(rec, "main", unique("cfg"), ["cf_pub"], {"messages": True})
+        ref = await wal_reader.subscribe(rec, "main", unique("cfg"), [cf_pub], {"messages": True})
         try:
             await execute(
                 module_dsn,
@@ -101,3 +108,21 @@ async def test_subscribe_a_configured_database_under_an_application(module_dsn: 
     )
     assert message.detail == {"transactional": False} and message.xid is None
     assert rec.batches[1].final and len(rec.batches[1]) == 1
+
+
+async def test_application_shutdown_ends_the_stream_with_the_stop_callback(
+    module_dsn: str, cf_pub: str
+) -> None:
+    app = Application(
+        name=wal_reader.CONNECTOR_APP, start=lambda env: wal_reader.readers_supervisor_spec()
+    )
+    slot = unique("shutdown")
+    for round_ in range(2):
+        rec = Recorder()
+        async with start_application(app):
+            # The second round reuses the slot name: the first subscription died
+            # with its supervisor, so it is not "already subscribed".
+            await wal_reader.subscribe(rec, module_dsn, slot, [cf_pub])
+            await execute(module_dsn, f"INSERT INTO cf VALUES ({100 + round_})")
+            assert (await rec.wait_changes(1))[0].data == {"id": 100 + round_}
+        assert rec.stops == [slot]
