@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import enum
+import logging
 import uuid
 from typing import Any
 
@@ -474,3 +475,36 @@ async def test_unsubscribe_while_standing_by(module_dsn: str, tables: str, reade
         assert rec.stops == [] and ref.reader() is None
         assert await walsender_pid(module_dsn, slot) == holder
     await drop_slot_when_free(module_dsn, slot)
+
+
+async def test_restarts_back_off_exponentially_up_to_the_cap(
+    module_dsn: str, tables: str, readers: Ref, caplog: pytest.LogCaptureFixture
+) -> None:
+    attempts: list[int] = []
+
+    def fail(batch: Any) -> None:
+        attempts.append(batch.xid)
+        if len(attempts) <= 4:
+            raise RuntimeError("not yet")
+
+    rec = Recorder(fail)
+    slot = unique("backoff")
+    backoff = {"initial": 0.02, "maximum": 0.08, "reset_after": 60}
+    caplog.set_level(logging.INFO, logger="otpy.supervisor")
+    ref = await wal_reader.subscribe(
+        rec, module_dsn, slot, [tables], {"slot_type": "persistent", "restart_backoff": backoff}
+    )
+    try:
+        await execute(module_dsn, "INSERT INTO users VALUES (60, 'retry', 'ok')")
+        await rec.wait_changes(1)
+    finally:
+        await wal_reader.unsubscribe(ref)
+        await execute(module_dsn, "DELETE FROM users", f"SELECT pg_drop_replication_slot('{slot}')")
+    delays = [
+        r.delay  # type: ignore[attr-defined]
+        for r in caplog.records
+        if getattr(r, "event", None) == "child_restart_scheduled"
+    ]
+    assert delays == pytest.approx([0.02, 0.04, 0.08, 0.08])
+    assert len(set(attempts)) == 1 and len(attempts) == 5  # the same transaction each time
+    assert len(rec.stops) == 5
