@@ -7,10 +7,10 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 from wr_helpers import Recorder, create_publication, execute, unique
 
-from otpy import Application, Backoff, start_application
+from otpy import Application, Backoff, count_children, start_application
 from otpy.pg import wal_reader
 from otpy.pg.config import DatabaseConfig
-from otpy.pg.errors import ConfigError
+from otpy.pg.errors import ConfigError, ConnectError
 from otpy.pg.wal_reader import InvalidOptions, ReaderOptions
 
 
@@ -126,3 +126,26 @@ async def test_application_shutdown_ends_the_stream_with_the_stop_callback(
             await execute(module_dsn, f"INSERT INTO cf VALUES ({100 + round_})")
             assert (await rec.wait_changes(1))[0].data == {"id": 100 + round_}
         assert rec.stops == [slot]
+
+
+async def test_first_start_errors_reach_the_caller_and_leave_nothing_behind(
+    module_dsn: str, cf_pub: str
+) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    app = Application(
+        name=wal_reader.CONNECTOR_APP, start=lambda env: wal_reader.readers_supervisor_spec()
+    )
+    async with start_application(app):
+        with pytest.raises(ConnectError):
+            await wal_reader.subscribe(
+                Recorder(), f"host=127.0.0.1 port={port} dbname=x user=x", "nobody", [cf_pub]
+            )
+        counts = await count_children(wal_reader.READERS_SUPERVISOR)
+        assert counts.specs == 0
+        # The failed attempt did not reserve the slot name.
+        ref = await wal_reader.subscribe(Recorder(), module_dsn, "nobody", [cf_pub])
+        await wal_reader.unsubscribe(ref)
