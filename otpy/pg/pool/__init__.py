@@ -42,7 +42,7 @@ See ``docs/pools.md`` for the design and the measurements behind it.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -489,7 +489,7 @@ class Pool:
         """See :func:`wait_ready`."""
         return await wait_ready(self, connections=connections, timeout=timeout)
 
-    async def wait_for(self, predicate: Any) -> None:
+    async def wait_for(self, predicate: Callable[[PoolStats], object]) -> None:
         """Wait until ``predicate(stats)`` is true, re-checked on every change of the pool.
 
         For tests and operational scripts ("until the pool has refilled");
