@@ -76,7 +76,10 @@ class Backoff:
 
     The n-th consecutive restart waits ``min(maximum, initial * multiplier**(n-1))``
     seconds, scaled by a random factor in ``[1 - jitter, 1 + jitter]`` so that
-    many children do not retry in lock step.  A child that ran for at least
+    many children do not retry in lock step (and never more than ``maximum``).
+    The same value paces reconnect loops that are not restarts (a pool
+    worker's connection attempts), so there is one back-off type in otpy.
+    A child that ran for at least
     ``reset_after`` seconds (default: ``maximum``) counts as healthy again and
     its next restart waits ``initial`` again.  Restarts still count towards the
     supervisor's intensity, which is what eventually gives up.
@@ -101,7 +104,7 @@ class Backoff:
         base = min(self.maximum, self.initial * self.multiplier ** max(0, attempt - 1))
         if self.jitter:
             base *= 1 + (rng or random).uniform(-self.jitter, self.jitter)
-        return max(0.0, base)
+        return max(0.0, min(self.maximum, base))
 
     @property
     def healthy_after(self) -> float:

@@ -38,12 +38,13 @@ from __future__ import annotations
 import difflib
 import os
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
+from otpy.child_spec import Backoff
 from otpy.pg.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -114,41 +115,6 @@ class Secret:
 
     def __str__(self) -> str:
         return _REDACTED
-
-
-@attrs.frozen
-class Backoff:
-    """Exponential back-off between reconnection attempts.
-
-    The n-th retry (0-based) waits ``min(maximum, initial * multiplier**n)``
-    seconds, spread by ``± jitter`` (a fraction) so that the workers of a pool
-    do not all hammer a recovering server at the same instant.
-    """
-
-    initial: float = 0.1
-    """Delay before the first retry, in seconds."""
-    maximum: float = 30.0
-    """Upper bound of the delay, in seconds."""
-    multiplier: float = 2.0
-    """Growth factor per failed attempt (>= 1)."""
-    jitter: float = 0.1
-    """Random spread as a fraction of the delay, in [0, 1]."""
-
-    def delay(self, attempt: int, random: Callable[[], float] | None = None) -> float:
-        """Seconds to wait before retry number ``attempt`` (0 for the first retry).
-
-        ``random`` returns a float in [0, 1) (default: :func:`random.random`);
-        pass a constant for deterministic tests.
-        """
-        base = min(self.maximum, self.initial * self.multiplier ** max(attempt, 0))
-        if not self.jitter:
-            return base
-        if random is None:
-            import random as random_module
-
-            random = random_module.random
-        spread: float = base * self.jitter * (2.0 * random() - 1.0)
-        return max(0.0, min(self.maximum, base + spread))
 
 
 @attrs.frozen
@@ -264,7 +230,7 @@ class PoolConfig:
     """Seconds an on-demand connection may stay idle before it is closed; ``None``: never."""
     health_check_interval: float | None = 30.0
     """Seconds between checks of idle connections; ``None`` disables them."""
-    reconnect: Backoff = attrs.field(factory=Backoff)
+    reconnect: Backoff = attrs.field(factory=lambda: Backoff(jitter=0.1))
     """Back-off between attempts to re-open a lost connection."""
 
     @property
@@ -619,8 +585,8 @@ def _size(value: object, path: str) -> tuple[int, int]:
 
 def _backoff(value: object, path: str) -> Backoff:
     entry = _mapping(value, path)
-    _check_keys(entry, path, tuple(f.name for f in attrs.fields(Backoff)))
-    default = Backoff()
+    _check_keys(entry, path, ("initial", "maximum", "multiplier", "jitter"))
+    default = Backoff(jitter=0.1)
     initial = _seconds(entry, "initial", path, default.initial)
     maximum = _seconds(entry, "maximum", path, default.maximum)
     assert initial is not None and maximum is not None

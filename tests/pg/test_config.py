@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,7 @@ def test_pool_defaults_are_sensible() -> None:
     pool = _load(EPG_LIKE).pools["main_pool"]
     assert pool == PoolConfig(name="main_pool", database="main_db", min_size=20, max_size=50)
     assert pool.checkout_timeout == 5.0  # epg_connector's 5000 ms
-    assert pool.max_waiting > 0 and pool.reconnect == Backoff()
+    assert pool.max_waiting > 0 and pool.reconnect == Backoff(jitter=0.1)
     assert pool.max_lifetime and pool.max_idle and pool.health_check_interval
 
 
@@ -108,14 +109,25 @@ def test_pool_options_and_disabling() -> None:
     assert pool.max_lifetime is None and pool.health_check_interval is None
     assert pool.max_idle == 30.0
     assert pool.reconnect == Backoff(initial=0.5, maximum=10.0, multiplier=3.0, jitter=0.0)
-    assert [pool.reconnect.delay(n) for n in range(4)] == [0.5, 1.5, 4.5, 10.0]
+    assert [pool.reconnect.delay(n) for n in range(1, 5)] == [0.5, 1.5, 4.5, 10.0]
+
+
+class _Extreme(random.Random):
+    """A random source that always picks one end of a uniform range."""
+
+    def __init__(self, high: bool) -> None:
+        super().__init__()
+        self.high = high
+
+    def uniform(self, a: float, b: float) -> float:
+        return b if self.high else a
 
 
 def test_backoff_jitter_stays_in_bounds() -> None:
     backoff = Backoff(initial=1.0, maximum=8.0, multiplier=2.0, jitter=0.25)
-    assert backoff.delay(0, random=lambda: 0.0) == 0.75
-    assert backoff.delay(0, random=lambda: 0.999999) == pytest.approx(1.25, abs=1e-5)
-    assert backoff.delay(10, random=lambda: 0.99) == 8.0
+    assert backoff.delay(1, _Extreme(high=False)) == 0.75
+    assert backoff.delay(1, _Extreme(high=True)) == pytest.approx(1.25)
+    assert backoff.delay(11, _Extreme(high=True)) == 8.0  # jitter never exceeds the maximum
 
 
 def test_loads_toml_with_password_from_the_environment(tmp_path: Path) -> None:

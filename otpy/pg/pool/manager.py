@@ -35,7 +35,6 @@ import attrs
 import trio
 
 from otpy.actor import SHUTDOWN, Ref
-from otpy.child_spec import Backoff as RestartBackoff
 from otpy.child_spec import ChildSpec, ChildType, Restart
 from otpy.dynamic_supervisor import DynamicSupervisor
 from otpy.errors import ActorExited, InitError, SupervisorError
@@ -242,13 +241,7 @@ def make_pool_supervisor(
 ) -> Supervisor:
     """Build the supervisor of one pool (see the module docstring for the tree)."""
     box = PoolBox(name, pool, database, leak_check_interval)
-    reconnect = pool.reconnect
-    restart_backoff = RestartBackoff(
-        initial=reconnect.initial,
-        maximum=max(reconnect.initial, reconnect.maximum),
-        multiplier=reconnect.multiplier,
-        jitter=reconnect.jitter,
-    )
+    restart_backoff = pool.reconnect  # crashed workers restart at the reconnect pace
     stable = [
         ChildSpec(
             id=("connection", i),

@@ -135,7 +135,7 @@ class ConnectionWorker(GenServer):
             except (psycopg.Error, OSError) as exc:
                 message = " ".join(str(exc).split()) or type(exc).__name__
                 core.connect_failed(self.slot, message)
-                delay = backoff.delay(attempt)
+                delay = backoff.delay(attempt + 1)  # Backoff counts from 1
                 logger.warning(
                     "pool %r: cannot connect to %s (attempt %d, retrying in %.2f s): %s",
                     core.name,
