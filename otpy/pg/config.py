@@ -66,20 +66,26 @@ SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"
 
 #: libpq parameters that have a field of their own in :class:`DatabaseConfig`
 #: (or must not be given in clear): giving them in ``params`` is an error.
-_DEDICATED_PARAMS = {
+# libpq keyword -> the DatabaseConfig field that holds it (how DSNs are read).
+_DSN_FIELDS = {
     "host": "host",
-    "hostaddr": "host",
     "port": "port",
     "dbname": "database",
     "user": "username",
-    "password": "password or password_env",
-    "passfile": "password or password_env",
+    "password": "password",
     "sslmode": "sslmode",
     "sslrootcert": "sslrootcert",
     "sslcert": "sslcert",
     "sslkey": "sslkey",
     "connect_timeout": "connect_timeout",
     "application_name": "application_name",
+}
+# libpq keywords that ``params`` refuses, and where they belong instead.
+_DEDICATED_PARAMS = {
+    **_DSN_FIELDS,
+    "hostaddr": "host",
+    "password": "password or password_env",
+    "passfile": "password or password_env",
     "replication": "replication_connect() (not a database setting)",
 }
 
@@ -348,22 +354,6 @@ def _named_entries(value: object, path: str) -> list[tuple[str, object]]:
     if not all(section):
         raise ConfigError(path, "names must not be empty")
     return list(section.items())
-
-
-# libpq keyword -> DatabaseConfig field, for DSNs.
-_DSN_FIELDS = {
-    "host": "host",
-    "port": "port",
-    "dbname": "database",
-    "user": "username",
-    "password": "password",
-    "sslmode": "sslmode",
-    "sslrootcert": "sslrootcert",
-    "sslcert": "sslcert",
-    "sslkey": "sslkey",
-    "connect_timeout": "connect_timeout",
-    "application_name": "application_name",
-}
 
 
 def _database_from_dsn(
