@@ -17,7 +17,6 @@ It is the README's main command and a tour of what otpy does:
 
 from __future__ import annotations
 
-import math
 import random
 import signal
 import sys
@@ -29,6 +28,7 @@ import trio
 
 import otpy
 from otpy.cli.render import format_change
+from otpy.cli.stopping import until_stopped
 from otpy.pg import pool, wal_reader
 from otpy.pg.app import connector_application
 from otpy.pg.config import ConnectorConfig, DatabaseConfig, PoolConfig
@@ -188,23 +188,16 @@ async def run_demo(
         sub = await wal_reader.subscribe(handler, dsn, SLOT, list(PUBLICATIONS))
         print(f"demo: reading slot {SLOT}; workload of {rate:g} transactions/s", file=out)
         rng = random.Random(seed)
-        with (
-            trio.move_on_after(math.inf if seconds is None else seconds),
-            trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
-        ):
-            async with trio.open_nursery() as nursery:
 
-                async def stop_on_signal() -> None:
-                    async for _ in signals:
-                        print("demo: stopping (signal)", file=out)
-                        nursery.cancel_scope.cancel()
+        async def workload() -> None:
+            nonlocal committed
+            async with trio.open_nursery() as nursery:
 
                 async def show_stats() -> None:
                     while True:
                         await trio.sleep(3)
                         print(_stats_line(), file=out)
 
-                nursery.start_soon(stop_on_signal)
                 nursery.start_soon(show_stats)
                 for _description, statements in _workload(rng):
                     # Shielded, so that a stop lands between transactions and
@@ -216,6 +209,11 @@ async def run_demo(
                                 await tx.execute(sql, params)
                         committed += len(statements)
                     await trio.sleep(rng.expovariate(rate))
+
+        def stopping(signum: int) -> None:
+            print(f"demo: stopping ({signal.Signals(signum).name})", file=out)
+
+        await until_stopped(workload, seconds=seconds, on_signal=stopping)
         # Nothing is lost: wait (bounded) until the handler has every committed change.
         with trio.move_on_after(15):
             while len(handler.events) < committed:

@@ -7,9 +7,7 @@ prints each change, so what you see is exactly what a handler would get.
 
 from __future__ import annotations
 
-import math
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -18,6 +16,7 @@ import trio
 
 import otpy
 from otpy.cli.render import change_to_json, format_change
+from otpy.cli.stopping import until_stopped
 from otpy.pg import wal_reader
 from otpy.pg.app import connector_application
 from otpy.pg.replication.changes import ChangeBatch
@@ -81,19 +80,7 @@ async def tail(
         if ready is not None:
             ready.set()
         try:
-            with (
-                trio.move_on_after(math.inf if seconds is None else seconds),
-                trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
-            ):
-                async with trio.open_nursery() as nursery:
-
-                    async def stop_on_signal() -> None:
-                        async for _ in signals:
-                            nursery.cancel_scope.cancel()
-
-                    nursery.start_soon(stop_on_signal)
-                    await handler.done.wait()
-                    nursery.cancel_scope.cancel()
+            await until_stopped(handler.done.wait, seconds=seconds)
         finally:
             with trio.CancelScope(shield=True):
                 handler.done.set()  # an orderly stop is not "replication stopped"

@@ -134,3 +134,30 @@ def test_run_starts_connector_and_app_and_stops_on_sigterm(tmp_path: Path, modul
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_demo_stops_cleanly_on_ctrl_c(module_dsn: str) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "otpy.cli", "demo", "--dsn", module_dsn, "--forever"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        assert proc.stdout is not None
+        changes = 0
+        for line in proc.stdout:  # wait until changes flow, then interrupt
+            changes += line.lstrip().startswith("change")
+            if changes >= 3:
+                break
+        assert changes >= 3, proc.stderr.read() if proc.stderr else ""
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == EXIT_OK, err
+        assert "demo: stopping (SIGINT)" in out
+        assert out.rstrip().endswith(": 0 lost")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
