@@ -255,6 +255,13 @@ def _unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
+def _only_cancelled(exc: BaseException) -> bool:
+    """Whether ``exc`` is a cancellation (alone or as a group of cancellations only)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)[1] is None
+    return isinstance(exc, trio.Cancelled)
+
+
 class WalReader(GenServer):
     """The reader actor of one subscription (one incarnation; restarted as a new instance).
 
@@ -363,8 +370,8 @@ class WalReader(GenServer):
                         nursery.start_soon(self._deliver, recv)
                 except BaseExceptionGroup as group:
                     raise _unwrap(group) from None
-        except trio.Cancelled:
-            if not self._stopping:
+        except BaseException as exc:
+            if not self._stopping and _only_cancelled(exc):
                 # Killed (no terminate will run): do not leave the slot held.
                 session.abort()
             raise
@@ -395,7 +402,11 @@ class WalReader(GenServer):
         if self._scope is not None:
             self._scope.cancel()
         if self._stream_started:
-            await self._stream_done.wait()
+            try:
+                await self._stream_done.wait()
+            except BaseException:
+                self.session.abort()  # killed while stopping: do not leak the slot
+                raise
         sub = self.subscription
         try:
             await self.session.close(final_ack=True)

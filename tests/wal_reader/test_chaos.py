@@ -97,8 +97,9 @@ async def test_no_change_lost_under_crashes(
     delivered = [c.data["id"] for c in rec.changes]
     check_delivery(delivered, committed)
     assert injected and failures, (injected, failures)
-    # Every handler failure ended a stream with a stop callback (a killed reader runs none).
-    assert len(rec.stops) >= failures + 1
+    # Every handler failure ended a stream with a stop callback, unless the reader
+    # was killed while stopping (a killed reader runs no terminate).
+    assert len(rec.stops) >= failures - injected.count("reader")
 
 
 def _ids(rec: Recorder) -> set[int]:

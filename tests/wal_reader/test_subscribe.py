@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import enum
+import gc
 import logging
 import uuid
 from typing import Any
@@ -508,3 +509,35 @@ async def test_restarts_back_off_exponentially_up_to_the_cap(
     assert delays == pytest.approx([0.02, 0.04, 0.08, 0.08])
     assert len(set(attempts)) == 1 and len(attempts) == 5  # the same transaction each time
     assert len(rec.stops) == 5
+
+
+async def test_a_killed_reader_lets_go_of_its_slot(
+    module_dsn: str, tables: str, readers: Ref
+) -> None:
+    rec = Recorder()
+    slot = unique("killed")
+    ref = await wal_reader.subscribe(
+        rec,
+        module_dsn,
+        slot,
+        [tables],
+        {"slot_type": "persistent", "restart_backoff": FAST_BACKOFF},
+    )
+    gc.disable()  # no garbage collector to close a leaked connection behind our back
+    try:
+        for round_ in range(5):
+            starts = ref.state.starts
+            reader = ref.reader()
+            assert reader is not None
+            for _ in range(round_):  # kill at different points of the stream's start
+                await trio.lowlevel.checkpoint()
+            reader.kill()  # no terminate runs: the sockets must still be closed
+            with trio.fail_after(15):
+                await ref.wait_streaming(starts + 1)
+        await execute(module_dsn, "INSERT INTO users VALUES (70, 'alive', 'ok')")
+        assert (await rec.wait_changes(1))[0].data["id"] == 70
+    finally:
+        gc.enable()
+        await wal_reader.unsubscribe(ref)
+        await execute(module_dsn, "DELETE FROM users")
+        await drop_slot_when_free(module_dsn, slot)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import struct
+import weakref
 from typing import Any
 
 import psycopg
@@ -51,12 +52,17 @@ from .lsn import LSN
 from .options import ReaderOptions
 from .pgoutput import Delete, Insert, PgOutputDecoder, Relation, Type, Update, decode_message
 from .protocol import decode_copy_data, encode_standby_status
-from .reader_errors import StreamEnded
+from .reader_errors import SlotInUse, StreamEnded
 from .slots import check_publications, ensure_slot, slot_in_use_error, start_replication_command
 from .typefetch import afetch_missing_types
 from .values import ValueDecoder
 
 __all__ = ["ReplicationSession"]
+
+#: Backend PID -> replication connection, for the sessions this process opened.
+_OWN_WALSENDERS: weakref.WeakValueDictionary[int, ReplicationConnection] = (
+    weakref.WeakValueDictionary()
+)
 
 logger = logging.getLogger("otpy.pg.wal_reader")
 
@@ -117,6 +123,7 @@ class ReplicationSession:
         self.meta = await TrioConnection.connect(autocommit=True, **kwargs)
         self.repl = await replication_connect(**kwargs)
         self.backend_pid = self.repl.pgconn.backend_pid
+        _OWN_WALSENDERS[self.backend_pid] = self.repl
         await check_publications(
             self.meta,
             self.publications,
@@ -127,10 +134,36 @@ class ReplicationSession:
     async def start(self) -> None:
         """Create or find the slot and START_REPLICATION from its confirmed position.
 
+        If the slot is held by a replication session *of this process* (a
+        predecessor's connection that was not closed, e.g. still referenced by
+        a crash's traceback), that session is closed and the start retried
+        once: a process reads a slot through one subscription only, so such a
+        session can only be a leftover.
+
         Raises:
             SlotInUse: the slot is streaming to another session.
             SlotMismatch: the slot exists with another plugin/database/kind.
         """
+        try:
+            await self._start()
+        except SlotInUse as exc:
+            conn = _OWN_WALSENDERS.get(exc.active_pid or 0)
+            if conn is None or conn is self.repl or self.meta is None:
+                raise
+            logger.warning(
+                "slot %s is held by a leftover replication session of this process "
+                "(backend PID %s): closing it",
+                self.slot,
+                exc.active_pid,
+                extra={"event": "replication_leftover_closed", "slot": self.slot},
+            )
+            _hard_close(conn)
+            assert exc.active_pid is not None
+            with trio.move_on_after(5):
+                await self._wait_released(self.meta, exc.active_pid)
+            await self._start()
+
+    async def _start(self) -> None:
         assert self.repl is not None and self.meta is not None
         confirmed = await ensure_slot(
             self.repl,
@@ -288,8 +321,16 @@ class ReplicationSession:
         on the same slot work at once (the walsender exits asynchronously).
         Never raises for a connection that is already broken.
         """
+        try:
+            await self._close(final_ack, release_timeout)
+        except BaseException:
+            # Cancelled (a kill during terminate) or failed: never leak a socket
+            # that would keep the walsender, and so the slot, busy.
+            self.abort()
+            raise
+
+    async def _close(self, final_ack: bool, release_timeout: float) -> None:
         repl, meta = self.repl, self.meta
-        self.repl = None
         if repl is not None:
             if final_ack and self.streaming and repl.pgconn.status == psycopg.pq.ConnStatus.OK:
                 try:
@@ -300,6 +341,7 @@ class ReplicationSession:
                 except (psycopg.Error, ConnectionClosedError) as exc:
                     logger.debug("slot %s: final status update failed: %s", self.slot, exc)
             await repl.close()
+            self.repl = None
         self.streaming = False
         if (
             release_timeout > 0
@@ -319,16 +361,13 @@ class ReplicationSession:
     def abort(self) -> None:
         """Close both connections at once, synchronously, without a last acknowledgement.
 
-        For a reader that is being killed (cancelled without ``terminate``):
-        the sockets must not outlive it, or the walsender would keep the slot
+        For a reader that is being killed (cancelled without ``terminate``, or
+        during it): the sockets must not outlive it, or the walsender would keep the slot
         active and every restart would find it in use.
         """
         for conn in (self.repl, self.meta):
-            if conn is None or conn.closed:
-                continue
-            with contextlib.suppress(psycopg.Error, OSError):
-                trio.lowlevel.notify_closing(conn.pgconn.socket)
-            conn.pgconn.finish()
+            if conn is not None:
+                _hard_close(conn)
         self.repl = self.meta = None
         self.streaming = False
 
@@ -345,3 +384,12 @@ class ReplicationSession:
                 return
             await trio.sleep(delay)
             delay = min(delay * 2, 0.05)
+
+
+def _hard_close(conn: TrioConnection[Any]) -> None:
+    """Close a connection at once, synchronously, waking tasks that wait on its socket."""
+    if conn.closed:
+        return
+    with contextlib.suppress(psycopg.Error, OSError):
+        trio.lowlevel.notify_closing(conn.pgconn.socket)
+    conn.pgconn.finish()
