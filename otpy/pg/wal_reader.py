@@ -42,6 +42,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -262,6 +263,11 @@ def _only_cancelled(exc: BaseException) -> bool:
     return isinstance(exc, trio.Cancelled)
 
 
+def _being_cancelled() -> bool:
+    """Whether the calling task runs in a cancelled scope (its actor is being killed)."""
+    return trio.current_effective_deadline() == -math.inf
+
+
 class WalReader(GenServer):
     """The reader actor of one subscription (one incarnation; restarted as a new instance).
 
@@ -371,8 +377,10 @@ class WalReader(GenServer):
                 except BaseExceptionGroup as group:
                     raise _unwrap(group) from None
         except BaseException as exc:
-            if not self._stopping and _only_cancelled(exc):
-                # Killed (no terminate will run): do not leave the slot held.
+            if not self._stopping and (_only_cancelled(exc) or _being_cancelled()):
+                # Killed, possibly while a task crashed: no terminate will run
+                # (the runtime skips it for a killed actor), so do not leave
+                # the slot held by our walsender.
                 session.abort()
             raise
         finally:

@@ -541,3 +541,40 @@ async def test_a_killed_reader_lets_go_of_its_slot(
         await wal_reader.unsubscribe(ref)
         await execute(module_dsn, "DELETE FROM users")
         await drop_slot_when_free(module_dsn, slot)
+
+
+async def test_killed_while_the_handler_raises_still_lets_go_of_the_slot(
+    module_dsn: str, tables: str, readers: Ref
+) -> None:
+    # The runtime skips terminate for a killed actor, even when a task crashed at
+    # the same moment: the stream itself must close its sockets then.
+    holder: list[Any] = []
+
+    def kill_and_fail(batch: Any) -> None:
+        if len(holder) == 1:
+            holder.append(batch)
+            reader = holder[0].reader()
+            reader.kill()
+            raise RuntimeError("handler failed while its reader was being killed")
+
+    rec = Recorder(kill_and_fail)
+    slot = unique("killfail")
+    gc.disable()
+    ref = await wal_reader.subscribe(
+        rec,
+        module_dsn,
+        slot,
+        [tables],
+        {"slot_type": "persistent", "restart_backoff": FAST_BACKOFF},
+    )
+    holder.append(ref)
+    try:
+        await execute(module_dsn, "INSERT INTO users VALUES (80, 'a', 'ok')")
+        with trio.fail_after(15):
+            await ref.wait_streaming(2)
+        assert (await rec.wait_changes(1))[0].data["id"] == 80  # redelivered after the restart
+    finally:
+        gc.enable()
+        await wal_reader.unsubscribe(ref)
+        await execute(module_dsn, "DELETE FROM users")
+        await drop_slot_when_free(module_dsn, slot)
