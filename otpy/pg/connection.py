@@ -73,6 +73,7 @@ __all__ = [
     "ConnectionLock",
     "ReplicationConnection",
     "TrioConnection",
+    "finish_copy_both",
     "replication_connect",
     "send_copy_data",
     "start_copy_both",
@@ -923,7 +924,7 @@ async def wait_copy_data(conn: TrioConnection[Any]) -> bytes | None:
                 raise ConnectionClosedError(f"replication connection lost: {ex}") from None
             continue
         if nbytes == -1:
-            await _finish_copy(conn)
+            await finish_copy_both(conn)
             return None
         # -2: libpq error (connection lost, or not in COPY mode).
         message = _pq_error(pgconn)
@@ -948,8 +949,17 @@ async def _busy_checkpoint() -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
 
 
-async def _finish_copy(conn: TrioConnection[Any]) -> None:
-    """The server ended COPY: collect the final result, raising it if it is an error."""
+async def finish_copy_both(conn: TrioConnection[Any]) -> None:
+    """Collect the server's final result after ``get_copy_data`` reported the end (-1).
+
+    :func:`wait_copy_data` calls it itself; a reader that takes already
+    buffered messages straight from ``conn.pgconn.get_copy_data(1)`` (to
+    avoid a scheduler pass per message) calls it when that returns -1.
+
+    Raises:
+        psycopg.Error: the server ended the stream with an error (e.g. the
+            slot was dropped, or the walsender was terminated).
+    """
     results = await _wait_gen(generators.fetch_many(conn.pgconn), conn.pgconn.socket)
     for result in results:
         if result.status == pq.ExecStatus.FATAL_ERROR:

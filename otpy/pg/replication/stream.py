@@ -36,10 +36,10 @@ import psycopg
 import trio
 from psycopg import errors as pg_errors
 
-from otpy.pg.connection import (  # _finish_copy: see read_loop's fast path
+from otpy.pg.connection import (
     ReplicationConnection,
     TrioConnection,
-    _finish_copy,
+    finish_copy_both,
     replication_connect,
     send_copy_data,
     start_copy_both,
@@ -231,7 +231,7 @@ class ReplicationSession:
                 nbytes = 0
             if nbytes == -1:
                 # The server ended COPY: raise its error, if it sent one.
-                await _finish_copy(conn)
+                await finish_copy_both(conn)
                 raise StreamEnded(f"the server ended the replication stream of slot {self.slot!r}")
             if nbytes > 0:
                 burst += 1
