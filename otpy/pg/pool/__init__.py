@@ -119,15 +119,6 @@ def _core(pool: str | Pool) -> PoolCore:
     raise TypeError(f"expected a pool name or a Pool, got {pool!r}")
 
 
-async def _checkout(core: PoolCore, timeout: float | None) -> Slot:  # noqa: ASYNC109
-    # Inlined in PooledConnection.__aenter__ and query() (hot path): keep in sync.
-    await trio.lowlevel.checkpoint_if_cancelled()
-    slot = core.checkout_nowait()
-    if slot is None:
-        slot = await core.enqueue(timeout)
-    return slot
-
-
 async def _checkin(core: PoolCore, slot: Slot) -> None:
     if not core.checkin(slot):
         assert slot.conn is not None
@@ -419,7 +410,7 @@ class Lease:
 async def acquire(pool: str | Pool, *, timeout: float | None = None) -> Lease:  # noqa: ASYNC109
     """Check out a connection until :meth:`Lease.release` (low-level; prefer :func:`connection`)."""
     core = _core(pool)
-    return Lease(core, await _checkout(core, timeout))
+    return Lease(core, await core.checkout(timeout))
 
 
 class Pool:

@@ -305,6 +305,7 @@ class PoolCore:
             PoolUnavailable: the pool has no connection and cannot open one.
             PoolClosed: the pool stopped.
         """
+        # Inlined in PooledConnection.__aenter__ and query() (hot path): keep in sync.
         await trio.lowlevel.checkpoint_if_cancelled()
         slot = self.checkout_nowait()
         if slot is None:
