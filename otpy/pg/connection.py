@@ -492,11 +492,7 @@ class ConnectionLock:
         """trio's statistics of the lock (owner, waiting tasks)."""
         return self._lock.statistics()
 
-    async def __aenter__(self) -> None:
-        try:
-            self._lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self._lock.acquire()
+    __aenter__ = acquire
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._lock.release()
