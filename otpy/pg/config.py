@@ -64,8 +64,6 @@ __all__ = [
 #: The values libpq accepts for ``sslmode``.
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
-#: libpq parameters that have a field of their own in :class:`DatabaseConfig`
-#: (or must not be given in clear): giving them in ``params`` is an error.
 # libpq keyword -> the DatabaseConfig field that holds it (how DSNs are read).
 _DSN_FIELDS = {
     "host": "host",
@@ -80,7 +78,8 @@ _DSN_FIELDS = {
     "connect_timeout": "connect_timeout",
     "application_name": "application_name",
 }
-# libpq keywords that ``params`` refuses, and where they belong instead.
+# libpq keywords that ``params`` refuses, and where they belong instead: those
+# with a field of their own in DatabaseConfig, or that must not be given in clear.
 _DEDICATED_PARAMS = {
     **_DSN_FIELDS,
     "hostaddr": "host",
@@ -344,9 +343,13 @@ def _check_keys(entry: Mapping[str, Any], path: str, allowed: tuple[str, ...]) -
 
 
 def _did_you_mean(word: str, choices: tuple[str, ...] | list[str]) -> str:
+    return f"{_close_match(word, choices)}; expected one of: {', '.join(sorted(choices))}"
+
+
+def _close_match(word: str, choices: tuple[str, ...] | list[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or an empty string."""
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"{hint}; expected one of: {', '.join(sorted(choices))}"
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _named_entries(value: object, path: str) -> list[tuple[str, object]]:
@@ -526,12 +529,11 @@ def _pool(
     assert database is not None
     if database not in databases:
         known = list(databases)
-        close = difflib.get_close_matches(database, known, n=1, cutoff=0.6)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
         listed = ", ".join(sorted(known)) if known else "none"
         raise ConfigError(
             f"{path}.database",
-            f"unknown database {database!r}{hint}; configured databases: {listed}",
+            f"unknown database {database!r}{_close_match(database, known)}; "
+            f"configured databases: {listed}",
         )
     if "size" not in entry:
         raise ConfigError(f"{path}.size", "is required (an integer, or [min, max])")
