@@ -226,7 +226,7 @@ class PoolConfig:
     min_size: int
     max_size: int
     checkout_timeout: float = 5.0
-    """Seconds a caller waits for a connection before getting an overload error."""
+    """Seconds a caller waits for a connection before getting :class:`~otpy.pg.pool.PoolTimeout`."""
     max_waiting: int = 1000
     """Callers allowed to wait at once; more are refused at once (0 = nobody waits)."""
     max_lifetime: float | None = 3600.0
