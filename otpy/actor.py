@@ -28,7 +28,7 @@ import attrs
 import outcome
 import trio
 
-from otpy.errors import ExitSignal
+from otpy.errors import ActorExited, ExitSignal
 
 if TYPE_CHECKING:
     from otpy.gen_server import From
@@ -343,17 +343,11 @@ class Ref:
         self._links.clear()
         for other in links:
             other._links.discard(self)
-            if other.trap_exits:
-                other.deliver(Exit(self, reason))
-            elif reason.abnormal:
-                other.kill(ExitReason.crashed(ExitSignal(self, reason)))
+            _signal_link(other, self, reason)
         callers = list(self._callers)
         self._callers.clear()
-        if callers:
-            from otpy.errors import ActorExited
-
-            for from_ in callers:
-                from_._fail(ActorExited(self, reason))
+        for from_ in callers:
+            from_._fail(ActorExited(self, reason))
         if self._exited is not None:
             self._exited.set()
 
@@ -401,13 +395,18 @@ def link(a: Ref, b: Ref) -> None:
         a, b = b, a
     if not a.alive:
         assert a.exit_reason is not None
-        if b.trap_exits:
-            b.deliver(Exit(a, a.exit_reason))
-        elif a.exit_reason.abnormal:
-            b.kill(ExitReason.crashed(ExitSignal(a, a.exit_reason)))
+        _signal_link(b, a, a.exit_reason)
         return
     a._links.add(b)
     b._links.add(a)
+
+
+def _signal_link(other: Ref, dead: Ref, reason: ExitReason) -> None:
+    """Tell ``other`` that its linked actor ``dead`` exited: an ``Exit`` message or a kill."""
+    if other.trap_exits:
+        other.deliver(Exit(dead, reason))
+    elif reason.abnormal:
+        other.kill(ExitReason.crashed(ExitSignal(dead, reason)))
 
 
 def unlink(a: Ref, b: Ref) -> None:
