@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import trio
 from pool_helpers import Admin, pool_config
@@ -15,18 +17,19 @@ async def waiting(p: pool.Pool, n: int) -> None:
         await p.wait_for(lambda s: s.waiting == n)
 
 
+async def take(got: list[Any], item: object) -> None:
+    """Check out a connection of pool "p" and record ``item`` once served."""
+    async with pool.connection("p"):
+        got.append(item)
+
+
 async def test_waiters_are_served_in_fifo_order(db: DatabaseConfig) -> None:
     order: list[int] = []
-
-    async def take(i: int) -> None:
-        async with pool.connection("p"):
-            order.append(i)
-
     async with pool.open_pool("p", pool_config(1), db) as p:
         lease = await pool.acquire("p")
         async with trio.open_nursery() as nursery:
             for i in range(6):
-                nursery.start_soon(take, i)
+                nursery.start_soon(take, order, i)
                 await waiting(p, i + 1)
             await lease.release()
         assert order == [0, 1, 2, 3, 4, 5]
@@ -74,25 +77,20 @@ async def test_nobody_waits_with_max_waiting_zero(db: DatabaseConfig) -> None:
 
 async def test_cancelled_waiter_leaves_the_queue(db: DatabaseConfig) -> None:
     got: list[str] = []
-
-    async def take(name: str) -> None:
-        async with pool.connection("p"):
-            got.append(name)
-
     async with pool.open_pool("p", pool_config(1), db) as p:
         lease = await pool.acquire("p")
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(take, "first")
+            nursery.start_soon(take, got, "first")
             await waiting(p, 1)
             cancel_first = trio.CancelScope()
 
             async def first_waiter() -> None:
                 with cancel_first:
-                    await take("cancelled")
+                    await take(got, "cancelled")
 
             nursery.start_soon(first_waiter)
             await waiting(p, 2)
-            nursery.start_soon(take, "last")
+            nursery.start_soon(take, got, "last")
             await waiting(p, 3)
             cancel_first.cancel()
             await waiting(p, 2)
