@@ -59,8 +59,9 @@ class DynamicSupervisor(SupervisorBase):
     def _remove(self, child: _Child) -> None:
         self._children.pop(child, None)
 
-    def _drops_terminated(self) -> bool:
-        return True
+    def _forget_stopped(self, child: _Child) -> None:
+        """A dynamic supervisor forgets every child that stopped for good."""
+        self._remove(child)
 
     async def _restart(self, child: _Child) -> None:
         await self._start_group([child])

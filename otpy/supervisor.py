@@ -283,18 +283,9 @@ class SupervisorBase(GenServer):
         child.pending = 0
         try:
             ref = await _start_supervised(self.nursery, child.spec.start(), child.spec.name, self)
-        except InitError as exc:
-            self._report(
-                logging.ERROR,
-                "child_start_failed",
-                "child {child!r} failed to start: {reason}",
-                child,
-                exc.reason,
-            )
-            raise
         except Exception as exc:
-            # A failing factory (bad arguments) or a taken name: report it as a start error.
-            reason = ExitReason.crashed(exc)
+            # Besides a failing init: a failing factory (bad arguments) or a taken name.
+            reason = exc.reason if isinstance(exc, InitError) else ExitReason.crashed(exc)
             self._report(
                 logging.ERROR,
                 "child_start_failed",
@@ -302,6 +293,8 @@ class SupervisorBase(GenServer):
                 child,
                 reason,
             )
+            if isinstance(exc, InitError):
+                raise
             raise InitError(child.spec.id, reason) from exc
         child.ref = ref
         child.started_at = trio.current_time()
@@ -354,6 +347,12 @@ class SupervisorBase(GenServer):
         )
         return exit_reason
 
+    async def _shutdown_running(self, children: list[_Child]) -> None:
+        """Stop the running members of ``children`` in reverse order."""
+        for child in reversed(children):
+            if child.ref is not None:
+                await self._shutdown_child(child)
+
     def _record_restart(self) -> bool:
         """Count one restart; False if that exceeds ``intensity`` within ``period``."""
         now = trio.current_time()
@@ -375,9 +374,7 @@ class SupervisorBase(GenServer):
             period=self.period,
         )
         error = GaveUp(self.label, child.spec.id, self.intensity, self.period)
-        for other in reversed(self._children_list()):
-            if other.ref is not None:
-                await self._shutdown_child(other)
+        await self._shutdown_running(self._children_list())
         raise error
 
     async def _start_group(self, group: list[_Child]) -> None:
@@ -448,8 +445,8 @@ class SupervisorBase(GenServer):
                 self._schedule(child, after_run=True)
             else:
                 await self._restart_now(child)
-        elif restart is Restart.TEMPORARY or self._drops_terminated():
-            self._remove(child)
+        else:
+            self._forget_stopped(child)
 
     # -- messages ----------------------------------------------------------------
 
@@ -468,10 +465,9 @@ class SupervisorBase(GenServer):
             await super().handle_info(message)
 
     def _find(self, key: Any) -> _Child:
+        by_ref = type(key) is Ref
         for child in self._children_list():
-            if (type(key) is Ref and child.ref is key) or (
-                type(key) is not Ref and child.spec.id == key
-            ):
+            if (child.ref is key) if by_ref else (child.spec.id == key):
                 return child
         raise ChildNotFound(f"supervisor {self.label} has no child {key!r}")
 
@@ -494,9 +490,7 @@ class SupervisorBase(GenServer):
         """Management requests (which/count/start/terminate/restart/delete child)."""
         try:
             return await self._handle_request(request)
-        except SupervisorError as exc:
-            reply_error(from_, exc)
-        except (InitError, UnexpectedMessage) as exc:
+        except (SupervisorError, InitError, UnexpectedMessage) as exc:
             reply_error(from_, exc)
         return NO_REPLY
 
@@ -511,29 +505,28 @@ class SupervisorBase(GenServer):
             if child.ref is not None:
                 await self._shutdown_child(child)
             child.pending = 0
-            if child.spec.restart is Restart.TEMPORARY or self._drops_terminated():
-                self._remove(child)
+            self._forget_stopped(child)
             return None
         return await self._handle_other(request)
 
-    def _drops_terminated(self) -> bool:
-        return False
+    def _forget_stopped(self, child: _Child) -> None:
+        """Drop the spec of a stopped child that will not run again (here: a temporary one)."""
+        if child.spec.restart is Restart.TEMPORARY:
+            self._remove(child)
 
     async def _handle_other(self, request: Any) -> Any:
         raise UnexpectedMessage(f"supervisor {self.label} does not handle {request!r}")
 
     async def terminate(self, reason: ExitReason) -> None:
         """Stop all running children in reverse start order."""
-        for child in reversed(self._children_list()):
-            if child.ref is not None:
-                await self._shutdown_child(child)
+        await self._shutdown_running(self._children_list())
 
 
 class Supervisor(SupervisorBase):
     """A static supervisor: a list of child specs and a restart strategy.
 
-    ``intensity``/``period`` default to OTP's 1 restart in 5 s would be too
-    strict for most Python services; otpy uses Elixir's 3 in 5 s.  Use
+    ``intensity``/``period`` default to Elixir's 3 restarts in 5 s; OTP's 1
+    restart in 5 s would be too strict for most Python services.  Use
     :meth:`child_spec` to nest it under another supervisor
     (``Supervisor.child_spec(children, id="db")``).
     """
@@ -585,9 +578,7 @@ class Supervisor(SupervisorBase):
             try:
                 await self._start_child(child)
             except InitError:
-                for started in reversed(self._children):
-                    if started.ref is not None:
-                        await self._shutdown_child(started)
+                await self._shutdown_running(self._children)
                 raise
 
     async def _restart(self, child: _Child) -> None:
@@ -600,9 +591,14 @@ class Supervisor(SupervisorBase):
         for other in reversed(group):
             if other.ref is not None:
                 await self._shutdown_child(other)
-                if other.spec.restart is Restart.TEMPORARY:
-                    self._remove(other)
+                self._forget_stopped(other)
         await self._start_group(group)
+
+    def _find_stopped(self, key: Any) -> _Child:
+        child = self._find(key)
+        if child.ref is not None:
+            raise ChildRunning(f"child {child.spec.id!r} is running; terminate it first")
+        return child
 
     async def _handle_other(self, request: Any) -> Any:
         kind = type(request)
@@ -614,14 +610,8 @@ class Supervisor(SupervisorBase):
                 self._remove(child)
                 raise
         if kind is _RestartChild:
-            child = self._find(request.key)
-            if child.ref is not None:
-                raise ChildRunning(f"child {child.spec.id!r} is running; terminate it first")
-            return await self._start_child(child, "child_restarted")
+            return await self._start_child(self._find_stopped(request.key), "child_restarted")
         if kind is _DeleteChild:
-            child = self._find(request.key)
-            if child.ref is not None:
-                raise ChildRunning(f"child {child.spec.id!r} is running; terminate it first")
-            self._remove(child)
+            self._remove(self._find_stopped(request.key))
             return None
         return await super()._handle_other(request)
