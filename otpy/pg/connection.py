@@ -714,9 +714,9 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
 
     def _close_unusable(self, reason: str) -> None:
         logger.warning("closing PostgreSQL connection: %s", reason)
+        # Not through close(): `_closed` stays as it is, so `broken` is True
+        # (unless another task did close() it meanwhile) and users can tell.
         self._finish()
-        # Not an explicit close(): `broken` stays True so users can tell.
-        self._closed = False
 
     def _finish(self) -> None:
         """Close the socket, waking any task waiting on it first."""
