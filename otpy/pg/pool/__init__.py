@@ -350,8 +350,11 @@ async def wait_ready(
     wanted = core.config.min_size if connections is None else connections
     limit = core.config.checkout_timeout if timeout is None else timeout
 
+    def opened() -> int:
+        return len(core.slots) - core.connecting
+
     def ready() -> bool:
-        return core.closed or core.down or sum(1 for s in core.slots if s.conn) >= wanted
+        return core.closed or core.down or opened() >= wanted
 
     with trio.move_on_after(limit):
         await core.wait_for(ready)
@@ -360,10 +363,9 @@ async def wait_ready(
         raise PoolClosed(f"pool {core.name!r} stopped", core.name)
     if core.down:
         raise core._unavailable_error()
-    if current.size - current.connecting < wanted:
+    if opened() < wanted:
         raise PoolTimeout(
-            f"pool {core.name!r}: {current.size - current.connecting} of {wanted} connections "
-            f"open after {limit:g} s",
+            f"pool {core.name!r}: {opened()} of {wanted} connections open after {limit:g} s",
             core.name,
             limit,
             current.size,
