@@ -31,7 +31,7 @@ import inspect
 import logging
 import math
 from collections.abc import Awaitable, Callable, Hashable
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import Any, ClassVar, Final
 
 import outcome
 import trio
@@ -48,9 +48,6 @@ from otpy.errors import (
     UnexpectedMessage,
 )
 from otpy.registry import register, resolve, whereis
-
-if TYPE_CHECKING:
-    from otpy.supervisor import SupervisorBase
 
 __all__ = [
     "NO_REPLY",
@@ -561,7 +558,7 @@ async def _run(
     server: GenServer,
     name: Any,
     linked: bool,
-    supervisor: SupervisorBase | None,
+    supervised: bool,
     task_status: trio.TaskStatus[Ref] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The actor task: register, init, loop, terminate; turn any crash into an exit reason."""
@@ -625,7 +622,7 @@ async def _run(
     if error is not None:
         if linked:
             raise error
-        if supervisor is None:
+        if not supervised:  # a supervisor reports its children's crashes itself
             logger.error(
                 "%r crashed: %s",
                 ref,
@@ -649,14 +646,12 @@ async def start(
     ``link=False`` the crash only becomes the exit reason (seen by monitors,
     ``ref.wait()`` and callers) and is logged.
     """
-    ref: Ref = await nursery.start(_run, server, name, link, None)
+    ref: Ref = await nursery.start(_run, server, name, link, False)
     return ref
 
 
-async def _start_supervised(
-    nursery: trio.Nursery, server: GenServer, name: Any, supervisor: SupervisorBase
-) -> Ref:
-    ref: Ref = await nursery.start(_run, server, name, False, supervisor)
+async def _start_supervised(nursery: trio.Nursery, server: GenServer, name: Any) -> Ref:
+    ref: Ref = await nursery.start(_run, server, name, False, True)
     return ref
 
 
@@ -664,9 +659,10 @@ class TaskServer(GenServer):
     """Runs one plain async function as an actor, so it can be supervised.
 
     The function runs as the server's background task: returning stops the
-    server with reason ``normal``, raising crashes it.  If the function takes a
-    ``task_status`` keyword, the server counts as started only once it calls
-    ``task_status.started()`` (``nursery.start`` semantics).
+    server with reason ``normal``, raising crashes it.  With
+    ``wait_started=True`` the function is passed a ``task_status`` keyword and
+    the server counts as started only once it calls ``task_status.started()``
+    (``nursery.start`` semantics); otherwise it counts as started at once.
     """
 
     def __init__(self, fn: Callable[..., Awaitable[Any]], *args: Any, wait_started: bool = False):
@@ -680,16 +676,13 @@ class TaskServer(GenServer):
     async def init(self) -> None:
         """Start the function as a background task (waiting for ``started()`` if asked)."""
         if self._wait_started:
-            await self.nursery.start(self._body_started)
+            await self.nursery.start(self._body)
         else:
             self.start_soon(self._body)
 
-    async def _body(self) -> None:
-        await self._fn(*self._args)
-        self.stop(NORMAL)
-
-    async def _body_started(self, task_status: trio.TaskStatus[Any]) -> None:
-        await self._fn(*self._args, task_status=task_status)
+    async def _body(self, **task_status: trio.TaskStatus[Any]) -> None:
+        # ``task_status`` is passed on only under ``nursery.start`` (wait_started=True).
+        await self._fn(*self._args, **task_status)
         self.stop(NORMAL)
 
     async def handle_call(self, request: Any, from_: From) -> Any:

@@ -282,7 +282,7 @@ class SupervisorBase(GenServer):
         """Start one child and monitor it; raises InitError (already reported)."""
         child.pending = 0
         try:
-            ref = await _start_supervised(self.nursery, child.spec.start(), child.spec.name, self)
+            ref = await _start_supervised(self.nursery, child.spec.start(), child.spec.name)
         except Exception as exc:
             # Besides a failing init: a failing factory (bad arguments) or a taken name.
             reason = exc.reason if isinstance(exc, InitError) else ExitReason.crashed(exc)
