@@ -897,11 +897,7 @@ async def wait_copy_data(conn: TrioConnection[Any]) -> bytes | None:
             nbytes, data = pgconn.get_copy_data(1)
         except e.OperationalError as ex:
             # psycopg raises for libpq's -2: connection lost, or not in COPY mode.
-            if pgconn.status != _CONN_OK:
-                raise ConnectionClosedError(f"replication connection lost: {ex}") from None
-            raise ReplicationProtocolError(
-                f"cannot read copy data (is START_REPLICATION running?): {ex}"
-            ) from None
+            raise _copy_read_error(pgconn, str(ex)) from None
         if nbytes > 0:
             await _busy_checkpoint()
             return bytes(data)
@@ -923,12 +919,16 @@ async def wait_copy_data(conn: TrioConnection[Any]) -> bytes | None:
             await finish_copy_both(conn)
             return None
         # -2: libpq error (connection lost, or not in COPY mode).
-        message = _pq_error(pgconn)
-        if pgconn.status != _CONN_OK:
-            raise ConnectionClosedError(f"replication connection lost: {message}")
-        raise ReplicationProtocolError(
-            f"cannot read copy data (is START_REPLICATION running?): {message}"
-        )
+        raise _copy_read_error(pgconn, _pq_error(pgconn))
+
+
+def _copy_read_error(pgconn: pq.abc.PGconn, message: str) -> e.OperationalError:
+    """The error for a failed read of copy data: the connection lost, or not in COPY mode."""
+    if pgconn.status != _CONN_OK:
+        return ConnectionClosedError(f"replication connection lost: {message}")
+    return ReplicationProtocolError(
+        f"cannot read copy data (is START_REPLICATION running?): {message}"
+    )
 
 
 async def _busy_checkpoint() -> None:
