@@ -196,15 +196,15 @@ class PoolManager(GenServer):
 
     async def _grow(self) -> None:
         core, box = self.core, self._box
+        spec = ChildSpec(
+            id="ephemeral",
+            start=lambda: ConnectionWorker(box, ephemeral=True),
+            restart=Restart.TEMPORARY,
+        )
         while core.pending_grow > 0 and not core.closed:
             sup = box.ephemeral
             if sup is None or not sup.alive:
                 return  # the on-demand supervisor sends `grow` again when it starts
-            spec = ChildSpec(
-                id="ephemeral",
-                start=lambda: ConnectionWorker(box, ephemeral=True),
-                restart=Restart.TEMPORARY,
-            )
             before = core.pending_grow
             try:
                 await start_child(sup, spec)
