@@ -33,9 +33,11 @@ class QueryResult:
     """The server's command tag, e.g. ``"INSERT 0 1"``."""
 
     def __iter__(self) -> Iterator[Any]:
+        """Iterate over the rows (``for row in result``)."""
         return iter(self.rows)
 
     def __len__(self) -> int:
+        """The number of rows returned (not ``rowcount``, which also counts affected rows)."""
         return len(self.rows)
 
     def scalar(self) -> Any:
@@ -61,8 +63,11 @@ class PoolStats:
     """
 
     name: str
+    """The pool's name."""
     min_size: int
+    """Connections kept open (the configured size's lower bound)."""
     max_size: int
+    """Connections allowed at most, on-demand ones included."""
     size: int
     """Connection slots: open connections plus those being (re)opened."""
     idle: int
@@ -96,6 +101,7 @@ class PoolStats:
     connection_errors: int
     """Failed connection attempts."""
     connections_opened: int
+    """Connections opened successfully (first openings and reconnections)."""
     connections_lost: int
     """Connections found broken (closed by the server, failed health check or rollback)."""
     connections_replaced: int
@@ -105,6 +111,7 @@ class PoolStats:
     rollbacks: int
     """Connections returned inside a transaction (or in error) and rolled back."""
     health_checks: int
+    """Health checks run on idle connections."""
     leaked: int
     """Connections reclaimed from a task that ended without returning them."""
     down: bool
