@@ -165,13 +165,17 @@ class _CallTimers:
             self.scope = trio.CancelScope()
             now = trio.current_time()
             wake_at = math.inf
-            for timeout, queue in self.queues.items():
+            for timeout, queue in list(self.queues.items()):
                 while queue:
                     from_, deadline = next(iter(queue.items()))
                     if deadline > now:
                         wake_at = min(wake_at, deadline)
                         break
                     from_._fail(CallTimeout(from_._target, from_.request, timeout))
+                if not queue:
+                    # Computed timeouts (a remaining deadline) are all distinct:
+                    # keeping their emptied queues would grow this dict forever.
+                    del self.queues[timeout]
             self.wake_at = wake_at
             self.scope.deadline = wake_at
 

@@ -182,6 +182,22 @@ async def test_many_call_timeouts_fire_at_their_own_deadlines(
         await otpy.stop(ref)
 
 
+@pytest.mark.trio
+async def test_call_timers_forget_timeouts_no_longer_in_use(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from otpy.gen_server import _TIMERS
+
+    async with trio.open_nursery() as nursery:
+        ref = await otpy.start(nursery, Counter())
+        # Computed timeouts (a remaining deadline) are all different.
+        for i in range(100):
+            assert await otpy.call(ref, "get", timeout=1 + i / 1000) == 0
+        await trio.sleep(3)
+        assert _TIMERS.get().queues == {}
+        await otpy.stop(ref)
+
+
 async def test_outer_cancellation_of_call_is_not_a_timeout() -> None:
     async with trio.open_nursery() as nursery:
         ref = await otpy.start(nursery, Counter())
