@@ -130,22 +130,22 @@ class ConnectionWorker(GenServer):
         kwargs = core.database.connect_kwargs(autocommit=True)
         attempt = 0
         while True:
+            attempt += 1  # Backoff counts from 1
             try:
                 return await TrioConnection.connect(**kwargs)
             except (psycopg.Error, OSError) as exc:
                 message = " ".join(str(exc).split()) or type(exc).__name__
                 core.connect_failed(self.slot, message)
-                delay = backoff.delay(attempt + 1)  # Backoff counts from 1
+                delay = backoff.delay(attempt)
                 logger.warning(
                     "pool %r: cannot connect to %s (attempt %d, retrying in %.2f s): %s",
                     core.name,
                     core.database.describe(),
-                    attempt + 1,
+                    attempt,
                     delay,
                     message,
                     extra={"event": "pool_connect_failed", "pool": core.name},
                 )
-                attempt += 1
                 if self.ephemeral and not core.waiters:
                     return None
                 await trio.sleep(delay)
