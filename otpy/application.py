@@ -40,7 +40,7 @@ from otpy.errors import (
     OtpyError,
 )
 from otpy.gen_server import GenServer, start
-from otpy.registry import Registry, use_registry
+from otpy.registry import Registry, current_registry, use_registry
 
 __all__ = [
     "Application",
@@ -247,8 +247,6 @@ async def start_application(
     with contextlib.ExitStack() as stack:
         if registry is not None:
             stack.enter_context(use_registry(registry))
-        from otpy.registry import current_registry
-
         system = System(current_registry())
         token = _SYSTEM.set(system)
         try:
@@ -258,6 +256,8 @@ async def start_application(
                         await _start_one(system, nursery, a, overrides.get(a.name, {}))
                     with trio.CancelScope() as body_scope:
                         system._body_scope = body_scope
+                        if system.failure is not None:  # a root failed while others started
+                            body_scope.cancel()
                         yield system
                 finally:
                     system._body_scope = None

@@ -133,6 +133,33 @@ async def test_root_supervisor_giving_up_fails_the_system(
     assert "application_failed" in events
 
 
+async def test_root_failing_while_a_later_app_starts_cancels_the_block(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    journal = Journal()
+    base = make_app("base", journal)
+
+    class KillsBase(otpy.GenServer):
+        async def init(self) -> None:
+            base_root = otpy.whereis("base_sup")
+            assert base_root is not None
+            base_root.kill()
+            await base_root.wait()
+            await trio.testing.wait_all_tasks_blocked()  # the system has seen the failure
+
+    top = otpy.Application(name="top", start=lambda env: KillsBase(), dependencies=(base,))
+    cancelled = False
+    with trio.fail_after(60), pytest.raises(ApplicationFailed) as info:
+        async with otpy.start_application(top):
+            try:
+                await trio.sleep_forever()
+            except trio.Cancelled:
+                cancelled = True
+                raise
+    assert cancelled
+    assert info.value.app == "base"
+
+
 async def test_user_exception_in_block_is_not_wrapped() -> None:
     journal = Journal()
     with pytest.raises(KeyError):
