@@ -360,7 +360,7 @@ async def wait_ready(
         await core.wait_for(ready)
     current = core.stats()
     if core.closed:
-        raise PoolClosed(f"pool {core.name!r} stopped", core.name)
+        raise core._closed_error()
     if core.down:
         raise core._unavailable_error()
     if opened() < wanted:

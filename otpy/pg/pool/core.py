@@ -362,7 +362,7 @@ class PoolCore:
 
     def _refuse(self) -> None:
         if self.closed:
-            raise PoolClosed(f"pool {self.name!r} is stopped", self.name)
+            raise self._closed_error()
         if self.down and self.connecting:
             self.unavailable += 1
             raise self._unavailable_error()
@@ -377,6 +377,9 @@ class PoolCore:
                 len(self.waiters),
                 max_waiting,
             )
+
+    def _closed_error(self) -> PoolClosed:
+        return PoolClosed(f"pool {self.name!r} is stopped", self.name)
 
     def _unavailable_error(self) -> PoolUnavailable:
         error = self.last_error or "unknown error"
@@ -447,7 +450,7 @@ class PoolCore:
     def add_slot(self, worker: SlotOwner, ephemeral: bool) -> Slot:
         """Register a new worker's slot (CONNECTING)."""
         if self.closed:
-            raise PoolClosed(f"pool {self.name!r} is stopped", self.name)
+            raise self._closed_error()
         slot = Slot(worker, ephemeral)
         self.slots.add(slot)
         self.connecting += 1
@@ -571,10 +574,7 @@ class PoolCore:
         waiters = list(self.waiters)
         self.waiters.clear()
         for waiter in waiters:
-            trio.lowlevel.reschedule(
-                waiter.task,
-                outcome.Error(PoolClosed(f"pool {self.name!r} stopped", self.name)),
-            )
+            trio.lowlevel.reschedule(waiter.task, outcome.Error(self._closed_error()))
         self._notify()
 
     # -- observation --------------------------------------------------------------
