@@ -322,13 +322,19 @@ class Ref:
         """Record the exit and tell everyone who needs to know; called once, never awaits."""
         if not self.alive:
             return
+        # Release the names while still alive: a registry's whereis only reports
+        # live actors.  Unregistering prunes ``_names``; the dead ref keeps them
+        # for its repr in exit reports.
+        names = self._names
+        self._names = list(names)
+        for registry, name in names:
+            if registry.whereis(name) is self:
+                registry.unregister(name)
+        self._names = names
         self.alive = False
         self.exit_reason = reason
         self._waiter = None
         self._queue.clear()
-        for registry, name in self._names:
-            if registry.whereis(name) is self:
-                registry.unregister(name)
         for mon in list(self._watching):
             mon.active = False
             mon.target._monitors.pop(mon, None)

@@ -238,6 +238,27 @@ async def test_via_custom_registry_is_released_on_exit() -> None:
     assert registry.names == {}
 
 
+class LiveOnlyRegistry(DictRegistry):
+    """A registry that follows the protocol to the letter: whereis reports live actors only."""
+
+    def whereis(self, name: Any) -> otpy.Ref | None:
+        ref = self.names.get(name)
+        return ref if ref is not None and ref.alive else None
+
+
+async def test_exit_removes_the_binding_not_just_hides_it() -> None:
+    custom = LiveOnlyRegistry()
+    mine = otpy.Registry("mine")
+    async with trio.open_nursery() as nursery:
+        ref = await otpy.start(nursery, Watcher(), name=otpy.Via(custom, "a"))
+        otpy.register(otpy.Via(mine, "b"), ref)
+        assert repr(mine) == "<Registry mine (1 names)>"
+        await otpy.stop(ref)
+    assert custom.names == {}
+    assert repr(mine) == "<Registry mine (0 names)>"
+    assert ref.name == "a"  # a dead ref keeps its name for reports
+
+
 def test_each_trio_run_has_its_own_default_registry() -> None:
     async def claim() -> otpy.Ref:
         async with trio.open_nursery() as nursery:
