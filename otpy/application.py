@@ -134,6 +134,12 @@ class System:
 
     Gives access to each application's root supervisor and environment, and
     lets any task ask for an orderly stop (what SIGTERM does under :func:`run`).
+
+    Attributes: ``registry`` (where plain names resolve), ``running`` (the
+    started applications and their root refs, in start order), ``envs`` (merged
+    environment per application name), ``stop_requested`` (set by :meth:`stop`),
+    ``stop_reason`` (the first reason given to :meth:`stop`) and ``failure``
+    (the :class:`~otpy.errors.ApplicationFailed` of a root that failed, if any).
     """
 
     def __init__(self, registry: Registry) -> None:

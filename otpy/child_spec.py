@@ -58,7 +58,9 @@ class ChildType(enum.Enum):
     """Whether a child is a worker or a supervisor (decides the default shutdown)."""
 
     WORKER = "worker"
+    """A server doing work; its shutdown defaults to 5 s."""
     SUPERVISOR = "supervisor"
+    """A supervisor; its shutdown defaults to :data:`INFINITY` so its children can stop."""
 
 
 PERMANENT = Restart.PERMANENT
