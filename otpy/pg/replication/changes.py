@@ -152,7 +152,7 @@ def _fill_toast(new: dict[str, Any], old: dict[str, Any] | None) -> dict[str, An
     for name, value in new.items():
         if value is UNCHANGED_TOAST:
             previous = old.get(name, UNCHANGED_TOAST)
-            if previous is not UNCHANGED_TOAST and name in old:
+            if previous is not UNCHANGED_TOAST:
                 new[name] = previous
     return new
 
@@ -289,14 +289,24 @@ class TransactionAssembler:
             return []
         txn = self._txn
         if txn is None:  # a change outside Begin/Commit: cannot happen with pgoutput
-            txn = self._txn = _Txn(None, LSN(0), None)
+            txn = self._txn = _Txn(None, _ZERO, None)
         txn.changes.append(change)
         limit = self.max_batch_size
         if limit is not None and len(txn.changes) >= limit:
             changes = txn.changes
             txn.changes = []
-            return [self._batch(txn, changes, final=False, end_lsn=LSN(0))]
+            return [self._batch(txn, changes, final=False, end_lsn=_ZERO)]
         return []
+
+    def _context(self, xid: int | None) -> tuple[LSN, int | None, datetime | None]:
+        """(commit LSN, xid, commit time) of a change; ``xid`` is the message's own (streamed only).
+
+        Streamed changes get their commit information at Stream Commit.
+        """
+        txn = self._txn
+        if txn is None or self._stream_xid is not None:
+            return _ZERO, xid, None
+        return txn.commit_lsn, txn.xid if xid is None else xid, txn.commit_time
 
     def _batch(self, txn: _Txn, changes: list[Change], *, final: bool, end_lsn: LSN) -> ChangeBatch:
         batch = ChangeBatch(
@@ -314,11 +324,7 @@ class TransactionAssembler:
     def _row(self, lsn: LSN, msg: Insert | Update | Delete) -> list[ChangeBatch]:
         decoder = self.decoder
         relation = decoder.relation(msg.relation_oid)
-        txn = self._txn
-        streamed = self._stream_xid is not None
-        commit_lsn = txn.commit_lsn if txn is not None and not streamed else LSN(0)
-        commit_time = txn.commit_time if txn is not None and not streamed else None
-        xid = msg.xid if streamed else (txn.xid if txn is not None else None)
+        commit_lsn, xid, commit_time = self._context(msg.xid)
         if type(msg) is Insert:
             data = decoder.decode(msg.relation_oid, msg.new)
             op, old = "insert", None
@@ -354,7 +360,7 @@ class TransactionAssembler:
 
     def _truncate(self, lsn: LSN, msg: Truncate) -> list[ChangeBatch]:
         out: list[ChangeBatch] = []
-        txn = self._txn
+        commit_lsn, xid, commit_time = self._context(msg.xid)
         detail = {"cascade": msg.cascade, "restart_identity": msg.restart_identity}
         for oid in msg.relation_oids:
             relation = self.decoder.relation(oid)
@@ -365,9 +371,9 @@ class TransactionAssembler:
                 None,
                 relation.namespace or "pg_catalog",
                 lsn,
-                txn.commit_lsn if txn is not None else LSN(0),
-                msg.xid if msg.xid is not None else (txn.xid if txn is not None else None),
-                txn.commit_time if txn is not None else None,
+                commit_lsn,
+                xid,
+                commit_time,
                 detail,
             )
             out += self._add(change, msg.xid)
@@ -389,7 +395,7 @@ class TransactionAssembler:
                     commit_time=None,
                 )
             ]
-        txn = self._txn
+        commit_lsn, xid, commit_time = self._context(msg.xid)
         change = Change(
             msg.prefix,
             "message",
@@ -397,9 +403,9 @@ class TransactionAssembler:
             None,
             "",
             msg.lsn,
-            txn.commit_lsn if txn is not None else LSN(0),
-            msg.xid if msg.xid is not None else (txn.xid if txn is not None else None),
-            txn.commit_time if txn is not None else None,
+            commit_lsn,
+            xid,
+            commit_time,
             detail,
         )
         return self._add(change, msg.xid)
@@ -416,7 +422,5 @@ class TransactionAssembler:
         for start in range(0, max(len(changes), 1), limit):
             part = changes[start : start + limit]
             final = start + limit >= len(changes)
-            out.append(
-                self._batch(txn, part, final=final, end_lsn=msg.end_lsn if final else LSN(0))
-            )
+            out.append(self._batch(txn, part, final=final, end_lsn=msg.end_lsn if final else _ZERO))
         return out
