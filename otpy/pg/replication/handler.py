@@ -21,7 +21,9 @@ class ReplicationHandler:
     ``handle_replication_data`` is awaited once per transaction (or per chunk of
     a transaction larger than ``max_batch_size``, see
     :class:`~otpy.pg.replication.changes.ChangeBatch`), one call at a time, in
-    commit order.  *Returning* is the acknowledgement: only then may PostgreSQL
+    commit order; a transaction with no change to deliver (e.g. all its
+    streamed subtransactions aborted) is acknowledged without a call.
+    *Returning* is the acknowledgement: only then may PostgreSQL
     forget the transaction.  *Raising* (any exception) acknowledges nothing:
     the reader stops, calls ``handle_replication_stop``, is restarted by its
     supervisor with backoff and, on a persistent slot, the same transaction is
