@@ -211,24 +211,23 @@ class TransactionAssembler:
                 names = self._names.get(oid)
                 if names is None:
                     names = self._relation_names(oid)
-                changes = txn.changes
-                changes.append(
-                    Change(
-                        names[0],
-                        "insert",
-                        self.decoder.decode(oid, msg.new),
-                        None,
-                        names[1],
-                        lsn,
-                        txn.commit_lsn,
-                        txn.xid,
-                        txn.commit_time,
-                    )
+                change = Change(
+                    names[0],
+                    "insert",
+                    self.decoder.decode(oid, msg.new),
+                    None,
+                    names[1],
+                    lsn,
+                    txn.commit_lsn,
+                    txn.xid,
+                    txn.commit_time,
                 )
+                changes = txn.changes
                 limit = self.max_batch_size
                 if limit is not None and len(changes) >= limit:
-                    txn.changes = []
+                    txn.changes = [change]
                     return [self._batch(txn, changes, final=False, end_lsn=_ZERO)]
+                changes.append(change)
                 return _NOTHING
         if kind is Insert or kind is Update or kind is Delete:
             return self._row(lsn, msg)  # type: ignore[arg-type]
@@ -290,12 +289,15 @@ class TransactionAssembler:
         txn = self._txn
         if txn is None:  # a change outside Begin/Commit: cannot happen with pgoutput
             txn = self._txn = _Txn(None, _ZERO, None)
-        txn.changes.append(change)
+        # A full chunk goes out only when one more change arrives, so that the
+        # final batch (at Commit) is never empty and a transaction of exactly
+        # max_batch_size changes arrives whole.
+        changes = txn.changes
         limit = self.max_batch_size
-        if limit is not None and len(txn.changes) >= limit:
-            changes = txn.changes
-            txn.changes = []
+        if limit is not None and len(changes) >= limit:
+            txn.changes = [change]
             return [self._batch(txn, changes, final=False, end_lsn=_ZERO)]
+        changes.append(change)
         return []
 
     def _context(self, xid: int | None) -> tuple[LSN, int | None, datetime | None]:
