@@ -10,14 +10,13 @@ from __future__ import annotations
 import random
 from typing import Any
 
-import psycopg
 import pytest
 import trio
 from wr_helpers import (
     Recorder,
     check_delivery,
-    create_publication,
     execute,
+    published_table,
     query,
     run_workload,
     unique,
@@ -32,10 +31,7 @@ FAST = {"initial": 0.02, "maximum": 0.2}
 
 @pytest.fixture(scope="module")
 def ev(module_dsn: str) -> str:
-    with psycopg.connect(module_dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE ev (id bigserial PRIMARY KEY, v int)")
-    create_publication(module_dsn, "ev_pub", ["ev"])
-    return "ev_pub"
+    return published_table(module_dsn, "ev", "id bigserial PRIMARY KEY, v int")
 
 
 @pytest.mark.parametrize("seed", [1, 2])

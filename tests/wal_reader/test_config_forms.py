@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
-from wr_helpers import Recorder, create_publication, execute, unique
+from wr_helpers import Recorder, execute, published_table, unique
 
 from otpy import Application, Backoff, count_children, start_application
 from otpy.pg import wal_reader
@@ -65,10 +64,7 @@ def test_db_opts_forms() -> None:
 
 @pytest.fixture(scope="module")
 def cf_pub(module_dsn: str) -> str:
-    with psycopg.connect(module_dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE cf (id int PRIMARY KEY)")
-    create_publication(module_dsn, "cf_pub", ["cf"])
-    return "cf_pub"
+    return published_table(module_dsn, "cf", "id int PRIMARY KEY")
 
 
 async def test_subscribe_a_configured_database_under_an_application(

@@ -8,13 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psycopg
 import pytest
 import trio
 from wr_helpers import (
     check_delivery,
-    create_publication,
     drop_slot_when_free,
+    published_table,
     query,
     run_workload,
     unique,
@@ -25,10 +24,7 @@ SCRIPT = Path(__file__).with_name("reader_proc.py")
 
 @pytest.fixture(scope="module")
 def pk(module_dsn: str) -> str:
-    with psycopg.connect(module_dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE pk (id bigserial PRIMARY KEY, v int)")
-    create_publication(module_dsn, "pk_pub", ["pk"])
-    return "pk_pub"
+    return published_table(module_dsn, "pk", "id bigserial PRIMARY KEY, v int")
 
 
 class ReaderProcess:

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import random
 
-import psycopg
 import pytest
 import trio
 from wr_helpers import (
     Recorder,
     check_delivery,
-    create_publication,
     execute,
+    published_table,
     query,
     run_workload,
     unique,
@@ -27,10 +26,7 @@ from otpy.testing import PostgresServer
 
 @pytest.fixture(scope="module")
 def rs(module_dsn: str) -> str:
-    with psycopg.connect(module_dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE rs (id bigserial PRIMARY KEY, v int)")
-    create_publication(module_dsn, "rs_pub", ["rs"])
-    return "rs_pub"
+    return published_table(module_dsn, "rs", "id bigserial PRIMARY KEY, v int")
 
 
 async def test_server_restarts_lose_nothing(

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
-from wr_helpers import Recorder, create_publication, execute, query, unique
+from wr_helpers import Recorder, execute, published_table, query, unique
 
 from otpy import Ref
 from otpy.pg import wal_reader
@@ -13,10 +12,7 @@ from otpy.pg import wal_reader
 
 @pytest.fixture(scope="module")
 def st(module_dsn: str) -> str:
-    with psycopg.connect(module_dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE st (id int PRIMARY KEY, pad text)")
-    create_publication(module_dsn, "st_pub", ["st"])
-    return "st_pub"
+    return published_table(module_dsn, "st", "id int PRIMARY KEY, pad text")
 
 
 async def test_streamed_transactions(module_dsn: str, st: str, readers: Ref) -> None:

@@ -98,6 +98,16 @@ def create_publication(dsn: str, name: str, tables: list[str] | None = None) -> 
         conn.execute(sql.SQL("CREATE PUBLICATION {} {}").format(sql.Identifier(name), target))
 
 
+def published_table(dsn: str, table: str, columns: str) -> str:
+    """CREATE TABLE ``table`` (``columns``) and publication ``<table>_pub``; return its name."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(table), sql.SQL(columns))
+        )
+    create_publication(dsn, f"{table}_pub", [table])
+    return f"{table}_pub"
+
+
 def drop_slot(dsn: str, slot: str) -> None:
     """Drop a (persistent) slot if it exists."""
     with psycopg.connect(dsn, autocommit=True) as conn:
