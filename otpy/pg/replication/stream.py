@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import struct
 import weakref
 from typing import Any
 
@@ -51,7 +50,7 @@ from .changes import ChangeBatch, TransactionAssembler
 from .lsn import LSN
 from .options import ReaderOptions
 from .pgoutput import Delete, Insert, PgOutputDecoder, Relation, Type, Update, decode_message
-from .protocol import decode_copy_data, encode_standby_status
+from .protocol import _XLOG, decode_copy_data, encode_standby_status
 from .reader_errors import SlotInUse, StreamEnded
 from .slots import check_publications, ensure_slot, slot_in_use_error, start_replication_command
 from .typefetch import afetch_missing_types
@@ -66,8 +65,8 @@ _OWN_WALSENDERS: weakref.WeakValueDictionary[int, ReplicationConnection] = (
 
 logger = logging.getLogger("otpy.pg.wal_reader")
 
-_XLOG_HEADER = struct.Struct(">QQq")
-_XLOG_SIZE = 1 + _XLOG_HEADER.size
+#: Where the pgoutput payload starts in an XLogData message (after its header).
+_XLOG_SIZE = 1 + _XLOG.size
 _ROW_MESSAGES = (Insert, Update, Delete)
 #: Messages taken from libpq's buffer between two scheduler passes.
 _BURST = 128
@@ -215,7 +214,7 @@ class ReplicationSession:
         # Stream Start/Stop only exist with streaming on; without it the stateless
         # decoder is the same and saves a call per message.
         decode = PgOutputDecoder().decode if self.options.streaming else decode_message
-        unpack = _XLOG_HEADER.unpack_from
+        unpack = _XLOG.unpack_from
         feed = assembler.feed
         make_lsn = _new_lsn
         get_copy_data = conn.pgconn.get_copy_data
@@ -263,7 +262,7 @@ class ReplicationSession:
                     self.pending += 1
                     await out.send(batch)
             else:
-                keepalive = decode_copy_data(bytes(data))
+                keepalive = decode_copy_data(data)
                 if assembler.idle and self.pending == 0 and keepalive.end > self.acked:
                     # Nothing in flight: everything before `end` was delivered and acked.
                     self.acked = keepalive.end
