@@ -326,29 +326,24 @@ class WalReader(GenServer):
 
     async def _standby(self) -> None:
         backoff = self.subscription.options.restart_backoff
-        attempt = 0
-        taken = False
         self._stream_started = True  # terminate must wait for this task too
         try:
             with trio.CancelScope() as scope:  # cancelled by terminate
                 self._scope = scope
-                while True:
-                    attempt += 1
+                for attempt in itertools.count(1):
                     await trio.sleep(backoff.delay(attempt))
                     try:
                         await self.session.start()
+                        break
                     except SlotInUse:
-                        continue
-                    taken = True
-                    break
-        except trio.Cancelled:
-            if not self._stopping:
+                        pass
+        except BaseException as exc:
+            if isinstance(exc, trio.Cancelled) and not self._stopping:
                 self.session.abort()  # killed: no terminate will close the sockets
+            self._stream_done.set()
             raise
-        finally:
-            if not taken or self._stopping:
-                self._stream_done.set()
-        if not taken or self._stopping:
+        if scope.cancelled_caught or self._stopping:  # terminate stopped the wait
+            self._stream_done.set()
             return
         self.standby = False
         logger.info(
