@@ -58,11 +58,7 @@ from otpy.gen_server import GenServer
 from otpy.pg.config import ConnectorConfig, DatabaseConfig
 from otpy.pg.errors import ConfigError
 from otpy.pg.replication.changes import Change, ChangeBatch
-from otpy.pg.replication.handler import ReplicationHandler
-from otpy.pg.replication.lsn import LSN
-from otpy.pg.replication.options import ReaderOptions
-from otpy.pg.replication.pgoutput import UNCHANGED_TOAST
-from otpy.pg.replication.reader_errors import (
+from otpy.pg.replication.errors import (
     AlreadySubscribed,
     InvalidName,
     InvalidOptions,
@@ -72,6 +68,10 @@ from otpy.pg.replication.reader_errors import (
     SlotMismatch,
     StreamEnded,
 )
+from otpy.pg.replication.handler import ReplicationHandler
+from otpy.pg.replication.lsn import LSN
+from otpy.pg.replication.options import ReaderOptions
+from otpy.pg.replication.pgoutput import UNCHANGED_TOAST
 from otpy.pg.replication.slots import validate_publication_name, validate_slot_name
 from otpy.pg.replication.stream import ReplicationSession
 from otpy.registry import Registry, Via, whereis

@@ -10,7 +10,7 @@ The modules here do no I/O, so they can be fuzzed, benchmarked and reused:
   and the session's registry of user types (:mod:`.typefetch` fills it).
 """
 
-from .errors import DecodeError
+from .errors import DecodeError, RelationMismatchError, UnknownRelationError, ValueDecodingError
 from .loaders import JSON_NULL, JsonNull
 from .lsn import LSN
 from .pgoutput import (
@@ -53,12 +53,7 @@ from .protocol import (
 )
 from .timestamps import datetime_to_pg_timestamp, now_pg_timestamp, pg_timestamp_to_datetime
 from .typefetch import afetch_missing_types, fetch_missing_types
-from .values import (
-    RelationMismatchError,
-    UnknownRelationError,
-    ValueDecoder,
-    ValueDecodingError,
-)
+from .values import ValueDecoder
 
 __all__ = [
     "JSON_NULL",

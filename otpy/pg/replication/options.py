@@ -16,7 +16,7 @@ import attrs
 
 from otpy.child_spec import Backoff
 
-from .reader_errors import InvalidOptions
+from .errors import InvalidOptions
 
 __all__ = ["SLOT_TYPES", "ReaderOptions"]
 

@@ -24,8 +24,8 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
+from .errors import InvalidName, PublicationMissing, SlotInUse, SlotMismatch
 from .lsn import LSN
-from .reader_errors import InvalidName, PublicationMissing, SlotInUse, SlotMismatch
 
 __all__ = [
     "MAX_NAME_BYTES",

@@ -47,11 +47,11 @@ from otpy.pg.connection import (
 from otpy.pg.errors import ConnectionClosedError
 
 from .changes import ChangeBatch, TransactionAssembler
+from .errors import SlotInUse, StreamEnded
 from .lsn import LSN
 from .options import ReaderOptions
 from .pgoutput import Delete, Insert, PgOutputDecoder, Relation, Type, Update, decode_message
 from .protocol import _XLOG, decode_copy_data, encode_standby_status
-from .reader_errors import SlotInUse, StreamEnded
 from .slots import check_publications, ensure_slot, slot_in_use_error, start_replication_command
 from .typefetch import afetch_missing_types
 from .values import ValueDecoder

@@ -37,6 +37,7 @@ from psycopg.types.hstore import register_hstore
 from psycopg.types.multirange import MultirangeInfo, register_multirange
 from psycopg.types.range import RangeInfo, register_range
 
+from .errors import RelationMismatchError, UnknownRelationError, ValueDecodingError
 from .loaders import JSON_NULL, install_loaders
 from .pgoutput import UNCHANGED_TOAST, Relation, TupleData, Type
 
@@ -56,22 +57,6 @@ logger = logging.getLogger(__name__)
 FIRST_NORMAL_OID = 16384
 
 _Load = Callable[[Any], Any]
-
-
-class ValueDecodingError(Exception):
-    """Base class of the errors :class:`ValueDecoder` raises (never for a bad value)."""
-
-
-class UnknownRelationError(ValueDecodingError, LookupError):
-    """A row refers to a relation OID no Relation message has described.
-
-    pgoutput always sends Relation before the first change of a table in a
-    session, so this means messages were skipped or the decoder was reset.
-    """
-
-
-class RelationMismatchError(ValueDecodingError):
-    """A tuple has a different number of columns than its Relation announced."""
 
 
 class _Context:
