@@ -19,50 +19,14 @@ import psycopg
 
 from otpy.cli.render import format_table, human_bytes
 from otpy.pg.connection import TrioConnection
-from otpy.pg.replication.slots import validate_slot_name
+from otpy.pg.replication.lsn import LSN
+from otpy.pg.replication.slots import SlotInfo, list_slots, validate_slot_name
 
-__all__ = ["SlotCommandError", "SlotRow", "drop_slot", "list_slots", "print_slots", "run_slots"]
+__all__ = ["SlotCommandError", "drop_slot", "print_slots", "run_slots"]
 
 
 class SlotCommandError(Exception):
     """``otpy slots --drop`` could not (or was told not to) drop the slot."""
-
-
-_QUERY = """
-SELECT slot_name, plugin, slot_type, database, temporary, active, active_pid,
-       confirmed_flush_lsn::text, restart_lsn::text,
-       pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint,
-       pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,
-       wal_status
-FROM pg_replication_slots
-ORDER BY slot_name
-"""
-
-
-@attrs.frozen
-class SlotRow:
-    """One row of ``otpy slots`` (``pg_replication_slots`` plus computed WAL figures)."""
-
-    slot_name: str
-    plugin: str | None
-    slot_type: str
-    database: str | None
-    temporary: bool
-    active: bool
-    active_pid: int | None
-    confirmed_flush_lsn: str | None
-    restart_lsn: str | None
-    retained_bytes: int | None
-    """WAL the server keeps for this slot (current WAL position - ``restart_lsn``)."""
-    lag_bytes: int | None
-    """How far the acknowledged position is behind the current WAL position."""
-    wal_status: str | None
-
-
-async def list_slots(conn: TrioConnection[Any]) -> list[SlotRow]:
-    """Every replication slot of the server, with retained WAL and lag in bytes."""
-    cur = await conn.execute(_QUERY)
-    return [SlotRow(*row) for row in await cur.fetchall()]
 
 
 async def drop_slot(conn: TrioConnection[Any], name: str) -> None:
@@ -75,23 +39,28 @@ async def drop_slot(conn: TrioConnection[Any], name: str) -> None:
     await conn.execute("SELECT pg_drop_replication_slot(%s)", (validate_slot_name(name),))
 
 
-def print_slots(rows: list[SlotRow], *, as_json: bool, out: TextIO) -> None:
+def _lsn_text(value: object) -> object:
+    return str(value) if isinstance(value, LSN) else value
+
+
+def print_slots(rows: list[SlotInfo], *, as_json: bool, out: TextIO) -> None:
     """Print ``rows`` as an aligned table, or as JSON lines with ``as_json``."""
     if as_json:
         for row in rows:
-            print(json.dumps(attrs.asdict(row)), file=out)
+            fields = attrs.asdict(row, value_serializer=lambda _, __, v: _lsn_text(v))
+            print(json.dumps(fields), file=out)
         return
     if not rows:
         print("no replication slots", file=out)
         return
     table = [
         (
-            r.slot_name,
+            r.name,
             r.plugin or r.slot_type,
             r.database,
             "temporary" if r.temporary else "persistent",
             r.active_pid if r.active else "inactive",
-            r.confirmed_flush_lsn,
+            r.confirmed_flush,
             human_bytes(r.retained_bytes),
             human_bytes(r.lag_bytes),
         )
@@ -121,7 +90,7 @@ async def run_slots(
         if drop is None:
             print_slots(await list_slots(conn), as_json=as_json, out=out)
             return
-        rows = {r.slot_name: r for r in await list_slots(conn)}
+        rows = {r.name: r for r in await list_slots(conn)}
         row = rows.get(drop)
         if row is None:
             known = ", ".join(rows) or "none"

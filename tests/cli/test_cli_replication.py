@@ -113,11 +113,12 @@ def test_slots_lists_retained_wal_and_lag(
     (info,) = [
         json.loads(line)
         for line in capsys.readouterr().out.splitlines()
-        if json.loads(line)["slot_name"] == slot
+        if json.loads(line)["name"] == slot
     ]
     # The slot holds back the WAL of the insert above: retained and lag are real byte counts.
     assert info["retained_bytes"] > 0 and info["lag_bytes"] > 0
     assert info["active"] is False and info["plugin"] == "pgoutput"
+    assert "/" in info["confirmed_flush"] and "/" in info["restart_lsn"]  # LSNs as X/Y text
 
 
 async def test_slots_drop_asks_first(tail_dsn: str, slot: str) -> None:

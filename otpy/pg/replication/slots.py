@@ -32,6 +32,7 @@ __all__ = [
     "SlotInfo",
     "check_publications",
     "ensure_slot",
+    "list_slots",
     "lookup_slot",
     "quote_ident",
     "quote_literal",
@@ -111,7 +112,11 @@ def start_replication_command(
 
 @attrs.frozen
 class SlotInfo:
-    """A row of ``pg_replication_slots`` (the fields the reader needs)."""
+    """A row of ``pg_replication_slots``, with the WAL it holds back.
+
+    The reader needs who holds the slot and where it was acknowledged;
+    operators (``otpy slots``) also need how much WAL the slot retains.
+    """
 
     name: str
     plugin: str | None
@@ -121,19 +126,30 @@ class SlotInfo:
     active: bool
     active_pid: int | None
     confirmed_flush: LSN | None
+    """Where the slot was acknowledged up to (None for a physical slot)."""
+    restart_lsn: LSN | None = None
+    """The oldest WAL the slot still needs."""
+    retained_bytes: int | None = None
+    """WAL the server keeps for this slot: current WAL position - ``restart_lsn``."""
+    lag_bytes: int | None = None
+    """How far ``confirmed_flush`` is behind the current WAL position."""
+    wal_status: str | None = None
+    """PostgreSQL's ``wal_status`` (``reserved``, ``extended``, ``unreserved``, ``lost``)."""
 
 
-async def lookup_slot(conn: psycopg.AsyncConnection[Any], slot: str) -> SlotInfo | None:
-    """Read the slot's row from ``pg_replication_slots``; None if there is no such slot."""
-    cur = await conn.execute(
-        "SELECT slot_name, plugin, slot_type, database, temporary, active, active_pid, "
-        "confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots WHERE slot_name = %s",
-        [slot],
-    )
-    row = await cur.fetchone()
-    if row is None:
-        return None
-    name, plugin, slot_type, database, temporary, active, pid, flush = row
+_SLOTS_QUERY = """
+SELECT slot_name, plugin, slot_type, database, temporary, active, active_pid,
+       confirmed_flush_lsn::text, restart_lsn::text,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,
+       wal_status
+FROM pg_catalog.pg_replication_slots
+"""
+
+
+def _slot_info(row: Any) -> SlotInfo:
+    name, plugin, slot_type, database, temporary, active, pid, flush, restart, *rest = row
+    retained, lag, wal_status = rest
     return SlotInfo(
         name=name,
         plugin=plugin,
@@ -143,7 +159,24 @@ async def lookup_slot(conn: psycopg.AsyncConnection[Any], slot: str) -> SlotInfo
         active=bool(active),
         active_pid=pid,
         confirmed_flush=LSN.parse(flush) if flush else None,
+        restart_lsn=LSN.parse(restart) if restart else None,
+        retained_bytes=retained,
+        lag_bytes=lag,
+        wal_status=wal_status,
     )
+
+
+async def lookup_slot(conn: psycopg.AsyncConnection[Any], slot: str) -> SlotInfo | None:
+    """Read the slot's row from ``pg_replication_slots``; None if there is no such slot."""
+    cur = await conn.execute(_SLOTS_QUERY + "WHERE slot_name = %s", [slot])
+    row = await cur.fetchone()
+    return None if row is None else _slot_info(row)
+
+
+async def list_slots(conn: psycopg.AsyncConnection[Any]) -> list[SlotInfo]:
+    """Every replication slot of the server, by name."""
+    cur = await conn.execute(_SLOTS_QUERY + "ORDER BY slot_name")
+    return [_slot_info(row) for row in await cur.fetchall()]
 
 
 def slot_in_use_error(slot: str, error: BaseException | None = None) -> SlotInUse:
