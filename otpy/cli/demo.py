@@ -121,8 +121,8 @@ def _config(dsn: str) -> ConnectorConfig:
     return ConnectorConfig(databases={"demo_db": database}, pools={POOL: demo_pool})
 
 
-def _workload(rng: random.Random) -> Iterator[tuple[str, list[tuple[str, tuple[Any, ...]]]]]:
-    """Endless (description, statements) pairs; each statement changes exactly one row."""
+def _workload(rng: random.Random) -> Iterator[list[tuple[str, tuple[Any, ...]]]]:
+    """Endless transactions (lists of statements); each statement changes exactly one row."""
     order_ids: list[int] = []
     next_id = 1
     while True:
@@ -143,17 +143,14 @@ def _workload(rng: random.Random) -> Iterator[tuple[str, list[tuple[str, tuple[A
             ]
             order_ids.append(next_id)
             next_id += 1
-            yield "order + stock (one transaction)", statements
+            yield statements  # an order and its stock change, in one transaction
         elif roll < 0.85:
             status = rng.choice(("paid", "shipped", "delivered"))
             order = rng.choice(order_ids)
-            yield (
-                "update",
-                [(f"UPDATE {SCHEMA}.orders SET status = %s WHERE id = %s", (status, order))],
-            )
+            yield [(f"UPDATE {SCHEMA}.orders SET status = %s WHERE id = %s", (status, order))]
         else:
             order = order_ids.pop(rng.randrange(len(order_ids)))
-            yield "delete", [(f"DELETE FROM {SCHEMA}.orders WHERE id = %s", (order,))]
+            yield [(f"DELETE FROM {SCHEMA}.orders WHERE id = %s", (order,))]
 
 
 def _stats_line() -> str:
@@ -199,7 +196,7 @@ async def run_demo(
                         print(_stats_line(), file=out)
 
                 nursery.start_soon(show_stats)
-                for _description, statements in _workload(rng):
+                for statements in _workload(rng):
                     # Shielded, so that a stop lands between transactions and
                     # `committed` is exact: the final check compares it with
                     # what the handler received.

@@ -28,16 +28,14 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-import tomllib
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import attrs
 
 from otpy.application import Application, start_order
 from otpy.pg.app import APP_NAME, connector_application
-from otpy.pg.config import ConnectorConfig
+from otpy.pg.config import ConnectorConfig, read_toml
 from otpy.pg.errors import ConfigError
 
 __all__ = ["AppNotFound", "load_application", "load_run_config", "prepare"]
@@ -84,13 +82,7 @@ def load_run_config(path: str | os.PathLike[str]) -> tuple[ConnectorConfig, dict
     Raises:
         ConfigError: unreadable file, invalid TOML, or invalid content (naming the key).
     """
-    file = Path(path)
-    try:
-        data = tomllib.loads(file.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError("", f"cannot read configuration file {str(file)!r}: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("", f"{file} is not valid TOML: {exc}") from None
+    data = read_toml(path)
     envs = data.pop("env", {})
     if not isinstance(envs, Mapping) or not all(isinstance(v, Mapping) for v in envs.values()):
         raise ConfigError("env", "expected [env.APPNAME] tables")

@@ -59,6 +59,7 @@ __all__ = [
     "DatabaseConfig",
     "PoolConfig",
     "Secret",
+    "read_toml",
 ]
 
 #: The values libpq accepts for ``sslmode``.
@@ -298,12 +299,7 @@ class ConnectorConfig:
         Raises:
             ConfigError: the file cannot be read or parsed, or is invalid.
         """
-        file = Path(path)
-        try:
-            text = file.read_text(encoding="utf-8")
-        except OSError as ex:
-            raise ConfigError("", f"cannot read configuration file {str(file)!r}: {ex}") from None
-        return cls.from_toml_string(text, environ=environ, source=str(file))
+        return cls.from_mapping(read_toml(path), environ=environ)
 
     @classmethod
     def from_toml_string(
@@ -314,11 +310,31 @@ class ConnectorConfig:
         source: str = "<string>",
     ) -> ConnectorConfig:
         """Like :meth:`from_toml`, from TOML text (``source`` names it in errors)."""
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as ex:
-            raise ConfigError("", f"{source} is not valid TOML: {ex}") from None
-        return cls.from_mapping(data, environ=environ)
+        return cls.from_mapping(_parse_toml(text, source), environ=environ)
+
+
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and parse a TOML configuration file, without validating its content.
+
+    For files that hold more than the connector's tables (``otpy run`` also
+    reads ``[env.APP]`` tables from the same file).
+
+    Raises:
+        ConfigError: the file cannot be read or is not valid TOML.
+    """
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as ex:
+        raise ConfigError("", f"cannot read configuration file {str(file)!r}: {ex}") from None
+    return _parse_toml(text, str(file))
+
+
+def _parse_toml(text: str, source: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as ex:
+        raise ConfigError("", f"{source} is not valid TOML: {ex}") from None
 
 
 # --------------------------------------------------------------------------
