@@ -57,6 +57,7 @@ logger = logging.getLogger(__name__)
 FIRST_NORMAL_OID = 16384
 
 _Load = Callable[[Any], Any]
+_Row = Callable[[Sequence[Any]], dict[str, Any]]
 
 
 class _Context:
@@ -83,20 +84,42 @@ class _Context:
 
 @attrs.frozen(slots=True)
 class _Plan:
-    """Per-relation decoding plan: names, per-column load functions, whole-row loaders.
+    """Per-relation decoding plan: names, per-column load functions, whole-row decoders.
 
-    ``load_text``/``load_binary`` are psycopg ``Transformer.load_sequence``
-    bound to transformers set up for this relation's column types: they load
-    a whole row in one call (in C with psycopg's binary package), the fast
-    path for rows whose columns are all in one format (the common case).
+    ``row_text``/``row_binary`` decode a whole row whose columns are all in
+    one format (and NULLs), the common case, in one call: psycopg's
+    ``Transformer.load_sequence`` (in C with psycopg's binary package) set up
+    for this relation's column types, then a dict built by :func:`_row_builder`.
+    ``text``/``binary`` hold one load function per column for the other rows.
     """
 
     relation: Relation
     names: tuple[str, ...]
     text: tuple[_Load, ...]
     binary: tuple[_Load, ...]
-    load_text: Callable[[Sequence[Any]], tuple[Any, ...]]
-    load_binary: Callable[[Sequence[Any]], tuple[Any, ...]]
+    row_text: _Row
+    row_binary: _Row
+
+
+def _row_builder(names: tuple[str, ...], load: Callable[[Sequence[Any]], tuple[Any, ...]]) -> _Row:
+    """A function ``values -> {name: value}`` that loads ``values`` with ``load``.
+
+    Written out per relation, as attrs and dataclasses write their methods:
+    unpacking the loaded tuple into locals and building the dict with a
+    literal costs a third of ``dict(zip(names, load(values)))`` (0.15 against
+    0.33 us for 5 columns), on the path every replicated row takes.  The names
+    enter the source only as ``repr`` literals, so any column name is safe.
+    A tuple of the wrong length raises ValueError, like the zip would.
+    """
+    variables = [f"v{i}" for i in range(len(names))]
+    items = ", ".join(f"{name!r}: {var}" for name, var in zip(names, variables, strict=True))
+    source = (
+        f"def row(values):\n    [{', '.join(variables)}] = load(values)\n    return {{{items}}}\n"
+    )
+    namespace: dict[str, Any] = {"load": load}
+    exec(source, namespace)
+    row: _Row = namespace["row"]
+    return row
 
 
 class ValueDecoder:
@@ -284,13 +307,14 @@ class ValueDecoder:
         text_tx, binary_tx = Transformer(context), Transformer(context)
         text_tx.set_loader_types(oids, Format.TEXT)
         binary_tx.set_loader_types(oids, Format.BINARY)
+        names = tuple(c.name for c in relation.columns)
         plan = _Plan(
             relation,
-            tuple(c.name for c in relation.columns),
+            names,
             tuple(text),
             tuple(binary),
-            text_tx.load_sequence,
-            binary_tx.load_sequence,
+            _row_builder(names, text_tx.load_sequence),
+            _row_builder(names, binary_tx.load_sequence),
         )
         self._plans[oid] = plan
         return plan
@@ -334,76 +358,64 @@ class ValueDecoder:
             RelationMismatchError: the tuple's column count differs from the
                 Relation's (a protocol inconsistency, not a bad value).
         """
-        try:
-            plan = self._plans[relation_oid]
-        except KeyError:
-            plan = self._plan(relation_oid)
-        names = plan.names
-        values = data.values
+        plan = self._plans.get(relation_oid) or self._plan(relation_oid)
         kinds = data.kinds
         # Fast path: one format (and NULLs) only: load the whole row in one call.
-        if 117 not in kinds and len(values) == len(names):  # no unchanged TOAST
-            try:
+        # Anything unusual in it (a value a loader refuses, a column count that
+        # does not match) raises, and the row takes the column-by-column path.
+        try:
+            if 117 not in kinds:  # no unchanged TOAST
                 if 98 not in kinds:  # text and NULL only
-                    return dict(zip(names, plan.load_text(values), strict=False))
+                    return plan.row_text(data.values)
                 if 116 not in kinds:  # binary and NULL only
-                    return dict(zip(names, plan.load_binary(values), strict=False))
-            except Exception:
-                return self._decode_carefully(plan, data)
-        if len(names) != len(values):
+                    return plan.row_binary(data.values)
+        except Exception:  # decoded again below, with a verdict per column
+            pass
+        return self._decode_columns(plan, data)
+
+    def _decode_columns(self, plan: _Plan, data: TupleData) -> dict[str, Any]:
+        """Decode column by column: mixed formats, unchanged TOAST, values a loader refuses.
+
+        A value whose loader raises is delivered as its text (``bytes`` in
+        binary format), logged once per type.
+        """
+        names = plan.names
+        if len(names) != len(data.values):
             raise RelationMismatchError(
-                f"tuple has {len(values)} columns, relation "
+                f"tuple has {len(data.values)} columns, relation "
                 f"{plan.relation.namespace}.{plan.relation.name} has {len(names)}"
             )
         out: dict[str, Any] = {}
-        try:
-            for name, kind, value, text, binary in zip(
-                names, data.kinds, data.values, plan.text, plan.binary, strict=True
-            ):
-                if kind == 116:  # 't'
-                    out[name] = text(value)
-                elif kind == 98:  # 'b'
-                    out[name] = binary(value)
-                elif kind == 110:  # 'n'
-                    out[name] = None
-                else:
-                    out[name] = UNCHANGED_TOAST
-        except Exception:
-            return self._decode_carefully(plan, data)
-        return out
-
-    def _decode_carefully(self, plan: _Plan, data: TupleData) -> dict[str, Any]:
-        """Slow path after a loader raised: decode column by column, falling back to text."""
-        out: dict[str, Any] = {}
-        columns = plan.relation.columns
-        for i, (name, kind, value) in enumerate(
-            zip(plan.names, data.kinds, data.values, strict=True)
-        ):
-            if kind == 116 or kind == 98:
+        for i, (name, kind, value) in enumerate(zip(names, data.kinds, data.values, strict=True)):
+            if kind == 116 or kind == 98:  # 't', 'b'
                 load = plan.text[i] if kind == 116 else plan.binary[i]
                 try:
                     out[name] = load(value)
                 except Exception as exc:
-                    oid = columns[i].type_oid
-                    key = (oid, -1 - (kind == 98))
-                    if key not in self._logged:
-                        self._logged.add(key)
-                        logger.warning(
-                            "cannot load a value of type %s (oid %d), column %s.%s: %s; "
-                            "delivering it as %s (logged once per type)",
-                            self.type_name(oid) or "?",
-                            oid,
-                            plan.relation.name,
-                            name,
-                            exc,
-                            "text" if kind == 116 else "bytes",
-                        )
-                    out[name] = _as_text(value) if kind == 116 else bytes(value)  # type: ignore[arg-type]
-            elif kind == 110:
+                    out[name] = self._undecodable(plan, i, kind, value, exc)  # type: ignore[arg-type]
+            elif kind == 110:  # 'n'
                 out[name] = None
             else:
                 out[name] = UNCHANGED_TOAST
         return out
+
+    def _undecodable(self, plan: _Plan, index: int, kind: int, value: bytes, exc: Exception) -> Any:
+        """A value its loader refused: log once per type, deliver the raw form."""
+        oid = plan.relation.columns[index].type_oid
+        key = (oid, -1 - (kind == 98))
+        if key not in self._logged:
+            self._logged.add(key)
+            logger.warning(
+                "cannot load a value of type %s (oid %d), column %s.%s: %s; "
+                "delivering it as %s (logged once per type)",
+                self.type_name(oid) or "?",
+                oid,
+                plan.relation.name,
+                plan.names[index],
+                exc,
+                "text" if kind == 116 else "bytes",
+            )
+        return _as_text(value) if kind == 116 else bytes(value)
 
     def decode_relation(
         self, relation_oid: int, tuples: Iterable[TupleData]
