@@ -11,12 +11,17 @@ PostgreSQL refuses to run as root; when this process is root the server (and
 
 Set ``OTPY_PG_BINDIR`` to choose the binaries explicitly, and ``OTPY_TEST_DSN``
 to point the test suite at an existing server (see :func:`external_dsn`).
+
+:func:`interpreted_module` loads the Python source of a module that the
+install compiled with mypyc, so tests and benchmarks can hold the compiled
+and the interpreted decoder side by side.
 """
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import importlib.util
 import os
 import pwd
 import shutil
@@ -27,7 +32,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from types import TracebackType
+from types import ModuleType, TracebackType
 
 import attrs
 import psycopg
@@ -45,6 +50,7 @@ __all__ = [
     "drop_database",
     "external_dsn",
     "find_bindir",
+    "interpreted_module",
 ]
 
 #: Environment variable naming the directory that holds ``initdb`` and ``postgres``.
@@ -438,3 +444,29 @@ def _drop(conn: psycopg.Connection[tuple[object, ...]], name: str) -> None:
                 raise
             time.sleep(0.05)
     conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def interpreted_module(name: str) -> ModuleType:
+    """A fresh copy of module ``name`` executed from its ``.py`` source.
+
+    Installing otpy may compile a module to C (``setup.py``); importing it
+    then gives the extension.  Users without a C compiler run the source, so
+    both must behave the same: this gives the source as a separate module
+    (named ``<name>_interpreted``, its relative imports resolving to the real
+    package) to compare with, in differential tests and benchmarks.
+
+    Raises:
+        ModuleNotFoundError: ``name`` cannot be found, or has no ``.py`` file.
+    """
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(f"no module named {name!r}", name=name)
+    source = Path(spec.origin).with_name(name.rpartition(".")[2] + ".py")
+    if not source.is_file():
+        raise ModuleNotFoundError(f"module {name!r} has no Python source at {source}", name=name)
+    copy = importlib.util.spec_from_file_location(f"{name}_interpreted", source)
+    assert copy is not None and copy.loader is not None
+    module = importlib.util.module_from_spec(copy)
+    module.__package__ = name.rpartition(".")[0]
+    copy.loader.exec_module(module)
+    return module

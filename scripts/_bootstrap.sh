@@ -31,12 +31,17 @@ ensure_venv() {
         "$python" -m venv "$VENV" || die "could not create a virtualenv (Debian: apt-get install python3-venv)"
         "$VENV/bin/python" -m pip install --quiet --upgrade pip
     fi
-    # Reinstall only when the project's metadata changed.
+    # Reinstall only when the project's metadata or a compiled module changed
+    # (setup.py compiles the pgoutput decoder; an outdated build would shadow its source).
     local stamp="$VENV/.otpy-installed" digest
-    digest="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+    digest="$(cat pyproject.toml setup.py otpy/pg/replication/pgoutput.py | sha256sum | cut -d' ' -f1)"
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
         say "installing otpy and its development tools into .venv"
-        "$VENV/bin/python" -m pip install --quiet -e ".[dev]"
+        # The log is shown only on failure: setuptools warns on every editable build.
+        if ! "$VENV/bin/python" -m pip install --quiet -e ".[dev]" >"$VENV/install.log" 2>&1; then
+            cat "$VENV/install.log" >&2
+            die "installing otpy failed (pip's output above)"
+        fi
         echo "$digest" > "$stamp"
     fi
 }

@@ -5,7 +5,9 @@ The modules here do no I/O, so they can be fuzzed, benchmarked and reused:
 * :mod:`.lsn` -- :class:`LSN`, WAL positions as ``X/Y``.
 * :mod:`.timestamps` -- protocol timestamps <-> aware UTC datetimes.
 * :mod:`.protocol` -- COPY_BOTH framing: XLogData, keepalives, status updates.
-* :mod:`.pgoutput` -- pgoutput messages (protocol 1-3) and their decoder.
+* :mod:`.pgoutput` -- pgoutput messages (protocol 1-3) and their decoder,
+  compiled to C by mypyc at install when a compiler is there
+  (:func:`is_compiled` tells).
 * :mod:`.values` -- tuple data -> ``dict`` of Python values (psycopg loaders),
   and the session's registry of user types (:mod:`.typefetch` fills it).
 """
@@ -41,6 +43,7 @@ from .pgoutput import (
     Update,
     decode_message,
     encode_message,
+    is_compiled,
 )
 from .protocol import (
     PrimaryKeepalive,
@@ -101,6 +104,7 @@ __all__ = [
     "encode_standby_status",
     "encode_xlogdata",
     "fetch_missing_types",
+    "is_compiled",
     "now_pg_timestamp",
     "pg_timestamp_to_datetime",
 ]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import enum
 import struct
+import types
 from collections.abc import Callable
 from datetime import datetime
 from typing import Final, Literal, TypeAlias
@@ -66,6 +67,7 @@ __all__ = [
     "Update",
     "decode_message",
     "encode_message",
+    "is_compiled",
 ]
 
 
@@ -483,53 +485,43 @@ def _xid(data: bytes, pos: int, in_stream: bool) -> tuple[int | None, int]:
 def _tuple(data: bytes, pos: int) -> tuple[TupleData, int]:
     """Read TupleData at ``pos``; return it and the offset after it.
 
-    The hot path of the decoder, so the loop checks nothing it does not have
-    to: a read past the end raises IndexError/struct.error (turned into
-    DecodeError below), lengths are read unsigned so they can only overshoot,
-    and an overshoot is caught by the next read or by the final check.
+    The hot path of the decoder (once per column of every row), written for
+    mypyc, which compiles this module when otpy is installed (see
+    ``docs/performance.md``): byte indexing, shifts and comparisons become C
+    operations there, where a ``struct`` call would stay a Python call.  The
+    explicit bounds checks make every malformed input a DecodeError with the
+    offset of the problem.
     """
     n = len(data)
     if pos + 2 > n:
         raise DecodeError("truncated tuple: missing column count", pos)
     ncols = (data[pos] << 8) | data[pos + 1]
     pos += 2
+    kinds = bytearray(ncols)
     values: list[ColumnValue] = []
-    append = values.append
-    kinds: list[int] = []
-    kinds_append = kinds.append
-    unpack = _unpack_u32
-    start = pos
-    try:
-        for _ in range(ncols):
-            kind = data[pos]
-            kinds_append(kind)
-            if kind == 116 or kind == 98:  # 't', 'b'
-                start = pos + 5
-                pos = start + unpack(data, pos + 1)[0]
-                append(data[start:pos])
-            elif kind == 110:  # 'n'
-                append(None)
-                pos += 1
-            elif kind == 117:  # 'u'
-                append(UNCHANGED_TOAST)
-                pos += 1
-            else:
-                raise DecodeError(f"unknown column kind {kind:#04x}", pos)
-    except (IndexError, struct.error):
-        raise _tuple_error(data, pos, start, ncols, len(values)) from None
-    if pos > n:
-        raise _tuple_error(data, pos, start, ncols, len(values))
+    for i in range(ncols):
+        if pos >= n:
+            raise DecodeError(f"truncated tuple: {ncols - i} of {ncols} columns missing", pos)
+        kind = data[pos]
+        kinds[i] = kind
+        if kind == 116 or kind == 98:  # 't', 'b'
+            if pos + 5 > n:
+                raise DecodeError("truncated column length", pos + 1)
+            start = pos + 5
+            size = data[pos + 1] << 24 | data[pos + 2] << 16 | data[pos + 3] << 8 | data[pos + 4]
+            pos = start + size
+            if pos > n:
+                raise DecodeError(f"column length {size} exceeds the message", start - 4)
+            values.append(data[start:pos])
+        elif kind == 110:  # 'n'
+            values.append(None)
+            pos += 1
+        elif kind == 117:  # 'u'
+            values.append(UNCHANGED_TOAST)
+            pos += 1
+        else:
+            raise DecodeError(f"unknown column kind {kind:#04x}", pos)
     return _make_tuple(bytes(kinds), tuple(values)), pos
-
-
-def _tuple_error(data: bytes, pos: int, start: int, ncols: int, done: int) -> DecodeError:
-    """Explain why the tuple loop stopped (slow path, errors only)."""
-    if pos > len(data):
-        size = _unpack_u32(data, start - 4)[0]
-        return DecodeError(f"column length {size} exceeds the message", start - 4)
-    if pos < len(data):  # the length field itself was cut
-        return DecodeError("truncated column length", pos + 1)
-    return DecodeError(f"truncated tuple: {ncols - done} of {ncols} columns missing", pos)
 
 
 def _begin(data: bytes, in_stream: bool) -> Begin:
@@ -820,6 +812,18 @@ class PgOutputDecoder:
         """Forget stream state (after a reconnect: the server restarts at a transaction)."""
         self.in_stream = False
         self.stream_xid = None
+
+
+def is_compiled() -> bool:
+    """Whether this decoder runs as C compiled by mypyc, rather than interpreted.
+
+    Installing otpy compiles this module with mypyc when a C compiler is
+    available (see ``setup.py``): the same source, 2-3x faster.  Without one
+    the interpreted module is used, with identical results.  Benchmarks and
+    deployments can check which one they got.
+    """
+    # A compiled function is a builtin, not a Python function object.
+    return not isinstance(is_compiled, types.FunctionType)
 
 
 # --------------------------------------------------------------------------- encoding
