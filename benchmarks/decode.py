@@ -7,6 +7,8 @@ then decodes the same bytes, repeatedly, with:
 * ``otpy messages``: :class:`PgOutputDecoder` only (bytes -> message objects);
 * ``otpy rows``: messages + :class:`ValueDecoder` (-> ``dict`` of Python values),
   what a replication reader actually needs;
+* the same two with the decoder *interpreted*, when the install compiled it
+  with mypyc (what users without a C compiler get);
 * ``pypgoutput``: the pure-Python decoder classes of ``pypgoutput`` 0.0.3
   (bytes -> message objects with *string* column values: no type conversion).
   Only its stdlib-only ``decoders`` module is loaded, from a virtualenv under
@@ -35,8 +37,8 @@ from typing import Any
 
 import psycopg
 
-from otpy.pg.replication import Insert, PgOutputDecoder, Relation, ValueDecoder
-from otpy.testing import PostgresServer
+from otpy.pg.replication import ValueDecoder, pgoutput
+from otpy.testing import PostgresServer, interpreted_module
 
 HERE = Path(__file__).resolve().parent
 PYPGOUTPUT_VENV = HERE / ".venvs" / "pypgoutput"
@@ -76,7 +78,7 @@ def capture(dsn: str, rows: int) -> dict[tuple[str, str], list[bytes]]:
             table = ddl.split()[2]
             slot, publication = f"bench_slot_{index}", f"bench_pub_{index}"
             conn.execute(f"DROP TABLE IF EXISTS {table}")
-            conn.execute(ddl)  # type: ignore[arg-type]
+            conn.execute(ddl)
             conn.execute(f"DROP PUBLICATION IF EXISTS {publication}")
             conn.execute(f"CREATE PUBLICATION {publication} FOR TABLE {table}")
             with contextlib.suppress(psycopg.errors.UndefinedObject):
@@ -85,7 +87,7 @@ def capture(dsn: str, rows: int) -> dict[tuple[str, str], list[bytes]]:
             try:
                 for lo in range(1, rows + 1, ROWS_PER_TRANSACTION):
                     hi = min(lo + ROWS_PER_TRANSACTION - 1, rows)
-                    conn.execute(INSERTS[label], {"lo": lo, "hi": hi})  # type: ignore[arg-type]
+                    conn.execute(INSERTS[label], {"lo": lo, "hi": hi})
                 conn.execute("CHECKPOINT")  # the SQL functions decode flushed WAL only
                 for fmt in ("text", "binary"):
                     cursor = conn.execute(
@@ -101,27 +103,32 @@ def capture(dsn: str, rows: int) -> dict[tuple[str, str], list[bytes]]:
     return out
 
 
-def otpy_messages(stream: list[bytes]) -> int:
-    decode = PgOutputDecoder().decode
-    rows = 0
-    for raw in stream:
-        if type(decode(raw)) is Insert:
-            rows += 1
-    return rows
+def otpy_decoders(module: ModuleType) -> dict[str, Callable[[list[bytes]], int]]:
+    """The two otpy figures, decoding with the pgoutput module ``module``."""
+    insert, relation = module.Insert, module.Relation
 
+    def messages(stream: list[bytes]) -> int:
+        decode = module.PgOutputDecoder().decode
+        rows = 0
+        for raw in stream:
+            if type(decode(raw)) is insert:
+                rows += 1
+        return rows
 
-def otpy_rows(stream: list[bytes]) -> int:
-    decode = PgOutputDecoder().decode
-    values = ValueDecoder()
-    rows = 0
-    for raw in stream:
-        message = decode(raw)
-        if type(message) is Insert:
-            values.decode(message.relation_oid, message.new)
-            rows += 1
-        elif type(message) is Relation:
-            values.add_relation(message)
-    return rows
+    def rows(stream: list[bytes]) -> int:
+        decode = module.PgOutputDecoder().decode
+        values = ValueDecoder()
+        rows = 0
+        for raw in stream:
+            message = decode(raw)
+            if type(message) is insert:
+                values.decode(message.relation_oid, message.new)
+                rows += 1
+            elif type(message) is relation:
+                values.add_relation(message)
+        return rows
+
+    return {"messages": messages, "rows": rows}
 
 
 def load_pypgoutput() -> ModuleType | None:
@@ -213,13 +220,19 @@ def main(argv: list[str] | None = None) -> int:
     with server(args.dsn) as dsn:
         streams = capture(dsn, args.rows)
     pypgoutput = load_pypgoutput()
+    variants = {"otpy": otpy_decoders(pgoutput)}
+    if pgoutput.is_compiled():
+        variants["otpy interpreted"] = otpy_decoders(
+            interpreted_module("otpy.pg.replication.pgoutput")
+        )
     results: list[dict[str, Any]] = []
     for (label, fmt), stream in streams.items():
         runs: dict[str, Callable[[list[bytes]], int]] = {}
         if pypgoutput is not None and fmt == "text":
             runs["pypgoutput"] = pypgoutput_decoder(pypgoutput)
-        runs["otpy messages"] = otpy_messages
-        runs["otpy rows"] = otpy_rows
+        for prefix, decoders in variants.items():
+            for what, run in decoders.items():
+                runs[f"{prefix} {what}"] = run
         rates = measure(runs, stream, args.repeat)
         base = rates.get("pypgoutput")
         for name, values in rates.items():
@@ -238,18 +251,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(
         f"pgoutput decoding, {args.rows} rows per table, median of {args.repeat} interleaved"
-        " runs; ratios are medians of per-run ratios"
+        " runs; ratios are medians of per-run ratios; otpy's decoder is"
+        f" {'compiled by mypyc' if pgoutput.is_compiled() else 'interpreted (not compiled)'}"
     )
     print()
     print("| table | format | decoder | rows/s | vs pypgoutput |")
     print("|---|---|---|---:|---:|")
     for r in results:
-        ratio = (
+        shown = (
             f"{r['ratio']:.1f}x"
             if r.get("ratio")
             else ("1.0x" if r["decoder"] == "pypgoutput" else "n/a")
         )
-        print(f"| {r['table']} | {r['format']} | {r['decoder']} | {r['rows_s']:,.0f} | {ratio} |")
+        print(f"| {r['table']} | {r['format']} | {r['decoder']} | {r['rows_s']:,.0f} | {shown} |")
     return 0
 
 
