@@ -479,6 +479,26 @@ def test_relation_errors_and_replacement() -> None:
     assert values.decode(90000, TupleData(b"tt", (b"1", b"t"))) == {"c0": "1", "c1": True}
 
 
+def test_any_column_name_and_no_columns_at_all() -> None:
+    # Rows are built by a function generated per relation: names that look
+    # like code must stay data, and a table may have no columns (CREATE TABLE t()).
+    from otpy.pg.replication import Column
+
+    names = ["a'b", 'c"d', "e\\f", "g\nh}", "{i: 1}", "é 表", "v0", "__import__('os')", ""]
+    values = ValueDecoder()
+    values.add_relation(
+        Relation(None, 90001, "public", "odd", "d",
+                 tuple(Column(0, name, 23, -1) for name in names))
+    )  # fmt: skip
+    row = values.decode(90001, TupleData(b"t" * len(names), tuple(b"%d" % i for i in range(9))))
+    assert row == {name: i for i, name in enumerate(names)}
+    assert list(row) == names
+    values.add_relation(Relation(None, 90002, "public", "empty", "d", ()))
+    assert values.decode(90002, TupleData(b"", ())) == {}
+    with pytest.raises(RelationMismatchError):
+        values.decode(90002, TupleData(b"t", (b"1",)))
+
+
 def test_custom_loader_after_refresh() -> None:
     from psycopg.adapt import Loader
 
