@@ -98,3 +98,22 @@ STREAMABLE = (Relation, Type, Insert, Update, Delete, Truncate, Message)
 
 def in_stream_for(message: PgOutputMessage) -> bool:
     return isinstance(message, STREAMABLE) and message.xid is not None
+
+
+def mutate(data: st.DataObject, raw: bytes) -> bytes:
+    """``raw`` with 1-4 bytes flipped, set to edge values, deleted, inserted, or cut off."""
+    mutated = bytearray(raw)
+    for _ in range(data.draw(st.integers(1, 4))):
+        position = data.draw(st.integers(0, max(len(mutated) - 1, 0)))
+        action = data.draw(st.sampled_from(["flip", "set", "delete", "insert", "cut"]))
+        if not mutated or action == "insert":
+            mutated.insert(position, data.draw(u8))
+        elif action == "flip":
+            mutated[position] ^= 1 << data.draw(st.integers(0, 7))
+        elif action == "set":
+            mutated[position] = data.draw(st.sampled_from([0, 0xFF, 0x7F, 0x80]))
+        elif action == "delete":
+            del mutated[position]
+        else:
+            del mutated[position:]
+    return bytes(mutated)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pgoutput_strategies import in_stream_for, messages, u8
+from pgoutput_strategies import in_stream_for, messages, mutate
 
 from otpy.pg.replication import DecodeError, PgOutputMessage, encode_message, pgoutput
 from otpy.testing import interpreted_module
@@ -48,24 +48,6 @@ def outcome(module: object, raw: bytes, in_stream: bool) -> tuple[str, str, int]
 
 def assert_same(interpreted: object, raw: bytes, in_stream: bool) -> None:
     assert outcome(pgoutput, raw, in_stream) == outcome(interpreted, raw, in_stream), raw.hex()
-
-
-def mutate(data: st.DataObject, raw: bytes) -> bytes:
-    mutated = bytearray(raw)
-    for _ in range(data.draw(st.integers(1, 4))):
-        position = data.draw(st.integers(0, max(len(mutated) - 1, 0)))
-        action = data.draw(st.sampled_from(["flip", "set", "delete", "insert", "cut"]))
-        if not mutated or action == "insert":
-            mutated.insert(position, data.draw(u8))
-        elif action == "flip":
-            mutated[position] ^= 1 << data.draw(st.integers(0, 7))
-        elif action == "set":
-            mutated[position] = data.draw(st.sampled_from([0, 0xFF, 0x7F, 0x80]))
-        elif action == "delete":
-            del mutated[position]
-        else:
-            del mutated[position:]
-    return bytes(mutated)
 
 
 @pytest.mark.skipif(not os.environ.get("OTPY_EXPECT_COMPILED"), reason="OTPY_EXPECT_COMPILED unset")

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pgcapture import Capture, execute
-from pgoutput_strategies import in_stream_for, messages, u8
+from pgoutput_strategies import in_stream_for, messages, mutate
 
 from otpy.pg.replication import DecodeError, PgOutputMessage, decode_message, encode_message
 
@@ -136,20 +136,9 @@ def test_mutated_real_messages_only_raise_decode_error(
     real_messages: list[tuple[bytes, bool]], data: st.DataObject
 ) -> None:
     raw, in_stream = data.draw(st.sampled_from(real_messages))
-    mutated = bytearray(raw)
-    for _ in range(data.draw(st.integers(1, 4))):
-        position = data.draw(st.integers(0, len(mutated) - 1))
-        action = data.draw(st.sampled_from(["flip", "set", "delete", "insert"]))
-        if action == "flip":
-            mutated[position] ^= 1 << data.draw(st.integers(0, 7))
-        elif action == "set":
-            mutated[position] = data.draw(st.sampled_from([0, 0xFF, 0x7F, 0x80]))
-        elif action == "delete" and len(mutated) > 1:
-            del mutated[position]
-        else:
-            mutated.insert(position, data.draw(u8))
-    decode_or_decode_error(bytes(mutated), in_stream)
-    decode_or_decode_error(bytes(mutated), not in_stream)
+    mutated = mutate(data, raw)
+    decode_or_decode_error(mutated, in_stream)
+    decode_or_decode_error(mutated, not in_stream)
 
 
 def test_huge_counts_do_not_hang() -> None:
