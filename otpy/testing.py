@@ -453,20 +453,23 @@ def interpreted_module(name: str) -> ModuleType:
     then gives the extension.  Users without a C compiler run the source, so
     both must behave the same: this gives the source as a separate module
     (named ``<name>_interpreted``, its relative imports resolving to the real
-    package) to compare with, in differential tests and benchmarks.
+    package) to compare with, in differential tests and benchmarks.  The copy
+    is not entered in ``sys.modules``, so its objects do not pickle.
 
     Raises:
-        ModuleNotFoundError: ``name`` cannot be found, or has no ``.py`` file.
+        ModuleNotFoundError: ``name`` cannot be found, is a package, or has no
+            ``.py`` file.
     """
     spec = importlib.util.find_spec(name)
     if spec is None or spec.origin is None:
         raise ModuleNotFoundError(f"no module named {name!r}", name=name)
+    if spec.submodule_search_locations is not None:
+        raise ModuleNotFoundError(f"{name!r} is a package; name one of its modules", name=name)
     source = Path(spec.origin).with_name(name.rpartition(".")[2] + ".py")
     if not source.is_file():
         raise ModuleNotFoundError(f"module {name!r} has no Python source at {source}", name=name)
     copy = importlib.util.spec_from_file_location(f"{name}_interpreted", source)
     assert copy is not None and copy.loader is not None
-    module = importlib.util.module_from_spec(copy)
-    module.__package__ = name.rpartition(".")[0]
+    module = importlib.util.module_from_spec(copy)  # its parent package: name's
     copy.loader.exec_module(module)
     return module

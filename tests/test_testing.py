@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from otpy import testing
+from otpy.pg.replication import lsn
 from otpy.testing import PostgresNotFoundError, PostgresServer, create_database, find_bindir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -148,3 +149,14 @@ def test_root_runs_server_as_postgres_user(own_server: PostgresServer) -> None:
         assert owner == pwd.getpwnam("postgres").pw_uid
     else:
         assert owner == os.geteuid()
+
+
+def test_interpreted_module_is_a_separate_copy_from_source() -> None:
+    copy = testing.interpreted_module("otpy.pg.replication.lsn")
+    assert copy is not lsn and copy.LSN is not lsn.LSN
+    assert copy.__file__ == lsn.__file__  # lsn is never compiled: same .py file
+    assert str(copy.LSN.parse("16/B374D848")) == "16/B374D848"
+    with pytest.raises(ModuleNotFoundError, match="is a package"):
+        testing.interpreted_module("otpy.pg")
+    with pytest.raises(ModuleNotFoundError, match="no module named"):
+        testing.interpreted_module("otpy.no_such_module")

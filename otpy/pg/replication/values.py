@@ -101,7 +101,9 @@ class _Plan:
     row_binary: _Row
 
 
-def _row_builder(names: tuple[str, ...], load: Callable[[Sequence[Any]], tuple[Any, ...]]) -> _Row:
+def _row_builder(
+    names: tuple[str, ...], load: Callable[[Sequence[Any]], tuple[Any, ...]], where: str
+) -> _Row:
     """A function ``values -> {name: value}`` that loads ``values`` with ``load``.
 
     Written out per relation, as attrs and dataclasses write their methods:
@@ -110,7 +112,8 @@ def _row_builder(names: tuple[str, ...], load: Callable[[Sequence[Any]], tuple[A
     0.33 us for 5 columns), on the path every replicated row takes.  The names
     enter the source only as ``repr`` literals, so any column name is safe.
     A row of the wrong length raises (the unpacking, or ``load`` itself), and
-    the caller's column-by-column path reports the mismatch.
+    the caller's column-by-column path reports the mismatch.  ``where``
+    names the function in tracebacks.
     """
     variables = [f"v{i}" for i in range(len(names))]
     items = ", ".join(f"{name!r}: {var}" for name, var in zip(names, variables, strict=True))
@@ -118,7 +121,7 @@ def _row_builder(names: tuple[str, ...], load: Callable[[Sequence[Any]], tuple[A
         f"def row(values):\n    [{', '.join(variables)}] = load(values)\n    return {{{items}}}\n"
     )
     namespace: dict[str, Any] = {"load": load}
-    exec(source, namespace)
+    exec(compile(source, f"<otpy row function of {where}>", "exec"), namespace)
     row: _Row = namespace["row"]
     return row
 
@@ -309,13 +312,14 @@ class ValueDecoder:
         text_tx.set_loader_types(oids, Format.TEXT)
         binary_tx.set_loader_types(oids, Format.BINARY)
         names = tuple(c.name for c in relation.columns)
+        where = f"{relation.namespace}.{relation.name}"
         plan = _Plan(
             relation,
             names,
             tuple(text),
             tuple(binary),
-            _row_builder(names, text_tx.load_sequence),
-            _row_builder(names, binary_tx.load_sequence),
+            _row_builder(names, text_tx.load_sequence, f"{where}, text"),
+            _row_builder(names, binary_tx.load_sequence, f"{where}, binary"),
         )
         self._plans[oid] = plan
         return plan
