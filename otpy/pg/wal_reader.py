@@ -71,7 +71,7 @@ from otpy.pg.replication.errors import (
 from otpy.pg.replication.handler import ReplicationHandler
 from otpy.pg.replication.lsn import LSN
 from otpy.pg.replication.options import ReaderOptions
-from otpy.pg.replication.pgoutput import UNCHANGED_TOAST
+from otpy.pg.replication.pgoutput import UNCHANGED_TOAST, is_compiled
 from otpy.pg.replication.slots import validate_publication_name, validate_slot_name
 from otpy.pg.replication.stream import ReplicationSession
 from otpy.registry import Registry, Via, whereis
@@ -268,6 +268,25 @@ def _being_cancelled() -> bool:
     return trio.current_effective_deadline() == -math.inf
 
 
+@functools.cache
+def _log_decoder_build() -> None:
+    """Say once per process whether pgoutput is decoded by compiled C or interpreted.
+
+    An install without a C compiler decodes about 2x slower (see
+    docs/pgoutput.md); a reader falling behind is easier to explain with this
+    line in the log.
+    """
+    compiled = is_compiled()
+    logger.log(
+        logging.DEBUG if compiled else logging.INFO,
+        "pgoutput decoder: %s",
+        "compiled by mypyc"
+        if compiled
+        else "interpreted (otpy was installed without compiling it; decoding is ~2x slower)",
+        extra={"event": "replication_decoder", "compiled": compiled},
+    )
+
+
 class WalReader(GenServer):
     """The reader actor of one subscription (one incarnation; restarted as a new instance).
 
@@ -301,6 +320,7 @@ class WalReader(GenServer):
 
     async def init(self) -> None:
         """Open the session; in standby mode a busy slot is waited for in the background."""
+        _log_decoder_build()
         try:
             await self.session.open()
         except SlotInUse:

@@ -578,3 +578,27 @@ async def test_killed_while_the_handler_raises_still_lets_go_of_the_slot(
         await wal_reader.unsubscribe(ref)
         await execute(module_dsn, "DELETE FROM users")
         await drop_slot_when_free(module_dsn, slot)
+
+
+async def test_the_decoder_build_is_logged_once_per_process(
+    module_dsn: str, tables: str, readers: Ref, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Operators reading why a reader falls behind should see whether pgoutput
+    # is decoded by the compiled module or interpreted (about 2x slower).
+    from otpy.pg.replication import is_compiled
+    from otpy.pg.wal_reader import _log_decoder_build
+
+    _log_decoder_build.cache_clear()
+    caplog.set_level(logging.DEBUG, logger="otpy.pg.wal_reader")
+    refs = [
+        await wal_reader.subscribe(
+            Recorder(), module_dsn, unique("build"), [tables], {"slot_type": "temporary"}
+        )
+        for _ in range(2)
+    ]
+    for ref in refs:
+        await wal_reader.unsubscribe(ref)
+    records = [r for r in caplog.records if getattr(r, "event", None) == "replication_decoder"]
+    assert len(records) == 1
+    assert records[0].compiled is is_compiled()  # type: ignore[attr-defined]
+    assert ("compiled by mypyc" in records[0].getMessage()) is is_compiled()
