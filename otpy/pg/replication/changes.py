@@ -222,13 +222,7 @@ class TransactionAssembler:
                     txn.xid,
                     txn.commit_time,
                 )
-                changes = txn.changes
-                limit = self.max_batch_size
-                if limit is not None and len(changes) >= limit:
-                    txn.changes = [change]
-                    return [self._batch(txn, changes, final=False, end_lsn=_ZERO)]
-                changes.append(change)
-                return _NOTHING
+                return self._append(txn, change)
         if kind is Insert or kind is Update or kind is Delete:
             return self._row(lsn, msg)  # type: ignore[arg-type]
         if kind is Begin:
@@ -289,16 +283,22 @@ class TransactionAssembler:
         txn = self._txn
         if txn is None:  # a change outside Begin/Commit: cannot happen with pgoutput
             txn = self._txn = _Txn(None, _ZERO, None)
-        # A full chunk goes out only when one more change arrives, so that the
-        # final batch (at Commit) is never empty and a transaction of exactly
-        # max_batch_size changes arrives whole.
+        return self._append(txn, change)
+
+    def _append(self, txn: _Txn, change: Change) -> list[ChangeBatch]:
+        """Add ``change`` to the open transaction; return the chunk it completed, if any.
+
+        A full chunk goes out only when one more change arrives, so that the
+        final batch (at Commit) is never empty and a transaction of exactly
+        max_batch_size changes arrives whole.
+        """
         changes = txn.changes
         limit = self.max_batch_size
         if limit is not None and len(changes) >= limit:
             txn.changes = [change]
             return [self._batch(txn, changes, final=False, end_lsn=_ZERO)]
         changes.append(change)
-        return []
+        return _NOTHING
 
     def _context(self, xid: int | None) -> tuple[LSN, int | None, datetime | None]:
         """(commit LSN, xid, commit time) of a change; ``xid`` is the message's own (streamed only).
