@@ -208,6 +208,72 @@ async def test_a_domain_over_an_enum_that_gained_a_label_decodes_as_the_enum(
     assert got[1]["v"].name == "z"
 
 
+async def test_a_composite_whose_enum_field_gained_a_label_decodes_as_select_gives_it(
+    module_dsn: str, readers: Ref, mode: str
+) -> None:
+    kind, comp, table = unique("ty_fe"), unique("ty_fc"), unique("ty_fc_t")
+    create(
+        module_dsn,
+        f"CREATE TYPE {kind} AS ENUM ('a')",
+        f"CREATE TYPE {comp} AS (x int, e {kind})",
+        f"CREATE TABLE {table} (id int PRIMARY KEY, v {comp})",
+    )
+    create_publication(module_dsn, f"{table}_pub", [table])
+    rec = Recorder()
+    ref, _ = await subscribe(module_dsn, rec, f"{table}_pub", mode)
+    try:
+        await execute(module_dsn, f"INSERT INTO {table} VALUES (1, ROW(1, 'a'))")
+        await rec.wait_changes(1)
+        await execute(
+            module_dsn,
+            f"ALTER TYPE {kind} ADD VALUE 'new'",
+            f"INSERT INTO {table} VALUES (2, ROW(2, 'new'))",
+        )
+        await rec.wait_changes(2)
+    finally:
+        await wal_reader.unsubscribe(ref)
+    rows = selected(
+        module_dsn,
+        f"SELECT id, v FROM {table} ORDER BY id",
+        (EnumInfo, kind),
+        (CompositeInfo, comp),
+    )
+    got = data_of(rec, table)
+    assert got[0]["v"].e.name == "a"  # the field is the enum too, not its text
+    assert got[1] == {"id": 2, "v": rows[1][1]}
+    assert got[1]["v"].e.name == "new"
+
+
+async def test_an_attribute_dropped_from_a_composite_while_the_reader_runs_is_gone_from_new_rows(
+    module_dsn: str, readers: Ref, mode: str
+) -> None:
+    comp, table = unique("ty_drop"), unique("ty_drop_t")
+    create(
+        module_dsn,
+        f"CREATE TYPE {comp} AS (x int, gone text, y int)",
+        f"CREATE TABLE {table} (id int PRIMARY KEY, v {comp})",
+    )
+    create_publication(module_dsn, f"{table}_pub", [table])
+    rec = Recorder()
+    ref, _ = await subscribe(module_dsn, rec, f"{table}_pub", mode)
+    try:
+        await execute(module_dsn, f"INSERT INTO {table} VALUES (1, ROW(1, 'g', 2))")
+        await rec.wait_changes(1)
+        await execute(
+            module_dsn,
+            f"ALTER TYPE {comp} DROP ATTRIBUTE gone",
+            f"INSERT INTO {table} VALUES (2, ROW(3, 4))",
+        )
+        await rec.wait_changes(2)
+    finally:
+        await wal_reader.unsubscribe(ref)
+    rows = selected(module_dsn, f"SELECT id, v FROM {table} ORDER BY id", (CompositeInfo, comp))
+    got = data_of(rec, table)
+    assert got[0]["v"] == (1, "g", 2)
+    assert got[1] == {"id": 2, "v": rows[1][1]}
+    assert got[1]["v"]._fields == ("x", "y")
+
+
 # --------------------------------------------------------------------------- rows written before
 
 

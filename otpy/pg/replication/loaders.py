@@ -19,7 +19,8 @@ never become a poison transaction:
 * a composite value written before ``ALTER TYPE ... ADD ATTRIBUTE`` has fewer
   fields than the type has now, and psycopg's composite loaders refuse it:
   :func:`pad_short_records` makes them read the missing trailing fields as
-  NULL, which is what ``SELECT`` gives for such a row.
+  NULL, which is what ``SELECT`` gives for such a row, when the caller knows
+  the type information is current.
 
 Everything is registered on the decoder's *own* copy of the adapters map, so
 a user's connection is never modified.
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
@@ -364,14 +366,20 @@ def _padded_binary(data: bytes, info: CompositeInfo) -> bytes | None:
     return _FIELD_COUNT.pack(len(info.field_types)) + data[4:] + nulls
 
 
-def pad_short_records(adapters: AdaptersMap, info: CompositeInfo) -> None:
+def pad_short_records(
+    adapters: AdaptersMap, info: CompositeInfo, allowed: Callable[[int], bool]
+) -> None:
     """Let the loaders of composite ``info`` read records with fewer fields as trailing NULLs.
 
     Call after ``register_composite(info, adapters)``.  A record stored before
     ``ALTER TYPE ... ADD ATTRIBUTE`` keeps its old field count, and pgoutput
     sends it so (the walsender decodes with the catalog of the time); a
-    reader that fetched the type afterwards would refuse it.  A record with
-    *more* fields than ``info`` is still refused: the information is stale.
+    reader that fetched the type afterwards would refuse it.  But a short
+    record is also what a ``DROP ATTRIBUTE`` made after ``info`` was fetched
+    gives, and padding it would shift its values under the wrong names: so a
+    short record is padded only when ``allowed(info.oid)`` says the caller
+    just confirmed ``info`` against the catalog; otherwise it is refused as
+    before.  A record with *more* fields than ``info`` is always refused.
     Costs nothing for a record of the right length.
     """
     for fmt, pad in ((Format.TEXT, _padded_text), (Format.BINARY, _padded_binary)):
@@ -383,7 +391,7 @@ def pad_short_records(adapters: AdaptersMap, info: CompositeInfo) -> None:
             try:
                 return _base.load(self, data)
             except Exception:
-                padded = _pad(bytes(data), info)
+                padded = _pad(bytes(data), info) if allowed(info.oid) else None
                 if padded is None:
                     raise
                 return _base.load(self, padded)

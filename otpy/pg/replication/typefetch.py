@@ -25,8 +25,8 @@ hold the same Python values as ``SELECT`` gives with every type registered.
 :meth:`ValueDecoder.stale_types` (types an ``ALTER TYPE`` may have changed)
 are fetched again although they have loaders, and so is what their loaders
 depend on: the base of a domain, the element of an array, the fields of a
-composite.  The decoder is told with :meth:`ValueDecoder.refreshed` once the
-attempt is over, whether it succeeded or not.
+composite.  The decoder is told with :meth:`ValueDecoder.refreshed` which
+types were fetched again once the attempt is over, whether it succeeded or not.
 """
 
 from __future__ import annotations
@@ -152,13 +152,14 @@ def _register(decoder: ValueDecoder, oid: int, info: TypeInfo | None) -> None:
 def fetch_missing_types(conn: Connection[Any], decoder: ValueDecoder) -> None:
     """Resolve :meth:`ValueDecoder.missing_types` with a blocking psycopg connection."""
     stale = decoder.stale_types()
-    forced, wanted = set(stale), set(decoder.missing_types())
+    forced, wanted, refreshed = set(stale), set(decoder.missing_types()), set(stale)
     domains: list[_Domain] = []
     try:
         for _ in range(_MAX_ROUNDS):
             wanted = _unknown(decoder, wanted, forced)
             if not wanted:
                 break
+            refreshed |= wanted & forced
             rows = conn.execute(TYPE_QUERY, [sorted(wanted)]).fetchall()
             fetch, wanted = _plan(decoder, rows, wanted, domains, forced)
             for oid, cls, ident in fetch:
@@ -169,19 +170,20 @@ def fetch_missing_types(conn: Connection[Any], decoder: ValueDecoder) -> None:
         for oid in wanted:
             decoder.give_up(oid)
     finally:
-        decoder.refreshed(stale)
+        decoder.refreshed(refreshed)
 
 
 async def afetch_missing_types(conn: AsyncConnection[Any], decoder: ValueDecoder) -> None:
     """Resolve :meth:`ValueDecoder.missing_types` with an async psycopg connection."""
     stale = decoder.stale_types()
-    forced, wanted = set(stale), set(decoder.missing_types())
+    forced, wanted, refreshed = set(stale), set(decoder.missing_types()), set(stale)
     domains: list[_Domain] = []
     try:
         for _ in range(_MAX_ROUNDS):
             wanted = _unknown(decoder, wanted, forced)
             if not wanted:
                 break
+            refreshed |= wanted & forced
             cursor = await conn.execute(TYPE_QUERY, [sorted(wanted)])
             rows = await cursor.fetchall()
             fetch, wanted = _plan(decoder, rows, wanted, domains, forced)
@@ -193,4 +195,4 @@ async def afetch_missing_types(conn: AsyncConnection[Any], decoder: ValueDecoder
         for oid in wanted:
             decoder.give_up(oid)
     finally:
-        decoder.refreshed(stale)
+        decoder.refreshed(refreshed)

@@ -208,6 +208,7 @@ class ValueDecoder:
     """
 
     #: Seconds a type waits before another refresh, after a refresh that changed nothing.
+    #: (During them its information counts as confirmed, see :meth:`refreshed`.)
     REFRESH_BACKOFF: ClassVar[float] = 1.0
 
     def __init__(
@@ -312,7 +313,9 @@ class ValueDecoder:
         catalog had nothing new for them: they back off for
         :attr:`REFRESH_BACKOFF` seconds (their refused values are delivered as
         text meanwhile), so a value no catalog can load cannot make every row
-        cost a catalog query.
+        cost a catalog query.  Meanwhile their information counts as
+        confirmed: a composite record with fewer fields than the type is one
+        written before ``ADD ATTRIBUTE``, and loads with NULL for the new ones.
         """
         oids = set(oids)
         self._stale -= oids
@@ -321,6 +324,14 @@ class ValueDecoder:
             for oid in oids:
                 self._backoff[oid] = until
         self._changed = False
+
+    def _confirmed(self, oid: int) -> bool:
+        """The last refresh of ``oid`` found the catalog unchanged, and is recent.
+
+        Then a composite record shorter than the type was written before an
+        ``ADD ATTRIBUTE`` and may be padded (see :func:`.loaders.pad_short_records`).
+        """
+        return self._clock() < self._backoff.get(oid, float("-inf"))
 
     def _note_signature(self, oid: int, signature: Hashable) -> None:
         previous = self._signatures.get(oid)
@@ -340,7 +351,7 @@ class ValueDecoder:
             register_enum(info, self.adapters)
         elif isinstance(info, CompositeInfo):
             register_composite(info, self.adapters)
-            pad_short_records(self.adapters, info)
+            pad_short_records(self.adapters, info, self._confirmed)
         elif isinstance(info, MultirangeInfo):
             register_multirange(info, self.adapters)
         elif isinstance(info, RangeInfo):
