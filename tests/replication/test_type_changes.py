@@ -20,6 +20,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import trio
 from psycopg import sql
 from psycopg.adapt import AdaptersMap
 from psycopg.types import TypeInfo
@@ -28,7 +29,10 @@ from psycopg.types.enum import EnumInfo, register_enum
 
 from otpy import Ref
 from otpy.pg import wal_reader
-from otpy.pg.replication.pgoutput import Column, Relation, TupleData
+from otpy.pg.connection import TrioConnection
+from otpy.pg.replication import stream
+from otpy.pg.replication.options import ReaderOptions
+from otpy.pg.replication.pgoutput import Column, Relation, TupleData, Type
 from otpy.pg.replication.values import TypeRefreshNeeded, ValueDecoder
 
 _WAL_READER_TESTS = Path(__file__).resolve().parent.parent / "wal_reader"
@@ -314,6 +318,100 @@ async def test_rows_written_before_an_alter_and_decoded_after_it_come_out_as_sel
     )
     assert rows[0][2].n is None  # what SELECT gives for the old row: the new attribute is NULL
     assert data_of(rec, table) == [{"id": i, "e": e, "c": c, "cs": cs} for i, e, c, cs in rows]
+
+
+async def test_a_composite_value_built_before_an_add_attribute_and_committed_after_it_gets_nulls(
+    module_dsn: str, readers: Ref, mode: str
+) -> None:
+    """The reader refreshed for the new shape, then meets an old-shape record: NULL, not text."""
+    comp, table = unique("ty_late"), unique("ty_late_t")
+    create(
+        module_dsn,
+        f"CREATE TYPE {comp} AS (x int)",
+        f"CREATE TABLE {table} (id int PRIMARY KEY, v {comp})",
+    )
+    create_publication(module_dsn, f"{table}_pub", [table])
+    rec = Recorder()
+    ref, _ = await subscribe(module_dsn, rec, f"{table}_pub", mode)
+    try:
+        async with await TrioConnection.connect(module_dsn) as late:
+            await late.execute(f"INSERT INTO {table} VALUES (1, ROW(1))")  # type: ignore[arg-type]
+            await execute(
+                module_dsn,
+                f"ALTER TYPE {comp} ADD ATTRIBUTE y int",
+                f"INSERT INTO {table} VALUES (2, ROW(2, 3))",
+            )
+            await rec.wait_changes(1)
+            await late.commit()
+        await rec.wait_changes(2)
+    finally:
+        await wal_reader.unsubscribe(ref)
+    rows = selected(module_dsn, f"SELECT id, v FROM {table} ORDER BY id", (CompositeInfo, comp))
+    got = {row["id"]: row for row in data_of(rec, table)}
+    assert [got[2], got[1]] == [{"id": i, "v": v} for i, v in reversed(rows)]
+    assert got[1]["v"].y is None
+
+
+async def test_a_renamed_attribute_is_picked_up_when_pgoutput_sends_the_table_again(
+    module_dsn: str, readers: Ref, mode: str
+) -> None:
+    """No value is refused after RENAME ATTRIBUTE; a re-sent Relation (ALTER TABLE) refreshes."""
+    comp, table = unique("ty_ren_at"), unique("ty_ren_at_t")
+    create(
+        module_dsn,
+        f"CREATE TYPE {comp} AS (x int, old_name text)",
+        f"CREATE TABLE {table} (id int PRIMARY KEY, v {comp})",
+    )
+    create_publication(module_dsn, f"{table}_pub", [table])
+    rec = Recorder()
+    ref, _ = await subscribe(module_dsn, rec, f"{table}_pub", mode)
+    try:
+        await execute(module_dsn, f"INSERT INTO {table} VALUES (1, ROW(1, 'a'))")
+        await rec.wait_changes(1)
+        await execute(
+            module_dsn,
+            f"ALTER TYPE {comp} RENAME ATTRIBUTE old_name TO new_name",
+            f"ALTER TABLE {table} ADD COLUMN note text",
+            f"INSERT INTO {table} VALUES (2, ROW(2, 'b'), 'n')",
+        )
+        await rec.wait_changes(2)
+    finally:
+        await wal_reader.unsubscribe(ref)
+    rows = selected(
+        module_dsn, f"SELECT id, v, note FROM {table} ORDER BY id", (CompositeInfo, comp)
+    )
+    got = data_of(rec, table)
+    assert got[1] == {"id": 2, "v": rows[1][1], "note": "n"}
+    assert got[1]["v"].new_name == "b"
+
+
+async def test_a_type_fetch_that_hangs_gives_up_after_the_timeout_and_the_connection_survives(
+    module_dsn: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    kind = unique("ty_hang")
+    create(module_dsn, f"CREATE TYPE {kind} AS ENUM ('a')")
+    with psycopg.connect(module_dsn) as conn:
+        info = EnumInfo.fetch(conn, kind)
+    assert info is not None
+    monkeypatch.setattr(stream, "TYPE_FETCH_TIMEOUT", 0.3)
+    session = stream.ReplicationSession({}, "unused", (), ReaderOptions())
+    decoder = ValueDecoder()
+    decoder.add_type(Type(None, info.oid, "public", kind))
+    assert decoder.missing_types() == frozenset({info.oid})
+    async with (
+        await TrioConnection.connect(module_dsn, autocommit=True) as meta,
+        await TrioConnection.connect(module_dsn) as locker,
+    ):
+        session.meta = meta
+        await locker.execute("LOCK TABLE pg_catalog.pg_namespace IN ACCESS EXCLUSIVE MODE")
+        with trio.fail_after(5):
+            await session._fetch_types(decoder)
+        await locker.rollback()
+        assert decoder.missing_types() == frozenset()  # given up: its values stay text
+        assert any("cannot fetch user types" in r.getMessage() for r in caplog.records)
+        cur = await meta.execute("SELECT 1")
+        assert await cur.fetchall() == [(1,)]
+    session.meta = None
 
 
 async def test_a_value_the_current_catalog_cannot_load_is_delivered_as_text_without_a_loop(
