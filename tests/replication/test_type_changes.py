@@ -414,6 +414,40 @@ async def test_a_type_fetch_that_hangs_gives_up_after_the_timeout_and_the_connec
     session.meta = None
 
 
+async def test_a_record_written_before_a_drop_attribute_and_decoded_after_it_is_delivered_raw(
+    module_dsn: str, readers: Ref, mode: str
+) -> None:
+    """Documented (docs/types.md): today's catalog has fewer fields than the old record."""
+    comp, table = unique("ty_olddrop"), unique("ty_olddrop_t")
+    create(
+        module_dsn,
+        f"CREATE TYPE {comp} AS (x int, gone text)",
+        f"CREATE TABLE {table} (id int PRIMARY KEY, v {comp})",
+    )
+    create_publication(module_dsn, f"{table}_pub", [table])
+    slot = unique("ty_olddrop_slot")
+    create(module_dsn, f"SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')")
+    create(
+        module_dsn,
+        f"INSERT INTO {table} VALUES (1, ROW(1, 'g'))",
+        f"ALTER TYPE {comp} DROP ATTRIBUTE gone",
+        f"INSERT INTO {table} VALUES (2, ROW(2))",
+    )
+    rec = Recorder()
+    ref, _ = await subscribe(module_dsn, rec, f"{table}_pub", mode, slot)
+    try:
+        await rec.wait_changes(2)
+    finally:
+        await wal_reader.unsubscribe(ref)
+        await drop_slot_when_free(module_dsn, slot)
+    got = data_of(rec, table)
+    if mode == "text":
+        assert got[0]["v"] == "(1,g)"
+    else:  # the binary record: 2 fields
+        assert isinstance(got[0]["v"], bytes) and got[0]["v"][:4] == b"\0\0\0\2"
+    assert got[1]["v"] == (2,) and got[1]["v"]._fields == ("x",)
+
+
 async def test_a_value_the_current_catalog_cannot_load_is_delivered_as_text_without_a_loop(
     module_dsn: str, readers: Ref, mode: str, caplog: pytest.LogCaptureFixture
 ) -> None:
