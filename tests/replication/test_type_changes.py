@@ -385,6 +385,40 @@ async def test_a_renamed_attribute_is_picked_up_when_pgoutput_sends_the_table_ag
     assert got[1]["v"].new_name == "b"
 
 
+async def test_a_label_added_just_after_pgoutput_sent_the_table_again_decodes_as_the_enum(
+    module_dsn: str, readers: Ref, mode: str
+) -> None:
+    """A migration: ALTER TABLE (pgoutput re-sends the table and its types), then ALTER TYPE."""
+    kind, table = unique("ty_mig"), unique("ty_mig_t")
+    create(
+        module_dsn,
+        f"CREATE TYPE {kind} AS ENUM ('a')",
+        f"CREATE TABLE {table} (id int PRIMARY KEY, v {kind})",
+    )
+    create_publication(module_dsn, f"{table}_pub", [table])
+    rec = Recorder()
+    ref, _ = await subscribe(module_dsn, rec, f"{table}_pub", mode)
+    try:
+        await execute(module_dsn, f"INSERT INTO {table} VALUES (1, 'a')")
+        await rec.wait_changes(1)
+        await execute(
+            module_dsn,
+            f"ALTER TABLE {table} ADD COLUMN note text",
+            f"INSERT INTO {table} VALUES (2, 'a', 'x')",
+        )
+        await rec.wait_changes(2)
+        await execute(
+            module_dsn,
+            f"ALTER TYPE {kind} ADD VALUE 'b'",
+            f"INSERT INTO {table} VALUES (3, 'b', 'y')",
+        )
+        await rec.wait_changes(3)
+    finally:
+        await wal_reader.unsubscribe(ref)
+    rows = selected(module_dsn, f"SELECT id, v, note FROM {table} ORDER BY id", (EnumInfo, kind))
+    assert data_of(rec, table)[2] == {"id": 3, "v": rows[2][1], "note": "y"}
+
+
 async def test_a_type_fetch_that_hangs_gives_up_after_the_timeout_and_the_connection_survives(
     module_dsn: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -530,6 +564,17 @@ def test_a_value_a_user_type_refuses_asks_for_a_refresh_once_per_catalog_state(
     clock.now += ValueDecoder.REFRESH_BACKOFF / 2
     assert decoder.decode(1, _text_row(b"zz")) == {"v": "zz"}
     clock.now += ValueDecoder.REFRESH_BACKOFF
+    with pytest.raises(TypeRefreshNeeded):
+        decoder.decode(1, _text_row(b"zz"))
+
+
+def test_a_type_announced_again_is_refreshed_without_backing_off(
+    enum_decoder: tuple[ValueDecoder, _Clock, int],
+) -> None:
+    decoder, _, oid = enum_decoder
+    decoder.add_type(Type(None, oid, "public", "e"))
+    assert decoder.stale_types() == frozenset({oid})
+    decoder.refreshed(decoder.stale_types())  # nothing had changed
     with pytest.raises(TypeRefreshNeeded):
         decoder.decode(1, _text_row(b"zz"))
 

@@ -230,10 +230,13 @@ class ValueDecoder:
         self._logged: set[tuple[int, int]] = set()
         self.refresh_on_failure = False
         self._clock = clock
-        # User types whose cached information a refused value showed stale.
+        # User types to fetch again; those of them a refused value showed stale.
         self._stale: set[int] = set()
+        self._refused: set[int] = set()
         # OID -> clock time before which a refused value does not ask for a refresh.
         self._backoff: dict[int, float] = {}
+        # OID -> clock time until which the catalog is known to match (see _confirmed).
+        self._confirmed_until: dict[int, float] = {}
         # OID -> _signature of what was registered; domain -> (base, array).
         self._signatures: dict[int, Hashable] = {}
         self._domains: dict[int, tuple[int, int]] = {}
@@ -307,31 +310,38 @@ class ValueDecoder:
         return frozenset(self._stale)
 
     def refreshed(self, oids: Iterable[int]) -> None:
-        """The stale ``oids`` were fetched again (or the attempt failed): stop asking.
+        """The stale ``oids`` (and what they depend on) were fetched again, or the attempt
+        failed: stop asking.
 
         If no registration since the previous call changed a known type, the
-        catalog had nothing new for them: they back off for
-        :attr:`REFRESH_BACKOFF` seconds (their refused values are delivered as
-        text meanwhile), so a value no catalog can load cannot make every row
-        cost a catalog query.  Meanwhile their information counts as
-        confirmed: a composite record with fewer fields than the type is one
-        written before ``ADD ATTRIBUTE``, and loads with NULL for the new ones.
+        catalog had nothing new for them.  Those a refused value made stale
+        then back off for :attr:`REFRESH_BACKOFF` seconds (their refused values
+        are delivered as text meanwhile), so a value no catalog can load cannot
+        make every row cost a catalog query; a type pgoutput merely announced
+        again does not back off.  For as long, the information of all of them
+        counts as confirmed: a composite record with fewer fields than the
+        type was written before ``ADD ATTRIBUTE`` and loads with NULL for the
+        new attributes.
         """
         oids = set(oids)
+        refused = self._refused & oids
         self._stale -= oids
+        self._refused -= oids
         if not self._changed:
             until = self._clock() + self.REFRESH_BACKOFF
             for oid in oids:
+                self._confirmed_until[oid] = until
+            for oid in refused:
                 self._backoff[oid] = until
         self._changed = False
 
     def _confirmed(self, oid: int) -> bool:
-        """The last refresh of ``oid`` found the catalog unchanged, and is recent.
+        """A refresh of ``oid`` found the catalog unchanged less than REFRESH_BACKOFF ago.
 
         Then a composite record shorter than the type was written before an
         ``ADD ATTRIBUTE`` and may be padded (see :func:`.loaders.pad_short_records`).
         """
-        return self._clock() < self._backoff.get(oid, float("-inf"))
+        return self._clock() < self._confirmed_until.get(oid, float("-inf"))
 
     def _note_signature(self, oid: int, signature: Hashable) -> None:
         previous = self._signatures.get(oid)
@@ -536,6 +546,7 @@ class ValueDecoder:
                 out[name] = UNCHANGED_TOAST
         if stale:
             self._stale |= stale
+            self._refused |= stale
             raise TypeRefreshNeeded(frozenset(stale))
         return out
 
