@@ -63,6 +63,8 @@ def _readers_fixture() -> Callable[..., Any]:
 readers = _readers_fixture()
 
 MODES = ["text", "binary"]
+#: A text field that record_out must quote and escape.
+TRICKY = """'o,"n\\e (x,y)'"""
 
 
 @pytest.fixture(params=MODES)
@@ -330,7 +332,8 @@ async def test_rows_written_before_an_alter_and_decoded_after_it_come_out_as_sel
     create(module_dsn, f"SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')")
     create(
         module_dsn,
-        f"INSERT INTO {table} VALUES (1, 'a', ROW(1, 'one'), ARRAY[ROW(1, 'one')::{comp}])",
+        # quotes, a comma, a backslash and parentheses: the field count must not be fooled
+        f"INSERT INTO {table} VALUES (1, 'a', ROW(1, {TRICKY}), ARRAY[ROW(1, {TRICKY})::{comp}])",
         f"ALTER TYPE {kind} ADD VALUE 'b'",
         f"ALTER TYPE {comp} ADD ATTRIBUTE n numeric",
         f"INSERT INTO {table} VALUES "
