@@ -16,6 +16,11 @@ never become a poison transaction:
   (text) or the OID (binary, all the server sends), and, in binary format, the text form of
   ``macaddr``/``macaddr8``/``bit``/``varbit``/``xml``/``tsvector`` (which are
   delivered as ``str`` in text format).
+* a composite value written before ``ALTER TYPE ... ADD ATTRIBUTE`` has fewer
+  fields than the type has now, and psycopg's composite loaders refuse it:
+  :func:`pad_short_records` makes them read the missing trailing fields as
+  NULL, which is what ``SELECT`` gives for such a row, when the caller knows
+  the type information is current.
 
 Everything is registered on the decoder's *own* copy of the adapters map, so
 a user's connection is never modified.
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
@@ -33,10 +39,11 @@ from psycopg import DataError, abc, postgres
 from psycopg.abc import AdaptContext, Buffer
 from psycopg.adapt import AdaptersMap, Loader
 from psycopg.pq import Format
+from psycopg.types.composite import CompositeInfo
 
 from .lsn import LSN
 
-__all__ = ["JSON_NULL", "JsonNull", "install_loaders"]
+__all__ = ["JSON_NULL", "JsonNull", "install_loaders", "pad_short_records"]
 
 
 class JsonNull(enum.Enum):
@@ -314,3 +321,80 @@ def install_loaders(
         adapters.register_loader(type_oid, text_loader)
         adapters.register_loader(type_oid, binary_loader)
     return replaced
+
+
+_FIELD_COUNT = struct.Struct(">i")
+_NULL_FIELD = struct.Struct(">Ii")
+
+
+def _text_record_fields(data: bytes) -> int:
+    """How many fields the text form of a record, ``(1,"a,b",)``, has.
+
+    ``record_out`` quotes a field holding a comma, a quote or a backslash, and
+    doubles the quotes and backslashes in it: counting the commas outside
+    quotes, skipping the character after a backslash, is enough.
+    """
+    count = 1
+    quoted = False
+    skip = False
+    for ch in data[1:-1]:
+        if skip:
+            skip = False
+        elif ch == 0x5C:  # backslash
+            skip = True
+        elif ch == 0x22:  # a doubled quote toggles twice
+            quoted = not quoted
+        elif ch == 0x2C and not quoted:
+            count += 1
+    return count
+
+
+def _padded_text(data: bytes, info: CompositeInfo) -> bytes | None:
+    missing = len(info.field_types) - _text_record_fields(data)
+    if missing <= 0 or not data.endswith(b")"):
+        return None
+    return data[:-1] + b"," * missing + b")"  # an empty field is NULL
+
+
+def _padded_binary(data: bytes, info: CompositeInfo) -> bytes | None:
+    if len(data) < 4:
+        return None
+    (count,) = _FIELD_COUNT.unpack_from(data)
+    if not 0 <= count < len(info.field_types):
+        return None
+    nulls = b"".join(_NULL_FIELD.pack(oid, -1) for oid in info.field_types[count:])
+    return _FIELD_COUNT.pack(len(info.field_types)) + data[4:] + nulls
+
+
+def pad_short_records(
+    adapters: AdaptersMap, info: CompositeInfo, allowed: Callable[[int], bool]
+) -> None:
+    """Let the loaders of composite ``info`` read records with fewer fields as trailing NULLs.
+
+    Call after ``register_composite(info, adapters)``.  A record stored before
+    ``ALTER TYPE ... ADD ATTRIBUTE`` keeps its old field count, and pgoutput
+    sends it so (the walsender decodes with the catalog of the time); a
+    reader that fetched the type afterwards would refuse it.  But a short
+    record is also what a ``DROP ATTRIBUTE`` made after ``info`` was fetched
+    gives, and padding it would shift its values under the wrong names: so a
+    short record is padded only when ``allowed(info.oid)`` says the caller
+    just confirmed ``info`` against the catalog; otherwise it is refused as
+    before.  A record with *more* fields than ``info`` is always refused.
+    Costs nothing for a record of the right length.
+    """
+    for fmt, pad in ((Format.TEXT, _padded_text), (Format.BINARY, _padded_binary)):
+        base = adapters.get_loader(info.oid, fmt)
+        if base is None:
+            continue
+
+        def load(self: Any, data: Buffer, _base: Any = base, _pad: Any = pad) -> Any:
+            try:
+                return _base.load(self, data)
+            except Exception:
+                padded = _pad(bytes(data), info) if allowed(info.oid) else None
+                if padded is None:
+                    raise
+                return _base.load(self, padded)
+
+        padded_loader = type(f"Padded{base.__name__}", (base,), {"load": load})
+        adapters.register_loader(info.oid, padded_loader)

@@ -54,7 +54,7 @@ from .pgoutput import Delete, Insert, PgOutputDecoder, Relation, Type, Update, d
 from .protocol import _XLOG, decode_copy_data, encode_standby_status
 from .slots import check_publications, ensure_slot, slot_in_use_error, start_replication_command
 from .typefetch import afetch_missing_types
-from .values import ValueDecoder
+from .values import TypeRefreshNeeded, ValueDecoder
 
 __all__ = ["ReplicationSession"]
 
@@ -74,6 +74,8 @@ _BURST = 128
 _new_lsn = int.__new__
 #: Acknowledgements of handled transactions are coalesced over this many seconds.
 ACK_COALESCE = 0.01
+#: Seconds a catalog look-up of user types may hold the stream up.
+TYPE_FETCH_TIMEOUT = 5.0
 
 
 class ReplicationSession:
@@ -182,6 +184,7 @@ class ReplicationSession:
             raise slot_in_use_error(self.slot, exc) from None
         self.streaming = True
         self.decoder = ValueDecoder(self.repl)
+        self.decoder.refresh_on_failure = True  # see _refeed
         self.assembler = TransactionAssembler(self.decoder, self.options.max_batch_size)
         self.last_status = trio.current_time()
         logger.info(
@@ -257,7 +260,10 @@ class ReplicationSession:
                     types_dirty = False
                     if decoder.missing_types():
                         await self._fetch_types(decoder)
-                batches = feed(lsn, msg)
+                try:
+                    batches = feed(lsn, msg)
+                except TypeRefreshNeeded:
+                    batches = await self._refeed(decoder, lsn, msg)
                 for batch in batches:
                     self.pending += 1
                     await out.send(batch)
@@ -274,7 +280,10 @@ class ReplicationSession:
     async def _fetch_types(self, decoder: ValueDecoder) -> None:
         assert self.meta is not None
         try:
-            await afetch_missing_types(self.meta, decoder)
+            with trio.move_on_after(TYPE_FETCH_TIMEOUT) as scope:
+                await afetch_missing_types(self.meta, decoder)
+            if scope.cancelled_caught:
+                raise psycopg.OperationalError(f"no answer within {TYPE_FETCH_TIMEOUT} s")
         except psycopg.Error as exc:
             logger.warning(
                 "slot %s: cannot fetch user types (%s); their values are delivered as text",
@@ -283,6 +292,27 @@ class ReplicationSession:
             )
             for oid in decoder.missing_types():
                 decoder.give_up(oid)
+
+    async def _refeed(self, decoder: ValueDecoder, lsn: LSN, msg: Any) -> list[ChangeBatch]:
+        """Feed ``msg`` again once the user types whose values it refused are refreshed.
+
+        pgoutput does not announce ``ALTER TYPE``: a refused value is the sign.
+        At most two refreshes (a refresh that finds nothing new backs the type
+        off, see :class:`ValueDecoder`), then what is still refused is
+        delivered as text: the stream never loops on a value.
+        """
+        assert self.assembler is not None
+        for _ in range(2):
+            await self._fetch_types(decoder)
+            try:
+                return self.assembler.feed(lsn, msg)
+            except TypeRefreshNeeded:
+                pass
+        decoder.refresh_on_failure = False
+        try:
+            return self.assembler.feed(lsn, msg)
+        finally:
+            decoder.refresh_on_failure = True
 
     def acknowledge(self, lsn: LSN) -> None:
         """Record that the handler finished everything up to ``lsn`` (a commit's end)."""

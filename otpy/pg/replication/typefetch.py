@@ -18,6 +18,15 @@ Resolution per OID, from ``pg_type``:
 * array of a user type -> resolve the element type (its info registers the array);
 * anything else (e.g. a base type from an extension with no psycopg loader)
   -> given up: values stay text.
+
+The user-typed fields of a composite are resolved too, so that its values
+hold the same Python values as ``SELECT`` gives with every type registered.
+
+:meth:`ValueDecoder.stale_types` (types an ``ALTER TYPE`` may have changed)
+are fetched again although they have loaders, and so is what their loaders
+depend on: the base of a domain, the element of an array, the fields of a
+composite.  The decoder is told with :meth:`ValueDecoder.refreshed` which
+types were fetched again once the attempt is over, whether it succeeded or not.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ from psycopg.types.enum import EnumInfo
 from psycopg.types.multirange import MultirangeInfo
 from psycopg.types.range import RangeInfo
 
-from .values import ValueDecoder
+from .values import FIRST_NORMAL_OID, ValueDecoder
 
 __all__ = ["TYPE_QUERY", "afetch_missing_types", "fetch_missing_types"]
 
@@ -58,16 +67,45 @@ _MAX_ROUNDS = 5
 _Domain = tuple[int, int, int]
 
 
+def _unknown(decoder: ValueDecoder, oids: set[int], forced: set[int]) -> set[int]:
+    """The ``oids`` to describe: those without a loader, and the ``forced`` (stale) ones."""
+    return {
+        oid
+        for oid in oids
+        if oid in forced or decoder.adapters.get_loader(oid, Format.TEXT) is None
+    }
+
+
+def _follow(oid: int, dependency: int, forced: set[int], next_round: set[int]) -> None:
+    """Describe ``dependency`` of ``oid`` next round; refresh it too if ``oid`` is refreshed."""
+    next_round.add(dependency)
+    if oid in forced:
+        forced.add(dependency)
+
+
+def _register_fetched(
+    decoder: ValueDecoder, oid: int, info: TypeInfo | None, forced: set[int], wanted: set[int]
+) -> None:
+    """Register one fetched info; queue the user types of a composite's fields."""
+    _register(decoder, oid, info)
+    if isinstance(info, CompositeInfo):
+        for field in info.field_types:
+            if field >= FIRST_NORMAL_OID:
+                _follow(oid, field, forced, wanted)
+
+
 def _plan(
     decoder: ValueDecoder,
     rows: Sequence[tuple[Any, ...]],
     wanted: set[int],
     domains: list[_Domain],
+    forced: set[int],
 ) -> tuple[list[tuple[int, type[TypeInfo], sql.Identifier]], set[int]]:
     """Act on TYPE_QUERY rows: queue domains, give up on the hopeless.
 
     Returns the infos still to fetch and the OIDs to describe in the next round;
-    appends (domain, base, array) to ``domains``.
+    appends (domain, base, array) to ``domains``; adds to ``forced`` what the
+    refresh of a ``forced`` type depends on.
     """
     fetch: list[tuple[int, type[TypeInfo], sql.Identifier]] = []
     next_round: set[int] = set()
@@ -78,15 +116,15 @@ def _plan(
         if typtype in _INFO_CLASSES:
             fetch.append((oid, _INFO_CLASSES[typtype], ident))
         elif typtype == "d":
-            if decoder.adapters.get_loader(basetype, Format.TEXT) is None:
-                next_round.add(basetype)
+            if oid in forced or decoder.adapters.get_loader(basetype, Format.TEXT) is None:
+                _follow(oid, basetype, forced, next_round)
             domains.append((oid, basetype, array))
         elif typname == "hstore":
             fetch.append((oid, TypeInfo, ident))
         elif category == "S" and typtype == "b":
             decoder.register_as_text(oid, typname, array)  # citext and friends
         elif category == "A" and elem:
-            next_round.add(elem)
+            _follow(oid, elem, forced, next_round)
             decoder.give_up(oid)  # the element's info registers the array, if it can
         else:
             decoder.give_up(oid)
@@ -113,36 +151,48 @@ def _register(decoder: ValueDecoder, oid: int, info: TypeInfo | None) -> None:
 
 def fetch_missing_types(conn: Connection[Any], decoder: ValueDecoder) -> None:
     """Resolve :meth:`ValueDecoder.missing_types` with a blocking psycopg connection."""
-    wanted = set(decoder.missing_types())
+    stale = decoder.stale_types()
+    forced, wanted, refreshed = set(stale), set(decoder.missing_types()), set(stale)
     domains: list[_Domain] = []
-    for _ in range(_MAX_ROUNDS):
-        wanted = {oid for oid in wanted if decoder.adapters.get_loader(oid, Format.TEXT) is None}
-        if not wanted:
-            break
-        rows = conn.execute(TYPE_QUERY, [sorted(wanted)]).fetchall()
-        fetch, wanted = _plan(decoder, rows, wanted, domains)
-        for oid, cls, ident in fetch:
-            _register(decoder, oid, cls.fetch(conn, ident))
-        _register_domains(decoder, domains, final=False)
-    _register_domains(decoder, domains, final=True)
-    for oid in wanted:
-        decoder.give_up(oid)
+    try:
+        for _ in range(_MAX_ROUNDS):
+            wanted = _unknown(decoder, wanted, forced)
+            if not wanted:
+                break
+            refreshed |= wanted & forced
+            rows = conn.execute(TYPE_QUERY, [sorted(wanted)]).fetchall()
+            fetch, wanted = _plan(decoder, rows, wanted, domains, forced)
+            for oid, cls, ident in fetch:
+                _register_fetched(decoder, oid, cls.fetch(conn, ident), forced, wanted)
+            _register_domains(decoder, domains, final=False)
+            forced.difference_update(row[0] for row in rows)  # refreshed once is enough
+        _register_domains(decoder, domains, final=True)
+        for oid in wanted:
+            decoder.give_up(oid)
+    finally:
+        decoder.refreshed(refreshed)
 
 
 async def afetch_missing_types(conn: AsyncConnection[Any], decoder: ValueDecoder) -> None:
     """Resolve :meth:`ValueDecoder.missing_types` with an async psycopg connection."""
-    wanted = set(decoder.missing_types())
+    stale = decoder.stale_types()
+    forced, wanted, refreshed = set(stale), set(decoder.missing_types()), set(stale)
     domains: list[_Domain] = []
-    for _ in range(_MAX_ROUNDS):
-        wanted = {oid for oid in wanted if decoder.adapters.get_loader(oid, Format.TEXT) is None}
-        if not wanted:
-            break
-        cursor = await conn.execute(TYPE_QUERY, [sorted(wanted)])
-        rows = await cursor.fetchall()
-        fetch, wanted = _plan(decoder, rows, wanted, domains)
-        for oid, cls, ident in fetch:
-            _register(decoder, oid, await cls.fetch(conn, ident))
-        _register_domains(decoder, domains, final=False)
-    _register_domains(decoder, domains, final=True)
-    for oid in wanted:
-        decoder.give_up(oid)
+    try:
+        for _ in range(_MAX_ROUNDS):
+            wanted = _unknown(decoder, wanted, forced)
+            if not wanted:
+                break
+            refreshed |= wanted & forced
+            cursor = await conn.execute(TYPE_QUERY, [sorted(wanted)])
+            rows = await cursor.fetchall()
+            fetch, wanted = _plan(decoder, rows, wanted, domains, forced)
+            for oid, cls, ident in fetch:
+                _register_fetched(decoder, oid, await cls.fetch(conn, ident), forced, wanted)
+            _register_domains(decoder, domains, final=False)
+            forced.difference_update(row[0] for row in rows)  # refreshed once is enough
+        _register_domains(decoder, domains, final=True)
+        for oid in wanted:
+            decoder.give_up(oid)
+    finally:
+        decoder.refreshed(refreshed)

@@ -17,13 +17,26 @@ as its text (``bytes`` in binary format), a value whose loader raises is
 delivered the same way, and either case is logged once per type, so a strange
 value can never turn a transaction into a poison message that is redelivered
 forever.  See ``docs/types.md`` for what each PostgreSQL type becomes.
+
+User types change under a running reader (``ALTER TYPE ... ADD VALUE`` /
+``ADD ATTRIBUTE``) and pgoutput does not say so: it announces a type once per
+session, with the Relation of a table using it, and ``ALTER TYPE``
+invalidates no table.  The first sign is a value the cached information
+refuses.  With :attr:`ValueDecoder.refresh_on_failure` on, such a value of a
+user type raises :class:`TypeRefreshNeeded` instead of falling back to text:
+the reader re-fetches the type (:meth:`ValueDecoder.stale_types`) and decodes
+the message again.  A refresh that finds the catalog unchanged backs the type
+off for :attr:`ValueDecoder.REFRESH_BACKOFF` seconds, during which its refused
+values fall back to text, so a value that no catalog can load never costs more
+than one catalog query per type and back-off period.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import Any, ClassVar
 
 import attrs
 from psycopg import BaseConnection, postgres
@@ -38,13 +51,14 @@ from psycopg.types.multirange import MultirangeInfo, register_multirange
 from psycopg.types.range import RangeInfo, register_range
 
 from .errors import RelationMismatchError, UnknownRelationError, ValueDecodingError
-from .loaders import JSON_NULL, install_loaders
+from .loaders import JSON_NULL, install_loaders, pad_short_records
 from .pgoutput import UNCHANGED_TOAST, Relation, TupleData, Type
 
 __all__ = [
     "JSON_NULL",
     "UNCHANGED_TOAST",
     "RelationMismatchError",
+    "TypeRefreshNeeded",
     "UnknownRelationError",
     "ValueDecoder",
     "ValueDecodingError",
@@ -58,6 +72,38 @@ FIRST_NORMAL_OID = 16384
 
 _Load = Callable[[Any], Any]
 _Row = Callable[[Sequence[Any]], dict[str, Any]]
+
+
+class TypeRefreshNeeded(Exception):
+    """A value of a user type failed to load with the cached type information.
+
+    Raised by :meth:`ValueDecoder.decode` only when
+    :attr:`ValueDecoder.refresh_on_failure` is on, so that the caller can
+    refresh the types (:func:`.typefetch.afetch_missing_types` does it) and
+    decode the same tuple again; nothing was consumed.  It is the sign of an
+    ``ALTER TYPE`` (a new enum label, a new composite attribute) after the type
+    was fetched.  Not an error a user sees: the WAL reader handles it.
+
+    Attributes:
+        oids: the type OIDs of the columns whose values were refused.
+    """
+
+    def __init__(self, oids: frozenset[int]) -> None:
+        super().__init__(f"values of user types {sorted(oids)} need fresh type information")
+        self.oids = oids
+
+
+def _signature(info: TypeInfo) -> Hashable:
+    """What of a ``TypeInfo`` decides how its values load: equal when nothing changed."""
+    return (
+        type(info).__name__,
+        info.name,
+        info.array_oid,
+        tuple(getattr(info, "labels", ())),
+        tuple(getattr(info, "field_names", ())),
+        tuple(getattr(info, "field_types", ())),
+        getattr(info, "subtype_oid", None),
+    )
 
 
 class _Context:
@@ -148,13 +194,26 @@ class ValueDecoder:
     Values: SQL NULL -> ``None``; unchanged TOAST -> :data:`UNCHANGED_TOAST`;
     JSON ``null`` -> :data:`JSON_NULL`; everything else as in ``docs/types.md``.
 
+    Args:
+        clock: seconds, monotonic; times the refresh back-off (tests pass their own).
+
     Attributes:
         adapters: the decoder's private ``AdaptersMap``.  To customise a type,
             register a loader on it and call :meth:`refresh` (cached plans
             hold the previous loaders).
+        refresh_on_failure: when true, a value of a user type that its loader
+            refuses raises :class:`TypeRefreshNeeded` (unless the type is
+            backing off) instead of being delivered as text.  Off by default:
+            only a caller that refreshes types and decodes again may turn it on.
     """
 
-    def __init__(self, context: AdaptContext | None = None) -> None:
+    #: Seconds a type waits before another refresh, after a refresh that changed nothing.
+    #: (During them its information counts as confirmed, see :meth:`refreshed`.)
+    REFRESH_BACKOFF: ClassVar[float] = 1.0
+
+    def __init__(
+        self, context: AdaptContext | None = None, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         base = context.adapters if context is not None else postgres.adapters
         self.adapters = AdaptersMap(base)
         self._unwrapped = install_loaders(self.adapters)
@@ -169,6 +228,20 @@ class ValueDecoder:
         self._given_up: set[int] = set()
         # (oid, format) pairs already logged, so each problem is logged once.
         self._logged: set[tuple[int, int]] = set()
+        self.refresh_on_failure = False
+        self._clock = clock
+        # User types to fetch again; those of them a refused value showed stale.
+        self._stale: set[int] = set()
+        self._refused: set[int] = set()
+        # OID -> clock time before which a refused value does not ask for a refresh.
+        self._backoff: dict[int, float] = {}
+        # OID -> clock time until which the catalog is known to match (see _confirmed).
+        self._confirmed_until: dict[int, float] = {}
+        # OID -> _signature of what was registered; domain -> (base, array).
+        self._signatures: dict[int, Hashable] = {}
+        self._domains: dict[int, tuple[int, int]] = {}
+        # A registration changed a known type since the last refreshed().
+        self._changed = False
         self._tx = Transformer(_Context(self.adapters, self._connection))
 
     # ------------------------------------------------------------------ registry
@@ -181,10 +254,18 @@ class ValueDecoder:
             self._note_type(column.type_oid)
 
     def add_type(self, message: Type) -> None:
-        """Record a Type message: remember its name and whether it needs fetching."""
+        """Record a Type message: remember its name and whether it needs fetching.
+
+        A Type for an OID already registered means pgoutput sent the Relation
+        of a table again (its relation cache entry was invalidated): the type
+        is refreshed too, as the cheapest chance to notice a change that no
+        value refuses (a renamed attribute).
+        """
         self._type_names[message.oid] = (
             f"{message.namespace}.{message.name}" if message.namespace else message.name
         )
+        if message.oid in self._signatures:
+            self._stale.add(message.oid)
         self._note_type(message.oid)
 
     def relation(self, oid: int) -> Relation:
@@ -215,13 +296,58 @@ class ValueDecoder:
             self._missing.add(oid)
 
     def missing_types(self) -> frozenset[int]:
-        """OIDs of user types seen in Relation/Type messages that have no loader yet.
+        """OIDs of user types to fetch: seen with no loader yet, or :meth:`stale_types`.
 
         Until they are registered (or :meth:`give_up` is called) their values
         are delivered as text.  The reader should resolve them (see
         :func:`.typefetch.afetch_missing_types`) before decoding rows.
         """
-        return frozenset(self._missing)
+        return frozenset(self._missing | self._stale)
+
+    def stale_types(self) -> frozenset[int]:
+        """OIDs of registered user types to fetch again: a value refused them, or pgoutput
+        announced them again.  Answered by :meth:`refreshed` once they were fetched."""
+        return frozenset(self._stale)
+
+    def refreshed(self, oids: Iterable[int]) -> None:
+        """The stale ``oids`` (and what they depend on) were fetched again, or the attempt
+        failed: stop asking.
+
+        If no registration since the previous call changed a known type, the
+        catalog had nothing new for them.  Those a refused value made stale
+        then back off for :attr:`REFRESH_BACKOFF` seconds (their refused values
+        are delivered as text meanwhile), so a value no catalog can load cannot
+        make every row cost a catalog query; a type pgoutput merely announced
+        again does not back off.  For as long, the information of all of them
+        counts as confirmed: a composite record with fewer fields than the
+        type was written before ``ADD ATTRIBUTE`` and loads with NULL for the
+        new attributes.
+        """
+        oids = set(oids)
+        refused = self._refused & oids
+        self._stale -= oids
+        self._refused -= oids
+        if not self._changed:
+            until = self._clock() + self.REFRESH_BACKOFF
+            for oid in oids:
+                self._confirmed_until[oid] = until
+            for oid in refused:
+                self._backoff[oid] = until
+        self._changed = False
+
+    def _confirmed(self, oid: int) -> bool:
+        """A refresh of ``oid`` found the catalog unchanged less than REFRESH_BACKOFF ago.
+
+        Then a composite record shorter than the type was written before an
+        ``ADD ATTRIBUTE`` and may be padded (see :func:`.loaders.pad_short_records`).
+        """
+        return self._clock() < self._confirmed_until.get(oid, float("-inf"))
+
+    def _note_signature(self, oid: int, signature: Hashable) -> None:
+        previous = self._signatures.get(oid)
+        if previous is not None and previous != signature:
+            self._changed = True
+        self._signatures[oid] = signature
 
     def register_type(self, info: TypeInfo) -> None:
         """Register fetched type information and the loaders that go with it.
@@ -235,6 +361,7 @@ class ValueDecoder:
             register_enum(info, self.adapters)
         elif isinstance(info, CompositeInfo):
             register_composite(info, self.adapters)
+            pad_short_records(self.adapters, info, self._confirmed)
         elif isinstance(info, MultirangeInfo):
             register_multirange(info, self.adapters)
         elif isinstance(info, RangeInfo):
@@ -244,6 +371,11 @@ class ValueDecoder:
         else:
             info.register(self.adapters)
             self._given_up.add(info.oid)
+        self._note_signature(info.oid, _signature(info))
+        # Domains over this type copied its previous loaders: copy the new ones.
+        for domain, (base, array) in list(self._domains.items()):
+            if base == info.oid:
+                self.register_domain(domain, base, array)
         self._resolved(info.oid, info.array_oid)
 
     def register_domain(self, oid: int, base_oid: int, array_oid: int = 0) -> None:
@@ -264,6 +396,11 @@ class ValueDecoder:
                 array_loader = self.adapters.get_loader(base_array, fmt)
                 if array_loader is not None:
                     self.adapters.register_loader(array_oid, array_loader)
+        self._domains[oid] = (base_oid, array_oid)
+        self._note_signature(oid, (base_oid, array_oid))
+        for domain, (base, array) in list(self._domains.items()):
+            if base == oid and domain != oid:  # a domain over this domain
+                self.register_domain(domain, base, array)
         self._resolved(oid, array_oid)
 
     def register_as_text(self, oid: int, name: str, array_oid: int = 0) -> None:
@@ -391,18 +528,31 @@ class ValueDecoder:
                 f"{plan.relation.namespace}.{plan.relation.name} has {len(names)}"
             )
         out: dict[str, Any] = {}
+        stale: set[int] = set()
         for i, (name, kind, value) in enumerate(zip(names, data.kinds, data.values, strict=True)):
             if kind == 116 or kind == 98:  # 't', 'b'
                 load = plan.text[i] if kind == 116 else plan.binary[i]
                 try:
                     out[name] = load(value)
                 except Exception as exc:
-                    out[name] = self._undecodable(plan, i, kind, value, exc)  # type: ignore[arg-type]
+                    oid = plan.relation.columns[i].type_oid
+                    if self.refresh_on_failure and self._may_refresh(oid):
+                        stale.add(oid)
+                    else:
+                        out[name] = self._undecodable(plan, i, kind, value, exc)  # type: ignore[arg-type]
             elif kind == 110:  # 'n'
                 out[name] = None
             else:
                 out[name] = UNCHANGED_TOAST
+        if stale:
+            self._stale |= stale
+            self._refused |= stale
+            raise TypeRefreshNeeded(frozenset(stale))
         return out
+
+    def _may_refresh(self, oid: int) -> bool:
+        """A user type (or array of one) whose information may be fetched again now."""
+        return oid >= FIRST_NORMAL_OID and self._clock() >= self._backoff.get(oid, 0.0)
 
     def _undecodable(self, plan: _Plan, index: int, kind: int, value: bytes, exc: Exception) -> Any:
         """A value its loader refused: log once per type, deliver the raw form."""
