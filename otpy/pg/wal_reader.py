@@ -83,7 +83,7 @@ from otpy.pg.replication.errors import (
     StartTimeout,
     StreamEnded,
 )
-from otpy.pg.replication.handler import ReplicationHandler, check_handler
+from otpy.pg.replication.handler import HandlesReplication, ReplicationHandler, check_handler
 from otpy.pg.replication.lsn import LSN
 from otpy.pg.replication.options import ReaderOptions
 from otpy.pg.replication.pgoutput import UNCHANGED_TOAST, is_compiled
@@ -100,6 +100,7 @@ __all__ = [
     "Change",
     "ChangeBatch",
     "ChangesLost",
+    "HandlesReplication",
     "InvalidHandler",
     "InvalidName",
     "InvalidOptions",
@@ -207,7 +208,7 @@ class Subscription:
     publications: tuple[str, ...]
     database: str
     options: ReaderOptions
-    handler: ReplicationHandler
+    handler: HandlesReplication
     supervisor: Ref
     key: tuple[str, str, str]
     child_id: tuple[str, str, int]
@@ -610,7 +611,7 @@ async def _still_subscribed(sub: Subscription) -> bool:
 
 
 async def subscribe(
-    handler: ReplicationHandler,
+    handler: HandlesReplication,
     db_opts: Any,
     slot_name: str,
     publications: Sequence[str],

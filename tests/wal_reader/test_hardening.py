@@ -133,7 +133,7 @@ async def test_a_plain_object_handler_needs_both_methods_as_coroutines(
     assert (await count_children(readers)).specs == 0
 
     handler = Plain()
-    ref = await wal_reader.subscribe(handler, module_dsn, slot, [hz])  # type: ignore[arg-type]
+    ref = await wal_reader.subscribe(handler, module_dsn, slot, [hz])
     try:
         await execute(module_dsn, "INSERT INTO hz VALUES (1)")
         with trio.fail_after(15):

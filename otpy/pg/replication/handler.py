@@ -15,14 +15,14 @@ that silently returned would make PostgreSQL forget every change unseen.
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import InvalidHandler
 
 if TYPE_CHECKING:
     from .changes import ChangeBatch
 
-__all__ = ["ReplicationHandler", "check_handler"]
+__all__ = ["HandlesReplication", "ReplicationHandler", "check_handler"]
 
 _DATA = "handle_replication_data"
 _STOP = "handle_replication_stop"
@@ -83,6 +83,21 @@ class ReplicationHandler:
         otherwise ``ref.error`` is None.  Exceptions raised here are logged
         and ignored.  The default does nothing.
         """
+
+
+class HandlesReplication(Protocol):
+    """What ``subscribe`` accepts as a handler, for type checkers (duck typing).
+
+    Every :class:`ReplicationHandler` subclass matches; so does any object
+    with both methods as coroutine functions.  At run time
+    :func:`check_handler` enforces it.
+    """
+
+    async def handle_replication_data(self, ref: Any, changes: ChangeBatch) -> None:
+        """See :meth:`ReplicationHandler.handle_replication_data`."""
+
+    async def handle_replication_stop(self, ref: Any, slot_name: str) -> None:
+        """See :meth:`ReplicationHandler.handle_replication_stop`."""
 
 
 def check_handler(handler: object) -> None:
