@@ -584,14 +584,16 @@ class WalReader(GenServer):
                 )
                 sub.state.error = terminal
                 _forget(sub)
-            # A standby that never took over had no stream to end, unless it ends for good.
-            if self._streamed or terminal is not None:
-                try:
-                    await sub.handler.handle_replication_stop(sub, sub.slot)
-                except Exception:
-                    logger.exception("slot %s: handle_replication_stop raised", sub.slot)
-            if terminal is not None:
-                sub.state._end()
+            try:
+                # A standby that never took over had no stream to end, unless it ends for good.
+                if self._streamed or terminal is not None:
+                    try:
+                        await sub.handler.handle_replication_stop(sub, sub.slot)
+                    except Exception:
+                        logger.exception("slot %s: handle_replication_stop raised", sub.slot)
+            finally:
+                if terminal is not None:  # even if the stop hook was cancelled
+                    sub.state._end()
 
 
 def _forget(sub: Subscription) -> None:

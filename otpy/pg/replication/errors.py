@@ -246,7 +246,7 @@ class SlotInvalidated(ChangesLost):
     ``reason`` is PostgreSQL's (``wal_removed``, ``idle_timeout``...), when known.
     """
 
-    def __init__(self, slot: str, reason: str | None, detail: str = "") -> None:
+    def __init__(self, slot: str, reason: str | None = None, detail: str = "") -> None:
         why = f" ({reason})" if reason else ""
         super().__init__(
             slot,
