@@ -18,7 +18,7 @@ The Python counterpart of epg_connector's ``epg_wal_reader``::
 ``subscribe`` returns once the reader is connected, has its slot and
 START_REPLICATION was accepted; otherwise it raises the specific error
 (:class:`SlotInUse`, :class:`PublicationMissing`, :class:`InvalidName`,
-:class:`InvalidHandler`, :class:`StartTimeout`, a connection error...).  The
+:class:`InvalidHandler`, :class:`ReaderStartTimeout`, a connection error...).  The
 reader is a :class:`WalReader` actor under the WAL readers'
 :class:`~otpy.DynamicSupervisor` (include :func:`readers_supervisor_spec` in
 your supervision tree, or pass ``supervisor=``).  When it crashes (server
@@ -75,12 +75,12 @@ from otpy.pg.replication.errors import (
     InvalidName,
     InvalidOptions,
     PublicationMissing,
+    ReaderStartTimeout,
     ReplicationError,
     SlotInUse,
     SlotInvalidated,
     SlotLost,
     SlotMismatch,
-    StartTimeout,
     StreamEnded,
 )
 from otpy.pg.replication.handler import HandlesReplication, ReplicationHandler, check_handler
@@ -106,6 +106,7 @@ __all__ = [
     "InvalidOptions",
     "PublicationMissing",
     "ReaderOptions",
+    "ReaderStartTimeout",
     "ReaderState",
     "ReplicationError",
     "ReplicationHandler",
@@ -113,7 +114,6 @@ __all__ = [
     "SlotInvalidated",
     "SlotLost",
     "SlotMismatch",
-    "StartTimeout",
     "StreamEnded",
     "Subscription",
     "WalReader",
@@ -403,7 +403,7 @@ class WalReader(GenServer):
         """Open the session; in standby mode a busy slot is waited for in the background.
 
         The whole start is bounded by the ``connect_timeout`` option
-        (:class:`StartTimeout`).  On a restart, a terminal error
+        (:class:`ReaderStartTimeout`).  On a restart, a terminal error
         (:class:`ChangesLost`) does not fail ``init`` (the supervisor would
         retry it forever): the reader starts and stops at once with a
         ``shutdown`` reason carrying the error.
@@ -444,13 +444,13 @@ class WalReader(GenServer):
             state.slot_seen = True
 
     async def _bounded(self, start: Callable[[], Awaitable[None]]) -> None:
-        """Run one start step within ``connect_timeout``; :class:`StartTimeout` beyond."""
+        """Run one start step within ``connect_timeout``; :class:`ReaderStartTimeout` beyond."""
         timeout = self.subscription.options.connect_timeout
         with trio.move_on_after(timeout) as scope:
             await start()
         if scope.cancelled_caught:
             sub = self.subscription
-            raise StartTimeout(sub.slot, self.session.phase, timeout, sub.database)
+            raise ReaderStartTimeout(sub.slot, self.session.phase, timeout, sub.database)
 
     def _stop_for_good(self, error: ChangesLost) -> None:
         """Stop with a terminal error: a ``shutdown`` exit, which is not restarted."""
@@ -642,7 +642,7 @@ async def subscribe(
         PublicationMissing: a publication does not exist (and ``create_publication`` is off).
         SlotMismatch: an existing slot of that name cannot be used.
         SlotInvalidated: the existing slot was invalidated by PostgreSQL.
-        StartTimeout: the start took longer than the ``connect_timeout`` option.
+        ReaderStartTimeout: the start took longer than the ``connect_timeout`` option.
         otpy.pg.errors.ConnectError / psycopg.Error: connection or authentication failure.
         ReplicationError: no readers supervisor is running.
     """

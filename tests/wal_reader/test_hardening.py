@@ -27,9 +27,9 @@ from otpy.pg.wal_reader import (
     InvalidName,
     InvalidOptions,
     ReaderOptions,
+    ReaderStartTimeout,
     ReplicationHandler,
     SlotLost,
-    StartTimeout,
     StreamEnded,
 )
 
@@ -333,7 +333,7 @@ async def test_a_server_that_never_answers_ends_the_start_within_connect_timeout
     port = listeners[0].socket.getsockname()[1]
     try:
         with trio.fail_after(10):
-            with pytest.raises(StartTimeout, match="still connecting") as info:
+            with pytest.raises(ReaderStartTimeout, match="still connecting") as info:
                 await wal_reader.subscribe(
                     Recorder(),
                     f"host=127.0.0.1 port={port} dbname=x user=x",
@@ -366,7 +366,7 @@ async def test_slot_creation_held_up_by_a_long_transaction_times_out(
         # A running transaction with an xid: CREATE_REPLICATION_SLOT waits for it.
         await blocker.execute("SELECT txid_current()")
         with trio.fail_after(15):
-            with pytest.raises(StartTimeout, match="creating the slot") as info:
+            with pytest.raises(ReaderStartTimeout, match="creating the slot") as info:
                 await wal_reader.subscribe(
                     Recorder(), module_dsn, slot, [hz], {"connect_timeout": 1}
                 )

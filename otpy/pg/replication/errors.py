@@ -16,7 +16,7 @@ Three families, one module:
   (:class:`PublicationMissing`), a slot of the wrong kind (:class:`SlotMismatch`),
   the same slot subscribed twice in this process (:class:`AlreadySubscribed`),
   a handler that cannot receive changes (:class:`InvalidHandler`), a start that
-  took too long (:class:`StartTimeout`), and the *terminal* ones,
+  took too long (:class:`ReaderStartTimeout`), and the *terminal* ones,
   :class:`ChangesLost` (:class:`SlotLost`, :class:`SlotInvalidated`): the
   changes the slot held are gone, so the reader stops for good instead of
   restarting.
@@ -38,13 +38,13 @@ __all__ = [
     "InvalidName",
     "InvalidOptions",
     "PublicationMissing",
+    "ReaderStartTimeout",
     "RelationMismatchError",
     "ReplicationError",
     "SlotInUse",
     "SlotInvalidated",
     "SlotLost",
     "SlotMismatch",
-    "StartTimeout",
     "StreamEnded",
     "UnknownRelationError",
     "ValueDecodingError",
@@ -117,7 +117,7 @@ class InvalidHandler(ReplicationError, TypeError):
     """
 
 
-class StartTimeout(ReplicationError, TimeoutError):
+class ReaderStartTimeout(ReplicationError, TimeoutError):
     """A reader did not start within its ``connect_timeout`` option.
 
     ``phase`` says where it was stuck: ``"connecting"`` (host unreachable or

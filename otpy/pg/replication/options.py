@@ -149,7 +149,7 @@ class ReaderOptions:
             (final acknowledgement, slot release) before cancelling.
         connect_timeout: seconds a reader may take to start: connect, check
             the publications, create or find the slot and have
-            START_REPLICATION accepted (:class:`~.errors.StartTimeout`
+            START_REPLICATION accepted (:class:`~.errors.ReaderStartTimeout`
             beyond).  libpq's own ``connect_timeout`` parameter, when given
             in ``db_opts``, still bounds each connection attempt within it.
     """

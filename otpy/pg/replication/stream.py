@@ -118,7 +118,7 @@ class ReplicationSession:
         self._send_lock = trio.Lock()
         self._ack_event = trio.Event()
         self.backend_pid: int | None = None
-        #: What the session is doing while it opens (for :class:`StartTimeout`).
+        #: What the session is doing while it opens (for :class:`ReaderStartTimeout`).
         self.phase = "connecting"
         #: Whether a missing persistent slot may be created (a first start only).
         self.create_missing = True
