@@ -160,3 +160,54 @@ async def test_start_replication_refusals_are_read_as_lost_or_invalidated(small_
                 assert isinstance(error, expected), (name, info.value)
     finally:
         await execute(small_dsn, f"SELECT pg_drop_replication_slot('{slot}')")
+
+
+async def test_a_standby_whose_slot_is_invalidated_ends_instead_of_waiting_forever(
+    small_dsn: str, readers: Ref
+) -> None:
+    slot = unique("inv_standby")
+    await execute(small_dsn, f"SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')")
+    # Another session holds the slot and never acknowledges: the reader stands by.
+    foreign = await replication_connect(small_dsn)
+    handler = Holding()
+    ref = None
+    try:
+        await start_copy_both(
+            foreign,
+            f"START_REPLICATION SLOT {slot} LOGICAL 0/0 "
+            "(proto_version '1', publication_names 'inv_pub')",
+        )
+        ref = await wal_reader.subscribe(
+            handler,
+            small_dsn,
+            slot,
+            ["inv_pub"],
+            {
+                "slot_type": "persistent",
+                "standby": True,
+                "restart_backoff": {"initial": 0.05, "maximum": 0.2},
+            },
+        )
+        reader = ref.reader()
+        assert reader is not None and ref.state.starts == 0
+        await _invalidate(small_dsn, slot)
+        with trio.fail_after(30):
+            error = await ref.wait_stopped()
+        assert isinstance(error, SlotInvalidated)
+        # One terminal stop call carries the error (one more only if the standby
+        # took the slot over in the instant between the kill and the invalidation).
+        assert handler.stop_errors[-1] is error and len(handler.stop_errors) <= 2
+        last = handler.stopping[-1]
+        assert last is not None
+        with trio.fail_after(5):
+            assert await last.wait() == ExitReason.shutdown(error)
+        assert (await count_children(readers)).specs == 0
+    finally:
+        await foreign.close()
+        if ref is not None:
+            await wal_reader.unsubscribe(ref)
+        await execute(
+            small_dsn,
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+            f"WHERE slot_name = '{slot}'",
+        )
