@@ -138,9 +138,9 @@ class SlotInfo:
     restart_lsn: LSN | None = None
     """The oldest WAL the slot still needs."""
     retained_bytes: int | None = None
-    """WAL the server keeps for this slot: current WAL position - ``restart_lsn``."""
+    """WAL the server keeps for this slot: WAL insert position - ``restart_lsn``."""
     lag_bytes: int | None = None
-    """How far ``confirmed_flush`` is behind the current WAL position."""
+    """How far ``confirmed_flush`` is behind the WAL insert position (everything committed)."""
     wal_status: str | None = None
     """PostgreSQL's ``wal_status`` (``reserved``, ``extended``, ``unreserved``, ``lost``)."""
     invalidation_reason: str | None = None
@@ -155,11 +155,13 @@ class SlotInfo:
         return self.invalidation_reason is not None
 
 
+# The insert position: under synchronous_commit=off the write position
+# (pg_current_wal_lsn) can sit before the last commit, hiding lag.
 _SLOTS_QUERY = """
 SELECT slot_name, plugin, slot_type, database, temporary, active, active_pid,
        confirmed_flush_lsn::text, restart_lsn::text,
-       pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint,
-       pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,
+       pg_wal_lsn_diff(pg_current_wal_insert_lsn(), restart_lsn)::bigint,
+       pg_wal_lsn_diff(pg_current_wal_insert_lsn(), confirmed_flush_lsn)::bigint,
        wal_status,
        -- columns of newer servers, read by name so that one query fits every version
        to_jsonb(s) ->> 'invalidation_reason', (to_jsonb(s) ->> 'conflicting')::bool
