@@ -158,20 +158,22 @@ class SlotInfo:
 # The insert position: under synchronous_commit=off the write position
 # (pg_current_wal_lsn) can sit before the last commit, hiding lag.
 _SLOTS_QUERY = """
-SELECT slot_name, plugin, slot_type, database, temporary, active, active_pid,
+SELECT to_jsonb(pg_replication_slots) ->> 'invalidation_reason',
+       (to_jsonb(pg_replication_slots) ->> 'conflicting')::bool,
+       slot_name, plugin, slot_type, database, temporary, active, active_pid,
        confirmed_flush_lsn::text, restart_lsn::text,
        pg_wal_lsn_diff(pg_current_wal_insert_lsn(), restart_lsn)::bigint,
        pg_wal_lsn_diff(pg_current_wal_insert_lsn(), confirmed_flush_lsn)::bigint,
-       wal_status,
-       -- columns of newer servers, read by name so that one query fits every version
-       to_jsonb(s) ->> 'invalidation_reason', (to_jsonb(s) ->> 'conflicting')::bool
-FROM pg_catalog.pg_replication_slots s
+       wal_status
+FROM pg_catalog.pg_replication_slots
 """
+# The first two columns exist only on newer servers (invalidation_reason: 17+,
+# conflicting: 16+): read by name from the row as JSON, one query fits every version.
 
 
 def _slot_info(row: Any) -> SlotInfo:
-    name, plugin, slot_type, database, temporary, active, pid, flush, restart, *rest = row
-    retained, lag, wal_status, reason, conflicting = rest
+    reason, conflicting, name, plugin, slot_type, database, temporary, active, pid, *rest = row
+    flush, restart, retained, lag, wal_status = rest
     if reason is None and wal_status == "lost":
         reason = "wal_removed"
     elif reason is None and conflicting:
