@@ -17,13 +17,23 @@ The Python counterpart of epg_connector's ``epg_wal_reader``::
 
 ``subscribe`` returns once the reader is connected, has its slot and
 START_REPLICATION was accepted; otherwise it raises the specific error
-(:class:`SlotInUse`, :class:`PublicationMissing`, :class:`InvalidName`, a
-connection error...).  The reader is a :class:`WalReader` actor under the WAL
-readers' :class:`~otpy.DynamicSupervisor` (include :func:`readers_supervisor_spec`
-in your supervision tree, or pass ``supervisor=``).  When it crashes (server
+(:class:`SlotInUse`, :class:`PublicationMissing`, :class:`InvalidName`,
+:class:`InvalidHandler`, :class:`ReaderStartTimeout`, a connection error...).  The
+reader is a :class:`WalReader` actor under the WAL readers'
+:class:`~otpy.DynamicSupervisor` (include :func:`readers_supervisor_spec` in
+your supervision tree, or pass ``supervisor=``).  When it crashes (server
 gone, walsender terminated, handler raised) it calls ``handle_replication_stop``
 and is restarted with exponential backoff; on a persistent slot it resumes
 right after the last transaction the handler returned from.
+
+Some ends are *terminal* (:class:`ChangesLost`): the persistent slot it was
+reading disappeared (:class:`SlotLost`; otpy creates a missing slot only on
+the first start of a subscription, never behind a reader's back) or
+PostgreSQL invalidated it (:class:`SlotInvalidated`).  Restarting cannot
+bring those changes back, so the reader exits with a ``shutdown`` reason
+carrying the error (its TRANSIENT spec is not restarted), calls
+``handle_replication_stop`` once with the error on ``ref.error``, and the
+subscription ends (:meth:`Subscription.wait_stopped`).
 
 Delivery contract (see ``docs/replication.md``):
 
@@ -43,7 +53,7 @@ import functools
 import itertools
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -60,15 +70,20 @@ from otpy.pg.errors import ConfigError
 from otpy.pg.replication.changes import Change, ChangeBatch
 from otpy.pg.replication.errors import (
     AlreadySubscribed,
+    ChangesLost,
+    InvalidHandler,
     InvalidName,
     InvalidOptions,
     PublicationMissing,
+    ReaderStartTimeout,
     ReplicationError,
     SlotInUse,
+    SlotInvalidated,
+    SlotLost,
     SlotMismatch,
     StreamEnded,
 )
-from otpy.pg.replication.handler import ReplicationHandler
+from otpy.pg.replication.handler import HandlesReplication, ReplicationHandler, check_handler
 from otpy.pg.replication.lsn import LSN
 from otpy.pg.replication.options import ReaderOptions
 from otpy.pg.replication.pgoutput import UNCHANGED_TOAST, is_compiled
@@ -84,14 +99,20 @@ __all__ = [
     "AlreadySubscribed",
     "Change",
     "ChangeBatch",
+    "ChangesLost",
+    "HandlesReplication",
+    "InvalidHandler",
     "InvalidName",
     "InvalidOptions",
     "PublicationMissing",
     "ReaderOptions",
+    "ReaderStartTimeout",
     "ReaderState",
     "ReplicationError",
     "ReplicationHandler",
     "SlotInUse",
+    "SlotInvalidated",
+    "SlotLost",
     "SlotMismatch",
     "StreamEnded",
     "Subscription",
@@ -137,20 +158,42 @@ def readers_supervisor_spec(
 
 @attrs.define(eq=False)
 class ReaderState:
-    """What a subscription's reader is doing (see :meth:`Subscription.wait_streaming`)."""
+    """What a subscription's reader is doing (see :meth:`Subscription.wait_streaming`).
+
+    Shared by every incarnation of the subscription's reader, so it is also
+    where the subscription remembers what must survive a restart.
+    """
 
     #: How many times a reader of the subscription started streaming.
     starts: int = 0
     #: True while a reader streams (False while standing by, restarting or stopped).
     streaming: bool = False
+    #: True once a reader of the subscription started (its first ``init`` returned):
+    #: later starts are restarts, whose terminal errors end the subscription
+    #: instead of reaching a ``subscribe`` caller.
+    started: bool = False
+    #: True once a reader streamed from the persistent slot: from then on a
+    #: missing slot is :class:`SlotLost`, never silently re-created.
+    slot_seen: bool = False
+    #: The terminal error that ended the subscription (:class:`ChangesLost`), or None.
+    error: ChangesLost | None = None
+    #: True once the subscription ended for good (terminal error or unsubscribe).
+    ended: bool = False
     _changed: trio.Event = attrs.field(factory=trio.Event)
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
 
     def _update(self, streaming: bool) -> None:
         if streaming:
             self.starts += 1
         self.streaming = streaming
-        self._changed.set()
-        self._changed = trio.Event()
+        self._wake()
+
+    def _end(self) -> None:
+        self.ended = True
+        self._wake()
 
 
 @attrs.frozen(eq=False, repr=False)
@@ -165,7 +208,7 @@ class Subscription:
     publications: tuple[str, ...]
     database: str
     options: ReaderOptions
-    handler: ReplicationHandler
+    handler: HandlesReplication
     supervisor: Ref
     key: tuple[str, str, str]
     child_id: tuple[str, str, int]
@@ -184,16 +227,50 @@ class Subscription:
         """The running reader actor, or None while it is being restarted."""
         return whereis(self.name)
 
+    @property
+    def error(self) -> ChangesLost | None:
+        """The terminal error that ended the subscription, or None.
+
+        Set before the terminal ``handle_replication_stop`` call, so a handler
+        can tell a terminal stop (``ref.error is not None``: no restart
+        follows, resynchronise) from an ordinary one.
+        """
+        return self.state.error
+
     async def wait_streaming(self, starts: int = 1) -> None:
         """Wait until a reader streams and streaming has started ``starts`` times in all.
 
         A standby reader counts once it has taken the slot over; after a
         crash, ``wait_streaming(previous_starts + 1)`` waits for the restart.
         Bound it with ``trio.fail_after``.
+
+        Raises:
+            ChangesLost: the subscription ended for good (:attr:`error`).
+            StreamEnded: it was unsubscribed.
         """
         state = self.state
         while not (state.streaming and state.starts >= starts):
+            self._raise_if_ended()
             await state._changed.wait()
+
+    async def wait_stopped(self) -> ChangesLost | None:
+        """Wait until the subscription ended for good; return its terminal error, if any.
+
+        Returns the :class:`ChangesLost` error after a terminal stop (once
+        ``handle_replication_stop`` was called), None after ``unsubscribe``.
+        Restarts after ordinary crashes do not end a subscription.
+        """
+        state = self.state
+        while not state.ended:
+            await state._changed.wait()
+        return state.error
+
+    def _raise_if_ended(self) -> None:
+        state = self.state
+        if state.error is not None:
+            raise state.error
+        if state.ended:
+            raise StreamEnded(f"the subscription of slot {self.slot!r} was unsubscribed")
 
 
 def _describe(params: Mapping[str, Any]) -> str:
@@ -311,18 +388,35 @@ class WalReader(GenServer):
         self._stopping = False
         self._streamed = False
         self._stream_done = trio.Event()
+        #: The terminal error this incarnation stops with, if any.
+        self._terminal: ChangesLost | None = None
         #: Transactions (final batches) handled by this incarnation.
         self.transactions = 0
         self.standby = False
+        # A reader that already streamed from its persistent slot never re-creates it.
+        self.session.create_missing = not subscription.state.slot_seen
 
     def __repr__(self) -> str:
         return f"<WalReader slot={self.subscription.slot!r}>"
 
     async def init(self) -> None:
-        """Open the session; in standby mode a busy slot is waited for in the background."""
+        """Open the session; in standby mode a busy slot is waited for in the background.
+
+        The whole start is bounded by the ``connect_timeout`` option
+        (:class:`ReaderStartTimeout`).  On a restart, a terminal error
+        (:class:`ChangesLost`) does not fail ``init`` (the supervisor would
+        retry it forever): the reader starts and stops at once with a
+        ``shutdown`` reason carrying the error.
+        """
         _log_decoder_build()
         try:
-            await self.session.open()
+            await self._bounded(self.session.open)
+        except ChangesLost as exc:
+            if not self.subscription.state.started:
+                await self._close_quietly()
+                raise  # a first start: subscribe's caller gets it
+            self._stop_for_good(exc)
+            return
         except SlotInUse:
             if not self.subscription.options.standby:
                 await self._close_quietly()
@@ -333,12 +427,35 @@ class WalReader(GenServer):
                 self.subscription.slot,
                 extra={"event": "replication_standby", "slot": self.subscription.slot},
             )
+            self.subscription.state.started = True
             self.start_soon(self._standby)
             return
         except BaseException:
             await self._close_quietly()
             raise
+        self._started_streaming()
         self.start_soon(self._stream)
+
+    def _started_streaming(self) -> None:
+        """START_REPLICATION was accepted: later starts are restarts of a read slot."""
+        state = self.subscription.state
+        state.started = True
+        if not self.subscription.options.temporary:
+            state.slot_seen = True
+
+    async def _bounded(self, start: Callable[[], Awaitable[None]]) -> None:
+        """Run one start step within ``connect_timeout``; :class:`ReaderStartTimeout` beyond."""
+        timeout = self.subscription.options.connect_timeout
+        with trio.move_on_after(timeout) as scope:
+            await start()
+        if scope.cancelled_caught:
+            sub = self.subscription
+            raise ReaderStartTimeout(sub.slot, self.session.phase, timeout, sub.database)
+
+    def _stop_for_good(self, error: ChangesLost) -> None:
+        """Stop with a terminal error: a ``shutdown`` exit, which is not restarted."""
+        self._terminal = error
+        self.stop(ExitReason.shutdown(error))
 
     async def _close_quietly(self) -> None:
         with trio.CancelScope(shield=True):
@@ -353,10 +470,14 @@ class WalReader(GenServer):
                 for attempt in itertools.count(1):
                     await trio.sleep(backoff.delay(attempt))
                     try:
-                        await self.session.start()
+                        await self._bounded(self.session.start)
                         break
                     except SlotInUse:
                         pass
+        except ChangesLost as exc:
+            self._stop_for_good(exc)
+            self._stream_done.set()
+            return
         except BaseException as exc:
             if isinstance(exc, trio.Cancelled) and not self._stopping:
                 self.session.abort()  # killed: no terminate will close the sockets
@@ -366,6 +487,7 @@ class WalReader(GenServer):
             self._stream_done.set()
             return
         self.standby = False
+        self._started_streaming()
         logger.info(
             "slot %s was freed: taking over",
             self.subscription.slot,
@@ -431,21 +553,53 @@ class WalReader(GenServer):
                 self.session.abort()  # killed while stopping: do not leak the slot
                 raise
         sub = self.subscription
+        terminal = self._terminal
         try:
             await self.session.close(final_ack=True)
         finally:
-            logger.info(
-                "slot %s: replication stopped (%s), acknowledged up to %s",
-                sub.slot,
-                reason,
-                self.session.acked,
-                extra={"event": "replication_stopped", "slot": sub.slot, "reason": str(reason)},
-            )
-            if self._streamed:  # a standby that never took over had no stream to end
-                try:
-                    await sub.handler.handle_replication_stop(sub, sub.slot)
-                except Exception:
-                    logger.exception("slot %s: handle_replication_stop raised", sub.slot)
+            if terminal is None:
+                logger.info(
+                    "slot %s: replication stopped (%s), acknowledged up to %s",
+                    sub.slot,
+                    reason,
+                    self.session.acked,
+                    extra={
+                        "event": "replication_stopped",
+                        "slot": sub.slot,
+                        "reason": str(reason),
+                    },
+                )
+            else:
+                # Terminal: say what happened and what to do; the subscription ends
+                # (its slot name may be subscribed again) and no restart follows.
+                logger.error(
+                    "slot %s: replication stopped for good: %s",
+                    sub.slot,
+                    terminal,
+                    extra={
+                        "event": "replication_slot_lost",
+                        "slot": sub.slot,
+                        "reason": type(terminal).__name__,
+                    },
+                )
+                sub.state.error = terminal
+                _forget(sub)
+            try:
+                # A standby that never took over had no stream to end, unless it ends for good.
+                if self._streamed or terminal is not None:
+                    try:
+                        await sub.handler.handle_replication_stop(sub, sub.slot)
+                    except Exception:
+                        logger.exception("slot %s: handle_replication_stop raised", sub.slot)
+            finally:
+                if terminal is not None:  # even if the stop hook was cancelled
+                    sub.state._end()
+
+
+def _forget(sub: Subscription) -> None:
+    """Remove ``sub`` from this process's subscriptions (its slot may be subscribed again)."""
+    if _SUBSCRIPTIONS.get(sub.key) is sub:
+        del _SUBSCRIPTIONS[sub.key]
 
 
 async def _still_subscribed(sub: Subscription) -> bool:
@@ -459,7 +613,7 @@ async def _still_subscribed(sub: Subscription) -> bool:
 
 
 async def subscribe(
-    handler: ReplicationHandler,
+    handler: HandlesReplication,
     db_opts: Any,
     slot_name: str,
     publications: Sequence[str],
@@ -471,20 +625,31 @@ async def subscribe(
 
     Returns only after the reader connected, created or found the slot and
     the server accepted START_REPLICATION (or, with ``standby=True`` and a busy
-    slot, after it started waiting for it).
+    slot, after it started waiting for it).  A missing persistent slot is
+    created here, on this first start only: once a reader streamed from it, a
+    missing slot ends the subscription with :class:`SlotLost`.
+
+    ``handler`` is a :class:`ReplicationHandler` subclass that implements
+    ``handle_replication_data``, or any object with both
+    ``handle_replication_data`` and ``handle_replication_stop`` as
+    coroutine functions.
 
     Raises:
+        InvalidHandler: the handler lacks a method or has a non-async one.
         InvalidName / InvalidOptions / ConfigError: bad arguments (nothing was started).
         AlreadySubscribed: this process already reads the slot (``.subscription``).
         SlotInUse: another session reads the slot (and ``standby`` is off).
         PublicationMissing: a publication does not exist (and ``create_publication`` is off).
         SlotMismatch: an existing slot of that name cannot be used.
+        SlotInvalidated: the existing slot was invalidated by PostgreSQL.
+        ReaderStartTimeout: the start took longer than the ``connect_timeout`` option.
         otpy.pg.errors.ConnectError / psycopg.Error: connection or authentication failure.
         ReplicationError: no readers supervisor is running.
     """
+    check_handler(handler)
     slot = validate_slot_name(slot_name)
-    if isinstance(publications, str):
-        raise InvalidName(f"publications must be a list of names, got the string {publications!r}")
+    if isinstance(publications, str | bytes) or not isinstance(publications, Sequence):
+        raise InvalidName(f"publications must be a list of names, got {publications!r}")
     pubs = tuple(validate_publication_name(p) for p in publications)
     if not pubs:
         raise InvalidName("at least one publication is needed")
@@ -554,5 +719,5 @@ async def unsubscribe(ref: Subscription) -> None:
     except ChildNotFound:
         pass
     finally:
-        if _SUBSCRIPTIONS.get(ref.key) is ref:
-            del _SUBSCRIPTIONS[ref.key]
+        _forget(ref)
+        ref.state._end()

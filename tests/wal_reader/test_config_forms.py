@@ -26,7 +26,7 @@ def test_options_mapping_form_and_validation() -> None:
     ]
     for bad in (
         {"max_batch_size": 0},
-        {"proto_version": 4},
+        {"proto_version": 5},
         {"status_interval": 0},
         {"queue_size": 0},
         {"create_publication": "yes"},

@@ -14,7 +14,12 @@ Three families, one module:
   work (:class:`InvalidName`), a slot held by another session
   (:class:`SlotInUse`: retry later or run a standby), a missing publication
   (:class:`PublicationMissing`), a slot of the wrong kind (:class:`SlotMismatch`),
-  the same slot subscribed twice in this process (:class:`AlreadySubscribed`).
+  the same slot subscribed twice in this process (:class:`AlreadySubscribed`),
+  a handler that cannot receive changes (:class:`InvalidHandler`), a start that
+  took too long (:class:`ReaderStartTimeout`), and the *terminal* ones,
+  :class:`ChangesLost` (:class:`SlotLost`, :class:`SlotInvalidated`): the
+  changes the slot held are gone, so the reader stops for good instead of
+  restarting.
   It is a :class:`~otpy.pg.errors.PgConnectorError`, so the connector's
   failures can still be caught in one place.
 """
@@ -27,13 +32,18 @@ from otpy.pg.errors import PgConnectorError
 
 __all__ = [
     "AlreadySubscribed",
+    "ChangesLost",
     "DecodeError",
+    "InvalidHandler",
     "InvalidName",
     "InvalidOptions",
     "PublicationMissing",
+    "ReaderStartTimeout",
     "RelationMismatchError",
     "ReplicationError",
     "SlotInUse",
+    "SlotInvalidated",
+    "SlotLost",
     "SlotMismatch",
     "StreamEnded",
     "UnknownRelationError",
@@ -89,7 +99,49 @@ class InvalidName(ReplicationError, ValueError):
 
 
 class InvalidOptions(ReplicationError, ValueError):
-    """Reader options with an unknown key or a value out of range."""
+    """Reader options with an unknown key, a value of the wrong type or out of range.
+
+    The message names the option and the value.  Also raised when the server
+    is too old for an option (``proto_version`` 4 needs PostgreSQL 16).
+    """
+
+
+class InvalidHandler(ReplicationError, TypeError):
+    """The handler passed to ``subscribe`` cannot receive changes.
+
+    Raised before anything starts when ``handle_replication_data`` is missing
+    (e.g. misspelled in a :class:`~.handler.ReplicationHandler` subclass, which
+    would otherwise acknowledge every transaction unseen), or when a handler
+    method is not a coroutine function (``async def``).  The message names the
+    method: implement it, as ``async def``.
+    """
+
+
+class ReaderStartTimeout(ReplicationError, TimeoutError):
+    """A reader did not start within its ``connect_timeout`` option.
+
+    ``phase`` says where it was stuck: ``"connecting"`` (host unreachable or
+    not answering: check the address and the network), ``"creating the slot"``
+    (``CREATE_REPLICATION_SLOT`` waits for the transactions running on the
+    server to finish: look for long-running transactions) or ``"starting
+    replication"``.  A first ``subscribe`` raises it; a restart that times out
+    is retried with the reader's backoff.
+    """
+
+    def __init__(self, slot: str, phase: str, timeout: float, database: str) -> None:
+        super().__init__(
+            f"replication slot {slot!r} on {database}: no start within {timeout:g} s "
+            f"(connect_timeout), still {phase}"
+            + (
+                "; CREATE_REPLICATION_SLOT waits for running transactions to finish: "
+                "end long-running transactions or raise connect_timeout"
+                if phase == "creating the slot"
+                else "; check that the server is reachable and answering"
+            )
+        )
+        self.slot = slot
+        self.phase = phase
+        self.timeout = timeout
 
 
 class SlotInUse(ReplicationError):
@@ -143,6 +195,69 @@ class AlreadySubscribed(ReplicationError):
         super().__init__(f"replication slot {slot!r} is already subscribed: {subscription!r}")
         self.slot = slot
         self.subscription = subscription
+
+
+class ChangesLost(ReplicationError):
+    """Terminal: the changes the slot held are gone, so restarting cannot help.
+
+    The reader does not restart: it calls ``handle_replication_stop`` once
+    (with the error on ``ref.error``), logs what happened and what to do,
+    and its subscription ends (:meth:`Subscription.wait_stopped` returns the
+    error; the slot name may be subscribed again).  Whatever was committed
+    since the last acknowledged transaction can no longer be streamed:
+    resynchronise the consumer from the source tables.
+    """
+
+    def __init__(self, slot: str, message: str) -> None:
+        super().__init__(message)
+        self.slot = slot
+
+
+class SlotLost(ChangesLost):
+    """The persistent slot this subscription was reading no longer exists.
+
+    Someone dropped it (``pg_drop_replication_slot``, ``otpy slots drop``), or
+    the server lost it.  otpy creates a missing slot only on the *first*
+    start of a subscription; re-creating it behind a running reader would
+    silently skip everything committed while it was gone.  What to do:
+    resynchronise the consumer, then ``subscribe`` again (which creates a new
+    slot at the current end of WAL).
+    """
+
+    def __init__(self, slot: str) -> None:
+        super().__init__(
+            slot,
+            f"replication slot {slot!r} was read by this subscription and no longer exists "
+            f"(dropped?): the changes committed since its last acknowledgement are lost. "
+            f"Resynchronise the consumer from the source tables, then subscribe again "
+            f"(that creates a new slot at the current end of WAL)",
+        )
+
+
+class SlotInvalidated(ChangesLost):
+    """PostgreSQL invalidated the slot: the WAL it needed was removed.
+
+    Typically ``max_slot_wal_keep_size`` was exceeded while the reader lagged
+    or was down (``wal_status = 'lost'``), or, on PostgreSQL 18,
+    ``idle_replication_slot_timeout`` expired.  The slot can never stream
+    again.  What to do: drop it (``SELECT pg_drop_replication_slot(...)``),
+    resynchronise the consumer from the source tables, subscribe again; and
+    size ``max_slot_wal_keep_size`` for the longest outage you must survive.
+    ``reason`` is PostgreSQL's (``wal_removed``, ``idle_timeout``...), when known.
+    """
+
+    def __init__(self, slot: str, reason: str | None = None, detail: str = "") -> None:
+        why = f" ({reason})" if reason else ""
+        super().__init__(
+            slot,
+            f"replication slot {slot!r} was invalidated by PostgreSQL{why}: the WAL it needed "
+            f"was removed, so the changes committed since its last acknowledgement are lost"
+            + (f" [{detail}]" if detail else "")
+            + f". Drop the slot (SELECT pg_drop_replication_slot('{slot}')), resynchronise "
+            f"the consumer from the source tables and subscribe again; raise "
+            f"max_slot_wal_keep_size to survive longer outages",
+        )
+        self.reason = reason
 
 
 class StreamEnded(ReplicationError):

@@ -4,12 +4,19 @@
 epg_connector (``{"slot_type": "temporary"}``); unknown keys are rejected with
 a did-you-mean, so a typo cannot silently fall back to a default (a mistyped
 ``slot_type`` would otherwise lose data on a reconnect).
+
+Every value is checked where it enters, by type and range, and a bad one
+raises :class:`~.errors.InvalidOptions` naming the option and the value: the
+string ``"false"`` is not a boolean (Python would find it true), ``NaN`` is
+not a timeout (every comparison with it is false, so it would wait forever or
+never), and an infinite status interval would let the walsender time out.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -18,42 +25,95 @@ from otpy.child_spec import Backoff
 
 from .errors import InvalidOptions
 
-__all__ = ["SLOT_TYPES", "ReaderOptions"]
+__all__ = ["PROTO_MIN_SERVER", "SLOT_TYPES", "ReaderOptions"]
 
 #: ``temporary``: the slot lives as long as the replication session; changes
 #: made while the reader is disconnected are *not* replayed.  ``persistent``:
-#: created if missing, reused if it exists; nothing is lost across restarts.
+#: created by the first subscribe if missing, reused if it exists; nothing is
+#: lost across restarts.
 SLOT_TYPES = ("temporary", "persistent")
+
+#: pgoutput protocol version -> the oldest PostgreSQL (``server_version_num``)
+#: that speaks it.  The reader checks it when it connects.
+PROTO_MIN_SERVER = {1: 100000, 2: 140000, 3: 150000, 4: 160000}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _bad(name: str, expected: str, value: Any) -> InvalidOptions:
+    return InvalidOptions(f"{name}: expected {expected}, got {value!r}")
+
+
+def _flag(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """A boolean option is a ``bool``: ``"false"`` or ``0`` would mean something else."""
+    if not isinstance(value, bool):
+        raise _bad(attribute.name, "True or False", value)
+
+
+def _seconds(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """A duration: a finite number of seconds > 0 (NaN and infinity never make sense here)."""
+    if not _number(value) or not math.isfinite(value) or value <= 0:
+        raise _bad(attribute.name, "a finite number of seconds > 0", value)
+
+
+def _count(allow_none: bool) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    def check(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is None and allow_none:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            expected = "an integer >= 1" + (" or None" if allow_none else "")
+            raise _bad(attribute.name, expected, value)
+
+    return check
+
+
+def _slot_type(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str) or value not in SLOT_TYPES:
+        raise _bad(attribute.name, f"one of {', '.join(map(repr, SLOT_TYPES))}", value)
+
+
+def _proto_version(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value not in PROTO_MIN_SERVER:
+        versions = ", ".join(map(str, PROTO_MIN_SERVER))
+        raise _bad(attribute.name, f"an integer among {versions}", value)
 
 
 def _backoff(value: Any) -> Backoff:
-    if isinstance(value, Backoff):
-        return value
     if isinstance(value, Mapping):
         try:
-            return Backoff(**value)
+            value = Backoff(**value)
         except (TypeError, ValueError) as exc:
             raise InvalidOptions(f"restart_backoff: {exc}") from None
-    raise InvalidOptions(f"restart_backoff: expected a Backoff or a mapping, got {value!r}")
-
-
-def _positive(name: str) -> Any:
-    def check(_: Any, attribute: Any, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise InvalidOptions(f"{name}: expected a positive number, got {value!r}")
-
-    return check
+    if not isinstance(value, Backoff):
+        raise _bad("restart_backoff", "a Backoff or a mapping of its fields", value)
+    for field in attrs.fields(Backoff):
+        number = getattr(value, field.name)
+        if number is None and field.name == "reset_after":
+            continue
+        if not _number(number) or not math.isfinite(number) or number < 0:
+            raise _bad(f"restart_backoff.{field.name}", "a finite number >= 0", number)
+    if value.maximum <= 0:
+        raise _bad("restart_backoff.maximum", "a number > 0", value.maximum)
+    return value
 
 
 def _create_publication(value: Any) -> bool | tuple[str, ...]:
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) or not isinstance(value, Sequence):
-        raise InvalidOptions(
-            f"create_publication: expected a bool (FOR ALL TABLES) or a list of tables, "
-            f"got {value!r}"
+    if (
+        isinstance(value, str | bytes)
+        or not isinstance(value, Sequence)
+        or not value
+        or not all(isinstance(v, str) and v for v in value)
+    ):
+        raise _bad(
+            "create_publication",
+            "True (FOR ALL TABLES), False, or a non-empty list of table names",
+            value,
         )
-    return tuple(str(v) for v in value)
+    return tuple(value)
 
 
 @attrs.frozen
@@ -65,8 +125,10 @@ class ReaderOptions:
             :data:`SLOT_TYPES`.  Use persistent when no change may be lost.
         create_publication: create missing publications: ``True`` for
             ``FOR ALL TABLES``, or a list of tables (``"t"``/``"schema.t"``).
-        proto_version: pgoutput protocol 1-3 (streaming needs >= 2; raised
-            automatically when ``streaming`` is on).
+        proto_version: pgoutput protocol 1-4 (streaming needs >= 2; raised
+            automatically when ``streaming`` is on).  Each needs a server
+            recent enough (:data:`PROTO_MIN_SERVER`: 2 needs PostgreSQL 14, 3
+            needs 15, 4 needs 16); the reader checks when it connects.
         binary: ask pgoutput for binary values (faster to decode for many types).
         messages: deliver ``pg_logical_emit_message`` messages (op ``"message"``).
         streaming: let the server stream large in-progress transactions
@@ -85,46 +147,30 @@ class ReaderOptions:
             is freed instead of failing.
         shutdown_timeout: seconds ``unsubscribe`` allows for a clean stop
             (final acknowledgement, slot release) before cancelling.
+        connect_timeout: seconds a reader may take to start: connect, check
+            the publications, create or find the slot and have
+            START_REPLICATION accepted (:class:`~.errors.ReaderStartTimeout`
+            beyond).  libpq's own ``connect_timeout`` parameter, when given
+            in ``db_opts``, still bounds each connection attempt within it.
     """
 
-    slot_type: str = attrs.field(default="temporary")
+    slot_type: str = attrs.field(default="temporary", validator=_slot_type)
     create_publication: bool | tuple[str, ...] = attrs.field(
         default=False, converter=_create_publication
     )
-    proto_version: int = 1
-    binary: bool = False
-    messages: bool = False
-    streaming: bool = False
-    status_interval: float = attrs.field(default=10.0, validator=_positive("status_interval"))
-    max_batch_size: int | None = 5000
-    queue_size: int = 4
+    proto_version: int = attrs.field(default=1, validator=_proto_version)
+    binary: bool = attrs.field(default=False, validator=_flag)
+    messages: bool = attrs.field(default=False, validator=_flag)
+    streaming: bool = attrs.field(default=False, validator=_flag)
+    status_interval: float = attrs.field(default=10.0, validator=_seconds)
+    max_batch_size: int | None = attrs.field(default=5000, validator=_count(allow_none=True))
+    queue_size: int = attrs.field(default=4, validator=_count(allow_none=False))
     restart_backoff: Backoff = attrs.field(
         factory=lambda: Backoff(initial=0.5, maximum=30.0, jitter=0.2), converter=_backoff
     )
-    standby: bool = False
-    shutdown_timeout: float = attrs.field(default=10.0, validator=_positive("shutdown_timeout"))
-
-    def __attrs_post_init__(self) -> None:
-        if self.slot_type not in SLOT_TYPES:
-            raise InvalidOptions(
-                f"slot_type: expected one of {', '.join(SLOT_TYPES)}, got {self.slot_type!r}"
-            )
-        if self.proto_version not in (1, 2, 3):
-            raise InvalidOptions(f"proto_version: expected 1, 2 or 3, got {self.proto_version!r}")
-        if self.max_batch_size is not None and (
-            isinstance(self.max_batch_size, bool)
-            or not isinstance(self.max_batch_size, int)
-            or self.max_batch_size < 1
-        ):
-            raise InvalidOptions(
-                f"max_batch_size: expected a positive integer or None, got {self.max_batch_size!r}"
-            )
-        if (
-            isinstance(self.queue_size, bool)
-            or not isinstance(self.queue_size, int)
-            or (self.queue_size < 1)
-        ):
-            raise InvalidOptions(f"queue_size: expected an integer >= 1, got {self.queue_size!r}")
+    standby: bool = attrs.field(default=False, validator=_flag)
+    shutdown_timeout: float = attrs.field(default=10.0, validator=_seconds)
+    connect_timeout: float = attrs.field(default=30.0, validator=_seconds)
 
     @property
     def temporary(self) -> bool:
@@ -135,6 +181,22 @@ class ReaderOptions:
     def effective_proto_version(self) -> int:
         """The protocol version sent: at least 2 when streaming is on."""
         return max(self.proto_version, 2) if self.streaming else self.proto_version
+
+    def check_server(self, server_version: int) -> None:
+        """Refuse options the server cannot honour (``server_version_num``, e.g. 150004).
+
+        Raises:
+            InvalidOptions: the protocol version is newer than the server.
+        """
+        proto = self.effective_proto_version
+        needed = PROTO_MIN_SERVER[proto]
+        if server_version < needed:
+            usable = [v for v, least in PROTO_MIN_SERVER.items() if least <= server_version]
+            raise InvalidOptions(
+                f"proto_version: pgoutput protocol {proto} needs PostgreSQL "
+                f"{needed // 10000} or later, the server runs {_version(server_version)}; "
+                f"use proto_version {max(usable, default=1)} or lower"
+            )
 
     def plugin_options(self) -> list[tuple[str, str]]:
         """pgoutput options other than ``publication_names``, as (name, value) text."""
@@ -159,7 +221,7 @@ class ReaderOptions:
         if isinstance(value, ReaderOptions):
             return value
         if not isinstance(value, Mapping):
-            raise InvalidOptions(f"options: expected a mapping or ReaderOptions, got {value!r}")
+            raise _bad("options", "a mapping or ReaderOptions", value)
         names = [f.name for f in attrs.fields(cls)]
         for key in value:
             if key not in names:
@@ -172,3 +234,7 @@ class ReaderOptions:
             return cls(**value)
         except TypeError as exc:
             raise InvalidOptions(str(exc)) from None
+
+
+def _version(server_version: int) -> str:
+    return f"{server_version // 10000}.{server_version % 10000}"

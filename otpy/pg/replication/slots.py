@@ -24,7 +24,14 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from .errors import InvalidName, PublicationMissing, SlotInUse, SlotMismatch
+from .errors import (
+    InvalidName,
+    PublicationMissing,
+    SlotInUse,
+    SlotInvalidated,
+    SlotLost,
+    SlotMismatch,
+)
 from .lsn import LSN
 
 __all__ = [
@@ -36,6 +43,7 @@ __all__ = [
     "lookup_slot",
     "quote_ident",
     "quote_literal",
+    "slot_gone_error",
     "slot_in_use_error",
     "start_replication_command",
     "validate_publication_name",
@@ -130,26 +138,46 @@ class SlotInfo:
     restart_lsn: LSN | None = None
     """The oldest WAL the slot still needs."""
     retained_bytes: int | None = None
-    """WAL the server keeps for this slot: current WAL position - ``restart_lsn``."""
+    """WAL the server keeps for this slot: WAL insert position - ``restart_lsn``."""
     lag_bytes: int | None = None
-    """How far ``confirmed_flush`` is behind the current WAL position."""
+    """How far ``confirmed_flush`` is behind the WAL insert position (everything committed)."""
     wal_status: str | None = None
     """PostgreSQL's ``wal_status`` (``reserved``, ``extended``, ``unreserved``, ``lost``)."""
+    invalidation_reason: str | None = None
+    """Why PostgreSQL invalidated the slot (PostgreSQL 17+: ``wal_removed``,
+    ``rows_removed``, ``wal_level_insufficient``, 18: ``idle_timeout``); on
+    older servers ``"wal_removed"`` when ``wal_status`` is ``lost`` and
+    ``"rows_removed"`` for a conflicting slot (16), else None."""
+
+    @property
+    def invalidated(self) -> bool:
+        """Whether the slot can never stream again (its WAL or catalog rows are gone)."""
+        return self.invalidation_reason is not None
 
 
+# The insert position: under synchronous_commit=off the write position
+# (pg_current_wal_lsn) can sit before the last commit, hiding lag.
 _SLOTS_QUERY = """
-SELECT slot_name, plugin, slot_type, database, temporary, active, active_pid,
+SELECT to_jsonb(pg_replication_slots) ->> 'invalidation_reason',
+       (to_jsonb(pg_replication_slots) ->> 'conflicting')::bool,
+       slot_name, plugin, slot_type, database, temporary, active, active_pid,
        confirmed_flush_lsn::text, restart_lsn::text,
-       pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint,
-       pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,
+       pg_wal_lsn_diff(pg_current_wal_insert_lsn(), restart_lsn)::bigint,
+       pg_wal_lsn_diff(pg_current_wal_insert_lsn(), confirmed_flush_lsn)::bigint,
        wal_status
 FROM pg_catalog.pg_replication_slots
 """
+# The first two columns exist only on newer servers (invalidation_reason: 17+,
+# conflicting: 16+): read by name from the row as JSON, one query fits every version.
 
 
 def _slot_info(row: Any) -> SlotInfo:
-    name, plugin, slot_type, database, temporary, active, pid, flush, restart, *rest = row
-    retained, lag, wal_status = rest
+    reason, conflicting, name, plugin, slot_type, database, temporary, active, pid, *rest = row
+    flush, restart, retained, lag, wal_status = rest
+    if reason is None and wal_status == "lost":
+        reason = "wal_removed"
+    elif reason is None and conflicting:
+        reason = "rows_removed"
     return SlotInfo(
         name=name,
         plugin=plugin,
@@ -163,6 +191,7 @@ def _slot_info(row: Any) -> SlotInfo:
         retained_bytes=retained,
         lag_bytes=lag,
         wal_status=wal_status,
+        invalidation_reason=reason,
     )
 
 
@@ -184,6 +213,38 @@ def slot_in_use_error(slot: str, error: BaseException | None = None) -> SlotInUs
     text = str(error) if error is not None else ""
     match = _ACTIVE_PID.search(text)
     return SlotInUse(slot, int(match.group(1)) if match else None)
+
+
+async def slot_gone_error(
+    conn: psycopg.AsyncConnection[Any], slot: str, error: psycopg.Error, *, temporary: bool
+) -> Exception:
+    """What a failed ``START_REPLICATION`` means for the slot: the terminal error, or ``error``.
+
+    PostgreSQL refuses an invalidated slot with SQLSTATE 55000 ("can no
+    longer get changes from replication slot"), a missing one with 42704;
+    the slot's catalog row (read on the normal connection ``conn``) says
+    which, whatever the server's message language.
+    """
+    try:
+        info = await lookup_slot(conn, slot)
+    except psycopg.Error:
+        info = None
+        exists = True  # unknown: judge by the error alone
+    else:
+        exists = info is not None
+    if info is not None and info.invalidated:
+        return SlotInvalidated(slot, info.invalidation_reason, _one_line(error))
+    if isinstance(error, pg_errors.ObjectNotInPrerequisiteState) and (
+        "can no longer get changes" in str(error)
+    ):
+        return SlotInvalidated(slot, None, _one_line(error))
+    if isinstance(error, pg_errors.UndefinedObject) and not exists and not temporary:
+        return SlotLost(slot)
+    return error
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
 
 
 async def check_publications(
@@ -229,14 +290,19 @@ async def ensure_slot(
     *,
     temporary: bool,
     database: str,
+    create_missing: bool = True,
 ) -> LSN:
     """Create the slot (temporary, or persistent if missing) and return its confirmed LSN.
 
     ``repl`` is the replication session (a temporary slot belongs to it),
     ``conn`` a normal connection for catalog lookups.  A persistent slot that
-    exists is reused; the returned LSN is where streaming will start.
+    exists is reused; the returned LSN is where streaming will start.  A
+    missing persistent slot is created only with ``create_missing`` (a first
+    start): a reader that already read the slot must not re-create it.
 
     Raises:
+        SlotLost: a persistent slot is missing and ``create_missing`` is false.
+        SlotInvalidated: the persistent slot exists but PostgreSQL invalidated it.
         SlotInUse: another session streams from the slot (or owns the
             temporary slot of that name).
         SlotMismatch: the existing slot uses another plugin or database, or a
@@ -247,6 +313,8 @@ async def ensure_slot(
         info = await lookup_slot(conn, slot)
         if info is not None:
             return _usable(info, slot, database, temporary=False)
+        if not create_missing:
+            raise SlotLost(slot)
     command = f"CREATE_REPLICATION_SLOT {quote_ident(slot)} "
     command += "TEMPORARY LOGICAL pgoutput" if temporary else "LOGICAL pgoutput"
     command += " NOEXPORT_SNAPSHOT"
@@ -273,6 +341,8 @@ def _usable(info: SlotInfo, slot: str, database: str, *, temporary: bool) -> LSN
         raise SlotMismatch(
             f"replication slot {slot!r} belongs to database {info.database!r}, not {database!r}"
         )
+    if info.invalidated:
+        raise SlotInvalidated(slot, info.invalidation_reason, f"wal_status {info.wal_status}")
     if info.active or info.temporary:
         raise SlotInUse(slot, info.active_pid)
     if temporary:

@@ -52,7 +52,13 @@ from .lsn import LSN
 from .options import ReaderOptions
 from .pgoutput import Delete, Insert, PgOutputDecoder, Relation, Type, Update, decode_message
 from .protocol import _XLOG, decode_copy_data, encode_standby_status
-from .slots import check_publications, ensure_slot, slot_in_use_error, start_replication_command
+from .slots import (
+    check_publications,
+    ensure_slot,
+    slot_gone_error,
+    slot_in_use_error,
+    start_replication_command,
+)
 from .typefetch import afetch_missing_types
 from .values import TypeRefreshNeeded, ValueDecoder
 
@@ -114,17 +120,29 @@ class ReplicationSession:
         self._send_lock = trio.Lock()
         self._ack_event = trio.Event()
         self.backend_pid: int | None = None
+        #: What the session is doing while it opens (for :class:`ReaderStartTimeout`).
+        self.phase = "connecting"
+        #: Whether a missing persistent slot may be created (a first start only).
+        self.create_missing = True
 
     # ------------------------------------------------------------------ opening
 
     async def connect(self) -> None:
-        """Open both connections and check (or create) the publications."""
+        """Open both connections and check (or create) the publications.
+
+        Raises:
+            InvalidOptions: the server is too old for the options (``proto_version``).
+            PublicationMissing: see :func:`~.slots.check_publications`.
+        """
+        self.phase = "connecting"
         kwargs = dict(self.connect_kwargs)
         kwargs.setdefault("application_name", f"otpy_wal_reader:{self.slot}")
         self.meta = await TrioConnection.connect(autocommit=True, **kwargs)
         self.repl = await replication_connect(**kwargs)
         self.backend_pid = self.repl.pgconn.backend_pid
         _OWN_WALSENDERS[self.backend_pid] = self.repl
+        self.options.check_server(self.repl.info.server_version)
+        self.phase = "checking the publications"
         await check_publications(
             self.meta,
             self.publications,
@@ -144,6 +162,8 @@ class ReplicationSession:
         Raises:
             SlotInUse: the slot is streaming to another session.
             SlotMismatch: the slot exists with another plugin/database/kind.
+            SlotLost: the persistent slot is missing and :attr:`create_missing` is off.
+            SlotInvalidated: PostgreSQL invalidated the slot.
         """
         try:
             await self._start()
@@ -166,22 +186,33 @@ class ReplicationSession:
 
     async def _start(self) -> None:
         assert self.repl is not None and self.meta is not None
+        self.phase = "creating the slot"
         confirmed = await ensure_slot(
             self.repl,
             self.meta,
             self.slot,
             temporary=self.options.temporary,
             database=self.meta.info.dbname,
+            create_missing=self.create_missing,
         )
         self.acked = confirmed
         self.received = confirmed
         command = start_replication_command(
             self.slot, self.publications, self.options.plugin_options()
         )
+        self.phase = "starting replication"
         try:
             await start_copy_both(self.repl, command)
         except pg_errors.ObjectInUse as exc:
             raise slot_in_use_error(self.slot, exc) from None
+        except (pg_errors.ObjectNotInPrerequisiteState, pg_errors.UndefinedObject) as exc:
+            gone = await slot_gone_error(
+                self.meta, self.slot, exc, temporary=self.options.temporary
+            )
+            if gone is exc:
+                raise
+            raise gone from exc
+        self.phase = "streaming"
         self.streaming = True
         self.decoder = ValueDecoder(self.repl)
         self.decoder.refresh_on_failure = True  # see _refeed
