@@ -51,7 +51,8 @@ import trio
 from psycopg import sql as _sql
 from psycopg.abc import Params
 
-from otpy.pg.config import DatabaseConfig, PoolConfig
+from otpy.pg.config import DatabaseConfig, PoolConfig, check_bool, check_seconds
+from otpy.pg.errors import ConfigError
 from otpy.pg.pool.core import PoolCore, Slot
 from otpy.pg.pool.errors import (
     PoolClosed,
@@ -109,6 +110,19 @@ __all__ = [
     "transaction",
     "wait_ready",
 ]
+
+
+def _check_configs(name: str, pool: PoolConfig, database: DatabaseConfig) -> None:
+    """Refuse what is not a pool name, a PoolConfig and a (usable) DatabaseConfig."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError("open_pool(name)", f"expected a non-empty string, got {name!r}")
+    if not isinstance(pool, PoolConfig):
+        raise ConfigError("open_pool(pool)", f"expected a PoolConfig, got {type(pool).__name__}")
+    if not isinstance(database, DatabaseConfig):
+        raise ConfigError(
+            "open_pool(database)", f"expected a DatabaseConfig, got {type(database).__name__}"
+        )
+    database.check()
 
 
 def _core(pool: str | Pool) -> PoolCore:
@@ -522,7 +536,24 @@ async def open_pool(
     open (see :func:`wait_ready`).  Leaving the block stops the tree: idle
     connections are closed, waiters fail with :class:`PoolClosed`.
     Inside an application, use :func:`pool_spec` instead.
+
+    The arguments are checked first, as the configuration loader checks its
+    own (``wait`` a bool, ``timeout`` and ``leak_check_interval`` finite
+    seconds or ``None``, the database's files and service, see
+    :meth:`DatabaseConfig.check`).  An exception raised in the block reaches
+    the caller as itself (``except psycopg.errors.DivisionByZero`` works),
+    not wrapped in an exception group.
+
+    Raises:
+        ConfigError: an invalid argument, naming it and its value.
+        PoolUnavailable / PoolTimeout: with ``wait``, as for :func:`wait_ready`.
     """
+    check_bool(wait, "open_pool(wait)")
+    check_seconds(timeout, "open_pool(timeout)", optional=True)
+    check_seconds(
+        leak_check_interval, "open_pool(leak_check_interval)", optional=True, positive=True
+    )
+    _check_configs(name, pool, database)
     async with running_pool(name, pool, database, leak_check_interval=leak_check_interval):
         handle = Pool(name)
         if wait:
