@@ -114,7 +114,9 @@ _REDACTED = "********"
 _SECRET_PARAMS = frozenset({"password", "sslpassword"})
 
 # ``password=value`` / ``sslpassword = 'quoted \' value'`` in a keyword/value DSN.
-_KEYWORD_SECRET = re.compile(r"(?i)(?<![?&\w])((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s']\S*)")
+_KEYWORD_SECRET = re.compile(
+    r"(?i)(?<![?&\w])((?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s']\S*)"
+)
 # ``postgresql://user:password@host``: the password ends at the first ``@`` (as in libpq).
 _URI_USERINFO = re.compile(r"(?i)(\bpostgres(?:ql)?://[^:@/\s]*:)([^@/\s]*)(@)")
 # ``?password=value`` / ``&sslpassword=value`` in a URI's query string.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import psycopg
@@ -150,3 +151,24 @@ async def test_cancelling_the_block_of_open_pool_still_cancels(db: DatabaseConfi
         async with pool.open_pool("p", pool_config(1), db):
             await trio.sleep_forever()
     assert timeout.cancelled_caught
+
+
+async def test_per_call_timeouts_are_checked_even_when_a_connection_is_free(
+    db: DatabaseConfig,
+) -> None:
+    async with pool.open_pool("p", pool_config(1), db) as p:
+        calls = [
+            ("connection(timeout)", lambda: pool.connection("p", timeout=math.nan)),
+            ("connection(timeout)", lambda: p.transaction(timeout=-1)),
+            ("query(timeout)", lambda: pool.query("p", "SELECT 1", timeout=math.nan)),
+            ("query(checkout_timeout)", lambda: p.query("SELECT 1", checkout_timeout=math.inf)),
+            ("acquire(timeout)", lambda: pool.acquire("p", timeout=math.nan)),
+            ("wait_ready(timeout)", lambda: p.wait_ready(timeout=math.nan)),
+            ("wait_ready(connections)", lambda: p.wait_ready(connections=True)),  # type: ignore[arg-type]
+        ]
+        for name, call in calls:
+            with pytest.raises(ConfigError, match=rf"^{re.escape(name)}: "):
+                result = call()
+                if hasattr(result, "__await__"):
+                    await result
+        assert (await pool.query("p", "SELECT 1", timeout=5)).scalar() == 1

@@ -151,6 +151,8 @@ class PooledConnection:
     __slots__ = ("_core", "_pool", "_slot", "_timeout")
 
     def __init__(self, pool: str | Pool, timeout: float | None) -> None:
+        if timeout is not None:
+            check_seconds(timeout, "connection(timeout)")
         self._pool = pool
         self._timeout = timeout
         self._slot: Slot | None = None
@@ -241,7 +243,9 @@ def connection(
     The block gets a real psycopg connection (a
     :class:`~otpy.pg.connection.TrioConnection`, autocommit).  It goes back to
     the pool when the block ends, however it ends (exception, cancellation).
-    ``timeout`` overrides the pool's ``checkout_timeout`` for this checkout.
+    ``timeout`` overrides the pool's ``checkout_timeout`` for this checkout
+    (finite seconds >= 0: ``NaN``, infinite or negative values raise
+    :class:`~otpy.pg.errors.ConfigError` at once).
 
     Raises (on entry):
         PoolNotFound: no pool of that name runs.
@@ -304,6 +308,10 @@ async def query(
         QueryTimeout: the statement ran longer than ``timeout``.
         PoolError: as for :func:`connection`.
     """
+    if timeout is not None:
+        check_seconds(timeout, "query(timeout)")
+    if checkout_timeout is not None:
+        check_seconds(checkout_timeout, "query(checkout_timeout)")
     if isinstance(pool, psycopg.AsyncConnection):
         return await _query_with_timeout(pool, sql, params, timeout)
     core = lookup(pool) if type(pool) is str else _core(pool)
@@ -360,6 +368,13 @@ async def wait_ready(
         PoolTimeout: not ready within ``timeout`` seconds (default: the pool's
             ``checkout_timeout``).
     """
+    check_seconds(timeout, "wait_ready(timeout)", optional=True)
+    if connections is not None and (
+        isinstance(connections, bool) or not isinstance(connections, int) or connections < 0
+    ):
+        raise ConfigError(
+            "wait_ready(connections)", f"expected an integer >= 0, got {connections!r}"
+        )
     core = _core(pool)
     wanted = core.config.min_size if connections is None else connections
     limit = core.config.checkout_timeout if timeout is None else timeout
@@ -425,6 +440,7 @@ class Lease:
 
 async def acquire(pool: str | Pool, *, timeout: float | None = None) -> Lease:  # noqa: ASYNC109
     """Check out a connection until :meth:`Lease.release` (low-level; prefer :func:`connection`)."""
+    check_seconds(timeout, "acquire(timeout)", optional=True)
     core = _core(pool)
     return Lease(core, await core.checkout(timeout))
 
