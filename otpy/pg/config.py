@@ -28,6 +28,12 @@ application with a message naming the exact key and value
 Unknown keys are rejected with a did-you-mean.  Durations are in seconds
 (floats), not epg_connector's milliseconds.
 
+A setting left out is left to libpq, exactly as for ``psql``: the service
+file, then the ``PG*`` environment variables, then libpq's defaults (otpy
+fills nothing in; see :func:`libpq_settings`).  What libpq would only refuse
+when connecting (a missing certificate or password file, an unknown service)
+is reported at load time too.
+
 Passwords are held in :class:`Secret`, which never shows its value in
 ``repr``/``str`` (so neither do the configs, logs or errors); only
 :meth:`DatabaseConfig.connect_kwargs` reveals it, to hand it to libpq.

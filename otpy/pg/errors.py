@@ -86,8 +86,15 @@ class ConfigError(PgConnectorError, ValueError):
     """The connector configuration is invalid.
 
     ``path`` is the dotted location of the offending key (for example
-    ``"pools.main_pool.database"``) and the message always names it, together
-    with the bad value (passwords excepted) and what would be accepted.
+    ``"pools.main_pool.database"``, or ``"open_pool(timeout)"`` for an
+    argument) and the message always names it, together with the bad value
+    (passwords excepted) and what would be accepted.  Raised where the value
+    enters: by the loaders, by :class:`~otpy.pg.config.PoolConfig` and
+    :class:`~otpy.pg.config.DatabaseConfig` built in code, by
+    :func:`~otpy.pg.pool.open_pool` and the pool API for their arguments, and
+    for what libpq would only refuse when connecting (a missing certificate or
+    password file, an unknown service).  What to do: fix the named key or
+    argument; for a file, create it or correct the path.
     """
 
     path: str
