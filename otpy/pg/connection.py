@@ -396,8 +396,7 @@ def _with_libpq_settings(params: dict[str, Any]) -> dict[str, Any]:
 
 def _redacted(ex: e.Error, *sources: object) -> e.Error:
     """A psycopg error of the same class as ``ex``, its message without any password."""
-    error = type(ex)(redact(_one_line(str(ex)), *sources))
-    return error
+    return type(ex)(redact(_one_line(str(ex)), *sources))
 
 
 async def _resolve_attempts(
