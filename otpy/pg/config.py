@@ -239,10 +239,13 @@ def libpq_settings(params: Mapping[str, Any]) -> dict[str, str]:
 
     probe = {k: v for k, v in params.items() if v is not None and k != _PROBE_KEY}
     probe[_PROBE_KEY] = _PROBE_VALUE
+    problem = None
     try:
         conninfo = make_conninfo("", **probe)
     except psycopg.Error as ex:
-        raise psycopg.OperationalError(redact(_one_line(str(ex)), params)) from None
+        problem = redact(_one_line(str(ex)), params)  # raised below, unchained
+    if problem is not None:
+        raise psycopg.OperationalError(problem)
     pgconn = pq.PGconn.connect_start(conninfo.encode())
     try:
         message = _one_line(pgconn.error_message.decode("utf-8", "replace"))
@@ -607,13 +610,15 @@ def _database_from_dsn(
 
     if not isinstance(dsn, str):
         raise ConfigError(path, f"expected a DSN string, got {type(dsn).__name__}")
+    problem = None
     try:
         params = conninfo_to_dict(dsn)
     except psycopg.Error as ex:
-        # psycopg's message may quote the whole DSN, password included.
-        raise ConfigError(
-            path, f"not a valid libpq connection string or URL: {redact(_one_line(str(ex)), dsn)}"
-        ) from None
+        # psycopg's message may quote the whole DSN, password included; and
+        # raised outside the handler, the error has no context holding it.
+        problem = redact(_one_line(str(ex)), dsn)
+    if problem is not None:
+        raise ConfigError(path, f"not a valid libpq connection string or URL: {problem}")
     entry: dict[str, Any] = {}
     extra: dict[str, Any] = {}
     for key, value in params.items():

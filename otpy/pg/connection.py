@@ -395,7 +395,11 @@ def _with_libpq_settings(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _redacted(ex: e.Error, *sources: object) -> e.Error:
-    """A psycopg error of the same class as ``ex``, its message without any password."""
+    """A psycopg error of the same class as ``ex``, its message without any password.
+
+    Raise it outside the ``except`` block that caught ``ex``: raised inside,
+    it would keep ``ex`` (and the DSN its message quotes) as its context.
+    """
     return type(ex)(redact(_one_line(str(ex)), *sources))
 
 
@@ -605,13 +609,17 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
             ConnectTimeoutError: every attempt timed out.
         """
         secrets = (conninfo, kwargs)
+        problem: e.Error | None = None
         try:
             params = _with_libpq_settings(await cls._get_connection_params(conninfo, **kwargs))
             timeout = timeout_from_conninfo(params)
             attempts, unresolved = await _resolve_attempts(dict(params))
         except e.Error as ex:
-            # psycopg's and libpq's messages may quote the DSN, password included.
-            raise _redacted(ex, *secrets) from None
+            # psycopg's and libpq's messages may quote the DSN, password
+            # included: raised outside the handler, unchained from the original.
+            problem = _redacted(ex, *secrets)
+        if problem is not None:
+            raise problem
         timeouts = 0
         failures = [(d, redact(r, *secrets)) for d, r in unresolved]
         rv: Self | None = None
@@ -880,13 +888,16 @@ async def replication_connect(conninfo: str = "", **kwargs: Any) -> ReplicationC
     """
     from psycopg.conninfo import conninfo_to_dict
 
+    problem: e.Error | None = None
     try:
         params = conninfo_to_dict(conninfo, **kwargs)
         params["replication"] = "database"
         params["options"] = _replication_options(cast("str | None", params.get("options")))
         dsn = make_conninfo("", **params)
     except e.Error as ex:
-        raise _redacted(ex, conninfo, kwargs) from None
+        problem = _redacted(ex, conninfo, kwargs)  # raised below, unchained
+    if problem is not None:
+        raise problem
     return await ReplicationConnection.connect(dsn, autocommit=True, prepare_threshold=None)
 
 

@@ -54,8 +54,23 @@ def exposed(exc: BaseException, caplog: pytest.LogCaptureFixture) -> str:
     return "\n".join([str(exc), repr(exc), *traceback.format_exception(exc), *records, caplog.text])
 
 
+def chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and every exception chained to it, shown in tracebacks or not."""
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or any(current is s for s in seen):
+            continue
+        seen.append(current)
+        todo += [current.__cause__, current.__context__]
+    return seen
+
+
 def assert_hidden(exc: BaseException, caplog: pytest.LogCaptureFixture) -> None:
-    text = exposed(exc, caplog)
+    # Even a suppressed context (``raise ... from None``) is kept on the
+    # exception, where error trackers and debuggers can still show it.
+    text = exposed(exc, caplog) + "".join(f"{e!s} {e!r}" for e in chain(exc))
     assert SECRET not in text
     assert SECRET.replace("-", "%2D") not in text
 
