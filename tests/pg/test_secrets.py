@@ -219,3 +219,22 @@ def test_single_exception_keeps_its_own_chain() -> None:
     with pytest.raises(ValueError, match="outer") as info:
         raise_single_exception(ExceptionGroup("g", [error]))
     assert isinstance(info.value.__cause__, KeyError)
+
+
+@pytest.mark.parametrize("command", [["slots"], ["tail", "--publication", "pub"]])
+@pytest.mark.parametrize("dsn", MALFORMED[:3])
+def test_cli_output_never_shows_the_password(
+    command: list[str],
+    dsn: str,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from otpy.cli import main
+
+    try:
+        main([*command, "--dsn", dsn])
+    except BaseException as exc:  # whatever escapes is searched too
+        assert_hidden(exc, caplog)
+    out = capsys.readouterr()
+    assert SECRET not in out.out + out.err
+    assert SECRET not in caplog.text
