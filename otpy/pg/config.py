@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     from otpy.pg.connection import TrioConnection
 
 __all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
     "SSL_MODES",
     "Backoff",
     "ConnectorConfig",
@@ -76,6 +77,10 @@ __all__ = [
     "read_toml",
     "redact",
 ]
+
+#: Seconds per connection attempt when neither the configuration, the service
+#: file nor ``$PGCONNECT_TIMEOUT`` says (see :meth:`DatabaseConfig.connect_kwargs`).
+DEFAULT_CONNECT_TIMEOUT = 10.0
 
 #: The values libpq accepts for ``sslmode``.
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
@@ -329,7 +334,7 @@ class DatabaseConfig:
     sslkey: str | None = None
     connect_timeout: float | None = None
     """Seconds allowed for each connection attempt (per host address); ``None``:
-    libpq's (``PGCONNECT_TIMEOUT``, the service file), else psycopg's default."""
+    libpq's (the service file, ``PGCONNECT_TIMEOUT``), else :data:`DEFAULT_CONNECT_TIMEOUT`."""
     application_name: str | None = None
     """Shown in ``pg_stat_activity``; helps operators find the connector's sessions."""
     params: Mapping[str, str] = attrs.field(factory=dict, repr=_params_repr)
@@ -405,11 +410,24 @@ class DatabaseConfig:
         """Keyword arguments for :meth:`TrioConnection.connect`, password included.
 
         Only the settings given are included (libpq supplies the others from
-        the service file, the environment and its defaults); ``overrides``
-        are added last (e.g. ``autocommit=True``).  The result holds the clear
-        password: pass it to ``connect`` and do not log it.
+        the service file, the environment and its defaults), with one
+        exception: when neither this configuration, ``$PGCONNECT_TIMEOUT`` nor
+        the service sets ``connect_timeout``, it is
+        :data:`DEFAULT_CONNECT_TIMEOUT` rather than libpq's "wait for ever"
+        (psycopg's 130 s), so that a pool or a reader notices a silent host
+        soon.  ``overrides`` are added last (e.g. ``autocommit=True``).  The
+        result holds the clear password: pass it to ``connect`` and do not
+        log it.
         """
-        return {**self.libpq_params(), **overrides}
+        kwargs = self.libpq_params()
+        if "connect_timeout" not in kwargs and "connect_timeout" not in overrides:
+            try:
+                resolved = libpq_settings(kwargs).get("connect_timeout")
+            except Exception:
+                resolved = None  # connecting will report what libpq refuses
+            if not resolved:
+                kwargs["connect_timeout"] = round(DEFAULT_CONNECT_TIMEOUT)
+        return {**kwargs, **overrides}
 
     async def connect(self, **overrides: Any) -> TrioConnection[TupleRow]:
         """Open a :class:`~otpy.pg.connection.TrioConnection` to this database."""

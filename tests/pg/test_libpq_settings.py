@@ -76,7 +76,8 @@ async def test_absent_keys_come_from_the_libpq_environment(
         {"databases": {"d": {}}, "pools": {"p": {"database": "d", "size": 1}}}
     )
     db = config.databases["d"]
-    assert db.connect_kwargs() == {}  # otpy fills nothing in
+    assert db.libpq_params() == {}  # otpy fills nothing in...
+    assert db.connect_kwargs() == {"connect_timeout": 10}  # ...but a bounded attempt
     assert await where(db) == (
         server["dbname"],
         server["user"],
@@ -119,6 +120,7 @@ async def test_a_service_means_what_libpq_says(
         port=server["port"],
         user=server["user"],
         dbname=server["dbname"],
+        connect_timeout="4",
     )
     clean_env.setenv("PGSERVICEFILE", str(services))
     # The service file wins over the environment (libpq's precedence), which
@@ -128,6 +130,7 @@ async def test_a_service_means_what_libpq_says(
     expected = (server["dbname"], server["user"], int(server["port"]))
     from_dsn = DatabaseConfig.from_dsn("d", "service=otpy_test")
     assert from_dsn.service == "otpy_test"
+    assert "connect_timeout" not in from_dsn.connect_kwargs()  # the service's 4 s stands
     assert (await where(from_dsn))[:3] == expected
     from_table = ConnectorConfig.from_mapping({"databases": {"d": {"service": "otpy_test"}}})
     assert (await where(from_table.databases["d"]))[:3] == expected
@@ -244,6 +247,11 @@ async def test_a_password_file_named_by_the_config_is_used(
 async def test_connect_timeout_comes_from_the_environment_when_absent(
     clean_env: pytest.MonkeyPatch,
 ) -> None:
-    clean_env.setenv("PGCONNECT_TIMEOUT", "7")
     db = DatabaseConfig.from_dsn("d", "host=h")
-    assert db.connect_timeout is None and "connect_timeout" not in db.connect_kwargs()
+    assert db.connect_timeout is None and db.connect_kwargs()["connect_timeout"] == 10
+    clean_env.setenv("PGCONNECT_TIMEOUT", "7")
+    assert "connect_timeout" not in db.connect_kwargs()  # libpq reads the environment
+    assert (
+        DatabaseConfig.from_dsn("d", "host=h connect_timeout=3").connect_kwargs()["connect_timeout"]
+        == 3
+    )
