@@ -287,6 +287,7 @@ def describe_params(params: Mapping[str, Any]) -> str:
 
 
 def _one_line(text: str) -> str:
+    """``text`` on one line (libpq messages span several; log lines and errors should not)."""
     return " ".join(text.split())
 
 

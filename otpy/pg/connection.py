@@ -56,7 +56,7 @@ from psycopg import pq
 from psycopg.abc import AdaptContext
 from psycopg.rows import AsyncRowFactory, Row, TupleRow, tuple_row
 
-from otpy.pg.config import libpq_settings, redact
+from otpy.pg.config import _one_line, libpq_settings, redact
 from otpy.pg.errors import (
     ConnectError,
     ConnectionClosedError,
@@ -827,10 +827,6 @@ def _socket_or_none(self: pq.abc.PGconn) -> int | None:
         return self.socket
     except e.OperationalError:
         return None
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 # --------------------------------------------------------------------------
