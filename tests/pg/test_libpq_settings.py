@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
@@ -255,3 +256,24 @@ async def test_connect_timeout_comes_from_the_environment_when_absent(
         DatabaseConfig.from_dsn("d", "host=h connect_timeout=3").connect_kwargs()["connect_timeout"]
         == 3
     )
+
+
+async def test_sslmode_from_the_environment_reaches_libpq(
+    server: dict[str, str], clean_env: pytest.MonkeyPatch
+) -> None:
+    db = DatabaseConfig(
+        name="d",
+        host=server["host"],
+        port=int(server["port"]),
+        username=server["user"],
+        database=server["dbname"],
+    )
+    clean_env.setenv("PGSSLMODE", "require")
+    try:
+        async with await db.connect() as conn:
+            assert conn.pgconn.ssl_in_use  # a server with SSL: required and used
+    except psycopg.OperationalError as exc:
+        assert "SSL" in str(exc)  # a server without SSL: refused, as required
+    clean_env.setenv("PGSSLMODE", "disable")
+    async with await db.connect() as conn:
+        assert not conn.pgconn.ssl_in_use
