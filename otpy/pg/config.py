@@ -353,6 +353,7 @@ class DatabaseConfig:
         *,
         environ: Mapping[str, str] | None = None,
         ignore: Collection[str] = (),
+        path: str | None = None,
     ) -> DatabaseConfig:
         """A database from a libpq DSN (``"host=... dbname=..."`` or ``postgresql://...``).
 
@@ -363,13 +364,15 @@ class DatabaseConfig:
         Settings the DSN leaves out stay to libpq (service file, ``PG*``
         environment, defaults), as for any libpq client.  Keywords in
         ``ignore`` are dropped (epg_connector's ``DbOpts`` carry
-        ``replication``, which otpy sets itself).
+        ``replication``, which otpy sets itself).  ``path`` is where errors
+        say the DSN came from (default ``databases.NAME``).
 
         Raises:
             ConfigError: the DSN is malformed (the message never shows a
                 password) or holds an invalid setting.
         """
-        return _database_from_dsn(name, dsn, f"databases.{name}", environ, ignore)
+        where = f"databases.{name}" if path is None else path
+        return _database_from_dsn(name, dsn, where, environ, ignore)
 
     def check(self, path: str | None = None) -> None:
         """Report now what libpq would only report when connecting.

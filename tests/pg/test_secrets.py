@@ -120,6 +120,7 @@ def test_resolve_database_never_shows_the_password(
 ) -> None:
     with pytest.raises(ConfigError) as info:
         wal_reader.resolve_database(dsn)
+    assert info.value.path.startswith("db_opts")
     assert_hidden(info.value, caplog)
 
 

@@ -172,3 +172,8 @@ async def test_per_call_timeouts_are_checked_even_when_a_connection_is_free(
                 if hasattr(result, "__await__"):
                     await result
         assert (await pool.query("p", "SELECT 1", timeout=5)).scalar() == 1
+
+
+def test_pool_spec_checks_its_leak_check_interval(db: DatabaseConfig) -> None:
+    with pytest.raises(ConfigError, match=r"pool_spec\(leak_check_interval\): must be a finite"):
+        pool.pool_spec("p", pool_config(1), db, leak_check_interval=math.nan)

@@ -41,7 +41,7 @@ from otpy.errors import ActorExited, InitError, SupervisorError
 from otpy.gen_server import GenServer, cast
 from otpy.gen_server import start as start_actor
 from otpy.gen_server import stop as stop_actor
-from otpy.pg.config import DatabaseConfig, PoolConfig
+from otpy.pg.config import DatabaseConfig, PoolConfig, check_seconds
 from otpy.pg.errors import raise_single_exception
 from otpy.pg.pool.core import PoolCore
 from otpy.pg.pool.errors import PoolNotFound
@@ -288,6 +288,9 @@ def pool_spec(
             (see :meth:`DatabaseConfig.check`): reported now rather than by
             workers retrying a connection that cannot succeed.
     """
+    check_seconds(
+        leak_check_interval, "pool_spec(leak_check_interval)", optional=True, positive=True
+    )
     database.check()
     return ChildSpec(
         id=pool_key(name),
