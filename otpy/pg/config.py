@@ -761,10 +761,8 @@ def _port(value: object, path: str) -> int | tuple[int, ...]:
 
 def _check_database(values: Mapping[str, Any], path: str) -> None:
     """Check the (normalised) fields of a :class:`DatabaseConfig`."""
-    for key in ("database", "username", "host", "password_env", "passfile", "service", *_FILE_KEYS):
-        if key in values and values[key] is not None:
-            _text(values[key], f"{path}.{key}")
-    for key in ("sslmode", "application_name"):
+    text_fields = ("database", "username", "host", "password_env", "service", "sslmode")
+    for key in (*text_fields, "application_name", *_FILE_KEYS):
         if values.get(key) is not None:
             _text(values[key], f"{path}.{key}")
     if values.get("port") is not None:
@@ -791,7 +789,8 @@ def _check_database(values: Mapping[str, Any], path: str) -> None:
     _mapping(params, f"{path}.params")
     for key, value in params.items():
         if not isinstance(value, str):
-            raise ConfigError(f"{path}.params.{key}", f"expected a string, got {value!r}")
+            shown = _REDACTED if key in _SECRET_PARAMS else repr(value)
+            raise ConfigError(f"{path}.params.{key}", f"expected a string, got {shown}")
 
 
 def _check_libpq(db: DatabaseConfig, path: str) -> None:
