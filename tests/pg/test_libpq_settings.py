@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
@@ -224,7 +225,7 @@ async def test_open_pool_reports_a_missing_file_instead_of_retrying(
 
 
 async def test_a_password_file_named_by_the_config_is_used(
-    server: dict[str, str], tmp_path: Path
+    server: dict[str, str], tmp_path: Path, clean_env: pytest.MonkeyPatch
 ) -> None:
     passfile = tmp_path / "pgpass"
     passfile.write_text(f"*:*:*:{server['user']}:from-the-passfile\n", encoding="utf-8")
@@ -243,6 +244,10 @@ async def test_a_password_file_named_by_the_config_is_used(
         }
     ).databases["d"]
     assert (await where(db))[3] == "from-the-passfile"
+    # The same file named by $PGPASSFILE, for a configuration that names none.
+    clean_env.setenv("PGPASSFILE", str(passfile))
+    without = attrs.evolve(db, passfile=None)
+    assert (await where(without))[3] == "from-the-passfile"
 
 
 async def test_connect_timeout_comes_from_the_environment_when_absent(
