@@ -56,6 +56,7 @@ from psycopg import pq
 from psycopg.abc import AdaptContext
 from psycopg.rows import AsyncRowFactory, Row, TupleRow, tuple_row
 
+from otpy.pg.config import _one_line, libpq_settings, redact
 from otpy.pg.errors import (
     ConnectError,
     ConnectionClosedError,
@@ -361,6 +362,47 @@ def _describe_attempt(attempt: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+#: The parameters otpy's connect logic reads itself (to split hosts, resolve
+#: names with trio and time attempts).  psycopg reads them from the DSN or the
+#: ``PG*`` environment only, missing those given by a service file
+#: (psycopg/psycopg#698): they are taken from libpq's own resolution instead.
+_ATTEMPT_PARAMS = (
+    "host",
+    "hostaddr",
+    "port",
+    "connect_timeout",
+    "load_balance_hosts",
+    "target_session_attrs",
+)
+
+
+def _with_libpq_settings(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` plus the attempt parameters libpq would take from elsewhere.
+
+    libpq's precedence is: the DSN, then the service file, then the ``PG*``
+    environment, then its defaults.  Adding what it resolved for the keys
+    otpy's connect logic reads keeps that precedence exactly (a service
+    file's ``host`` wins over ``$PGHOST``), and leaves every other key to
+    libpq at connection time.
+
+    Raises:
+        psycopg.OperationalError: libpq refuses the parameters (unknown
+            service, ports that do not match the hosts...).
+    """
+    settings = libpq_settings(params)
+    extra = {k: settings[k] for k in _ATTEMPT_PARAMS if k not in params and settings.get(k)}
+    return {**params, **extra} if extra else params
+
+
+def _redacted(ex: e.Error, *sources: object) -> e.Error:
+    """A psycopg error of the same class as ``ex``, its message without any password.
+
+    Raise it outside the ``except`` block that caught ``ex``: raised inside,
+    it would keep ``ex`` (and the DSN its message quotes) as its context.
+    """
+    return type(ex)(redact(_one_line(str(ex)), *sources))
+
+
 async def _resolve_attempts(
     params: dict[str, Any],
 ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
@@ -566,11 +608,20 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
                 (host, address, port, reason), never the password.
             ConnectTimeoutError: every attempt timed out.
         """
-        params = await cls._get_connection_params(conninfo, **kwargs)
-        timeout = timeout_from_conninfo(params)
-        attempts, unresolved = await _resolve_attempts(dict(params))
+        secrets = (conninfo, kwargs)
+        problem: e.Error | None = None
+        try:
+            params = _with_libpq_settings(await cls._get_connection_params(conninfo, **kwargs))
+            timeout = timeout_from_conninfo(params)
+            attempts, unresolved = await _resolve_attempts(dict(params))
+        except e.Error as ex:
+            # psycopg's and libpq's messages may quote the DSN, password
+            # included: raised outside the handler, unchained from the original.
+            problem = _redacted(ex, *secrets)
+        if problem is not None:
+            raise problem
         timeouts = 0
-        failures = list(unresolved)
+        failures = [(d, redact(r, *secrets)) for d, r in unresolved]
         rv: Self | None = None
         for attempt in attempts:
             descr = _describe_attempt(attempt)
@@ -582,7 +633,7 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
                 timeouts += 1
                 failures.append((descr, f"timed out after {timeout}s (connect_timeout)"))
             except e.Error as ex:
-                failures.append((descr, _one_line(str(ex))))
+                failures.append((descr, redact(_one_line(str(ex)), *secrets)))
             else:
                 logger.debug("connection succeeded: %s", descr)
                 break
@@ -778,10 +829,6 @@ def _socket_or_none(self: pq.abc.PGconn) -> int | None:
         return None
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 # --------------------------------------------------------------------------
 # Replication mode
 # --------------------------------------------------------------------------
@@ -837,12 +884,17 @@ async def replication_connect(conninfo: str = "", **kwargs: Any) -> ReplicationC
     """
     from psycopg.conninfo import conninfo_to_dict
 
-    params = conninfo_to_dict(conninfo, **kwargs)
-    params["replication"] = "database"
-    params["options"] = _replication_options(cast("str | None", params.get("options")))
-    return await ReplicationConnection.connect(
-        make_conninfo("", **params), autocommit=True, prepare_threshold=None
-    )
+    problem: e.Error | None = None
+    try:
+        params = conninfo_to_dict(conninfo, **kwargs)
+        params["replication"] = "database"
+        params["options"] = _replication_options(cast("str | None", params.get("options")))
+        dsn = make_conninfo("", **params)
+    except e.Error as ex:
+        problem = _redacted(ex, conninfo, kwargs)  # raised below, unchained
+    if problem is not None:
+        raise problem
+    return await ReplicationConnection.connect(dsn, autocommit=True, prepare_threshold=None)
 
 
 async def start_copy_both(conn: TrioConnection[Any], command: str | bytes) -> None:

@@ -302,9 +302,14 @@ def resolve_database(db_opts: Any) -> tuple[dict[str, Any], str]:
         return db.connect_kwargs(), db.describe()
     if isinstance(db_opts, str):
         if "=" in db_opts or "://" in db_opts:
-            params = conninfo_to_dict(db_opts)
+            # Checked as a configured database (errors without the password,
+            # missing files, unknown service); the keywords are passed as given.
+            db = DatabaseConfig.from_dsn(
+                "db_opts", db_opts, ignore=("replication",), path="db_opts"
+            )
+            params = conninfo_to_dict(db_opts)  # cannot fail: from_dsn parsed it
             params.pop("replication", None)
-            return dict(params), _describe(params)
+            return dict(params), db.describe()
         from otpy.application import get_env
 
         databases = get_env(CONNECTOR_APP, "databases")

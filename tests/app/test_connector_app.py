@@ -145,3 +145,34 @@ def test_no_config_means_readers_only() -> None:
     app = connector_application()
     assert load_config(None).pools == {}
     assert app.name == APP_NAME
+
+
+async def test_the_connector_takes_absent_settings_from_a_service_file(
+    tmp_path: Path, module_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = conninfo_to_dict(module_dsn)
+    services = tmp_path / "pg_service.conf"
+    services.write_text(
+        f"[shop]\nhost={params['host']}\nport={params['port']}\nuser={params['user']}\n"
+        f"dbname={params['dbname']}\n",
+        encoding="utf-8",
+    )
+    for name in ("PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGSERVICE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PGSERVICEFILE", str(services))
+    path = tmp_path / "app.toml"
+    path.write_text(
+        '[databases]\nmain_db = "service=shop"\n\n[pools.main_pool]\n'
+        'database = "main_db"\nsize = 1\n',
+        encoding="utf-8",
+    )
+    async with otpy.start_application(connector_application(path)):
+        result = await pool.query("main_pool", "SELECT current_database()")
+        assert result.scalar() == params["dbname"]
+
+
+def test_a_missing_certificate_fails_the_application_at_once(tmp_path: Path) -> None:
+    missing = tmp_path / "root.crt"
+    bad = {"databases": {"main_db": {"host": "h", "sslrootcert": str(missing)}}}
+    with pytest.raises(ConfigError, match=r"databases\.main_db\.sslrootcert: file .*root\.crt"):
+        connector_application(bad)

@@ -51,7 +51,8 @@ import trio
 from psycopg import sql as _sql
 from psycopg.abc import Params
 
-from otpy.pg.config import DatabaseConfig, PoolConfig
+from otpy.pg.config import DatabaseConfig, PoolConfig, check_bool, check_seconds
+from otpy.pg.errors import ConfigError
 from otpy.pg.pool.core import PoolCore, Slot
 from otpy.pg.pool.errors import (
     PoolClosed,
@@ -111,6 +112,19 @@ __all__ = [
 ]
 
 
+def _check_configs(name: str, pool: PoolConfig, database: DatabaseConfig) -> None:
+    """Refuse what is not a pool name, a PoolConfig and a (usable) DatabaseConfig."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError("open_pool(name)", f"expected a non-empty string, got {name!r}")
+    if not isinstance(pool, PoolConfig):
+        raise ConfigError("open_pool(pool)", f"expected a PoolConfig, got {type(pool).__name__}")
+    if not isinstance(database, DatabaseConfig):
+        raise ConfigError(
+            "open_pool(database)", f"expected a DatabaseConfig, got {type(database).__name__}"
+        )
+    database.check()
+
+
 def _core(pool: str | Pool) -> PoolCore:
     if type(pool) is str:
         return lookup(pool)
@@ -137,6 +151,8 @@ class PooledConnection:
     __slots__ = ("_core", "_pool", "_slot", "_timeout")
 
     def __init__(self, pool: str | Pool, timeout: float | None) -> None:
+        if timeout is not None:
+            check_seconds(timeout, "connection(timeout)")
         self._pool = pool
         self._timeout = timeout
         self._slot: Slot | None = None
@@ -227,7 +243,9 @@ def connection(
     The block gets a real psycopg connection (a
     :class:`~otpy.pg.connection.TrioConnection`, autocommit).  It goes back to
     the pool when the block ends, however it ends (exception, cancellation).
-    ``timeout`` overrides the pool's ``checkout_timeout`` for this checkout.
+    ``timeout`` overrides the pool's ``checkout_timeout`` for this checkout
+    (finite seconds >= 0: ``NaN``, infinite or negative values raise
+    :class:`~otpy.pg.errors.ConfigError` at once).
 
     Raises (on entry):
         PoolNotFound: no pool of that name runs.
@@ -290,6 +308,10 @@ async def query(
         QueryTimeout: the statement ran longer than ``timeout``.
         PoolError: as for :func:`connection`.
     """
+    if timeout is not None:
+        check_seconds(timeout, "query(timeout)")
+    if checkout_timeout is not None:
+        check_seconds(checkout_timeout, "query(checkout_timeout)")
     if isinstance(pool, psycopg.AsyncConnection):
         return await _query_with_timeout(pool, sql, params, timeout)
     core = lookup(pool) if type(pool) is str else _core(pool)
@@ -346,6 +368,13 @@ async def wait_ready(
         PoolTimeout: not ready within ``timeout`` seconds (default: the pool's
             ``checkout_timeout``).
     """
+    check_seconds(timeout, "wait_ready(timeout)", optional=True)
+    if connections is not None and (
+        isinstance(connections, bool) or not isinstance(connections, int) or connections < 0
+    ):
+        raise ConfigError(
+            "wait_ready(connections)", f"expected an integer >= 0, got {connections!r}"
+        )
     core = _core(pool)
     wanted = core.config.min_size if connections is None else connections
     limit = core.config.checkout_timeout if timeout is None else timeout
@@ -411,6 +440,7 @@ class Lease:
 
 async def acquire(pool: str | Pool, *, timeout: float | None = None) -> Lease:  # noqa: ASYNC109
     """Check out a connection until :meth:`Lease.release` (low-level; prefer :func:`connection`)."""
+    check_seconds(timeout, "acquire(timeout)", optional=True)
     core = _core(pool)
     return Lease(core, await core.checkout(timeout))
 
@@ -522,7 +552,24 @@ async def open_pool(
     open (see :func:`wait_ready`).  Leaving the block stops the tree: idle
     connections are closed, waiters fail with :class:`PoolClosed`.
     Inside an application, use :func:`pool_spec` instead.
+
+    The arguments are checked first, as the configuration loader checks its
+    own (``wait`` a bool, ``timeout`` and ``leak_check_interval`` finite
+    seconds or ``None``, the database's files and service, see
+    :meth:`DatabaseConfig.check`).  An exception raised in the block reaches
+    the caller as itself (``except psycopg.errors.DivisionByZero`` works),
+    not wrapped in an exception group.
+
+    Raises:
+        ConfigError: an invalid argument, naming it and its value.
+        PoolUnavailable / PoolTimeout: with ``wait``, as for :func:`wait_ready`.
     """
+    check_bool(wait, "open_pool(wait)")
+    check_seconds(timeout, "open_pool(timeout)", optional=True)
+    check_seconds(
+        leak_check_interval, "open_pool(leak_check_interval)", optional=True, positive=True
+    )
+    _check_configs(name, pool, database)
     async with running_pool(name, pool, database, leak_check_interval=leak_check_interval):
         handle = Pool(name)
         if wait:

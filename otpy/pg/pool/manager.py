@@ -41,7 +41,8 @@ from otpy.errors import ActorExited, InitError, SupervisorError
 from otpy.gen_server import GenServer, cast
 from otpy.gen_server import start as start_actor
 from otpy.gen_server import stop as stop_actor
-from otpy.pg.config import DatabaseConfig, PoolConfig
+from otpy.pg.config import DatabaseConfig, PoolConfig, check_seconds
+from otpy.pg.errors import raise_single_exception
 from otpy.pg.pool.core import PoolCore
 from otpy.pg.pool.errors import PoolNotFound
 from otpy.pg.pool.worker import ConnectionWorker
@@ -281,7 +282,16 @@ def pool_spec(
     its connections (they open in the background, and callers queue until
     they do), so an unreachable server does not prevent the application from
     starting.  Child id: ``("otpy.pg.pool", name)``.
+
+    Raises:
+        ConfigError: ``database`` names a missing file or an unknown service
+            (see :meth:`DatabaseConfig.check`): reported now rather than by
+            workers retrying a connection that cannot succeed.
     """
+    check_seconds(
+        leak_check_interval, "pool_spec(leak_check_interval)", optional=True, positive=True
+    )
+    database.check()
     return ChildSpec(
         id=pool_key(name),
         start=lambda: make_pool_supervisor(
@@ -300,12 +310,21 @@ async def running_pool(
     *,
     leak_check_interval: float | None = LEAK_CHECK_INTERVAL,
 ) -> AsyncIterator[Ref]:
-    """Run pool ``name``'s tree in a nursery for the block; yield its supervisor's ref."""
-    async with trio.open_nursery() as nursery:
-        sup = make_pool_supervisor(name, pool, database, leak_check_interval=leak_check_interval)
-        ref = await start_actor(nursery, sup, link=True)
-        try:
-            yield ref
-        finally:
-            with trio.CancelScope(shield=True):
-                await stop_actor(ref, SHUTDOWN)
+    """Run pool ``name``'s tree in a nursery for the block; yield its supervisor's ref.
+
+    An exception of the block reaches the caller as itself, not wrapped in
+    the nursery's exception group (see :func:`~otpy.pg.errors.raise_single_exception`).
+    """
+    try:
+        async with trio.open_nursery() as nursery:
+            sup = make_pool_supervisor(
+                name, pool, database, leak_check_interval=leak_check_interval
+            )
+            ref = await start_actor(nursery, sup, link=True)
+            try:
+                yield ref
+            finally:
+                with trio.CancelScope(shield=True):
+                    await stop_actor(ref, SHUTDOWN)
+    except BaseExceptionGroup as group:
+        raise_single_exception(group)
