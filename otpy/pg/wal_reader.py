@@ -65,7 +65,7 @@ from otpy.child_spec import ChildSpec, Restart
 from otpy.dynamic_supervisor import DynamicSupervisor
 from otpy.errors import ChildNotFound, InitError
 from otpy.gen_server import GenServer
-from otpy.pg.config import ConnectorConfig, DatabaseConfig
+from otpy.pg.config import ConnectorConfig, DatabaseConfig, libpq_settings
 from otpy.pg.errors import ConfigError
 from otpy.pg.replication.changes import Change, ChangeBatch
 from otpy.pg.replication.errors import (
@@ -273,11 +273,16 @@ class Subscription:
             raise StreamEnded(f"the subscription of slot {self.slot!r} was unsubscribed")
 
 
-def _describe(params: Mapping[str, Any]) -> str:
-    return (
-        f"{params.get('user') or '?'}@{params.get('host') or 'localhost'}:"
-        f"{params.get('port') or 5432}/{params.get('dbname') or '?'}"
-    )
+def _server_key(kwargs: Mapping[str, Any], slot: str) -> tuple[str, str, str]:
+    """(host, port, slot) as libpq resolves them: slot names are cluster-wide.
+
+    Taken from libpq's own view (service file, ``PG*`` environment, defaults),
+    so two databases configured only through the environment or a service
+    on different servers do not share a key.
+    """
+    settings = libpq_settings(kwargs)
+    host = settings.get("host") or settings.get("hostaddr") or ""
+    return (host, settings.get("port") or "5432", slot)
 
 
 def resolve_database(db_opts: Any) -> tuple[dict[str, Any], str]:
@@ -666,7 +671,7 @@ async def subscribe(
             f"no WAL readers supervisor {supervisor!r} is running: include "
             f"wal_reader.readers_supervisor_spec() in your supervision tree, or pass supervisor="
         )
-    key = (str(kwargs.get("host") or ""), str(kwargs.get("port") or "5432"), slot)
+    key = _server_key(kwargs, slot)
     existing = _SUBSCRIPTIONS.get(key)
     if existing is not None:
         if await _still_subscribed(existing):

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import trio
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from wr_helpers import (
     FAST_BACKOFF,
     Recorder,
@@ -433,6 +434,23 @@ async def test_already_subscribed_and_slot_in_use(
             )
     # The other session's walsender exits after its client is gone, not with it.
     await drop_slot_when_free(module_dsn, slot)
+
+
+async def test_a_slot_is_known_by_the_server_libpq_connects_to(
+    module_dsn: str, tables: str, readers: Ref, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same slot reached through PGHOST/PGPORT is the same subscription, not a stranger."""
+    params = conninfo_to_dict(module_dsn)
+    monkeypatch.setenv("PGHOST", str(params.pop("host")))
+    monkeypatch.setenv("PGPORT", str(params.pop("port")))
+    slot = unique("envkey")
+    ref = await wal_reader.subscribe(Recorder(), module_dsn, slot, [tables])
+    try:
+        with pytest.raises(AlreadySubscribed) as info:
+            await wal_reader.subscribe(Recorder(), make_conninfo("", **params), slot, [tables])
+        assert info.value.subscription is ref
+    finally:
+        await wal_reader.unsubscribe(ref)
 
 
 async def test_standby_takes_over_when_the_slot_is_freed(
