@@ -254,7 +254,7 @@ def unsupported_cases(dsn: str) -> dict[int, str]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         for index, case in enumerate(CASES):
             try:
-                conn.execute(f"SELECT {case.literal}::{case.pg_type}")  # type: ignore[arg-type]
+                conn.execute(f"SELECT ({case.literal})::{case.pg_type}")  # type: ignore[arg-type]
             except (psycopg.errors.FeatureNotSupported, psycopg.errors.UndefinedObject) as exc:
                 lacking[index] = f"the server lacks {case.pg_type}: {exc.diag.message_primary}"
     return lacking

@@ -137,11 +137,13 @@ class SlotInfo:
     """PostgreSQL's ``wal_status`` (``reserved``, ``extended``, ``unreserved``, ``lost``)."""
 
 
+# The insert position: under synchronous_commit=off the write position
+# (pg_current_wal_lsn) can sit before the last commit, hiding lag.
 _SLOTS_QUERY = """
 SELECT slot_name, plugin, slot_type, database, temporary, active, active_pid,
        confirmed_flush_lsn::text, restart_lsn::text,
-       pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint,
-       pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,
+       pg_wal_lsn_diff(pg_current_wal_insert_lsn(), restart_lsn)::bigint,
+       pg_wal_lsn_diff(pg_current_wal_insert_lsn(), confirmed_flush_lsn)::bigint,
        wal_status
 FROM pg_catalog.pg_replication_slots
 """
