@@ -127,9 +127,11 @@ def test_begin_relation_insert_commit(
     assert values.decode(relation.oid, insert.new) == {"id": 7, "v": "héllo", "n": None}
 
 
-def _identity_workload(dsn: str) -> None:
+@pytest.fixture(scope="module")
+def identity_tables(module_dsn: str) -> None:
+    """One table per replica identity (once per module, whichever test runs first)."""
     execute(
-        dsn,
+        module_dsn,
         "CREATE TABLE ri_default (id int PRIMARY KEY, code text, v text)",
         "CREATE TABLE ri_full (id int, code text, v text)",
         "ALTER TABLE ri_full REPLICA IDENTITY FULL",
@@ -141,10 +143,12 @@ def _identity_workload(dsn: str) -> None:
 
 @pytest.mark.parametrize(("proto", "binary"), [(1, False), (3, True)])
 def test_update_delete_under_each_replica_identity(
-    capture_factory: CaptureFactory, module_dsn: str, proto: int, binary: bool
+    capture_factory: CaptureFactory,
+    module_dsn: str,
+    identity_tables: None,
+    proto: int,
+    binary: bool,
 ) -> None:
-    if proto == 1:
-        _identity_workload(module_dsn)
     cap = capture_factory(["ri_default", "ri_full", "ri_index"])
     statements = []
     for table in ("ri_default", "ri_full", "ri_index"):
