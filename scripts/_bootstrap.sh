@@ -48,8 +48,15 @@ ensure_venv() {
     fi
 }
 
-check_postgres() {
-    "$VENV/bin/python" -c 'from otpy.testing import find_bindir; find_bindir()' "$@"
+check_postgres() {  # exits non-zero with find_bindir's message (no traceback) when not found
+    "$VENV/bin/python" -c '
+import sys
+from otpy.testing import TestingError, find_bindir
+try:
+    find_bindir()
+except TestingError as exc:
+    sys.exit(f"error: {exc}")
+'
 }
 
 ensure_postgres() {
