@@ -63,6 +63,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 __all__ = [
     "BINDIR_ENV",
     "DSN_ENV",
+    "SERVER_USER",
+    "SHARED_COPY_PARENTS",
     "PostgresNotFoundError",
     "PostgresServer",
     "PostgresStartError",
