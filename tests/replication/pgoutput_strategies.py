@@ -86,6 +86,7 @@ messages: st.SearchStrategy[PgOutputMessage] = st.one_of(
     st.just(StreamStop()),
     st.builds(StreamCommit, u32, u8, lsns, lsns, times),
     st.builds(StreamAbort, u32, u32),
+    st.builds(StreamAbort, u32, u32, lsns, times),  # protocol 4, streaming = parallel
     st.builds(BeginPrepare, lsns, lsns, times, u32, names),
     st.builds(Prepare, u8, lsns, lsns, times, u32, names),
     st.builds(CommitPrepared, u8, lsns, lsns, times, u32, names),

@@ -1,8 +1,9 @@
 """Offline golden tests: stored real pgoutput streams decode to the stored output.
 
-The files in ``data/`` were captured from PostgreSQL 15 by
-``make_golden_data.py`` (protocol 1 text; protocol 2 binary with streaming and
-messages; protocol 3 with streaming and two-phase).  No server is needed, so a
+The files in ``data/`` were captured by ``make_golden_data.py``: from
+PostgreSQL 15, protocol 1 text; protocol 2 binary with streaming and messages;
+protocol 3 with streaming and two-phase; from PostgreSQL 18, protocol 4 binary
+with parallel streaming and two-phase (the long Stream Abort).  No server is needed, so a
 change in decoding shows up here even where PostgreSQL is not installed.
 """
 
@@ -17,6 +18,7 @@ from otpy.pg.replication import (
     Insert,
     PgOutputDecoder,
     Relation,
+    StreamAbort,
     Type,
     ValueDecoder,
     encode_message,
@@ -41,7 +43,12 @@ def load(name: str) -> tuple[list[bytes], list[str]]:
 
 
 def test_streams_are_present() -> None:
-    assert STREAMS == ["v1_text", "v2_binary_stream_messages", "v3_text_stream_two_phase"]
+    assert STREAMS == [
+        "v1_text",
+        "v2_binary_stream_messages",
+        "v3_text_stream_two_phase",
+        "v4_binary_parallel_stream",
+    ]
 
 
 @pytest.mark.parametrize("name", STREAMS)
@@ -57,6 +64,14 @@ def test_stream_decodes_to_golden_output(name: str) -> None:
     kinds = {type(m).__name__ for m in messages}
     if name.startswith("v3"):
         assert kinds == EVERY_KIND
+    aborts = [m for m in messages if isinstance(m, StreamAbort)]
+    if name.startswith("v4"):
+        # PostgreSQL 18 streams every kind, but the aborted savepoint's Stream Abort
+        # is the long one (abort LSN and time), as parallel streaming asks.
+        assert kinds == EVERY_KIND
+        assert aborts and all(a.abort_lsn is not None and a.abort_time for a in aborts)
+    else:
+        assert all(a.abort_lsn is None and a.abort_time is None for a in aborts)
     # The stored rows decode into values without a server (user types as text).
     values = ValueDecoder()
     rows = []

@@ -1,11 +1,15 @@
 """Golden tests: real pgoutput bytes from PostgreSQL decoded into the expected messages.
 
-Every message kind PostgreSQL 15 sends with protocol versions 1-3 is produced
-by a real workload and captured with ``pg_logical_slot_peek_binary_changes``.
+Every message kind PostgreSQL sends with protocol versions 1-3 (and 4 on 16+)
+is produced by a real workload and captured with
+``pg_logical_slot_peek_binary_changes``.  The suite runs on PostgreSQL 15 and
+18: where the two differ, the tests check what holds on both.
 """
 
 from __future__ import annotations
 
+import struct
+import typing
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,6 +19,7 @@ import pytest
 from pgcapture import Capture, execute
 
 from otpy.pg.replication import (
+    LSN,
     UNCHANGED_TOAST,
     Begin,
     BeginPrepare,
@@ -39,9 +44,11 @@ from otpy.pg.replication import (
     Type,
     Update,
     ValueDecoder,
+    datetime_to_pg_timestamp,
     decode_message,
     encode_message,
 )
+from otpy.testing import PostgresServer, create_database, drop_database
 
 CaptureFactory = Callable[..., Capture]
 ALL_MODES = [(proto, binary) for proto in (1, 2, 3) for binary in (False, True)]
@@ -120,9 +127,11 @@ def test_begin_relation_insert_commit(
     assert values.decode(relation.oid, insert.new) == {"id": 7, "v": "héllo", "n": None}
 
 
-def _identity_workload(dsn: str) -> None:
+@pytest.fixture(scope="module")
+def identity_tables(module_dsn: str) -> None:
+    """One table per replica identity (once per module, whichever test runs first)."""
     execute(
-        dsn,
+        module_dsn,
         "CREATE TABLE ri_default (id int PRIMARY KEY, code text, v text)",
         "CREATE TABLE ri_full (id int, code text, v text)",
         "ALTER TABLE ri_full REPLICA IDENTITY FULL",
@@ -134,10 +143,12 @@ def _identity_workload(dsn: str) -> None:
 
 @pytest.mark.parametrize(("proto", "binary"), [(1, False), (3, True)])
 def test_update_delete_under_each_replica_identity(
-    capture_factory: CaptureFactory, module_dsn: str, proto: int, binary: bool
+    capture_factory: CaptureFactory,
+    module_dsn: str,
+    identity_tables: None,
+    proto: int,
+    binary: bool,
 ) -> None:
-    if proto == 1:
-        _identity_workload(module_dsn)
     cap = capture_factory(["ri_default", "ri_full", "ri_index"])
     statements = []
     for table in ("ri_default", "ri_full", "ri_index"):
@@ -424,13 +435,19 @@ def test_streamed_transactions_commit_and_abort(
         (message,) = of_type(messages, Message)
         assert (message.xid, message.prefix, message.content) == (first, "big", b"in stream")
         aborts = of_type(messages, StreamAbort)
-        # The rolled-back transaction: xid == subxid; the rolled-back savepoint: a subxid.
-        assert len(aborts) == 2
-        assert aborts[0].xid == aborts[0].subxid
-        assert aborts[1].subxid != aborts[1].xid
+        # The rolled-back savepoint of a committed transaction: an abort of its subxid.
+        (savepoint_abort,) = [a for a in aborts if a.subxid != a.xid]
+        assert savepoint_abort.xid == savepoint_commit.xid
+        # The rolled-back transaction (xid == subxid): PostgreSQL 15-17 stream it and
+        # then abort it; 18 knows it aborted and does not stream it at all.  Either
+        # way every streamed transaction ends exactly once, commit or abort.
+        whole_aborts = [a.xid for a in aborts if a.subxid == a.xid]
+        assert len(whole_aborts) <= 1
+        ended = [c.xid for c in of_type(messages, StreamCommit)] + whole_aborts
+        assert sorted(ended) == sorted({s.xid for s in starts})
         # The savepoint's rows streamed before the abort went under the subtransaction's
         # xid (what was still in memory at ROLLBACK TO is simply never sent).
-        in_savepoint = [m for m in of_type(messages, Insert) if m.xid == aborts[1].subxid]
+        in_savepoint = [m for m in of_type(messages, Insert) if m.xid == savepoint_abort.subxid]
         assert 0 < len(in_savepoint) <= 3000
         summary = _streamed_summary(messages)
         assert summary[:3] == ["StreamStart", "Relation", "Insert"]
@@ -507,3 +524,74 @@ def test_stream_state_errors() -> None:
     assert insert == Insert(xid=5, relation_oid=0x4000, new=insert.new)  # type: ignore[union-attr]
     decoder.reset()
     assert not decoder.in_stream and decoder.stream_xid is None
+
+
+# --------------------------------------------------------------------------- protocol 4
+
+EVERY_KIND = {cls.__name__ for cls in typing.get_args(PgOutputMessage)}
+
+
+@pytest.mark.requires("pg16")
+def test_protocol_4_decodes_every_message_kind_and_the_long_stream_abort(
+    twophase_server: PostgresServer,
+) -> None:
+    from make_golden_data import changes, workload  # the golden streams' workload
+
+    dsn = create_database(twophase_server.dsn, "t_proto4")
+    try:
+        workload(dsn)
+        cap = Capture(dsn, ["g", "g_full"], two_phase=True)
+        changes(dsn)
+        options: dict[str, Any] = dict(two_phase=True, messages=True, work_mem="64kB")
+        for binary in (False, True):
+            parallel = decode_all(cap.peek(4, binary=binary, streaming="parallel", **options))
+            assert {type(m).__name__ for m in parallel} == EVERY_KIND
+            aborts = of_type(parallel, StreamAbort)
+            assert aborts
+            for abort in aborts:
+                # Parallel streaming: where and when the (sub)transaction aborted.
+                assert abort.abort_lsn is not None and abort.abort_time is not None
+                commit = [c for c in of_type(parallel, StreamCommit) if c.xid == abort.xid]
+                for c in commit:  # a savepoint's abort precedes its transaction's commit
+                    assert abort.abort_lsn <= c.commit_lsn
+                    assert abort.abort_time <= c.commit_time
+                assert abs(datetime.now(UTC) - abort.abort_time) < timedelta(minutes=10)
+            # Protocol 4 with streaming = on: the same aborts, in the short form.
+            on = decode_all(cap.peek(4, binary=binary, streaming=True, **options))
+            assert of_type(on, StreamAbort) == [StreamAbort(a.xid, a.subxid) for a in aborts]
+        cap.drop()
+    finally:
+        with psycopg.connect(twophase_server.dsn, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_replication_origin_drop(roname) FROM pg_replication_origin "
+                "WHERE roname = 'golden-origin'"
+            )
+        drop_database(twophase_server.dsn, "t_proto4")
+
+
+def test_stream_abort_has_a_short_and_a_long_form() -> None:
+    short = b"A" + struct.pack(">II", 7, 8)
+    assert decode_message(short) == StreamAbort(7, 8)
+    assert encode_message(StreamAbort(7, 8)) == short
+    when = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    long = short + struct.pack(">Qq", 0x1_0000_0010, datetime_to_pg_timestamp(when))
+    assert len(long) == 25  # protocol 4, streaming = parallel
+    message = decode_message(long)
+    assert message == StreamAbort(7, 8, LSN(0x1_0000_0010), when)
+    assert encode_message(message) == long
+    # The stateful decoder takes it outside a stream block, where the server sends it.
+    assert PgOutputDecoder().decode(long) == message
+
+
+def test_a_malformed_stream_abort_is_a_decode_error() -> None:
+    long = encode_message(StreamAbort(7, 8, LSN(16), datetime(2026, 1, 1, tzinfo=UTC)))
+    for cut in range(1, len(long)):
+        if cut == 9:
+            continue  # the short form
+        with pytest.raises(DecodeError, match="Stream Abort") as info:
+            decode_message(long[:cut])
+        assert info.value.offset == 1
+    with pytest.raises(DecodeError, match="unexpected bytes after Stream Abort"):
+        decode_message(long + b"\0")
+    with pytest.raises(ValueError, match="go together"):
+        encode_message(StreamAbort(7, 8, LSN(16), None))

@@ -124,6 +124,7 @@ def workload(rng: random.Random) -> list[str]:
     return statements
 
 
+@pytest.mark.requires("test_decoding")
 async def test_otpy_matches_test_decoding(module_dsn: str, diff_tables: str, readers: Ref) -> None:
     td_slot = unique("td")
     await execute(

@@ -97,7 +97,9 @@ async def test_an_idle_slot_does_not_retain_wal(
     try:
         # WAL that concerns no published table: nothing is delivered...
         await execute(module_dsn, "INSERT INTO noise (pad) SELECT 'x' FROM generate_series(1, 500)")
-        target = LSN.parse((await query(module_dsn, "SELECT pg_current_wal_lsn()::text"))[0][0])
+        target = LSN.parse(
+            (await query(module_dsn, "SELECT pg_current_wal_insert_lsn()::text"))[0][0]
+        )
         # ...yet the slot's confirmed position follows the server (keepalive end acked).
         with trio.fail_after(15):
             while True:

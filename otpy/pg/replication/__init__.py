@@ -5,7 +5,7 @@ The modules here do no I/O, so they can be fuzzed, benchmarked and reused:
 * :mod:`.lsn` -- :class:`LSN`, WAL positions as ``X/Y``.
 * :mod:`.timestamps` -- protocol timestamps <-> aware UTC datetimes.
 * :mod:`.protocol` -- COPY_BOTH framing: XLogData, keepalives, status updates.
-* :mod:`.pgoutput` -- pgoutput messages (protocol 1-3) and their decoder,
+* :mod:`.pgoutput` -- pgoutput messages (protocol 1-4) and their decoder,
   compiled to C by mypyc at install when a compiler is there
   (:func:`is_compiled` tells).
 * :mod:`.values` -- tuple data -> ``dict`` of Python values (psycopg loaders),

@@ -1,4 +1,4 @@
-"""Decoder of the ``pgoutput`` logical replication protocol (PostgreSQL 15, versions 1-3).
+"""Decoder of the ``pgoutput`` logical replication protocol (PostgreSQL 15-18, versions 1-4).
 
 Each XLogData payload is one pgoutput message: a type byte and fixed fields
 (see "Logical Replication Message Formats" in the PostgreSQL manual).  This
@@ -13,6 +13,11 @@ Two layers:
   inside a stream*; nothing in the message itself says so, hence the flag.
 * :class:`PgOutputDecoder` tracks Stream Start / Stream Stop and passes the
   flag for you: use it on a live stream.
+
+Protocol 4 (PostgreSQL 16+) changes one message: with ``streaming = parallel``
+the Stream Abort carries the abort's LSN and time after the xids (25 bytes
+instead of 9).  Nothing else in a message says which version produced it, so
+the decoder accepts every version's form of every message.
 
 Column values stay raw bytes here (:class:`TupleData`); :mod:`.values` turns
 them into Python objects.  Malformed or truncated input raises
@@ -312,10 +317,19 @@ class StreamCommit:
 
 @attrs.frozen(slots=True)
 class StreamAbort:
-    """A streamed (sub)transaction aborted: drop its changes (``subxid == xid`` for all)."""
+    """A streamed (sub)transaction aborted: drop its changes (``subxid == xid`` for all).
+
+    With protocol 4 and ``streaming = parallel`` (PostgreSQL 16+) the server
+    also says where and when the abort happened (a parallel apply worker needs
+    it to advance its origin); otherwise both are ``None``.
+    """
 
     xid: int
     subxid: int
+    abort_lsn: LSN | None = None
+    """The LSN of the abort record (protocol 4, ``streaming = parallel``), else None."""
+    abort_time: datetime | None = None
+    """When the (sub)transaction aborted (protocol 4, ``streaming = parallel``), else None."""
 
 
 @attrs.frozen(slots=True)
@@ -440,6 +454,7 @@ _MESSAGE_HEAD = struct.Struct(">BQ")
 _STREAM_START = struct.Struct(">IB")
 _STREAM_COMMIT = struct.Struct(">IBQQq")
 _STREAM_ABORT = struct.Struct(">II")
+_STREAM_ABORT_LONG = struct.Struct(">IIQq")  # + abort LSN and time (protocol 4, parallel)
 _BEGIN_PREPARE = struct.Struct(">QQqI")
 _PREPARE = struct.Struct(">BQQqI")
 _ROLLBACK_PREPARED = struct.Struct(">BQQqqI")
@@ -681,9 +696,14 @@ def _stream_commit(data: bytes, in_stream: bool) -> StreamCommit:
 
 def _stream_abort(data: bytes, in_stream: bool) -> StreamAbort:
     _need(data, 1, _STREAM_ABORT.size, "Stream Abort")
-    _done(data, 1 + _STREAM_ABORT.size, "Stream Abort")
-    xid, subxid = _STREAM_ABORT.unpack_from(data, 1)
-    return StreamAbort(xid, subxid)
+    if len(data) == 1 + _STREAM_ABORT.size:
+        xid, subxid = _STREAM_ABORT.unpack_from(data, 1)
+        return StreamAbort(xid, subxid)
+    # Longer: protocol 4 with streaming = parallel adds the abort's LSN and time.
+    _need(data, 1, _STREAM_ABORT_LONG.size, "Stream Abort with abort LSN and time")
+    _done(data, 1 + _STREAM_ABORT_LONG.size, "Stream Abort with abort LSN and time")
+    xid, subxid, lsn, ts = _STREAM_ABORT_LONG.unpack_from(data, 1)
+    return StreamAbort(xid, subxid, LSN(lsn), _time(ts, 17))
 
 
 def _begin_prepare(data: bytes, in_stream: bool) -> BeginPrepare:
@@ -948,7 +968,11 @@ def encode_message(message: PgOutputMessage) -> bytes:
             m.xid, m.flags, m.commit_lsn, m.end_lsn, _ts(m.commit_time)
         )
     if isinstance(m, StreamAbort):
-        return b"A" + _STREAM_ABORT.pack(m.xid, m.subxid)
+        if m.abort_lsn is None and m.abort_time is None:
+            return b"A" + _STREAM_ABORT.pack(m.xid, m.subxid)
+        if m.abort_lsn is None or m.abort_time is None:
+            raise ValueError(f"{m!r}: abort_lsn and abort_time go together (protocol 4)")
+        return b"A" + _STREAM_ABORT_LONG.pack(m.xid, m.subxid, m.abort_lsn, _ts(m.abort_time))
     if isinstance(m, BeginPrepare):
         return (
             b"b"
