@@ -6,33 +6,66 @@ returns its ref once the child's ``init`` finished (or raises the child's
 to its caller).  Each child is restarted on its own (one_for_one) according to
 its spec's restart type and backoff; the restart intensity applies to all
 children together, as in Elixir's ``DynamicSupervisor``.
+
+Why every start runs in a task of its own: a child's ``init`` may take long or
+hang (a reader connecting to an unreachable host).  Run inside the
+supervisor's message loop, it would stall every other request: the starts and
+restarts of the other children, ``which_children``, ``terminate_child``.  So
+the supervisor launches the start in a background task and answers the
+caller later (a deferred reply, OTP's ``{noreply, State}``), at the moment the
+child's ``init`` returned.  It does wait for the start up to
+:data:`INLINE_START_WAIT` seconds before it turns to its next message: a
+child whose ``init`` is quick (nearly all) is then running before the
+supervisor answers anything else, exactly as with OTP's synchronous starts
+(``which_children`` right after a crash sees the restarted child); only a
+slow start goes on in the background while the others are served.  Postgrex
+hit exactly this (a connect in ``init`` blocking a DynamicSupervisor,
+elixir-ecto/postgrex#746).  A start still in
+progress counts towards ``max_children``, shows in ``which_children`` with
+``ref=None``, and is cancelled (never leaked) when the supervisor stops or
+gives up; its caller then gets an :class:`~otpy.errors.InitError`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from otpy.errors import MaxChildren
+import trio
+
+from otpy._util import check_int
+from otpy.actor import SHUTDOWN, Ref
+from otpy.errors import InitError, MaxChildren, SupervisorError
+from otpy.gen_server import NO_REPLY, From, reply_error
 from otpy.supervisor import (
     SupervisorBase,
     _Child,
     _StartChild,
+    _Starting,
     count_children,
     start_child,
     terminate_child,
     which_children,
 )
 
-__all__ = ["DynamicSupervisor"]
+__all__ = ["INLINE_START_WAIT", "DynamicSupervisor"]
+
+INLINE_START_WAIT = 0.1
+"""Seconds a dynamic supervisor waits for a start before it serves its next message.
+
+Long enough for any ``init`` that does not wait on the outside world, short
+enough that a hanging one delays the other requests by no more than this.
+"""
 
 
 class DynamicSupervisor(SupervisorBase):
     """Supervise a changing set of children, each added with :meth:`start_child`.
 
-    ``max_children`` caps how many may run at once
+    ``max_children`` caps how many may run or be starting at once
     (:class:`~otpy.errors.MaxChildren` beyond it).  Children stop in reverse
     start order when the supervisor stops.  ``terminate_child`` takes the
-    child's ref and forgets it.
+    child's ref and forgets it.  Starts and restarts run concurrently, so a
+    child whose ``init`` hangs delays nobody but its own caller; bound it with
+    ``ChildSpec.start_timeout``.
     """
 
     which_children = staticmethod(which_children)
@@ -44,7 +77,9 @@ class DynamicSupervisor(SupervisorBase):
         self, *, intensity: int = 3, period: float = 5.0, max_children: int | None = None
     ) -> None:
         super().__init__(intensity=intensity, period=period)
-        self.max_children = max_children
+        self.max_children = (
+            None if max_children is None else check_int("max_children", max_children)
+        )
         self._children: dict[_Child, None] = {}
 
     def __repr__(self) -> str:
@@ -63,20 +98,65 @@ class DynamicSupervisor(SupervisorBase):
         """A dynamic supervisor forgets every child that stopped for good."""
         self._remove(child)
 
+    def _child_started(self, child: _Child, ref: Ref, event: str) -> None:
+        # Starts finish in any order: keep the children in the order their
+        # init finished, so they stop in reverse start order.
+        if child in self._children:
+            del self._children[child]
+            self._children[child] = None
+        super()._child_started(child, ref, event)
+
     async def _restart(self, child: _Child) -> None:
-        await self._start_group([child])
+        await self._launch(child, None, "child_restarted")
+
+    async def _launch(self, child: _Child, caller: From | None, event: str) -> None:
+        """Start ``child`` in a background task; ``caller`` (if any) gets the reply.
+
+        Waits up to :data:`INLINE_START_WAIT` seconds for the start to finish.
+        """
+        starting = _Starting(trio.CancelScope(), caller)
+        child.starting = starting
+        child.pending = 0
+        self.start_soon(self._start_in_task, child, starting, event)
+        with trio.move_on_after(INLINE_START_WAIT):
+            await starting.done.wait()
+
+    async def _start_in_task(self, child: _Child, starting: _Starting, event: str) -> None:
+        error: InitError | None = None
+        with starting.scope:
+            try:
+                await self._start_child(
+                    child, event, returned=starting.caller is not None, caller=starting.caller
+                )
+            except InitError as exc:
+                error = exc
+        child.starting = None
+        starting.done.set()
+        if child.ref is not None:
+            return  # started (and replied to) the moment its init returned
+        cancelled = error is None  # by the supervisor stopping or giving up
+        if starting.caller is not None:
+            reply_error(starting.caller, error or InitError(child.spec.id, SHUTDOWN))
+            self._remove(child)
+        elif not cancelled and self._contains(child):
+            self._schedule(child, after_run=False)  # a failed restart: retried, and counted
+
+    async def handle_call(self, request: Any, from_: From) -> Any:
+        """Starts are launched and answered later; other requests as any supervisor."""
+        if type(request) is not _StartChild:
+            return await super().handle_call(request, from_)
+        if self.max_children is not None and len(self._children) >= self.max_children:
+            reply_error(
+                from_,
+                MaxChildren(
+                    f"supervisor {self.label} already runs or starts {self.max_children} children"
+                ),
+            )
+            return NO_REPLY
+        child = _Child(request.spec)
+        self._children[child] = None
+        await self._launch(child, from_, "child_started")
+        return NO_REPLY
 
     async def _handle_other(self, request: Any) -> Any:
-        if type(request) is _StartChild:
-            if self.max_children is not None and len(self._children) >= self.max_children:
-                raise MaxChildren(
-                    f"supervisor {self.label} already runs {self.max_children} children"
-                )
-            child = _Child(request.spec)
-            self._children[child] = None
-            try:
-                return await self._start_child(child)
-            except BaseException:
-                self._remove(child)
-                raise
-        return await super()._handle_other(request)
+        raise SupervisorError(f"dynamic supervisor {self.label} does not handle {request!r}")

@@ -35,7 +35,8 @@ from typing import Any
 import attrs
 import trio
 
-from otpy.actor import SHUTDOWN, Down, ExitReason, Monitor, Ref
+from otpy._util import check_int, check_number
+from otpy.actor import SHUTDOWN, Down, Exit, ExitReason, Monitor, Ref
 from otpy.child_spec import (
     BRUTAL_KILL,
     INFINITY,
@@ -49,6 +50,7 @@ from otpy.errors import (
     DuplicateChild,
     GaveUp,
     InitError,
+    InvalidArgument,
     SupervisorError,
     UnexpectedMessage,
 )
@@ -60,6 +62,7 @@ from otpy.gen_server import (
     call,
     demonitor,
     monitor,
+    reply,
     reply_error,
 )
 
@@ -120,6 +123,15 @@ class ChildCounts:
 
 
 @attrs.define(eq=False)
+class _Starting:
+    """A start running in a task of its own (dynamic supervisors)."""
+
+    scope: trio.CancelScope
+    caller: From | None
+    done: trio.Event = attrs.Factory(trio.Event)
+
+
+@attrs.define(eq=False)
 class _Child:
     spec: ChildSpec
     ref: Ref | None = None
@@ -127,6 +139,7 @@ class _Child:
     failures: int = 0
     started_at: float | None = None
     pending: int = 0
+    starting: _Starting | None = None
 
 
 @attrs.frozen
@@ -209,13 +222,20 @@ async def delete_child(sup: Any, child_id: Any) -> None:
 
 
 class SupervisorBase(GenServer):
-    """What every supervisor shares: child start/stop, intensity, backoff, reports."""
+    """What every supervisor shares: child start/stop, intensity, backoff, reports.
+
+    Supervisors trap exits, as OTP's do: an actor linked to the supervisor
+    (a child that links to its parent, or any other actor) does not take it
+    down.  An :class:`~otpy.Exit` from one of its children is that child's exit,
+    handled once by the strategy (its ``Down`` and its ``Exit`` never count as
+    two restarts); one from any other actor is logged and ignored.
+    """
+
+    trap_exits = True
 
     def __init__(self, *, intensity: int = 3, period: float = 5.0) -> None:
-        if intensity < 0 or period <= 0:
-            raise ValueError(f"need intensity >= 0 and period > 0, got {intensity}, {period}")
-        self.intensity = intensity
-        self.period = period
+        self.intensity = check_int("intensity", intensity)
+        self.period = check_number("period", period, strict=True)
         self._restarts: deque[float] = deque()
         self._by_monitor: dict[Monitor, _Child] = {}
         self._tokens = 0
@@ -278,16 +298,44 @@ class SupervisorBase(GenServer):
     async def _restart(self, child: _Child) -> None:
         raise NotImplementedError
 
-    async def _start_child(self, child: _Child, event: str = "child_started") -> Ref:
-        """Start one child and monitor it; raises InitError (already reported)."""
+    async def _start_child(
+        self,
+        child: _Child,
+        event: str = "child_started",
+        *,
+        returned: bool = True,
+        caller: From | None = None,
+    ) -> Ref:
+        """Start one child and monitor it; raises InitError (already reported).
+
+        ``returned`` says the failure goes back to a caller (``start_child``,
+        ``restart_child``, the supervisor's own start): it is then logged as one
+        WARNING line, since the caller handles it; a failed automatic restart
+        has nobody else to tell and is an ERROR with the traceback.  ``caller``
+        gets the ref as its reply the moment the child has started.
+        """
         child.pending = 0
+
+        def started(ref: Ref) -> None:
+            self._child_started(child, ref, event)
+            if caller is not None:
+                reply(caller, ref)
+
         try:
-            ref = await _start_supervised(self.nursery, child.spec.start(), child.spec.name)
+            ref = await _start_supervised(
+                self.nursery,
+                child.spec.start(),
+                child.spec.name,
+                self.ref,
+                child.spec.start_timeout,
+                started,
+            )
         except Exception as exc:
-            # Besides a failing init: a failing factory (bad arguments) or a taken name.
+            # Besides a failing init: a failing factory (bad arguments), a
+            # factory that returns no server, a taken name, a start timeout.
             reason = exc.reason if isinstance(exc, InitError) else ExitReason.crashed(exc)
             self._report(
-                logging.ERROR,
+                logging.WARNING if returned else logging.ERROR,
                 "child_start_failed",
                 "child {child!r} failed to start: {reason}",
                 child,
@@ -296,6 +344,10 @@ class SupervisorBase(GenServer):
             if isinstance(exc, InitError):
                 raise
             raise InitError(child.spec.id, reason) from exc
+        return ref
+
+    def _child_started(self, child: _Child, ref: Ref, event: str) -> None:
+        """Book a child whose init just returned (runs in the child's task, never awaits)."""
         child.ref = ref
         child.started_at = trio.current_time()
         mon = monitor(ref, self.ref)
@@ -304,7 +356,6 @@ class SupervisorBase(GenServer):
         self._report(
             logging.INFO, event, "child {child!r} " + event[6:] + " as {ref!r}", child, None, ref
         )
-        return ref
 
     async def _shutdown_child(self, child: _Child, reason: ExitReason = SHUTDOWN) -> ExitReason:
         """Stop one running child: graceful stop within its shutdown time, then cancel."""
@@ -362,6 +413,18 @@ class SupervisorBase(GenServer):
             restarts.popleft()
         return len(restarts) <= self.intensity
 
+    async def _cancel_starts(self) -> None:
+        """Cancel the starts running in tasks of their own and wait until they are over.
+
+        After this no child can become running behind the supervisor's back,
+        so stopping "all running children" really stops all of them.
+        """
+        startings = [c.starting for c in self._children_list() if c.starting is not None]
+        for starting in startings:
+            starting.scope.cancel()
+        for starting in startings:
+            await starting.done.wait()
+
     async def _give_up(self, child: _Child) -> None:
         self._report(
             logging.ERROR,
@@ -374,6 +437,7 @@ class SupervisorBase(GenServer):
             period=self.period,
         )
         error = GaveUp(self.label, child.spec.id, self.intensity, self.period)
+        await self._cancel_starts()
         await self._shutdown_running(self._children_list())
         raise error
 
@@ -383,7 +447,7 @@ class SupervisorBase(GenServer):
             if child.ref is not None or not self._contains(child):
                 continue
             try:
-                await self._start_child(child, "child_restarted")
+                await self._start_child(child, "child_restarted", returned=False)
             except InitError:
                 self._schedule(child, after_run=False)
                 return
@@ -451,18 +515,51 @@ class SupervisorBase(GenServer):
     # -- messages ----------------------------------------------------------------
 
     async def handle_info(self, message: Any) -> None:
-        """Handles child ``Down`` messages and scheduled restarts; ignores stale ones."""
+        """Handles child ``Down``/``Exit`` messages and scheduled restarts; ignores stale ones."""
         if type(message) is Down:
             child = self._by_monitor.pop(message.monitor, None)
             if child is not None and child.ref is message.ref:
                 await self._child_exited(child, message.reason)
+        elif type(message) is Exit:
+            await self._exit_signal(message)
         elif type(message) is _Retry:
             child = message.child
-            if child.pending == message.token and child.ref is None and self._contains(child):
+            if (
+                child.pending == message.token
+                and child.ref is None
+                and child.starting is None
+                and self._contains(child)
+            ):
                 child.pending = 0
                 await self._restart_now(child)
         else:
             await super().handle_info(message)
+
+    async def _exit_signal(self, message: Exit) -> None:
+        """An exit signal from a linked actor: a child's exit, or an outsider's (ignored).
+
+        A child's ``Down`` is delivered before its ``Exit`` (both are sent when
+        it dies), so the ``Down`` normally handled the exit already and the
+        ``Exit`` is dropped: the restart is counted once.
+        """
+        ref = message.ref
+        if ref.parent is self._ref:
+            for child in self._children_list():
+                if child.ref is ref:  # not seen as a Down yet
+                    if child.monitor is not None:
+                        demonitor(child.monitor)
+                        self._by_monitor.pop(child.monitor, None)
+                    await self._child_exited(child, message.reason)
+                    break
+            return
+        self._report(
+            logging.WARNING if message.reason.abnormal else logging.DEBUG,
+            "exit_signal_ignored",
+            "ignored the exit of linked actor {ref!r} ({reason}): it is not a child",
+            None,
+            message.reason,
+            ref,
+        )
 
     def _find(self, key: Any) -> _Child:
         by_ref = type(key) is Ref
@@ -518,7 +615,8 @@ class SupervisorBase(GenServer):
         raise UnexpectedMessage(f"supervisor {self.label} does not handle {request!r}")
 
     async def terminate(self, reason: ExitReason) -> None:
-        """Stop all running children in reverse start order."""
+        """Cancel starts in progress, then stop all running children in reverse start order."""
+        await self._cancel_starts()
         await self._shutdown_running(self._children_list())
 
 
@@ -540,9 +638,15 @@ class Supervisor(SupervisorBase):
         period: float = 5.0,
     ) -> None:
         super().__init__(intensity=intensity, period=period)
-        self.strategy = Strategy(strategy)
+        try:
+            self.strategy = Strategy(strategy)
+        except ValueError:
+            choices = ", ".join(repr(s.value) for s in Strategy)
+            raise InvalidArgument("strategy", strategy, f"one of {choices}") from None
         self._children: list[_Child] = []
         for spec in children:
+            if not isinstance(spec, ChildSpec):
+                raise InvalidArgument("children", spec, "otpy.ChildSpec values")
             self._add(spec)
 
     which_children = staticmethod(which_children)
