@@ -196,7 +196,11 @@ async def start_child(sup: Any, spec: ChildSpec) -> Ref:
     Raises :class:`~otpy.errors.InitError` if the child fails to start,
     :class:`~otpy.errors.DuplicateChild` (static supervisors) or
     :class:`~otpy.errors.MaxChildren` (dynamic ones).  Callable from any task.
+    Anything but a :class:`~otpy.ChildSpec` raises
+    :class:`~otpy.errors.InvalidArgument` here, before it reaches the supervisor.
     """
+    if not isinstance(spec, ChildSpec):
+        raise InvalidArgument("spec", spec, "an otpy.ChildSpec")
     result: Ref = await call(sup, _StartChild(spec), timeout=None)
     return result
 
