@@ -314,8 +314,9 @@ class SupervisorBase(GenServer):
 
         ``returned`` says the failure goes back to a caller (``start_child``,
         ``restart_child``, the supervisor's own start): it is then logged as one
-        WARNING line, since the caller handles it; a failed automatic restart
-        has nobody else to tell and is an ERROR with the traceback.  ``caller``
+        INFO line without traceback, since the caller has the exception and
+        reports it; a failed automatic restart has nobody else to tell and is
+        an ERROR with the traceback.  ``caller``
         gets the ref as its reply the moment the child has started.
         """
         child.pending = 0
@@ -339,7 +340,7 @@ class SupervisorBase(GenServer):
             # factory that returns no server, a taken name, a start timeout.
             reason = exc.reason if isinstance(exc, InitError) else ExitReason.crashed(exc)
             self._report(
-                logging.WARNING if returned else logging.ERROR,
+                logging.INFO if returned else logging.ERROR,
                 "child_start_failed",
                 "child {child!r} failed to start: {reason}",
                 child,

@@ -10,6 +10,7 @@ import trio
 from rt_helpers import Journal, Worker, child_ref, running, worker_spec
 
 import otpy
+import otpy.errors
 from otpy.errors import GaveUp
 
 
@@ -121,3 +122,43 @@ async def test_child_stopped_by_its_supervisor_while_linked_is_not_an_outsider(
         await otpy.count_children(sup)
         assert not [r for r in caplog.records if getattr(r, "event", "") == "exit_signal_ignored"]
         await otpy.stop(sup)
+
+
+def start_failures(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if getattr(r, "event", "") == "child_start_failed"]
+
+
+@pytest.mark.parametrize("kind", ["static", "dynamic"])
+async def test_a_start_failure_returned_to_its_caller_is_one_info_line(
+    caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    journal = Journal()
+    journal.init_failures["bad"] = 1
+    async with trio.open_nursery() as nursery:
+        server = otpy.Supervisor([]) if kind == "static" else otpy.DynamicSupervisor()
+        sup = await otpy.start(nursery, server)
+        with pytest.raises(otpy.errors.InitError):
+            await otpy.start_child(sup, worker_spec("bad", journal))
+        await otpy.stop(sup)
+    (record,) = start_failures(caplog)
+    assert record.levelno == logging.INFO and record.exc_info is None
+    assert "refuses to start" in record.getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_a_failed_restart_nobody_waits_for_is_an_error_with_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="otpy.supervisor")
+    journal = Journal()
+    async with trio.open_nursery() as nursery:
+        sup = await otpy.start(nursery, otpy.Supervisor([worker_spec("a", journal)], intensity=5))
+        journal.init_failures["a"] = 1
+        a = await child_ref(sup, "a")
+        otpy.cast(a, "crash")
+        await a.wait()
+        await journal.wait_for(lambda: journal.starts().count("a") == 2)  # retried and up
+        await otpy.stop(sup)
+    (record,) = start_failures(caplog)
+    assert record.levelno == logging.ERROR and record.exc_info is not None
