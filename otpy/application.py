@@ -38,6 +38,7 @@ from otpy.errors import (
     ApplicationFailed,
     ApplicationStartError,
     DependencyCycle,
+    InitError,
     OtpyError,
 )
 from otpy.gen_server import GenServer, start
@@ -331,6 +332,28 @@ async def serve(
         await system.stop_requested.wait()
 
 
+def _start_failure_line(exc: ApplicationStartError) -> str:
+    """One line saying which application failed to start, where, and the root cause.
+
+    The chain of :class:`~otpy.errors.InitError` (root supervisor -> its
+    child -> ...) is followed down to the exception an ``init`` raised.
+    """
+    error = exc.error
+    where: object = None
+    while isinstance(error, InitError):
+        where = error.server
+        if error.reason.error is None:
+            break
+        error = error.reason.error
+    if isinstance(where, GenServer):
+        place = f"{type(where).__name__}.init raised "
+    elif where is not None and error is not exc.error:
+        place = f"child {where!r}: "
+    else:
+        place = ""
+    return f"application {exc.app!r} failed to start: {place}{type(error).__name__}: {error}"
+
+
 async def _main(
     app: Application, env: Mapping[str, Mapping[str, Any]] | None, handle_signals: bool
 ) -> ExitCode:
@@ -374,7 +397,7 @@ async def _main(
                 # One clear line; the traceback only for whoever asked for DEBUG.
                 logger.error(
                     "%s",
-                    exc,
+                    _start_failure_line(exc),
                     exc_info=exc if logger.isEnabledFor(logging.DEBUG) else None,
                     extra={"event": "application_start_failed", "application": exc.app},
                 )
