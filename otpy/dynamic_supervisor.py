@@ -30,17 +30,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import trio
-
 from otpy._util import check_int
-from otpy.actor import SHUTDOWN, Ref
-from otpy.errors import InitError, MaxChildren, SupervisorError
+from otpy.actor import Ref
+from otpy.errors import MaxChildren, SupervisorError
 from otpy.gen_server import NO_REPLY, From, reply_error
 from otpy.supervisor import (
+    INLINE_START_WAIT,
     SupervisorBase,
     _Child,
     _StartChild,
-    _Starting,
     count_children,
     start_child,
     terminate_child,
@@ -48,13 +46,6 @@ from otpy.supervisor import (
 )
 
 __all__ = ["INLINE_START_WAIT", "DynamicSupervisor"]
-
-INLINE_START_WAIT = 0.1
-"""Seconds a dynamic supervisor waits for a start before it serves its next message.
-
-Long enough for any ``init`` that does not wait on the outside world, short
-enough that a hanging one delays the other requests by no more than this.
-"""
 
 
 class DynamicSupervisor(SupervisorBase):
@@ -108,38 +99,6 @@ class DynamicSupervisor(SupervisorBase):
 
     async def _restart(self, child: _Child) -> None:
         await self._launch(child, None, "child_restarted")
-
-    async def _launch(self, child: _Child, caller: From | None, event: str) -> None:
-        """Start ``child`` in a background task; ``caller`` (if any) gets the reply.
-
-        Waits up to :data:`INLINE_START_WAIT` seconds for the start to finish.
-        """
-        starting = _Starting(trio.CancelScope(), caller)
-        child.starting = starting
-        child.pending = 0
-        self.start_soon(self._start_in_task, child, starting, event)
-        with trio.move_on_after(INLINE_START_WAIT):
-            await starting.done.wait()
-
-    async def _start_in_task(self, child: _Child, starting: _Starting, event: str) -> None:
-        error: InitError | None = None
-        with starting.scope:
-            try:
-                await self._start_child(
-                    child, event, returned=starting.caller is not None, caller=starting.caller
-                )
-            except InitError as exc:
-                error = exc
-        child.starting = None
-        starting.done.set()
-        if child.ref is not None:
-            return  # started (and replied to) the moment its init returned
-        cancelled = error is None  # by the supervisor stopping or giving up
-        if starting.caller is not None:
-            reply_error(starting.caller, error or InitError(child.spec.id, SHUTDOWN))
-            self._remove(child)
-        elif not cancelled and self._contains(child):
-            self._schedule(child, after_run=False)  # a failed restart: retried, and counted
 
     async def handle_call(self, request: Any, from_: From) -> Any:
         """Starts are launched and answered later; other requests as any supervisor."""

@@ -16,7 +16,12 @@ one message at a time, exactly like OTP's ``supervisor`` process:
   supervisor stop all children and crash with :class:`~otpy.errors.GaveUp`, so
   its own supervisor handles the failure (escalation);
 * on shutdown, children stop in reverse order, each given its shutdown time to
-  run ``terminate`` before it is cancelled.
+  run ``terminate`` before it is cancelled;
+* a restart under ``one_for_one`` (and every start of a dynamic supervisor)
+  runs in a task of its own, so an ``init`` that hangs does not stop the
+  supervisor from serving other requests (see :data:`INLINE_START_WAIT`);
+  group restarts and the initial start stay in order inside the supervisor;
+* supervisors trap exits: a linked actor's crash is never the supervisor's.
 
 Every start, crash, restart, shutdown and give-up is logged on the
 ``otpy.supervisor`` logger with ``extra`` fields ``event``, ``supervisor``,
@@ -67,6 +72,7 @@ from otpy.gen_server import (
 )
 
 __all__ = [
+    "INLINE_START_WAIT",
     "ONE_FOR_ALL",
     "ONE_FOR_ONE",
     "REST_FOR_ONE",
@@ -84,6 +90,15 @@ __all__ = [
 ]
 
 logger = logging.getLogger("otpy.supervisor")
+
+INLINE_START_WAIT = 0.1
+"""Seconds a supervisor waits for a background start before it serves its next message.
+
+Long enough for any ``init`` that does not wait on the outside world, short
+enough that a hanging one delays the other requests by no more than this.
+Starts run in the background for every child of a dynamic supervisor and for
+restarts under ``one_for_one``.
+"""
 
 
 class Strategy(enum.Enum):
@@ -418,6 +433,38 @@ class SupervisorBase(GenServer):
             restarts.popleft()
         return len(restarts) <= self.intensity
 
+    async def _launch(self, child: _Child, caller: From | None, event: str) -> None:
+        """Start ``child`` in a background task; ``caller`` (if any) gets the reply.
+
+        Waits up to :data:`INLINE_START_WAIT` seconds for the start to finish.
+        """
+        starting = _Starting(trio.CancelScope(), caller)
+        child.starting = starting
+        child.pending = 0
+        self.start_soon(self._start_in_task, child, starting, event)
+        with trio.move_on_after(INLINE_START_WAIT):
+            await starting.done.wait()
+
+    async def _start_in_task(self, child: _Child, starting: _Starting, event: str) -> None:
+        error: InitError | None = None
+        with starting.scope:
+            try:
+                await self._start_child(
+                    child, event, returned=starting.caller is not None, caller=starting.caller
+                )
+            except InitError as exc:
+                error = exc
+        child.starting = None
+        starting.done.set()
+        if child.ref is not None:
+            return  # started (and replied to) the moment its init returned
+        cancelled = error is None  # by the supervisor stopping or giving up
+        if starting.caller is not None:
+            reply_error(starting.caller, error or InitError(child.spec.id, SHUTDOWN))
+            self._remove(child)
+        elif not cancelled and self._contains(child):
+            self._schedule(child, after_run=False)  # a failed restart: retried, and counted
+
     async def _cancel_starts(self) -> None:
         """Cancel the starts running in tasks of their own and wait until they are over.
 
@@ -428,6 +475,13 @@ class SupervisorBase(GenServer):
         for starting in startings:
             starting.scope.cancel()
         for starting in startings:
+            await starting.done.wait()
+
+    async def _settle(self, child: _Child) -> None:
+        """Cancel ``child``'s start in progress, if any, and wait until it is over."""
+        starting = child.starting
+        if starting is not None:
+            starting.scope.cancel()
             await starting.done.wait()
 
     async def _give_up(self, child: _Child) -> None:
@@ -604,6 +658,7 @@ class SupervisorBase(GenServer):
             return self._counts()
         if kind is _TerminateChild:
             child = self._find(request.key)
+            await self._settle(child)  # a restart in flight: cancelled, never leaked
             if child.ref is not None:
                 await self._shutdown_child(child)
             child.pending = 0
@@ -692,8 +747,11 @@ class Supervisor(SupervisorBase):
 
     async def _restart(self, child: _Child) -> None:
         if self.strategy is Strategy.ONE_FOR_ONE:
-            group = [child]
-        elif self.strategy is Strategy.ONE_FOR_ALL:
+            # Alone in its group: restarted in the background, so a hanging
+            # init does not keep the supervisor from serving other requests.
+            await self._launch(child, None, "child_restarted")
+            return
+        if self.strategy is Strategy.ONE_FOR_ALL:
             group = list(self._children)
         else:
             group = self._children[self._children.index(child) :]
@@ -705,6 +763,8 @@ class Supervisor(SupervisorBase):
 
     def _find_stopped(self, key: Any) -> _Child:
         child = self._find(key)
+        if child.starting is not None:
+            raise ChildRunning(f"child {child.spec.id!r} is restarting; terminate it first")
         if child.ref is not None:
             raise ChildRunning(f"child {child.spec.id!r} is running; terminate it first")
         return child

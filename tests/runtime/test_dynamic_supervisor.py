@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from rt_helpers import Journal, Worker, worker_spec
+from rt_helpers import HangOnRestart, Journal, worker_spec
 
 import otpy
 from otpy.errors import ChildNotFound, GaveUp, InitError, MaxChildren, StartTimeout
@@ -120,21 +120,6 @@ class Hanger(otpy.GenServer):
         self.seen.append(self.ref)
         self.in_init.set()
         await self.gate.wait()
-
-
-class HangOnRestart(Worker):
-    """Starts at once the first time; every restart hangs in ``init`` (an unreachable host)."""
-
-    def __init__(self, cid: str, journal: Journal, gate: trio.Event, runs: list[int]) -> None:
-        super().__init__(cid, journal)
-        self.gate_event = gate
-        self.runs = runs
-
-    async def init(self) -> None:
-        self.runs.append(1)
-        if len(self.runs) > 1:
-            await self.gate_event.wait()
-        await super().init()
 
 
 def hanger_spec(

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 import trio
-from rt_helpers import Journal, Worker, child_ref, running, worker_spec
+import trio.testing
+from rt_helpers import HangOnRestart, Journal, Worker, child_ref, running, worker_spec
 
 import otpy
 import otpy.errors
@@ -162,3 +163,31 @@ async def test_a_failed_restart_nobody_waits_for_is_an_error_with_traceback(
         await otpy.stop(sup)
     (record,) = start_failures(caplog)
     assert record.levelno == logging.ERROR and record.exc_info is not None
+
+
+async def test_a_hanging_one_for_one_restart_does_not_block_a_static_supervisor(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    journal = Journal()
+    gate = trio.Event()
+    runs: list[int] = []
+    flaky = otpy.ChildSpec(id="flaky", start=lambda: HangOnRestart("flaky", journal, gate, runs))
+    specs = [worker_spec("other", journal), flaky]
+    async with trio.open_nursery() as nursery:
+        sup = await otpy.start(nursery, otpy.Supervisor(specs))
+        first = await child_ref(sup, "flaky")
+        other = await child_ref(sup, "other")
+        otpy.cast(first, "crash")
+        await first.wait()
+        with trio.fail_after(1):  # the restart hangs in init; the supervisor still serves
+            assert await running(sup) == {"other": other, "flaky": None}
+            with pytest.raises(otpy.errors.ChildRunning, match="restarting"):
+                await otpy.restart_child(sup, "flaky")
+            await otpy.terminate_child(sup, "flaky")  # cancels the restart in flight
+            assert await running(sup) == {"other": other, "flaky": None}
+        assert len(runs) == 2
+        gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert await running(sup) == {"other": other, "flaky": None}  # it stayed cancelled
+        assert other.alive
+        await otpy.stop(sup)
