@@ -37,7 +37,7 @@ import outcome
 import trio
 
 from otpy import actor as _actor
-from otpy._util import check_number, check_timeout
+from otpy._util import check_number, check_timeout, unwrap_group
 from otpy.actor import _CURRENT, _WAKE, NORMAL, ExitReason, Monitor, Ref
 from otpy.child_spec import Backoff, ChildSpec, ChildType, Restart, Shutdown
 from otpy.errors import (
@@ -559,9 +559,7 @@ def _split_cancelled(
         return exc, None
     if isinstance(exc, BaseExceptionGroup):
         cancelled, rest = exc.split(trio.Cancelled)
-        while isinstance(rest, BaseExceptionGroup) and len(rest.exceptions) == 1:
-            rest = rest.exceptions[0]
-        return cancelled, rest
+        return cancelled, None if rest is None else unwrap_group(rest)
     return None, exc
 
 
