@@ -32,7 +32,7 @@ from typing import Any
 
 from otpy._util import check_int
 from otpy.actor import Ref
-from otpy.errors import MaxChildren, SupervisorError
+from otpy.errors import MaxChildren
 from otpy.gen_server import NO_REPLY, From, reply_error
 from otpy.supervisor import (
     INLINE_START_WAIT,
@@ -116,6 +116,3 @@ class DynamicSupervisor(SupervisorBase):
         self._children[child] = None
         await self._launch(child, from_, "child_started")
         return NO_REPLY
-
-    async def _handle_other(self, request: Any) -> Any:
-        raise SupervisorError(f"dynamic supervisor {self.label} does not handle {request!r}")
