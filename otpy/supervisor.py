@@ -139,7 +139,11 @@ class ChildCounts:
 
 @attrs.define(eq=False)
 class _Starting:
-    """A start running in a task of its own (dynamic supervisors)."""
+    """A start running in a task of its own (dynamic children, one_for_one restarts).
+
+    ``scope`` cancels it, ``caller`` gets the reply (None for a restart),
+    ``done`` is set once it is over, started or not.
+    """
 
     scope: trio.CancelScope
     caller: From | None
@@ -331,8 +335,8 @@ class SupervisorBase(GenServer):
         ``restart_child``, the supervisor's own start): it is then logged as one
         INFO line without traceback, since the caller has the exception and
         reports it; a failed automatic restart has nobody else to tell and is
-        an ERROR with the traceback.  ``caller``
-        gets the ref as its reply the moment the child has started.
+        an ERROR with the traceback.  ``caller`` gets the ref as its reply the
+        moment the child has started.
         """
         child.pending = 0
 
@@ -446,6 +450,7 @@ class SupervisorBase(GenServer):
             await starting.done.wait()
 
     async def _start_in_task(self, child: _Child, starting: _Starting, event: str) -> None:
+        """The background start: reply, forget or schedule a retry once it is over."""
         error: InitError | None = None
         with starting.scope:
             try:
