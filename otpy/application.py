@@ -440,7 +440,12 @@ def run(
     check_bool("handle_signals", handle_signals)
     exit_on_failure = handle_signals if exit_on_failure is None else exit_on_failure
     check_bool("exit_on_failure", exit_on_failure)
-    result: ExitCode = trio.run(_main, app, env, handle_signals, clock=clock)
+    try:
+        result: ExitCode = trio.run(_main, app, env, handle_signals, clock=clock)
+    except BaseExceptionGroup as group:
+        # An error that is not a start failure (a dependency cycle, a bad
+        # option): the caller's own exception, not the run's nursery group.
+        raise_unwrapped(group)
     if exit_on_failure and result in (ExitCode.START_FAILED, ExitCode.FAILED):
         raise SystemExit(int(result))
     return result

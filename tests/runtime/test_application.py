@@ -365,3 +365,10 @@ def test_run_exits_on_failure_only_when_asked_or_owning_the_signals(
     assert otpy.run(app, handle_signals=False) == otpy.ExitCode.START_FAILED
     with pytest.raises(InvalidArgument):
         otpy.run(app, handle_signals="false")  # type: ignore[arg-type]
+
+
+def test_run_raises_a_dependency_cycle_itself_not_wrapped_in_a_group() -> None:
+    a = otpy.Application("a", lambda env: otpy.Supervisor([]))
+    clash = otpy.Application("a", lambda env: otpy.Supervisor([]), dependencies=[a])
+    with pytest.raises(OtpyError, match="two different applications"):
+        otpy.run(clash, handle_signals=False)
