@@ -37,7 +37,7 @@ import outcome
 import trio
 
 from otpy import actor as _actor
-from otpy._util import check_number, check_timeout, unwrap_group
+from otpy._util import check_bool, check_number, check_timeout, unwrap_group
 from otpy.actor import _CURRENT, _WAKE, NORMAL, ExitReason, Monitor, Ref
 from otpy.child_spec import Backoff, ChildSpec, ChildType, Restart, Shutdown
 from otpy.errors import (
@@ -686,6 +686,7 @@ async def start(
     :class:`~otpy.errors.InvalidArgument`.
     """
     timeout = check_timeout("start timeout", timeout)
+    check_bool("link", link)
     return await _start_within(timeout, server, nursery, _run, server, name, link, None)
 
 

@@ -128,6 +128,8 @@ async def test_timeouts_refuse_nan_before_doing_anything() -> None:
         assert ref.alive  # the server did not crash on a bad timer
         with pytest.raises(InvalidArgument, match="start timeout"):
             await otpy.start(nursery, Echo(), timeout=NAN)
+        with pytest.raises(InvalidArgument, match="link"):
+            await otpy.start(nursery, Echo(), link="false")  # type: ignore[arg-type]
         assert await otpy.call(ref, ("ok",), timeout=1) == ("ok",)  # ints still accepted
         await otpy.stop(ref)
 
