@@ -184,7 +184,10 @@ class Ref:
 
     A ref stays valid after the actor exits; ``alive`` turns False and
     ``exit_reason`` says why.  Refs compare by identity, so a restarted child
-    has a new ref, as a restarted Erlang process has a new pid.
+    has a new ref, as a restarted Erlang process has a new pid.  ``parent`` is
+    the supervisor that started the actor (None for one started with
+    ``otpy.start``), so a supervisor trapping exits can tell an exit signal of
+    its own child from one of an outside actor.
     """
 
     __slots__ = (
@@ -204,6 +207,7 @@ class Ref:
         "exit_reason",
         "id",
         "label",
+        "parent",
         "trap_exits",
     )
 
@@ -213,6 +217,7 @@ class Ref:
         self.alive = True
         self.exit_reason: ExitReason | None = None
         self.trap_exits = False
+        self.parent: Ref | None = None
         self._queue: deque[Any] = deque()
         self._waiter: trio.lowlevel.Task | None = None
         self._task: trio.lowlevel.Task | None = None

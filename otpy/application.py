@@ -31,12 +31,14 @@ from typing import Any
 import attrs
 import trio
 
+from otpy._util import check_bool, raise_unwrapped
 from otpy.actor import SHUTDOWN, Ref
 from otpy.child_spec import ChildSpec
 from otpy.errors import (
     ApplicationFailed,
     ApplicationStartError,
     DependencyCycle,
+    InitError,
     OtpyError,
 )
 from otpy.gen_server import GenServer, start
@@ -82,14 +84,19 @@ class Application:
 
 
 class ExitCode(enum.IntEnum):
-    """How :func:`run` ended, as a process exit code."""
+    """How :func:`run` ended, as a process exit code.
+
+    The values do not collide with the ``otpy`` command line's own codes
+    (2 = bad command line, 66/69/78 from ``sysexits.h``), so a script running
+    ``otpy run`` can tell them apart.
+    """
 
     STOPPED = 0
     """Stopped on request (SIGTERM or :meth:`System.stop`): an orderly end."""
     FAILED = 1
     """A root supervisor gave up while running."""
-    START_FAILED = 2
-    """An application failed to start."""
+    START_FAILED = 70
+    """An application failed to start (``EX_SOFTWARE``: its ``init`` refused to run)."""
     FORCED = 3
     """A second SIGINT/SIGTERM cut the orderly stop short: everything was cancelled."""
     INTERRUPTED = 130
@@ -271,10 +278,7 @@ async def start_application(
         except BaseExceptionGroup as group:
             # Only the block (or a start) can raise here: hand its exception back
             # as it was raised, not wrapped by the nursery that spans the block.
-            if len(group.exceptions) == 1:
-                only = group.exceptions[0]
-                raise only from only.__cause__
-            raise
+            raise_unwrapped(group)
         finally:
             _SYSTEM.reset(token)
     if system.failure is not None:
@@ -293,11 +297,12 @@ async def _start_one(
         else:
             ref = await start(nursery, root, link=False)
     except Exception as exc:
-        logger.error(
+        # Raised to the caller, who reports it (run() logs one clear line):
+        # logging a traceback here as well would show the same failure twice.
+        logger.info(
             "application %s failed to start: %s",
             app.name,
             exc,
-            exc_info=exc,
             extra={"event": "application_start_failed", "application": app.name},
         )
         raise ApplicationStartError(app.name, exc) from exc
@@ -325,6 +330,28 @@ async def serve(
     async with start_application(app, env=env, registry=registry) as system:
         task_status.started(system)
         await system.stop_requested.wait()
+
+
+def _start_failure_line(exc: ApplicationStartError) -> str:
+    """One line saying which application failed to start, where, and the root cause.
+
+    The chain of :class:`~otpy.errors.InitError` (root supervisor -> its
+    child -> ...) is followed down to the exception an ``init`` raised.
+    """
+    error = exc.error
+    where: object = None
+    while isinstance(error, InitError):
+        where = error.server
+        if error.reason.error is None:
+            break
+        error = error.reason.error
+    if isinstance(where, GenServer):
+        place = f"{type(where).__name__}.init raised "
+    elif where is not None and error is not exc.error:
+        place = f"child {where!r}: "
+    else:
+        place = ""
+    return f"application {exc.app!r} failed to start: {place}{type(error).__name__}: {error}"
 
 
 async def _main(
@@ -366,7 +393,14 @@ async def _main(
                     if received:  # a signal arrived while starting
                         system.stop(signal.Signals(received[0]).name)
                     await system.stop_requested.wait()
-            except ApplicationStartError:
+            except ApplicationStartError as exc:
+                # One clear line; the traceback only for whoever asked for DEBUG.
+                logger.error(
+                    "%s",
+                    _start_failure_line(exc),
+                    exc_info=exc if logger.isEnabledFor(logging.DEBUG) else None,
+                    extra={"event": "application_start_failed", "application": exc.app},
+                )
                 code = ExitCode.START_FAILED
             except ApplicationFailed:
                 code = ExitCode.FAILED
@@ -385,14 +419,33 @@ def run(
     env: Mapping[str, Mapping[str, Any]] | None = None,
     handle_signals: bool = True,
     clock: trio.abc.Clock | None = None,
+    exit_on_failure: bool | None = None,
 ) -> ExitCode:
     """Run ``app`` (and its dependencies) in a new trio run until it is stopped.
 
     SIGINT and SIGTERM stop every application in reverse start order; a second
     one cancels whatever is still stopping (for a ``terminate`` that hangs).
     Returns an :class:`ExitCode` (an int) for ``sys.exit``: 0 after SIGTERM or
-    :meth:`System.stop`, 130 after SIGINT, 1 if a root supervisor gave up,
-    2 if an application failed to start, 3 if a second signal forced the stop.
+    :meth:`System.stop`, 130 after SIGINT (as the ``otpy`` command line),
+    3 if a second signal forced the stop.
+
+    A *failure* (70 = an application failed to start, 1 = a root supervisor
+    gave up) ends the process with that code (``SystemExit``) when
+    ``exit_on_failure`` is true, so the README's bare ``otpy.run(app)`` at
+    module level cannot exit 0 after a failure; with it false the code is
+    returned like the others.  It defaults to ``handle_signals``: a run that
+    owns the process's signals is its entry point.  A start failure is logged
+    as one ERROR line (the traceback too when the logger is at DEBUG).
     """
-    result: ExitCode = trio.run(_main, app, env, handle_signals, clock=clock)
+    check_bool("handle_signals", handle_signals)
+    exit_on_failure = handle_signals if exit_on_failure is None else exit_on_failure
+    check_bool("exit_on_failure", exit_on_failure)
+    try:
+        result: ExitCode = trio.run(_main, app, env, handle_signals, clock=clock)
+    except BaseExceptionGroup as group:
+        # An error that is not a start failure (a dependency cycle, a bad
+        # option): the caller's own exception, not the run's nursery group.
+        raise_unwrapped(group)
+    if exit_on_failure and result in (ExitCode.START_FAILED, ExitCode.FAILED):
+        raise SystemExit(int(result))
     return result

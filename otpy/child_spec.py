@@ -9,11 +9,15 @@ their Erlang spellings as strings too (``restart="transient"``,
 from __future__ import annotations
 
 import enum
+import math
 import random
 from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
+
+from otpy._util import check_number
+from otpy.errors import InvalidArgument
 
 if TYPE_CHECKING:
     from otpy.gen_server import GenServer
@@ -63,6 +67,8 @@ class ChildType(enum.Enum):
     """A supervisor; its shutdown defaults to :data:`INFINITY` so its children can stop."""
 
 
+_E = TypeVar("_E", bound=enum.Enum)
+
 PERMANENT = Restart.PERMANENT
 TRANSIENT = Restart.TRANSIENT
 TEMPORARY = Restart.TEMPORARY
@@ -94,12 +100,19 @@ class Backoff:
     reset_after: float | None = None
 
     def __attrs_post_init__(self) -> None:
-        if self.initial < 0 or self.maximum < self.initial or self.multiplier < 1:
-            raise ValueError(
-                f"invalid backoff {self!r}: need 0 <= initial <= maximum, multiplier >= 1"
-            )
-        if not 0 <= self.jitter <= 1:
-            raise ValueError(f"backoff jitter must be within [0, 1], got {self.jitter}")
+        # Every field is checked here, where the value enters: a NaN would
+        # otherwise compare false everywhere and make restarts wait forever
+        # (or not at all) far from the mistake.
+        initial = check_number("Backoff.initial", self.initial)
+        maximum = check_number("Backoff.maximum", self.maximum)
+        check_number("Backoff.multiplier", self.multiplier, minimum=1.0)
+        check_number("Backoff.jitter", self.jitter)
+        if self.jitter > 1:
+            raise InvalidArgument("Backoff.jitter", self.jitter, "a number within [0, 1]")
+        if maximum < initial:
+            raise InvalidArgument("Backoff.maximum", self.maximum, f">= initial ({initial:g})")
+        if self.reset_after is not None:
+            check_number("Backoff.reset_after", self.reset_after)
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """The delay before restart number ``attempt`` (1-based) of a run of failures."""
@@ -114,15 +127,53 @@ class Backoff:
         return self.maximum if self.reset_after is None else self.reset_after
 
 
+def _enum(option: str, kind: type[_E], value: Any) -> _E:
+    try:
+        return kind(value)
+    except ValueError:
+        choices = ", ".join(repr(m.value) for m in kind)
+        raise InvalidArgument(option, value, f"one of {choices}") from None
+
+
+def _restart(value: Any) -> Restart:
+    return _enum("ChildSpec.restart", Restart, value)
+
+
+def _type(value: Any) -> ChildType:
+    return _enum("ChildSpec.type", ChildType, value)
+
+
 def _shutdown(value: Any) -> float | Shutdown:
-    if isinstance(value, Shutdown):
-        return value
-    if isinstance(value, str):
-        return Shutdown(value)
-    seconds = float(value)
-    if seconds < 0:
-        raise ValueError(f"shutdown must be >= 0 seconds, got {value!r}")
-    return seconds
+    if isinstance(value, Shutdown | str):
+        return _enum("ChildSpec.shutdown", Shutdown, value)
+    seconds = check_number("ChildSpec.shutdown", value, allow_infinity=True)
+    return INFINITY if seconds == math.inf else seconds
+
+
+def _start_timeout(value: Any) -> float | None:
+    if value is None:
+        return None
+    seconds = check_number("ChildSpec.start_timeout", value, strict=True, allow_infinity=True)
+    return None if seconds == math.inf else seconds
+
+
+def _check_id(_: Any, __: Any, value: Any) -> None:
+    try:
+        hash(value)
+    except TypeError:
+        raise InvalidArgument("ChildSpec.id", value, "a hashable value") from None
+
+
+def _check_start(_: Any, __: Any, value: Any) -> None:
+    if not callable(value):
+        raise InvalidArgument(
+            "ChildSpec.start", value, "a callable that returns a new GenServer instance"
+        )
+
+
+def _check_backoff(_: Any, __: Any, value: Any) -> None:
+    if value is not None and not isinstance(value, Backoff):
+        raise InvalidArgument("ChildSpec.backoff", value, "an otpy.Backoff or None")
 
 
 def _default_shutdown(spec: Any) -> float | Shutdown:
@@ -139,14 +190,22 @@ class ChildSpec:
     :data:`BRUTAL_KILL` or :data:`INFINITY`; it defaults to 5 s for workers and
     infinity for supervisors, as in OTP.  ``name`` registers the child (a plain
     name or ``Via``), so it can be called by name across restarts.
+    ``start_timeout`` (seconds, None = no limit) bounds every start and restart
+    of the child: an ``init`` still running then is cancelled and the start
+    fails with :class:`~otpy.errors.StartTimeout`.
+
+    Every field is checked when the spec is built (a ``NaN`` or negative
+    shutdown, a ``start`` that is not callable, an unknown restart type ...):
+    :class:`~otpy.errors.InvalidArgument` names the field and the value.
     """
 
-    id: Hashable
-    start: Callable[[], GenServer]
-    restart: Restart = attrs.field(default=Restart.PERMANENT, converter=Restart)
-    type: ChildType = attrs.field(default=ChildType.WORKER, converter=ChildType)
+    id: Hashable = attrs.field(validator=_check_id)
+    start: Callable[[], GenServer] = attrs.field(validator=_check_start)
+    restart: Restart = attrs.field(default=Restart.PERMANENT, converter=_restart)
+    type: ChildType = attrs.field(default=ChildType.WORKER, converter=_type)
     shutdown: float | Shutdown = attrs.field(
         default=attrs.Factory(_default_shutdown, takes_self=True), converter=_shutdown
     )
     name: Any = None
-    backoff: Backoff | None = None
+    backoff: Backoff | None = attrs.field(default=None, validator=_check_backoff)
+    start_timeout: float | None = attrs.field(default=None, converter=_start_timeout)

@@ -6,14 +6,36 @@ returns its ref once the child's ``init`` finished (or raises the child's
 to its caller).  Each child is restarted on its own (one_for_one) according to
 its spec's restart type and backoff; the restart intensity applies to all
 children together, as in Elixir's ``DynamicSupervisor``.
+
+Why every start runs in a task of its own: a child's ``init`` may take long or
+hang (a reader connecting to an unreachable host).  Run inside the
+supervisor's message loop, it would stall every other request: the starts and
+restarts of the other children, ``which_children``, ``terminate_child``.  So
+the supervisor launches the start in a background task and answers the
+caller later (a deferred reply, OTP's ``{noreply, State}``), at the moment the
+child's ``init`` returned.  It does wait for the start up to
+:data:`INLINE_START_WAIT` seconds before it turns to its next message: a
+child whose ``init`` is quick (nearly all) is then running before the
+supervisor answers anything else, exactly as with OTP's synchronous starts
+(``which_children`` right after a crash sees the restarted child); only a
+slow start goes on in the background while the others are served.  Postgrex
+hit exactly this (a connect in ``init`` blocking a DynamicSupervisor,
+elixir-ecto/postgrex#746).  A start still in
+progress counts towards ``max_children``, shows in ``which_children`` with
+``ref=None``, and is cancelled (never leaked) when the supervisor stops or
+gives up; its caller then gets an :class:`~otpy.errors.InitError`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from otpy._util import check_int
+from otpy.actor import Ref
 from otpy.errors import MaxChildren
+from otpy.gen_server import NO_REPLY, From, reply_error
 from otpy.supervisor import (
+    INLINE_START_WAIT,
     SupervisorBase,
     _Child,
     _StartChild,
@@ -23,16 +45,18 @@ from otpy.supervisor import (
     which_children,
 )
 
-__all__ = ["DynamicSupervisor"]
+__all__ = ["INLINE_START_WAIT", "DynamicSupervisor"]
 
 
 class DynamicSupervisor(SupervisorBase):
     """Supervise a changing set of children, each added with :meth:`start_child`.
 
-    ``max_children`` caps how many may run at once
+    ``max_children`` caps how many may run or be starting at once
     (:class:`~otpy.errors.MaxChildren` beyond it).  Children stop in reverse
     start order when the supervisor stops.  ``terminate_child`` takes the
-    child's ref and forgets it.
+    child's ref and forgets it.  Starts and restarts run concurrently, so a
+    child whose ``init`` hangs delays nobody but its own caller; bound it with
+    ``ChildSpec.start_timeout``.
     """
 
     which_children = staticmethod(which_children)
@@ -44,7 +68,9 @@ class DynamicSupervisor(SupervisorBase):
         self, *, intensity: int = 3, period: float = 5.0, max_children: int | None = None
     ) -> None:
         super().__init__(intensity=intensity, period=period)
-        self.max_children = max_children
+        self.max_children = (
+            None if max_children is None else check_int("max_children", max_children)
+        )
         self._children: dict[_Child, None] = {}
 
     def __repr__(self) -> str:
@@ -63,20 +89,30 @@ class DynamicSupervisor(SupervisorBase):
         """A dynamic supervisor forgets every child that stopped for good."""
         self._remove(child)
 
-    async def _restart(self, child: _Child) -> None:
-        await self._start_group([child])
-
-    async def _handle_other(self, request: Any) -> Any:
-        if type(request) is _StartChild:
-            if self.max_children is not None and len(self._children) >= self.max_children:
-                raise MaxChildren(
-                    f"supervisor {self.label} already runs {self.max_children} children"
-                )
-            child = _Child(request.spec)
+    def _child_started(self, child: _Child, ref: Ref, event: str) -> None:
+        # Starts finish in any order: keep the children in the order their
+        # init finished, so they stop in reverse start order.
+        if child in self._children:
+            del self._children[child]
             self._children[child] = None
-            try:
-                return await self._start_child(child)
-            except BaseException:
-                self._remove(child)
-                raise
-        return await super()._handle_other(request)
+        super()._child_started(child, ref, event)
+
+    async def _restart(self, child: _Child) -> None:
+        await self._launch(child, None, "child_restarted")
+
+    async def handle_call(self, request: Any, from_: From) -> Any:
+        """Starts are launched and answered later; other requests as any supervisor."""
+        if type(request) is not _StartChild:
+            return await super().handle_call(request, from_)
+        if self.max_children is not None and len(self._children) >= self.max_children:
+            reply_error(
+                from_,
+                MaxChildren(
+                    f"supervisor {self.label} already runs or starts {self.max_children} children"
+                ),
+            )
+            return NO_REPLY
+        child = _Child(request.spec)
+        self._children[child] = None
+        await self._launch(child, from_, "child_started")
+        return NO_REPLY

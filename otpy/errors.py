@@ -74,6 +74,24 @@ class CallingSelf(CallError):
     """
 
 
+class InvalidArgument(OtpyError, ValueError):
+    """An option given to the runtime has a value it cannot use.
+
+    Raised where the value enters (building a :class:`~otpy.ChildSpec`, a
+    supervisor or a :class:`~otpy.Backoff`, calling ``call``/``stop``/``start``
+    with a timeout), never later from inside a running actor.  ``option`` names
+    the option, ``value`` is what was given; the message says what is accepted.
+    Also a :class:`ValueError`, so existing ``except ValueError`` keeps working.
+    Fix the value at the place the message names.
+    """
+
+    def __init__(self, option: str, value: object, expected: str) -> None:
+        super().__init__(f"invalid {option}={value!r}: expected {expected}")
+        self.option = option
+        self.value = value
+        self.expected = expected
+
+
 class NotAnActor(OtpyError):
     """An operation that needs the calling task to be an actor (e.g. ``monitor``
     without a watcher) was used from a plain trio task."""
@@ -91,6 +109,24 @@ class InitError(OtpyError):
         super().__init__(f"{server!r} failed to start: {reason}")
         self.server = server
         self.reason = reason
+
+
+class StartTimeout(InitError, TimeoutError):
+    """A child's ``init`` did not finish within its start timeout, so it was cancelled.
+
+    Raised to whoever started it (``otpy.start(..., timeout=...)``,
+    ``start_child``), or, for a restart, handled by the supervisor like any
+    failed restart.  Also an :class:`InitError` and a :class:`TimeoutError`.
+    Raise ``ChildSpec.start_timeout`` if the start is legitimately slow, or
+    look for an ``init`` waiting on something unreachable.
+    """
+
+    def __init__(self, server: object, timeout: float) -> None:
+        from otpy.actor import ExitReason
+
+        self.timeout = timeout
+        reason = ExitReason("killed", detail=f"init did not finish within {timeout} s")
+        InitError.__init__(self, server, reason)
 
 
 class NameTaken(OtpyError):

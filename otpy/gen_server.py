@@ -37,6 +37,7 @@ import outcome
 import trio
 
 from otpy import actor as _actor
+from otpy._util import check_bool, check_number, check_timeout, unwrap_group
 from otpy.actor import _CURRENT, _WAKE, NORMAL, ExitReason, Monitor, Ref
 from otpy.child_spec import Backoff, ChildSpec, ChildType, Restart, Shutdown
 from otpy.errors import (
@@ -45,6 +46,7 @@ from otpy.errors import (
     CallTimeout,
     InitError,
     NotAnActor,
+    StartTimeout,
     UnexpectedMessage,
 )
 from otpy.registry import register, resolve, whereis
@@ -244,7 +246,13 @@ async def call(
     server dies or if it is already dead, :class:`~otpy.errors.NoProcess` for
     an unknown name, and :class:`~otpy.errors.CallTimeout` when no reply came
     within ``timeout`` seconds (None: wait forever).  Works from any task.
+    A ``NaN`` timeout raises :class:`~otpy.errors.InvalidArgument` (it would
+    otherwise fire at another call's deadline); a timeout <= 0 has already run
+    out, so the call raises ``CallTimeout`` at once.
     """
+    if timeout is not None and (type(timeout) is not float or timeout != timeout):
+        # Off the fast path: ints are converted, NaN and non-numbers refused.
+        timeout = check_timeout("call timeout", timeout, allow_negative=True)
     ref = target if type(target) is Ref else resolve(target)
     task = trio.lowlevel.current_task()
     if not ref.alive:
@@ -294,8 +302,10 @@ async def stop(
 
     The server finishes the message it is handling, runs ``terminate(reason)``
     and exits.  Raises :class:`~otpy.errors.CallTimeout` if it has not exited
-    within ``timeout`` seconds (it keeps stopping).
+    within ``timeout`` seconds (it keeps stopping).  A ``NaN`` or negative
+    timeout raises :class:`~otpy.errors.InvalidArgument` before anything is stopped.
     """
+    timeout = check_timeout("stop timeout", timeout)
     ref = resolve(target)
     ref.request_stop(reason)
     if ref._task is trio.lowlevel.current_task():
@@ -458,8 +468,11 @@ class GenServer:
 
         Erlang's ``erlang:send_after``: the timer is a background task of this
         server, so it dies with the server; ``Timer.cancel()`` stops it.  The
-        message arrives in ``handle_info`` like any other.
+        message arrives in ``handle_info`` like any other.  A ``NaN`` or
+        negative ``delay`` raises :class:`~otpy.errors.InvalidArgument` here,
+        in the caller, instead of crashing the server when the timer starts.
         """
+        check_number("send_after delay", delay, allow_infinity=True)
         timer = Timer(trio.CancelScope())
         dest = self.ref if target is None else target
 
@@ -546,9 +559,7 @@ def _split_cancelled(
         return exc, None
     if isinstance(exc, BaseExceptionGroup):
         cancelled, rest = exc.split(trio.Cancelled)
-        while isinstance(rest, BaseExceptionGroup) and len(rest.exceptions) == 1:
-            rest = rest.exceptions[0]
-        return cancelled, rest
+        return cancelled, None if rest is None else unwrap_group(rest)
     return None, exc
 
 
@@ -562,16 +573,29 @@ async def _run(
     server: GenServer,
     name: Any,
     linked: bool,
-    supervised: bool,
+    parent: Ref | None,
+    on_started: Callable[[Ref], None] | None = None,
     task_status: trio.TaskStatus[Ref] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """The actor task: register, init, loop, terminate; turn any crash into an exit reason."""
+    """The actor task: register, init, loop, terminate; turn any crash into an exit reason.
+
+    ``parent`` is the supervisor of a supervised actor (None otherwise).
+    ``on_started`` is called in this task the moment ``init`` has returned,
+    before anything else can run, so a supervisor can monitor the child without
+    a window in which its crash would go unseen.
+    """
+    if not isinstance(server, GenServer):
+        raise TypeError(
+            f"expected a GenServer instance to start, got {server!r}; "
+            "a child spec's start must return a new server"
+        )
     if server._ref is not None:
         raise RuntimeError(
             f"{server!r} was already started once; build a new instance for every start"
         )
     ref = Ref(type(server).__name__)
     ref.trap_exits = server.trap_exits
+    ref.parent = parent
     server._ref = ref
     if name is not None:
         try:
@@ -592,6 +616,8 @@ async def _run(
                     server._nursery = nursery
                     await server.init()
                     started = True
+                    if on_started is not None:
+                        on_started(ref)
                     task_status.started(ref)
                     final = await server._loop(ref)
                     terminated = True
@@ -626,7 +652,7 @@ async def _run(
     if error is not None:
         if linked:
             raise error
-        if not supervised:  # a supervisor reports its children's crashes itself
+        if parent is None:  # a supervisor reports its children's crashes itself
             logger.error(
                 "%r crashed: %s",
                 ref,
@@ -637,7 +663,12 @@ async def _run(
 
 
 async def start(
-    nursery: trio.Nursery, server: GenServer, *, name: Any = None, link: bool = True
+    nursery: trio.Nursery,
+    server: GenServer,
+    *,
+    name: Any = None,
+    link: bool = True,
+    timeout: float | None = None,  # noqa: ASYNC109 - OTP's start_link takes a timeout too
 ) -> Ref:
     """Start ``server`` as an actor in ``nursery``; return its ref once ``init`` finished.
 
@@ -648,15 +679,45 @@ async def start(
     ``nursery`` as the original exception (or :class:`~otpy.errors.ExitSignal`
     when a linked actor took it down), so errors never pass silently; with
     ``link=False`` the crash only becomes the exit reason (seen by monitors,
-    ``ref.wait()`` and callers) and is logged.
+    ``ref.wait()`` and callers) and is logged.  With ``timeout`` (seconds), an
+    ``init`` still running then is cancelled and
+    :class:`~otpy.errors.StartTimeout` is raised (OTP's ``{timeout, ...}`` start
+    option); a ``NaN`` or negative timeout raises
+    :class:`~otpy.errors.InvalidArgument`.
     """
-    ref: Ref = await nursery.start(_run, server, name, link, False)
-    return ref
+    timeout = check_timeout("start timeout", timeout)
+    check_bool("link", link)
+    return await _start_within(timeout, server, nursery, _run, server, name, link, None)
 
 
-async def _start_supervised(nursery: trio.Nursery, server: GenServer, name: Any) -> Ref:
-    ref: Ref = await nursery.start(_run, server, name, False, True)
-    return ref
+async def _start_within(
+    timeout: float | None,  # noqa: ASYNC109 - the start timeout, applied to nursery.start
+    server: Any,
+    nursery: trio.Nursery,
+    *args: Any,
+) -> Ref:
+    """``nursery.start(*args)``, cancelled with :class:`StartTimeout` after ``timeout`` s."""
+    if timeout is None:
+        ref: Ref = await nursery.start(*args)
+        return ref
+    with trio.move_on_after(timeout):
+        ref = await nursery.start(*args)
+        return ref
+    raise StartTimeout(server, timeout)
+
+
+async def _start_supervised(
+    nursery: trio.Nursery,
+    server: GenServer,
+    name: Any,
+    parent: Ref,
+    timeout: float | None = None,  # noqa: ASYNC109 - ChildSpec.start_timeout
+    on_started: Callable[[Ref], None] | None = None,
+) -> Ref:
+    """Start a supervisor's child: crashes are only reported as its exit reason."""
+    return await _start_within(
+        timeout, server, nursery, _run, server, name, False, parent, on_started
+    )
 
 
 class TaskServer(GenServer):

@@ -16,7 +16,12 @@ one message at a time, exactly like OTP's ``supervisor`` process:
   supervisor stop all children and crash with :class:`~otpy.errors.GaveUp`, so
   its own supervisor handles the failure (escalation);
 * on shutdown, children stop in reverse order, each given its shutdown time to
-  run ``terminate`` before it is cancelled.
+  run ``terminate`` before it is cancelled;
+* a restart under ``one_for_one`` (and every start of a dynamic supervisor)
+  runs in a task of its own, so an ``init`` that hangs does not stop the
+  supervisor from serving other requests (see :data:`INLINE_START_WAIT`);
+  group restarts and the initial start stay in order inside the supervisor;
+* supervisors trap exits: a linked actor's crash is never the supervisor's.
 
 Every start, crash, restart, shutdown and give-up is logged on the
 ``otpy.supervisor`` logger with ``extra`` fields ``event``, ``supervisor``,
@@ -35,7 +40,8 @@ from typing import Any
 import attrs
 import trio
 
-from otpy.actor import SHUTDOWN, Down, ExitReason, Monitor, Ref
+from otpy._util import check_int, check_number
+from otpy.actor import SHUTDOWN, Down, Exit, ExitReason, Monitor, Ref
 from otpy.child_spec import (
     BRUTAL_KILL,
     INFINITY,
@@ -49,6 +55,7 @@ from otpy.errors import (
     DuplicateChild,
     GaveUp,
     InitError,
+    InvalidArgument,
     SupervisorError,
     UnexpectedMessage,
 )
@@ -60,10 +67,12 @@ from otpy.gen_server import (
     call,
     demonitor,
     monitor,
+    reply,
     reply_error,
 )
 
 __all__ = [
+    "INLINE_START_WAIT",
     "ONE_FOR_ALL",
     "ONE_FOR_ONE",
     "REST_FOR_ONE",
@@ -81,6 +90,15 @@ __all__ = [
 ]
 
 logger = logging.getLogger("otpy.supervisor")
+
+INLINE_START_WAIT = 0.1
+"""Seconds a supervisor waits for a background start before it serves its next message.
+
+Long enough for any ``init`` that does not wait on the outside world, short
+enough that a hanging one delays the other requests by no more than this.
+Starts run in the background for every child of a dynamic supervisor and for
+restarts under ``one_for_one``.
+"""
 
 
 class Strategy(enum.Enum):
@@ -120,6 +138,19 @@ class ChildCounts:
 
 
 @attrs.define(eq=False)
+class _Starting:
+    """A start running in a task of its own (dynamic children, one_for_one restarts).
+
+    ``scope`` cancels it, ``caller`` gets the reply (None for a restart),
+    ``done`` is set once it is over, started or not.
+    """
+
+    scope: trio.CancelScope
+    caller: From | None
+    done: trio.Event = attrs.Factory(trio.Event)
+
+
+@attrs.define(eq=False)
 class _Child:
     spec: ChildSpec
     ref: Ref | None = None
@@ -127,6 +158,7 @@ class _Child:
     failures: int = 0
     started_at: float | None = None
     pending: int = 0
+    starting: _Starting | None = None
 
 
 @attrs.frozen
@@ -183,7 +215,11 @@ async def start_child(sup: Any, spec: ChildSpec) -> Ref:
     Raises :class:`~otpy.errors.InitError` if the child fails to start,
     :class:`~otpy.errors.DuplicateChild` (static supervisors) or
     :class:`~otpy.errors.MaxChildren` (dynamic ones).  Callable from any task.
+    Anything but a :class:`~otpy.ChildSpec` raises
+    :class:`~otpy.errors.InvalidArgument` here, before it reaches the supervisor.
     """
+    if not isinstance(spec, ChildSpec):
+        raise InvalidArgument("spec", spec, "an otpy.ChildSpec")
     result: Ref = await call(sup, _StartChild(spec), timeout=None)
     return result
 
@@ -209,13 +245,20 @@ async def delete_child(sup: Any, child_id: Any) -> None:
 
 
 class SupervisorBase(GenServer):
-    """What every supervisor shares: child start/stop, intensity, backoff, reports."""
+    """What every supervisor shares: child start/stop, intensity, backoff, reports.
+
+    Supervisors trap exits, as OTP's do: an actor linked to the supervisor
+    (a child that links to its parent, or any other actor) does not take it
+    down.  An :class:`~otpy.Exit` from one of its children is that child's exit,
+    handled once by the strategy (its ``Down`` and its ``Exit`` never count as
+    two restarts); one from any other actor is logged and ignored.
+    """
+
+    trap_exits = True
 
     def __init__(self, *, intensity: int = 3, period: float = 5.0) -> None:
-        if intensity < 0 or period <= 0:
-            raise ValueError(f"need intensity >= 0 and period > 0, got {intensity}, {period}")
-        self.intensity = intensity
-        self.period = period
+        self.intensity = check_int("intensity", intensity)
+        self.period = check_number("period", period, strict=True)
         self._restarts: deque[float] = deque()
         self._by_monitor: dict[Monitor, _Child] = {}
         self._tokens = 0
@@ -278,16 +321,45 @@ class SupervisorBase(GenServer):
     async def _restart(self, child: _Child) -> None:
         raise NotImplementedError
 
-    async def _start_child(self, child: _Child, event: str = "child_started") -> Ref:
-        """Start one child and monitor it; raises InitError (already reported)."""
+    async def _start_child(
+        self,
+        child: _Child,
+        event: str = "child_started",
+        *,
+        returned: bool = True,
+        caller: From | None = None,
+    ) -> Ref:
+        """Start one child and monitor it; raises InitError (already reported).
+
+        ``returned`` says the failure goes back to a caller (``start_child``,
+        ``restart_child``, the supervisor's own start): it is then logged as one
+        INFO line without traceback, since the caller has the exception and
+        reports it; a failed automatic restart has nobody else to tell and is
+        an ERROR with the traceback.  ``caller`` gets the ref as its reply the
+        moment the child has started.
+        """
         child.pending = 0
+
+        def started(ref: Ref) -> None:
+            self._child_started(child, ref, event)
+            if caller is not None:
+                reply(caller, ref)
+
         try:
-            ref = await _start_supervised(self.nursery, child.spec.start(), child.spec.name)
+            ref = await _start_supervised(
+                self.nursery,
+                child.spec.start(),
+                child.spec.name,
+                self.ref,
+                child.spec.start_timeout,
+                started,
+            )
         except Exception as exc:
-            # Besides a failing init: a failing factory (bad arguments) or a taken name.
+            # Besides a failing init: a failing factory (bad arguments), a
+            # factory that returns no server, a taken name, a start timeout.
             reason = exc.reason if isinstance(exc, InitError) else ExitReason.crashed(exc)
             self._report(
-                logging.ERROR,
+                logging.INFO if returned else logging.ERROR,
                 "child_start_failed",
                 "child {child!r} failed to start: {reason}",
                 child,
@@ -296,6 +368,10 @@ class SupervisorBase(GenServer):
             if isinstance(exc, InitError):
                 raise
             raise InitError(child.spec.id, reason) from exc
+        return ref
+
+    def _child_started(self, child: _Child, ref: Ref, event: str) -> None:
+        """Book a child whose init just returned (runs in the child's task, never awaits)."""
         child.ref = ref
         child.started_at = trio.current_time()
         mon = monitor(ref, self.ref)
@@ -304,7 +380,6 @@ class SupervisorBase(GenServer):
         self._report(
             logging.INFO, event, "child {child!r} " + event[6:] + " as {ref!r}", child, None, ref
         )
-        return ref
 
     async def _shutdown_child(self, child: _Child, reason: ExitReason = SHUTDOWN) -> ExitReason:
         """Stop one running child: graceful stop within its shutdown time, then cancel."""
@@ -362,6 +437,58 @@ class SupervisorBase(GenServer):
             restarts.popleft()
         return len(restarts) <= self.intensity
 
+    async def _launch(self, child: _Child, caller: From | None, event: str) -> None:
+        """Start ``child`` in a background task; ``caller`` (if any) gets the reply.
+
+        Waits up to :data:`INLINE_START_WAIT` seconds for the start to finish.
+        """
+        starting = _Starting(trio.CancelScope(), caller)
+        child.starting = starting
+        child.pending = 0
+        self.start_soon(self._start_in_task, child, starting, event)
+        with trio.move_on_after(INLINE_START_WAIT):
+            await starting.done.wait()
+
+    async def _start_in_task(self, child: _Child, starting: _Starting, event: str) -> None:
+        """The background start: reply, forget or schedule a retry once it is over."""
+        error: InitError | None = None
+        with starting.scope:
+            try:
+                await self._start_child(
+                    child, event, returned=starting.caller is not None, caller=starting.caller
+                )
+            except InitError as exc:
+                error = exc
+        child.starting = None
+        starting.done.set()
+        if child.ref is not None:
+            return  # started (and replied to) the moment its init returned
+        cancelled = error is None  # by the supervisor stopping or giving up
+        if starting.caller is not None:
+            reply_error(starting.caller, error or InitError(child.spec.id, SHUTDOWN))
+            self._remove(child)
+        elif not cancelled and self._contains(child):
+            self._schedule(child, after_run=False)  # a failed restart: retried, and counted
+
+    async def _cancel_starts(self) -> None:
+        """Cancel the starts running in tasks of their own and wait until they are over.
+
+        After this no child can become running behind the supervisor's back,
+        so stopping "all running children" really stops all of them.
+        """
+        startings = [c.starting for c in self._children_list() if c.starting is not None]
+        for starting in startings:
+            starting.scope.cancel()
+        for starting in startings:
+            await starting.done.wait()
+
+    async def _settle(self, child: _Child) -> None:
+        """Cancel ``child``'s start in progress, if any, and wait until it is over."""
+        starting = child.starting
+        if starting is not None:
+            starting.scope.cancel()
+            await starting.done.wait()
+
     async def _give_up(self, child: _Child) -> None:
         self._report(
             logging.ERROR,
@@ -374,6 +501,7 @@ class SupervisorBase(GenServer):
             period=self.period,
         )
         error = GaveUp(self.label, child.spec.id, self.intensity, self.period)
+        await self._cancel_starts()
         await self._shutdown_running(self._children_list())
         raise error
 
@@ -383,7 +511,7 @@ class SupervisorBase(GenServer):
             if child.ref is not None or not self._contains(child):
                 continue
             try:
-                await self._start_child(child, "child_restarted")
+                await self._start_child(child, "child_restarted", returned=False)
             except InitError:
                 self._schedule(child, after_run=False)
                 return
@@ -451,18 +579,51 @@ class SupervisorBase(GenServer):
     # -- messages ----------------------------------------------------------------
 
     async def handle_info(self, message: Any) -> None:
-        """Handles child ``Down`` messages and scheduled restarts; ignores stale ones."""
+        """Handles child ``Down``/``Exit`` messages and scheduled restarts; ignores stale ones."""
         if type(message) is Down:
             child = self._by_monitor.pop(message.monitor, None)
             if child is not None and child.ref is message.ref:
                 await self._child_exited(child, message.reason)
+        elif type(message) is Exit:
+            await self._exit_signal(message)
         elif type(message) is _Retry:
             child = message.child
-            if child.pending == message.token and child.ref is None and self._contains(child):
+            if (
+                child.pending == message.token
+                and child.ref is None
+                and child.starting is None
+                and self._contains(child)
+            ):
                 child.pending = 0
                 await self._restart_now(child)
         else:
             await super().handle_info(message)
+
+    async def _exit_signal(self, message: Exit) -> None:
+        """An exit signal from a linked actor: a child's exit, or an outsider's (ignored).
+
+        A child's ``Down`` is delivered before its ``Exit`` (both are sent when
+        it dies), so the ``Down`` normally handled the exit already and the
+        ``Exit`` is dropped: the restart is counted once.
+        """
+        ref = message.ref
+        if ref.parent is self._ref:
+            for child in self._children_list():
+                if child.ref is ref:  # not seen as a Down yet
+                    if child.monitor is not None:
+                        demonitor(child.monitor)
+                        self._by_monitor.pop(child.monitor, None)
+                    await self._child_exited(child, message.reason)
+                    break
+            return
+        self._report(
+            logging.WARNING if message.reason.abnormal else logging.DEBUG,
+            "exit_signal_ignored",
+            "ignored the exit of linked actor {ref!r} ({reason}): it is not a child",
+            None,
+            message.reason,
+            ref,
+        )
 
     def _find(self, key: Any) -> _Child:
         by_ref = type(key) is Ref
@@ -502,6 +663,7 @@ class SupervisorBase(GenServer):
             return self._counts()
         if kind is _TerminateChild:
             child = self._find(request.key)
+            await self._settle(child)  # a restart in flight: cancelled, never leaked
             if child.ref is not None:
                 await self._shutdown_child(child)
             child.pending = 0
@@ -518,7 +680,8 @@ class SupervisorBase(GenServer):
         raise UnexpectedMessage(f"supervisor {self.label} does not handle {request!r}")
 
     async def terminate(self, reason: ExitReason) -> None:
-        """Stop all running children in reverse start order."""
+        """Cancel starts in progress, then stop all running children in reverse start order."""
+        await self._cancel_starts()
         await self._shutdown_running(self._children_list())
 
 
@@ -540,9 +703,15 @@ class Supervisor(SupervisorBase):
         period: float = 5.0,
     ) -> None:
         super().__init__(intensity=intensity, period=period)
-        self.strategy = Strategy(strategy)
+        try:
+            self.strategy = Strategy(strategy)
+        except ValueError:
+            choices = ", ".join(repr(s.value) for s in Strategy)
+            raise InvalidArgument("strategy", strategy, f"one of {choices}") from None
         self._children: list[_Child] = []
         for spec in children:
+            if not isinstance(spec, ChildSpec):
+                raise InvalidArgument("children", spec, "otpy.ChildSpec values")
             self._add(spec)
 
     which_children = staticmethod(which_children)
@@ -583,8 +752,11 @@ class Supervisor(SupervisorBase):
 
     async def _restart(self, child: _Child) -> None:
         if self.strategy is Strategy.ONE_FOR_ONE:
-            group = [child]
-        elif self.strategy is Strategy.ONE_FOR_ALL:
+            # Alone in its group: restarted in the background, so a hanging
+            # init does not keep the supervisor from serving other requests.
+            await self._launch(child, None, "child_restarted")
+            return
+        if self.strategy is Strategy.ONE_FOR_ALL:
             group = list(self._children)
         else:
             group = self._children[self._children.index(child) :]
@@ -596,6 +768,8 @@ class Supervisor(SupervisorBase):
 
     def _find_stopped(self, key: Any) -> _Child:
         child = self._find(key)
+        if child.starting is not None:
+            raise ChildRunning(f"child {child.spec.id!r} is restarting; terminate it first")
         if child.ref is not None:
             raise ChildRunning(f"child {child.spec.id!r} is running; terminate it first")
         return child

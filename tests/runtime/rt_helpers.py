@@ -75,6 +75,21 @@ class Worker(otpy.GenServer):
         self.terminate_finished = True
 
 
+class HangOnRestart(Worker):
+    """Starts at once the first time; every restart hangs in ``init`` (an unreachable host)."""
+
+    def __init__(self, cid: str, journal: Journal, gate: trio.Event, runs: list[int]) -> None:
+        super().__init__(cid, journal)
+        self.gate_event = gate
+        self.runs = runs
+
+    async def init(self) -> None:
+        self.runs.append(1)
+        if len(self.runs) > 1:
+            await self.gate_event.wait()
+        await super().init()
+
+
 def worker_spec(cid: Any, journal: Journal, **kwargs: Any) -> otpy.ChildSpec:
     terminate_time = kwargs.pop("terminate_time", 0.0)
     start: Callable[[], otpy.GenServer] = lambda: Worker(cid, journal, terminate_time)  # noqa: E731

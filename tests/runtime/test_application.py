@@ -18,7 +18,13 @@ import trio
 from rt_helpers import Journal, worker_spec
 
 import otpy
-from otpy.errors import ApplicationFailed, ApplicationStartError, DependencyCycle, OtpyError
+from otpy.errors import (
+    ApplicationFailed,
+    ApplicationStartError,
+    DependencyCycle,
+    InvalidArgument,
+    OtpyError,
+)
 
 
 def make_app(
@@ -311,3 +317,58 @@ async def test_root_stopping_normally_stops_the_system() -> None:
         # serve() returns on its own: the nursery can exit.
     assert system.stop_reason == "application top exited"
     assert journal.stops() == ["top.w2", "top.w1", "base.w2", "base.w1"]
+
+
+FAILING_SCRIPT = textwrap.dedent(
+    """
+    import otpy
+
+    class Broken(otpy.GenServer):
+        async def init(self):
+            raise ConnectionRefusedError("db.example:5432 refused the connection")
+
+    app = otpy.Application("broken", lambda env: otpy.Supervisor([Broken.child_spec()]))
+    otpy.run(app)  # the README's pattern: the return value is ignored
+    print("not reached", flush=True)
+    """
+)
+
+
+def test_bare_run_at_module_level_exits_non_zero_when_the_app_fails_to_start(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "broken.py"
+    script.write_text(FAILING_SCRIPT)
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert proc.returncode == otpy.ExitCode.START_FAILED == 70
+    assert proc.stdout == ""
+    # One clear line, no traceback (logging is not configured: Python's last resort prints it).
+    (line,) = proc.stderr.splitlines()
+    assert "application 'broken' failed to start" in line
+    assert "Broken.init raised ConnectionRefusedError: db.example:5432 refused" in line
+
+
+def test_run_exits_on_failure_only_when_asked_or_owning_the_signals(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.CRITICAL)
+    journal = Journal()
+    journal.init_failures["solo.w1"] = 2
+    app = make_app("solo", journal)
+    with pytest.raises(SystemExit) as info:
+        otpy.run(app, handle_signals=False, exit_on_failure=True)
+    assert info.value.code == otpy.ExitCode.START_FAILED
+    assert otpy.run(app, handle_signals=False) == otpy.ExitCode.START_FAILED
+    with pytest.raises(InvalidArgument):
+        otpy.run(app, handle_signals="false")  # type: ignore[arg-type]
+
+
+def test_run_raises_a_dependency_cycle_itself_not_wrapped_in_a_group() -> None:
+    a = otpy.Application("a", lambda env: otpy.Supervisor([]))
+    clash = otpy.Application("a", lambda env: otpy.Supervisor([]), dependencies=[a])
+    with pytest.raises(DependencyCycle):
+        otpy.run(clash, handle_signals=False)
