@@ -55,6 +55,7 @@ from urllib.parse import unquote
 import attrs
 
 from otpy.child_spec import Backoff
+from otpy.errors import InvalidArgument
 from otpy.pg.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -918,31 +919,8 @@ def _check_pool(values: Mapping[str, Any], path: str) -> None:
         positive=True,
     )
     backoff = values["reconnect"]
-    if not isinstance(backoff, Backoff):
+    if not isinstance(backoff, Backoff):  # a Backoff checks its own fields when built
         raise ConfigError(f"{path}.reconnect", f"expected a Backoff, got {backoff!r}")
-    _check_backoff(attrs.asdict(backoff, recurse=False), f"{path}.reconnect")
-
-
-def _check_backoff(values: Mapping[str, Any], path: str) -> None:
-    initial = check_seconds(values["initial"], f"{path}.initial")
-    maximum = check_seconds(values["maximum"], f"{path}.maximum")
-    assert initial is not None and maximum is not None
-    if maximum < initial:
-        raise ConfigError(f"{path}.maximum", f"must be >= initial ({initial}), got {maximum!r}")
-    multiplier = values["multiplier"]
-    if (
-        isinstance(multiplier, bool)
-        or not isinstance(multiplier, int | float)
-        or not 1 <= multiplier < math.inf
-    ):
-        raise ConfigError(
-            f"{path}.multiplier", f"expected a finite number >= 1, got {multiplier!r}"
-        )
-    jitter = values["jitter"]
-    if isinstance(jitter, bool) or not isinstance(jitter, int | float) or not 0 <= jitter <= 1:
-        raise ConfigError(f"{path}.jitter", f"expected a number between 0 and 1, got {jitter!r}")
-    if values.get("reset_after") is not None:
-        check_seconds(values["reset_after"], f"{path}.reset_after")
 
 
 def _pool(
@@ -1012,16 +990,15 @@ def _backoff(value: object, path: str) -> Backoff:
     entry = _mapping(value, path)
     _check_keys(entry, path, ("initial", "maximum", "multiplier", "jitter"))
     default = Backoff(jitter=0.1)
-    values = {
-        "initial": entry.get("initial", default.initial),
-        "maximum": entry.get("maximum", default.maximum),
-        "multiplier": entry.get("multiplier", default.multiplier),
-        "jitter": entry.get("jitter", default.jitter),
-    }
-    _check_backoff(values, path)
-    return Backoff(
-        initial=float(values["initial"]),
-        maximum=float(values["maximum"]),
-        multiplier=float(values["multiplier"]),
-        jitter=float(values["jitter"]),
-    )
+    try:  # Backoff checks its fields itself: one rule, reported under the key path
+        return Backoff(
+            initial=entry.get("initial", default.initial),
+            maximum=entry.get("maximum", default.maximum),
+            multiplier=entry.get("multiplier", default.multiplier),
+            jitter=entry.get("jitter", default.jitter),
+        )
+    except InvalidArgument as exc:
+        field = exc.option.rpartition(".")[2]
+        raise ConfigError(
+            f"{path}.{field}", f"expected {exc.expected}, got {exc.value!r}"
+        ) from None

@@ -32,7 +32,6 @@ from otpy.pg.errors import ConfigError
         ("max_waiting", 2.5, "PoolConfig.max_waiting: expected an integer, got 2.5"),
         ("min_size", 3, "PoolConfig.min_size: must not exceed max_size (2), got 3"),
         ("max_size", "2", "PoolConfig.max_size: expected an integer, got '2'"),
-        ("reconnect", Backoff(initial=math.nan), "PoolConfig.reconnect.initial: must be a finite"),
         ("reconnect", {"initial": 1}, "PoolConfig.reconnect: expected a Backoff"),
         ("database", "", "PoolConfig.database: expected a non-empty string"),
     ],
@@ -43,6 +42,12 @@ def test_a_pool_config_built_in_code_is_checked(field: str, value: Any, message:
     with pytest.raises(ConfigError) as info:
         PoolConfig(**values)
     assert message in str(info.value)
+
+
+def test_a_backoff_with_nan_cannot_even_reach_a_pool_config() -> None:
+    """The reconnect back-off checks its own fields when built, for pools and everyone else."""
+    with pytest.raises(ValueError, match=r"Backoff\.initial=nan"):
+        Backoff(initial=math.nan)
 
 
 @pytest.mark.parametrize(
@@ -77,7 +82,7 @@ def test_a_database_config_built_in_code_is_checked(field: str, value: Any, mess
         ("size = [2, 1]", "pools.p.size: min must not exceed max, got [2, 1]"),
         ("size = 1.5", "pools.p.size: expected an integer or [min, max], got 1.5"),
         ("reconnect = { multiplier = inf }", "pools.p.reconnect.multiplier: expected a finite"),
-        ("reconnect = { maximum = nan }", "pools.p.reconnect.maximum: must be a finite"),
+        ("reconnect = { maximum = nan }", "pools.p.reconnect.maximum: expected a number, not NaN"),
     ],
 )
 def test_the_loader_refuses_the_same_values(toml: str, message: str) -> None:

@@ -88,12 +88,8 @@ def _backoff(value: Any) -> Backoff:
             raise InvalidOptions(f"restart_backoff: {exc}") from None
     if not isinstance(value, Backoff):
         raise _bad("restart_backoff", "a Backoff or a mapping of its fields", value)
-    for field in attrs.fields(Backoff):
-        number = getattr(value, field.name)
-        if number is None and field.name == "reset_after":
-            continue
-        if not _number(number) or not math.isfinite(number) or number < 0:
-            raise _bad(f"restart_backoff.{field.name}", "a finite number >= 0", number)
+    # A Backoff checked its own fields when built (finite, ordered, jitter in
+    # [0, 1]); a reader adds one rule: restarts must not spin without a pause.
     if value.maximum <= 0:
         raise _bad("restart_backoff.maximum", "a number > 0", value.maximum)
     return value
