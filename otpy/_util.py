@@ -62,16 +62,25 @@ def unwrap_group(exc: BaseException) -> BaseException:
 
 
 def raise_unwrapped(group: BaseException) -> NoReturn:
-    """Raise :func:`unwrap_group` of ``group``, keeping its cause and traceback.
+    """Raise :func:`unwrap_group` of ``group`` with its own traceback, cause and context.
 
     Use it as ``except BaseExceptionGroup as group: raise_unwrapped(group)`` in
-    a context manager that wraps a nursery.  The group itself is hidden from
-    the traceback's context (the single exception's own traceback is kept).
+    a context manager that wraps a nursery, so that ``except
+    psycopg.errors.DivisionByZero`` around the block catches the caller's own
+    error.  Raising inside the ``except`` would make the group the exception's
+    ``__context__``; the exception's own chain is restored instead, so its
+    traceback reads as if no nursery had been in between.
     """
     single = unwrap_group(group)
     if single is group:
         raise group
-    raise single from single.__cause__
+    context, cause, suppress = single.__context__, single.__cause__, single.__suppress_context__
+    try:
+        raise single
+    finally:
+        single.__context__, single.__cause__ = context, cause
+        single.__suppress_context__ = suppress
+        del single
 
 
 def _is_number(value: Any) -> bool:

@@ -15,10 +15,8 @@ Later layers (pool, replication) define their own errors in their own modules.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NoReturn
 
 import psycopg
-import trio
 
 __all__ = [
     "ConfigError",
@@ -28,7 +26,6 @@ __all__ = [
     "PgConnectorError",
     "PsycopgCompatibilityError",
     "ReplicationProtocolError",
-    "raise_single_exception",
 ]
 
 
@@ -102,42 +99,3 @@ class ConfigError(PgConnectorError, ValueError):
     def __init__(self, path: str, message: str) -> None:
         super().__init__(f"{path}: {message}" if path else message)
         self.path = path
-
-
-def raise_single_exception(group: BaseExceptionGroup[BaseException]) -> NoReturn:
-    """Re-raise the one exception a nursery wrapped in ``group``; else ``group`` itself.
-
-    trio's nurseries always wrap what escapes them in an exception group, so
-    a context manager built on a nursery (:func:`otpy.pg.pool.open_pool`)
-    would hand its caller ``ExceptionGroup([DivisionByZero(...)])`` for the
-    caller's own ``DivisionByZero``, and ``except psycopg.errors.DivisionByZero``
-    around the block would not catch it.  Called in ``except BaseExceptionGroup``
-    around the nursery, this raises the single exception that is not a
-    cancellation (with its own traceback, cause and context intact); a
-    group made only of cancellations re-raises one :class:`trio.Cancelled`,
-    so cancellation keeps working; anything else (two real failures) stays
-    a group, as nothing would be right to drop.
-
-    (The runtime has the same need; fold the two when it grows a shared helper.)
-    """
-    cancelled, rest = group.split(trio.Cancelled)
-    leaves = _leaves(rest) if rest is not None else _leaves(cancelled)
-    if rest is not None and len(leaves) != 1:
-        raise group
-    leaf = leaves[0]
-    context, cause, suppress = leaf.__context__, leaf.__cause__, leaf.__suppress_context__
-    try:
-        raise leaf
-    finally:
-        leaf.__context__, leaf.__cause__ = context, cause
-        leaf.__suppress_context__ = suppress
-        del leaf
-
-
-def _leaves(group: BaseExceptionGroup[BaseException] | None) -> list[BaseException]:
-    if group is None:
-        return []
-    found: list[BaseException] = []
-    for exc in group.exceptions:
-        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return found

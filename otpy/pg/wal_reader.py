@@ -60,6 +60,7 @@ import attrs
 import trio
 from psycopg.conninfo import conninfo_to_dict
 
+from otpy._util import unwrap_group
 from otpy.actor import ExitReason, Ref
 from otpy.child_spec import ChildSpec, Restart
 from otpy.dynamic_supervisor import DynamicSupervisor
@@ -333,16 +334,6 @@ def resolve_database(db_opts: Any) -> tuple[dict[str, Any], str]:
     )
 
 
-def _unwrap(exc: BaseException) -> BaseException:
-    """The single interesting exception of a nursery's group (cancellations removed)."""
-    while isinstance(exc, BaseExceptionGroup):
-        _, rest = exc.split(trio.Cancelled)
-        if rest is None or len(rest.exceptions) != 1:
-            return exc if rest is None else rest
-        exc = rest.exceptions[0]
-    return exc
-
-
 def _only_cancelled(exc: BaseException) -> bool:
     """Whether ``exc`` is a cancellation (alone or as a group of cancellations only)."""
     if isinstance(exc, BaseExceptionGroup):
@@ -522,7 +513,7 @@ class WalReader(GenServer):
                         nursery.start_soon(session.status_loop)
                         nursery.start_soon(self._deliver, recv)
                 except BaseExceptionGroup as group:
-                    raise _unwrap(group) from None
+                    raise unwrap_group(group) from None
         except BaseException as exc:
             if not self._stopping and (_only_cancelled(exc) or _being_cancelled()):
                 # Killed, possibly while a task crashed: no terminate will run

@@ -22,10 +22,11 @@ from psycopg.conninfo import conninfo_to_dict
 
 from otpy import DynamicSupervisor, Ref
 from otpy import start as start_actor
+from otpy._util import raise_unwrapped
 from otpy.pg import pool, wal_reader
 from otpy.pg.config import ConnectorConfig, DatabaseConfig, PoolConfig, Secret, redact
 from otpy.pg.connection import TrioConnection, replication_connect
-from otpy.pg.errors import ConfigError, raise_single_exception
+from otpy.pg.errors import ConfigError
 
 SECRET = "s3cr3t-Pa55"
 
@@ -218,7 +219,7 @@ def test_single_exception_keeps_its_own_chain() -> None:
     except ValueError as outer:
         error = outer
     with pytest.raises(ValueError, match="outer") as info:
-        raise_single_exception(ExceptionGroup("g", [error]))
+        raise_unwrapped(ExceptionGroup("g", [error]))
     assert isinstance(info.value.__cause__, KeyError)
 
 

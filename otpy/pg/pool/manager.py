@@ -34,6 +34,7 @@ from typing import Any, Final
 import attrs
 import trio
 
+from otpy._util import raise_unwrapped
 from otpy.actor import SHUTDOWN, Ref
 from otpy.child_spec import ChildSpec, ChildType, Restart
 from otpy.dynamic_supervisor import DynamicSupervisor
@@ -42,7 +43,6 @@ from otpy.gen_server import GenServer, cast
 from otpy.gen_server import start as start_actor
 from otpy.gen_server import stop as stop_actor
 from otpy.pg.config import DatabaseConfig, PoolConfig, check_seconds
-from otpy.pg.errors import raise_single_exception
 from otpy.pg.pool.core import PoolCore
 from otpy.pg.pool.errors import PoolNotFound
 from otpy.pg.pool.worker import ConnectionWorker
@@ -313,7 +313,7 @@ async def running_pool(
     """Run pool ``name``'s tree in a nursery for the block; yield its supervisor's ref.
 
     An exception of the block reaches the caller as itself, not wrapped in
-    the nursery's exception group (see :func:`~otpy.pg.errors.raise_single_exception`).
+    the nursery's exception group (see :func:`otpy._util.raise_unwrapped`).
     """
     try:
         async with trio.open_nursery() as nursery:
@@ -327,4 +327,4 @@ async def running_pool(
                 with trio.CancelScope(shield=True):
                     await stop_actor(ref, SHUTDOWN)
     except BaseExceptionGroup as group:
-        raise_single_exception(group)
+        raise_unwrapped(group)
