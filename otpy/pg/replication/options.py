@@ -25,7 +25,7 @@ from otpy.child_spec import Backoff
 
 from .errors import InvalidOptions
 
-__all__ = ["PROTO_MIN_SERVER", "SLOT_TYPES", "ReaderOptions"]
+__all__ = ["ORIGINS", "PROTO_MIN_SERVER", "SLOT_TYPES", "STREAMING", "ReaderOptions"]
 
 #: ``temporary``: the slot lives as long as the replication session; changes
 #: made while the reader is disconnected are *not* replayed.  ``persistent``:
@@ -36,6 +36,22 @@ SLOT_TYPES = ("temporary", "persistent")
 #: pgoutput protocol version -> the oldest PostgreSQL (``server_version_num``)
 #: that speaks it.  The reader checks it when it connects.
 PROTO_MIN_SERVER = {1: 100000, 2: 140000, 3: 150000, 4: 160000}
+
+#: Values of the ``streaming`` option: off, on, or ``"parallel"`` (PostgreSQL 16+).
+STREAMING = (False, True, "parallel")
+
+#: Values of the ``origin`` option (PostgreSQL 16+): ``"any"`` sends every
+#: change, ``"none"`` only those made without a replication origin.
+ORIGINS = ("any", "none")
+
+#: Option -> (the oldest ``server_version_num`` that has it, the least protocol it needs).
+_FEATURES = {
+    "streaming": (140000, 2),
+    "streaming='parallel'": (160000, 4),
+    "two_phase": (150000, 3),
+    "origin": (160000, 1),
+    "failover": (170000, 1),
+}
 
 
 def _number(value: Any) -> bool:
@@ -75,9 +91,25 @@ def _slot_type(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
 
 
 def _proto_version(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
     if isinstance(value, bool) or not isinstance(value, int) or value not in PROTO_MIN_SERVER:
         versions = ", ".join(map(str, PROTO_MIN_SERVER))
-        raise _bad(attribute.name, f"an integer among {versions}", value)
+        raise _bad(
+            attribute.name, f"None (the highest the server speaks) or one of {versions}", value
+        )
+
+
+def _streaming(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not any(
+        value is choice or (isinstance(value, str) and value == choice) for choice in STREAMING
+    ):
+        raise _bad(attribute.name, "True, False or 'parallel'", value)
+
+
+def _origin(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or value not in ORIGINS):
+        raise _bad(attribute.name, "None (the server's default, any), 'any' or 'none'", value)
 
 
 def _backoff(value: Any) -> Backoff:
@@ -125,15 +157,35 @@ class ReaderOptions:
             :data:`SLOT_TYPES`.  Use persistent when no change may be lost.
         create_publication: create missing publications: ``True`` for
             ``FOR ALL TABLES``, or a list of tables (``"t"``/``"schema.t"``).
-        proto_version: pgoutput protocol 1-4 (streaming needs >= 2; raised
-            automatically when ``streaming`` is on).  Each needs a server
-            recent enough (:data:`PROTO_MIN_SERVER`: 2 needs PostgreSQL 14, 3
-            needs 15, 4 needs 16); the reader checks when it connects.
+        proto_version: pgoutput protocol 1-4, or None (default): the highest
+            the server speaks (4 on PostgreSQL 16+, 3 on 15, 2 on 14), so
+            every newer feature is available.  A pinned version is raised to
+            what the options need (``streaming``: 2, ``two_phase``: 3,
+            ``streaming="parallel"``: 4).  Each needs a server recent enough
+            (:data:`PROTO_MIN_SERVER`); the reader checks when it connects.
         binary: ask pgoutput for binary values (faster to decode for many types).
         messages: deliver ``pg_logical_emit_message`` messages (op ``"message"``).
         streaming: let the server stream large in-progress transactions
             (less server-side spilling); the reader keeps them until their
             commit and delivers them then, chunked like any transaction.
+            ``True``, ``False`` or ``"parallel"`` (PostgreSQL 16+, protocol 4:
+            the server may interleave several streamed transactions and says
+            where each aborted); delivered exactly as with ``True``.
+        two_phase: decode prepared transactions at PREPARE TRANSACTION
+            (PostgreSQL 15+): their changes arrive then, the final batch
+            ending with a ``"prepare"`` change, and a later batch holds one
+            ``"commit_prepared"`` or ``"rollback_prepared"`` change (see
+            docs/replication.md).  Off, a prepared transaction arrives whole
+            at COMMIT PREPARED like any commit.  PostgreSQL keeps the slot
+            two-phase once a reader enabled it.
+        origin: ``"none"`` sends only changes made without a replication
+            origin (skip what another replication applied: loop-free two-way
+            sync), ``"any"`` every change; None (default) leaves the server's
+            default (any).  PostgreSQL 16+.
+        failover: create the persistent slot as a failover slot (PostgreSQL
+            17+), or mark an existing one, so that standbys with
+            ``sync_replication_slots`` keep a copy a promoted standby can
+            stream from (see docs/operations.md).
         status_interval: seconds between standby status updates; keep it well
             below the server's ``wal_sender_timeout``.
         max_batch_size: a transaction with more changes is delivered in chunks
@@ -158,10 +210,10 @@ class ReaderOptions:
     create_publication: bool | tuple[str, ...] = attrs.field(
         default=False, converter=_create_publication
     )
-    proto_version: int = attrs.field(default=1, validator=_proto_version)
+    proto_version: int | None = attrs.field(default=None, validator=_proto_version)
     binary: bool = attrs.field(default=False, validator=_flag)
     messages: bool = attrs.field(default=False, validator=_flag)
-    streaming: bool = attrs.field(default=False, validator=_flag)
+    streaming: bool | str = attrs.field(default=False, validator=_streaming)
     status_interval: float = attrs.field(default=10.0, validator=_seconds)
     max_batch_size: int | None = attrs.field(default=5000, validator=_count(allow_none=True))
     queue_size: int = attrs.field(default=4, validator=_count(allow_none=False))
@@ -171,42 +223,95 @@ class ReaderOptions:
     standby: bool = attrs.field(default=False, validator=_flag)
     shutdown_timeout: float = attrs.field(default=10.0, validator=_seconds)
     connect_timeout: float = attrs.field(default=30.0, validator=_seconds)
+    two_phase: bool = attrs.field(default=False, validator=_flag)
+    origin: str | None = attrs.field(default=None, validator=_origin)
+    failover: bool = attrs.field(default=False, validator=_flag)
+
+    def __attrs_post_init__(self) -> None:
+        if self.failover and self.temporary:
+            raise InvalidOptions(
+                "failover: a temporary slot cannot fail over (it dies with its session); "
+                "use slot_type='persistent' with failover=True"
+            )
 
     @property
     def temporary(self) -> bool:
         """Whether the slot is temporary (dropped when the session ends)."""
         return self.slot_type == "temporary"
 
-    @property
-    def effective_proto_version(self) -> int:
-        """The protocol version sent: at least 2 when streaming is on."""
-        return max(self.proto_version, 2) if self.streaming else self.proto_version
+    def _features(self) -> list[str]:
+        """The options in use that need a newer server or protocol (keys of ``_FEATURES``)."""
+        used = []
+        if self.streaming == "parallel":
+            used.append("streaming='parallel'")
+        elif self.streaming:
+            used.append("streaming")
+        if self.two_phase:
+            used.append("two_phase")
+        if self.origin is not None:
+            used.append("origin")
+        if self.failover:
+            used.append("failover")
+        return used
+
+    def protocol(self, server_version: int | None = None) -> int:
+        """The pgoutput protocol version to ask for.
+
+        Pinned (``proto_version``): that version, raised to what the options
+        need.  Not pinned: the highest the server speaks when
+        ``server_version`` (``server_version_num``) is known, else the least
+        the options need.
+        """
+        needed = max((_FEATURES[f][1] for f in self._features()), default=1)
+        if self.proto_version is not None:
+            return max(self.proto_version, needed)
+        if server_version is None:
+            return needed
+        spoken = [v for v, least in PROTO_MIN_SERVER.items() if least <= server_version]
+        return max(max(spoken, default=1), needed)
 
     def check_server(self, server_version: int) -> None:
         """Refuse options the server cannot honour (``server_version_num``, e.g. 150004).
 
         Raises:
-            InvalidOptions: the protocol version is newer than the server.
+            InvalidOptions: an option (or the pinned protocol version) needs a
+                newer server; the message names the option, both versions and
+                what to do.
         """
-        proto = self.effective_proto_version
+        running = _version(server_version)
+        for feature in self._features():
+            least = _FEATURES[feature][0]
+            if server_version < least:
+                raise InvalidOptions(
+                    f"{feature} needs PostgreSQL {least // 10000} or later, the server runs "
+                    f"{running}; drop the option or upgrade the server"
+                )
+        proto = self.protocol(server_version)
         needed = PROTO_MIN_SERVER[proto]
         if server_version < needed:
             usable = [v for v, least in PROTO_MIN_SERVER.items() if least <= server_version]
             raise InvalidOptions(
                 f"proto_version: pgoutput protocol {proto} needs PostgreSQL "
-                f"{needed // 10000} or later, the server runs {_version(server_version)}; "
+                f"{needed // 10000} or later, the server runs {running}; "
                 f"use proto_version {max(usable, default=1)} or lower"
             )
 
-    def plugin_options(self) -> list[tuple[str, str]]:
-        """pgoutput options other than ``publication_names``, as (name, value) text."""
-        options = [("proto_version", str(self.effective_proto_version))]
+    def plugin_options(self, server_version: int | None = None) -> list[tuple[str, str]]:
+        """pgoutput options other than ``publication_names``, as (name, value) text.
+
+        ``server_version`` chooses the protocol version (see :meth:`protocol`).
+        """
+        options = [("proto_version", str(self.protocol(server_version)))]
         if self.binary:
             options.append(("binary", "true"))
         if self.messages:
             options.append(("messages", "true"))
         if self.streaming:
-            options.append(("streaming", "on"))
+            options.append(("streaming", "parallel" if self.streaming == "parallel" else "on"))
+        if self.two_phase:
+            options.append(("two_phase", "on"))
+        if self.origin is not None:
+            options.append(("origin", self.origin))
         return options
 
     @classmethod

@@ -148,6 +148,12 @@ class SlotInfo:
     ``rows_removed``, ``wal_level_insufficient``, 18: ``idle_timeout``); on
     older servers ``"wal_removed"`` when ``wal_status`` is ``lost`` and
     ``"rows_removed"`` for a conflicting slot (16), else None."""
+    failover: bool | None = None
+    """Whether the slot is a failover slot, copied to standbys (PostgreSQL 17+; else None)."""
+    synced: bool | None = None
+    """Whether this is a standby's copy of a primary's failover slot (17+; else None)."""
+    two_phase: bool | None = None
+    """Whether the slot decodes prepared transactions at PREPARE (15+; else None)."""
 
     @property
     def invalidated(self) -> bool:
@@ -158,7 +164,10 @@ class SlotInfo:
 # The insert position: under synchronous_commit=off the write position
 # (pg_current_wal_lsn) can sit before the last commit, hiding lag.
 _SLOTS_QUERY = """
-SELECT to_jsonb(pg_replication_slots) ->> 'invalidation_reason',
+SELECT (to_jsonb(pg_replication_slots) ->> 'failover')::bool,
+       (to_jsonb(pg_replication_slots) ->> 'synced')::bool,
+       (to_jsonb(pg_replication_slots) ->> 'two_phase')::bool,
+       to_jsonb(pg_replication_slots) ->> 'invalidation_reason',
        (to_jsonb(pg_replication_slots) ->> 'conflicting')::bool,
        slot_name, plugin, slot_type, database, temporary, active, active_pid,
        confirmed_flush_lsn::text, restart_lsn::text,
@@ -167,11 +176,13 @@ SELECT to_jsonb(pg_replication_slots) ->> 'invalidation_reason',
        wal_status
 FROM pg_catalog.pg_replication_slots
 """
-# The first two columns exist only on newer servers (invalidation_reason: 17+,
-# conflicting: 16+): read by name from the row as JSON, one query fits every version.
+# The first five columns exist only on newer servers (failover, synced,
+# invalidation_reason: 17+, conflicting: 16+, two_phase: 15+): read by name from
+# the row as JSON, one query fits every version.
 
 
 def _slot_info(row: Any) -> SlotInfo:
+    failover, synced, two_phase, *row = row
     reason, conflicting, name, plugin, slot_type, database, temporary, active, pid, *rest = row
     flush, restart, retained, lag, wal_status = rest
     if reason is None and wal_status == "lost":
@@ -192,6 +203,9 @@ def _slot_info(row: Any) -> SlotInfo:
         lag_bytes=lag,
         wal_status=wal_status,
         invalidation_reason=reason,
+        failover=failover,
+        synced=synced,
+        two_phase=two_phase,
     )
 
 
@@ -291,6 +305,7 @@ async def ensure_slot(
     temporary: bool,
     database: str,
     create_missing: bool = True,
+    failover: bool = False,
 ) -> LSN:
     """Create the slot (temporary, or persistent if missing) and return its confirmed LSN.
 
@@ -299,6 +314,10 @@ async def ensure_slot(
     exists is reused; the returned LSN is where streaming will start.  A
     missing persistent slot is created only with ``create_missing`` (a first
     start): a reader that already read the slot must not re-create it.
+
+    With ``failover`` (PostgreSQL 17+) a new slot is created with FAILOVER and
+    an existing one that is not a failover slot is altered to be one, so that
+    standbys with ``sync_replication_slots`` keep a copy of it.
 
     Raises:
         SlotLost: a persistent slot is missing and ``create_missing`` is false.
@@ -312,12 +331,17 @@ async def ensure_slot(
     if not temporary:
         info = await lookup_slot(conn, slot)
         if info is not None:
-            return _usable(info, slot, database, temporary=False)
+            confirmed = _usable(info, slot, database, temporary=False)
+            if failover and not info.failover:
+                await repl.execute(
+                    f"ALTER_REPLICATION_SLOT {quote_ident(slot)} (FAILOVER true)".encode()
+                )
+            return confirmed
         if not create_missing:
             raise SlotLost(slot)
     command = f"CREATE_REPLICATION_SLOT {quote_ident(slot)} "
     command += "TEMPORARY LOGICAL pgoutput" if temporary else "LOGICAL pgoutput"
-    command += " NOEXPORT_SNAPSHOT"
+    command += " (SNAPSHOT 'nothing', FAILOVER true)" if failover else " NOEXPORT_SNAPSHOT"
     try:
         cur = await repl.execute(command.encode())
     except pg_errors.DuplicateObject:

@@ -124,6 +124,8 @@ class ReplicationSession:
         self.phase = "connecting"
         #: Whether a missing persistent slot may be created (a first start only).
         self.create_missing = True
+        #: The server's ``server_version_num`` (known once connected).
+        self.server_version: int | None = None
 
     # ------------------------------------------------------------------ opening
 
@@ -141,7 +143,8 @@ class ReplicationSession:
         self.repl = await replication_connect(**kwargs)
         self.backend_pid = self.repl.pgconn.backend_pid
         _OWN_WALSENDERS[self.backend_pid] = self.repl
-        self.options.check_server(self.repl.info.server_version)
+        self.server_version = self.repl.info.server_version
+        self.options.check_server(self.server_version)
         self.phase = "checking the publications"
         await check_publications(
             self.meta,
@@ -194,11 +197,12 @@ class ReplicationSession:
             temporary=self.options.temporary,
             database=self.meta.info.dbname,
             create_missing=self.create_missing,
+            failover=self.options.failover,
         )
         self.acked = confirmed
         self.received = confirmed
         command = start_replication_command(
-            self.slot, self.publications, self.options.plugin_options()
+            self.slot, self.publications, self.options.plugin_options(self.server_version)
         )
         self.phase = "starting replication"
         try:
