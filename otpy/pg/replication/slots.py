@@ -306,6 +306,7 @@ async def ensure_slot(
     database: str,
     create_missing: bool = True,
     failover: bool = False,
+    two_phase: bool = False,
 ) -> LSN:
     """Create the slot (temporary, or persistent if missing) and return its confirmed LSN.
 
@@ -319,19 +320,32 @@ async def ensure_slot(
     an existing one that is not a failover slot is altered to be one, so that
     standbys with ``sync_replication_slots`` keep a copy of it.
 
+    A slot once read with ``two_phase`` stays two-phase (PostgreSQL keeps the
+    flag and sends prepared transactions at PREPARE even to a reader that did
+    not ask): without ``two_phase`` such a slot is refused, since its handler
+    would receive ``prepare`` changes it does not expect.
+
     Raises:
         SlotLost: a persistent slot is missing and ``create_missing`` is false.
         SlotInvalidated: the persistent slot exists but PostgreSQL invalidated it.
         SlotInUse: another session streams from the slot (or owns the
             temporary slot of that name).
-        SlotMismatch: the existing slot uses another plugin or database, or a
-            persistent slot exists where a temporary one was asked for.
+        SlotMismatch: the existing slot uses another plugin or database, a
+            persistent slot exists where a temporary one was asked for, or
+            the slot is two-phase and ``two_phase`` is off.
     """
     validate_slot_name(slot)
     if not temporary:
         info = await lookup_slot(conn, slot)
         if info is not None:
             confirmed = _usable(info, slot, database, temporary=False)
+            if info.two_phase and not two_phase:
+                raise SlotMismatch(
+                    f"replication slot {slot!r} decodes prepared transactions at PREPARE "
+                    f"(a reader enabled two_phase on it, and PostgreSQL keeps it): subscribe "
+                    f"with two_phase=True, or drop the slot (PostgreSQL 18: ALTER_REPLICATION_SLOT "
+                    f"with TWO_PHASE false, once no transaction is prepared)"
+                )
             if failover and not info.failover:
                 await repl.execute(
                     f"ALTER_REPLICATION_SLOT {quote_ident(slot)} (FAILOVER true)".encode()

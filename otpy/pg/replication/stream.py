@@ -210,6 +210,7 @@ class ReplicationSession:
             database=self.meta.info.dbname,
             create_missing=self.create_missing,
             failover=self.options.failover,
+            two_phase=self.options.two_phase,
         )
         self.acked = confirmed
         self.received = confirmed
