@@ -25,7 +25,16 @@ from otpy.child_spec import Backoff
 
 from .errors import InvalidOptions
 
-__all__ = ["ORIGINS", "PROTO_MIN_SERVER", "SLOT_TYPES", "STREAMING", "ReaderOptions"]
+__all__ = [
+    "GENERATED_COLUMNS",
+    "ORIGINS",
+    "PROTO_MIN_SERVER",
+    "SLOT_TYPES",
+    "STREAMING",
+    "PublicationSpec",
+    "PublishedTable",
+    "ReaderOptions",
+]
 
 #: ``temporary``: the slot lives as long as the replication session; changes
 #: made while the reader is disconnected are *not* replayed.  ``persistent``:
@@ -131,9 +140,108 @@ def _backoff(value: Any) -> Backoff:
     return value
 
 
-def _create_publication(value: Any) -> bool | tuple[str, ...]:
-    if isinstance(value, bool):
+#: ``publish_generated_columns`` values (PostgreSQL 18): True means ``"stored"``.
+GENERATED_COLUMNS = ("none", "stored")
+
+
+@attrs.frozen
+class PublishedTable:
+    """One table of a publication otpy creates, with its column list and row filter.
+
+    Attributes:
+        name: ``"table"`` or ``"schema.table"`` (quoted as identifiers).
+        columns: publish only these columns (quoted as identifiers); None = all.
+        where: a row filter, SQL passed to PostgreSQL **as given** (it is your
+            SQL, like a view's: never build it from untrusted input); None = all rows.
+    """
+
+    name: str
+    columns: tuple[str, ...] | None = None
+    where: str | None = None
+
+
+@attrs.frozen
+class PublicationSpec:
+    """The mapping form of ``create_publication``: tables and publication parameters.
+
+    Attributes:
+        tables: the tables, or None for ``FOR ALL TABLES``.
+        publish_via_partition_root: publish a partitioned table's changes as
+            the root's (``publish_via_partition_root``, PostgreSQL 13+).
+        publish_generated_columns: ``"stored"`` or ``"none"``
+            (``publish_generated_columns``, PostgreSQL 18).
+    """
+
+    tables: tuple[PublishedTable, ...] | None = None
+    publish_via_partition_root: bool | None = None
+    publish_generated_columns: str | None = None
+
+
+def _text(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise _bad(name, "a non-empty string without NUL", value)
+    return value
+
+
+def _published_table(name: Any, spec: Any) -> PublishedTable:
+    table = _text("create_publication.tables", name)
+    where = f"create_publication.tables[{table!r}]"
+    if spec is None:
+        return PublishedTable(table)
+    if not isinstance(spec, Mapping):
+        raise _bad(where, "None or a mapping with 'columns' and/or 'where'", spec)
+    unknown = set(spec) - {"columns", "where"}
+    if unknown:
+        raise _bad(where, "only the keys 'columns' and 'where'", sorted(map(str, unknown)))
+    columns = spec.get("columns")
+    if columns is not None:
+        if isinstance(columns, str | bytes) or not isinstance(columns, Sequence) or not columns:
+            raise _bad(f"{where}.columns", "a non-empty list of column names", columns)
+        columns = tuple(_text(f"{where}.columns", c) for c in columns)
+    row_filter = spec.get("where")
+    if row_filter is not None:
+        row_filter = _text(f"{where}.where", row_filter)
+    return PublishedTable(table, columns, row_filter)
+
+
+def _publication_spec(value: Mapping[Any, Any]) -> PublicationSpec:
+    known = {f.name for f in attrs.fields(PublicationSpec)}
+    unknown = [str(k) for k in value if k not in known]
+    if unknown:
+        raise _bad("create_publication", f"only the keys {', '.join(sorted(known))}", unknown)
+    tables = value.get("tables")
+    if tables is None:
+        parsed = None
+    elif isinstance(tables, Mapping) and tables:
+        parsed = tuple(_published_table(k, v) for k, v in tables.items())
+    elif isinstance(tables, Sequence) and not isinstance(tables, str | bytes) and tables:
+        parsed = tuple(_published_table(t, None) for t in tables)
+    else:
+        raise _bad(
+            "create_publication.tables",
+            "None (all tables), a non-empty list of names or a mapping name -> options",
+            tables,
+        )
+    root = value.get("publish_via_partition_root")
+    if root is not None and not isinstance(root, bool):
+        raise _bad("create_publication.publish_via_partition_root", "True or False", root)
+    generated = value.get("publish_generated_columns")
+    if isinstance(generated, bool):
+        generated = GENERATED_COLUMNS[generated]
+    if generated is not None and generated not in GENERATED_COLUMNS:
+        raise _bad(
+            "create_publication.publish_generated_columns",
+            "True, False, 'stored' or 'none'",
+            generated,
+        )
+    return PublicationSpec(parsed, root, generated)
+
+
+def _create_publication(value: Any) -> bool | tuple[str, ...] | PublicationSpec:
+    if isinstance(value, bool | PublicationSpec):
         return value
+    if isinstance(value, Mapping):
+        return _publication_spec(value)
     if (
         isinstance(value, str | bytes)
         or not isinstance(value, Sequence)
@@ -142,7 +250,8 @@ def _create_publication(value: Any) -> bool | tuple[str, ...]:
     ):
         raise _bad(
             "create_publication",
-            "True (FOR ALL TABLES), False, or a non-empty list of table names",
+            "True (FOR ALL TABLES), False, a non-empty list of table names, or a mapping "
+            "(see PublicationSpec)",
             value,
         )
     return tuple(value)
@@ -156,7 +265,11 @@ class ReaderOptions:
         slot_type: ``"temporary"`` (default) or ``"persistent"``; see
             :data:`SLOT_TYPES`.  Use persistent when no change may be lost.
         create_publication: create missing publications: ``True`` for
-            ``FOR ALL TABLES``, or a list of tables (``"t"``/``"schema.t"``).
+            ``FOR ALL TABLES``, a list of tables (``"t"``/``"schema.t"``), or
+            a mapping with ``tables`` (a list, or ``{name: {"columns": [...],
+            "where": "sql"}}``; absent: all tables),
+            ``publish_via_partition_root`` and ``publish_generated_columns``
+            (see :class:`PublicationSpec`).
         proto_version: pgoutput protocol 1-4, or None (default): the highest
             the server speaks (4 on PostgreSQL 16+, 3 on 15, 2 on 14), so
             every newer feature is available.  A pinned version is raised to
@@ -207,7 +320,7 @@ class ReaderOptions:
     """
 
     slot_type: str = attrs.field(default="temporary", validator=_slot_type)
-    create_publication: bool | tuple[str, ...] = attrs.field(
+    create_publication: bool | tuple[str, ...] | PublicationSpec = attrs.field(
         default=False, converter=_create_publication
     )
     proto_version: int | None = attrs.field(default=None, validator=_proto_version)

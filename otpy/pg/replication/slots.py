@@ -26,6 +26,7 @@ from psycopg import sql
 
 from .errors import (
     InvalidName,
+    InvalidOptions,
     PublicationMissing,
     SlotInUse,
     SlotInvalidated,
@@ -33,6 +34,7 @@ from .errors import (
     SlotMismatch,
 )
 from .lsn import LSN
+from .options import PublicationSpec
 
 __all__ = [
     "MAX_NAME_BYTES",
@@ -265,15 +267,18 @@ async def check_publications(
     conn: psycopg.AsyncConnection[Any],
     publications: Sequence[str],
     database: str,
-    create: bool | Sequence[str] = False,
+    create: bool | Sequence[str] | PublicationSpec = False,
 ) -> None:
     """Make sure every publication exists; create the missing ones if asked.
 
-    ``create`` is ``True`` (``FOR ALL TABLES``) or a list of tables
-    (``"table"`` or ``"schema.table"``) for ``FOR TABLE``.
+    ``create`` is ``True`` (``FOR ALL TABLES``), a list of tables
+    (``"table"`` or ``"schema.table"``) for ``FOR TABLE``, or a
+    :class:`~.options.PublicationSpec` (tables with column lists and row
+    filters, publication parameters).
 
     Raises:
         PublicationMissing: some do not exist and ``create`` is false.
+        InvalidOptions: the server is too old for a parameter of ``create``.
     """
     cur = await conn.execute(
         "SELECT pubname FROM pg_catalog.pg_publication WHERE pubname = ANY(%s)",
@@ -285,8 +290,10 @@ async def check_publications(
         return
     if not create:
         raise PublicationMissing(missing, database)
-    if create is True:
-        target: sql.Composable = sql.SQL("FOR ALL TABLES")
+    if isinstance(create, PublicationSpec):
+        target = _publication_target(create, conn.info.server_version)
+    elif create is True:
+        target = sql.SQL("FOR ALL TABLES")
     else:
         tables = [sql.Identifier(*t.split(".", 1)) for t in create]
         target = sql.SQL("FOR TABLE {}").format(sql.SQL(", ").join(tables))
@@ -295,6 +302,52 @@ async def check_publications(
             await conn.execute(
                 sql.SQL("CREATE PUBLICATION {} {}").format(sql.Identifier(name), target)
             )
+
+
+def _publication_target(spec: PublicationSpec, server_version: int) -> sql.Composable:
+    """``FOR ... [WITH (...)]`` of a :class:`PublicationSpec`: names quoted, filters as given.
+
+    Raises:
+        InvalidOptions: the server is too old for a parameter (row filters and
+            column lists: PostgreSQL 15; ``publish_generated_columns``: 18).
+    """
+
+    def needs(what: str, least: int) -> None:
+        if server_version < least:
+            raise InvalidOptions(
+                f"create_publication: {what} needs PostgreSQL {least // 10000} or later, the "
+                f"server runs {server_version // 10000}; drop it or create the publication yourself"
+            )
+
+    if spec.tables is None:
+        target: sql.Composable = sql.SQL("FOR ALL TABLES")
+    else:
+        parts = []
+        for table in spec.tables:
+            part: sql.Composable = sql.Identifier(*table.name.split(".", 1))
+            if table.columns is not None:
+                needs("a column list", 150000)
+                columns = sql.SQL(", ").join(map(sql.Identifier, table.columns))
+                part = sql.SQL("{} ({})").format(part, columns)
+            if table.where is not None:
+                needs("a row filter (where)", 150000)
+                part = sql.SQL("{} WHERE ({})").format(part, sql.SQL(table.where))
+            parts.append(part)
+        target = sql.SQL("FOR TABLE {}").format(sql.SQL(", ").join(parts))
+    params = []
+    if spec.publish_via_partition_root is not None:
+        value = "true" if spec.publish_via_partition_root else "false"
+        params.append(sql.SQL("publish_via_partition_root = {}").format(sql.SQL(value)))
+    if spec.publish_generated_columns is not None:
+        needs("publish_generated_columns", 180000)
+        params.append(
+            sql.SQL("publish_generated_columns = {}").format(
+                sql.SQL(spec.publish_generated_columns)
+            )
+        )
+    if params:
+        target = sql.SQL("{} WITH ({})").format(target, sql.SQL(", ").join(params))
+    return target
 
 
 async def ensure_slot(
