@@ -307,9 +307,12 @@ class ReaderOptions:
         queue_size: batches buffered between the socket reader and the handler;
             when full the socket is no longer read (backpressure).
         restart_backoff: delay between restarts of a crashed reader
-            (exponential, capped), and between standby attempts.
+            (exponential, capped).
         standby: when the slot is active elsewhere, wait and take over when it
-            is freed instead of failing.
+            is freed instead of failing: the standby waits on an advisory lock
+            the active reader holds, so it takes over within about a second
+            of the slot being freed (see
+            :meth:`~otpy.pg.replication.stream.ReplicationSession.take_over`).
         shutdown_timeout: seconds ``unsubscribe`` allows for a clean stop
             (final acknowledgement, slot release) before cancelling.
         connect_timeout: seconds a reader may take to start: connect, check
