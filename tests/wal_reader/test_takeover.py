@@ -19,8 +19,8 @@ from wr_helpers import Recorder, drop_slot_when_free, execute, published_table, 
 
 from otpy import Ref
 from otpy.pg import wal_reader
-from otpy.pg.connection import replication_connect, start_copy_both
-from otpy.pg.replication.stream import TAKEOVER_POLL
+from otpy.pg.connection import TrioConnection, replication_connect, start_copy_both
+from otpy.pg.replication.stream import SLOT_LOCK_CLASS, TAKEOVER_POLL
 
 #: What the issue asks: the standby delivers within a second of the slot being freed.
 TAKEOVER_TARGET = 1.0
@@ -92,4 +92,35 @@ async def test_a_standby_queued_behind_another_takes_over_when_the_slot_is_freed
         assert trio.current_time() - freed <= TAKEOVER_POLL + 1
     finally:
         await wal_reader.unsubscribe(ref)
+        await drop_slot_when_free(module_dsn, slot)
+
+
+async def test_a_lock_held_by_a_vanished_session_delays_the_takeover_by_a_second_at_most(
+    module_dsn: str, tk: str, readers: Ref
+) -> None:
+    # A machine that vanished: its walsender is gone (PostgreSQL frees the slot
+    # after wal_sender_timeout) but its normal session still holds the lock.
+    slot = unique("takeover_zombie")
+    await execute(module_dsn, f"SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')")
+    zombie = await TrioConnection.connect(module_dsn, autocommit=True)
+    await zombie.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", [SLOT_LOCK_CLASS, slot])
+    other = await replication_connect(module_dsn)
+    await start_copy_both(
+        other,
+        f"START_REPLICATION SLOT {slot} LOGICAL 0/0 (proto_version '1', publication_names '{tk}')",
+    )
+    ref = await wal_reader.subscribe(
+        Recorder(), module_dsn, slot, [tk], {"slot_type": "persistent", "standby": True}
+    )
+    try:
+        freed = trio.current_time()
+        await other.close()
+        with trio.fail_after(TAKEOVER_POLL + 5):
+            await ref.wait_streaming()
+        took = trio.current_time() - freed
+        print(f"standby takeover with the lock held elsewhere: {took * 1000:.0f} ms")
+        assert took <= TAKEOVER_POLL + 1
+    finally:
+        await wal_reader.unsubscribe(ref)
+        await zombie.close()
         await drop_slot_when_free(module_dsn, slot)
