@@ -463,18 +463,11 @@ class WalReader(GenServer):
             await self.session.close(final_ack=False, release_timeout=0)
 
     async def _standby(self) -> None:
-        backoff = self.subscription.options.restart_backoff
         self._stream_started = True  # terminate must wait for this task too
         try:
             with trio.CancelScope() as scope:  # cancelled by terminate
                 self._scope = scope
-                for attempt in itertools.count(1):
-                    await trio.sleep(backoff.delay(attempt))
-                    try:
-                        await self._bounded(self.session.start)
-                        break
-                    except SlotInUse:
-                        pass
+                await self.session.take_over(functools.partial(self._bounded, self.session.start))
         except ChangesLost as exc:
             self._stop_for_good(exc)
             self._stream_done.set()

@@ -27,14 +27,19 @@ from .lsn import LSN
 from .pgoutput import (
     UNCHANGED_TOAST,
     Begin,
+    BeginPrepare,
     Commit,
+    CommitPrepared,
     Delete,
     Insert,
     Message,
     PgOutputMessage,
+    Prepare,
     Relation,
+    RollbackPrepared,
     StreamAbort,
     StreamCommit,
+    StreamPrepare,
     StreamStart,
     StreamStop,
     Truncate,
@@ -50,7 +55,16 @@ _ZERO = LSN(0)
 _NOTHING: list[ChangeBatch] = []
 
 #: The values of :attr:`Change.op`.
-OPS = ("insert", "update", "delete", "truncate", "message")
+OPS = (
+    "insert",
+    "update",
+    "delete",
+    "truncate",
+    "message",
+    "prepare",
+    "commit_prepared",
+    "rollback_prepared",
+)
 
 
 @attrs.frozen(slots=True)
@@ -74,6 +88,10 @@ class Change:
     * ``message``: a ``pg_logical_emit_message`` (option ``messages``):
       ``table`` is the prefix, ``data`` the content (bytes), ``detail`` has
       ``transactional``.
+    * ``prepare``, ``commit_prepared``, ``rollback_prepared`` (option
+      ``two_phase`` only): ``data`` is the transaction's GID, ``table`` ``""``.
+      ``prepare`` ends the changes of a prepared transaction; the outcome
+      arrives later in a batch of its own (docs/replication.md, Two-phase).
 
     Attributes:
         schema: the table's schema (``""`` for messages).
@@ -271,8 +289,46 @@ class TransactionAssembler:
         if kind is StreamCommit:
             assert isinstance(msg, StreamCommit)
             return self._stream_commit(msg)
-        # Origin and two-phase messages: nothing to deliver (two_phase is never enabled).
+        if kind is BeginPrepare or kind is Prepare or kind is StreamPrepare:
+            return self._prepare(msg)  # type: ignore[arg-type]
+        if kind is CommitPrepared or kind is RollbackPrepared:
+            return [_finish_prepared(msg)]  # type: ignore[arg-type]
+        # Origin: nothing to deliver.
         return []
+
+    def _prepare(self, msg: BeginPrepare | Prepare | StreamPrepare) -> list[ChangeBatch]:
+        """Two-phase (option ``two_phase``): a prepared transaction is delivered at PREPARE.
+
+        Its changes arrive like a transaction's, the final batch ending with a
+        ``"prepare"`` change (``data`` = the GID), acknowledged at the
+        prepare's end; :func:`_finish_prepared` delivers the later outcome.
+        """
+        if isinstance(msg, BeginPrepare):
+            self._txn = _Txn(msg.xid, msg.prepare_lsn, msg.prepare_time)
+            return []
+        marker = Change(
+            "",
+            "prepare",
+            msg.gid,
+            None,
+            "",
+            msg.prepare_lsn,
+            msg.prepare_lsn,
+            msg.xid,
+            msg.prepare_time,
+            {"gid": msg.gid},
+        )
+        if isinstance(msg, StreamPrepare):
+            self._streams.setdefault(msg.xid, []).append((None, marker))
+            commit = StreamCommit(
+                msg.xid, msg.flags, msg.prepare_lsn, msg.end_lsn, msg.prepare_time
+            )
+            return self._stream_commit(commit)
+        txn = self._txn or _Txn(msg.xid, msg.prepare_lsn, msg.prepare_time)
+        self._txn = None
+        out = [*self._append(txn, marker)]
+        out.append(self._batch(txn, txn.changes, final=True, end_lsn=msg.end_lsn))
+        return out
 
     # ------------------------------------------------------------------ helpers
 
@@ -426,3 +482,20 @@ class TransactionAssembler:
             final = start + limit >= len(changes)
             out.append(self._batch(txn, part, final=final, end_lsn=msg.end_lsn if final else _ZERO))
         return out
+
+
+def _finish_prepared(msg: CommitPrepared | RollbackPrepared) -> ChangeBatch:
+    """A prepared transaction's outcome: one ``commit_prepared`` or ``rollback_prepared``."""
+    if isinstance(msg, CommitPrepared):
+        op, lsn, end, when = "commit_prepared", msg.commit_lsn, msg.end_lsn, msg.commit_time
+    else:
+        op, lsn, end, when = (
+            "rollback_prepared",
+            msg.rollback_end_lsn,
+            msg.rollback_end_lsn,
+            msg.rollback_time,
+        )
+    change = Change("", op, msg.gid, None, "", lsn, lsn, msg.xid, when, {"gid": msg.gid})
+    return ChangeBatch(
+        [change], final=True, chunk=0, xid=msg.xid, commit_lsn=lsn, end_lsn=end, commit_time=when
+    )

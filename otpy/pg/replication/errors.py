@@ -102,7 +102,11 @@ class InvalidOptions(ReplicationError, ValueError):
     """Reader options with an unknown key, a value of the wrong type or out of range.
 
     The message names the option and the value.  Also raised when the server
-    is too old for an option (``proto_version`` 4 needs PostgreSQL 16).
+    is too old for an option (``proto_version`` 4 and ``streaming="parallel"``
+    need PostgreSQL 16, ``two_phase`` 15, ``origin`` 16, ``failover`` 17, a
+    ``create_publication`` row filter or column list 15,
+    ``publish_generated_columns`` 18), naming both versions: drop the option
+    or upgrade the server.
     """
 
 

@@ -25,7 +25,16 @@ from otpy.child_spec import Backoff
 
 from .errors import InvalidOptions
 
-__all__ = ["PROTO_MIN_SERVER", "SLOT_TYPES", "ReaderOptions"]
+__all__ = [
+    "GENERATED_COLUMNS",
+    "ORIGINS",
+    "PROTO_MIN_SERVER",
+    "SLOT_TYPES",
+    "STREAMING",
+    "PublicationSpec",
+    "PublishedTable",
+    "ReaderOptions",
+]
 
 #: ``temporary``: the slot lives as long as the replication session; changes
 #: made while the reader is disconnected are *not* replayed.  ``persistent``:
@@ -36,6 +45,22 @@ SLOT_TYPES = ("temporary", "persistent")
 #: pgoutput protocol version -> the oldest PostgreSQL (``server_version_num``)
 #: that speaks it.  The reader checks it when it connects.
 PROTO_MIN_SERVER = {1: 100000, 2: 140000, 3: 150000, 4: 160000}
+
+#: Values of the ``streaming`` option: off, on, or ``"parallel"`` (PostgreSQL 16+).
+STREAMING = (False, True, "parallel")
+
+#: Values of the ``origin`` option (PostgreSQL 16+): ``"any"`` sends every
+#: change, ``"none"`` only those made without a replication origin.
+ORIGINS = ("any", "none")
+
+#: Option -> (the oldest ``server_version_num`` that has it, the least protocol it needs).
+_FEATURES = {
+    "streaming": (140000, 2),
+    "streaming='parallel'": (160000, 4),
+    "two_phase": (150000, 3),
+    "origin": (160000, 1),
+    "failover": (170000, 1),
+}
 
 
 def _number(value: Any) -> bool:
@@ -75,9 +100,25 @@ def _slot_type(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
 
 
 def _proto_version(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
     if isinstance(value, bool) or not isinstance(value, int) or value not in PROTO_MIN_SERVER:
         versions = ", ".join(map(str, PROTO_MIN_SERVER))
-        raise _bad(attribute.name, f"an integer among {versions}", value)
+        raise _bad(
+            attribute.name, f"None (the highest the server speaks) or one of {versions}", value
+        )
+
+
+def _streaming(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not any(
+        value is choice or (isinstance(value, str) and value == choice) for choice in STREAMING
+    ):
+        raise _bad(attribute.name, "True, False or 'parallel'", value)
+
+
+def _origin(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or value not in ORIGINS):
+        raise _bad(attribute.name, "None (the server's default, any), 'any' or 'none'", value)
 
 
 def _backoff(value: Any) -> Backoff:
@@ -95,9 +136,108 @@ def _backoff(value: Any) -> Backoff:
     return value
 
 
-def _create_publication(value: Any) -> bool | tuple[str, ...]:
-    if isinstance(value, bool):
+#: ``publish_generated_columns`` values (PostgreSQL 18): True means ``"stored"``.
+GENERATED_COLUMNS = ("none", "stored")
+
+
+@attrs.frozen
+class PublishedTable:
+    """One table of a publication otpy creates, with its column list and row filter.
+
+    Attributes:
+        name: ``"table"`` or ``"schema.table"`` (quoted as identifiers).
+        columns: publish only these columns (quoted as identifiers); None = all.
+        where: a row filter, SQL passed to PostgreSQL **as given** (it is your
+            SQL, like a view's: never build it from untrusted input); None = all rows.
+    """
+
+    name: str
+    columns: tuple[str, ...] | None = None
+    where: str | None = None
+
+
+@attrs.frozen
+class PublicationSpec:
+    """The mapping form of ``create_publication``: tables and publication parameters.
+
+    Attributes:
+        tables: the tables, or None for ``FOR ALL TABLES``.
+        publish_via_partition_root: publish a partitioned table's changes as
+            the root's (``publish_via_partition_root``, PostgreSQL 13+).
+        publish_generated_columns: ``"stored"`` or ``"none"``
+            (``publish_generated_columns``, PostgreSQL 18).
+    """
+
+    tables: tuple[PublishedTable, ...] | None = None
+    publish_via_partition_root: bool | None = None
+    publish_generated_columns: str | None = None
+
+
+def _text(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise _bad(name, "a non-empty string without NUL", value)
+    return value
+
+
+def _published_table(name: Any, spec: Any) -> PublishedTable:
+    table = _text("create_publication.tables", name)
+    where = f"create_publication.tables[{table!r}]"
+    if spec is None:
+        return PublishedTable(table)
+    if not isinstance(spec, Mapping):
+        raise _bad(where, "None or a mapping with 'columns' and/or 'where'", spec)
+    unknown = set(spec) - {"columns", "where"}
+    if unknown:
+        raise _bad(where, "only the keys 'columns' and 'where'", sorted(map(str, unknown)))
+    columns = spec.get("columns")
+    if columns is not None:
+        if isinstance(columns, str | bytes) or not isinstance(columns, Sequence) or not columns:
+            raise _bad(f"{where}.columns", "a non-empty list of column names", columns)
+        columns = tuple(_text(f"{where}.columns", c) for c in columns)
+    row_filter = spec.get("where")
+    if row_filter is not None:
+        row_filter = _text(f"{where}.where", row_filter)
+    return PublishedTable(table, columns, row_filter)
+
+
+def _publication_spec(value: Mapping[Any, Any]) -> PublicationSpec:
+    known = {f.name for f in attrs.fields(PublicationSpec)}
+    unknown = [str(k) for k in value if k not in known]
+    if unknown:
+        raise _bad("create_publication", f"only the keys {', '.join(sorted(known))}", unknown)
+    tables = value.get("tables")
+    if tables is None:
+        parsed = None
+    elif isinstance(tables, Mapping) and tables:
+        parsed = tuple(_published_table(k, v) for k, v in tables.items())
+    elif isinstance(tables, Sequence) and not isinstance(tables, str | bytes) and tables:
+        parsed = tuple(_published_table(t, None) for t in tables)
+    else:
+        raise _bad(
+            "create_publication.tables",
+            "None (all tables), a non-empty list of names or a mapping name -> options",
+            tables,
+        )
+    root = value.get("publish_via_partition_root")
+    if root is not None and not isinstance(root, bool):
+        raise _bad("create_publication.publish_via_partition_root", "True or False", root)
+    generated = value.get("publish_generated_columns")
+    if isinstance(generated, bool):
+        generated = GENERATED_COLUMNS[generated]
+    if generated is not None and generated not in GENERATED_COLUMNS:
+        raise _bad(
+            "create_publication.publish_generated_columns",
+            "True, False, 'stored' or 'none'",
+            generated,
+        )
+    return PublicationSpec(parsed, root, generated)
+
+
+def _create_publication(value: Any) -> bool | tuple[str, ...] | PublicationSpec:
+    if isinstance(value, bool | PublicationSpec):
         return value
+    if isinstance(value, Mapping):
+        return _publication_spec(value)
     if (
         isinstance(value, str | bytes)
         or not isinstance(value, Sequence)
@@ -106,7 +246,8 @@ def _create_publication(value: Any) -> bool | tuple[str, ...]:
     ):
         raise _bad(
             "create_publication",
-            "True (FOR ALL TABLES), False, or a non-empty list of table names",
+            "True (FOR ALL TABLES), False, a non-empty list of table names, or a mapping "
+            "(see PublicationSpec)",
             value,
         )
     return tuple(value)
@@ -120,16 +261,40 @@ class ReaderOptions:
         slot_type: ``"temporary"`` (default) or ``"persistent"``; see
             :data:`SLOT_TYPES`.  Use persistent when no change may be lost.
         create_publication: create missing publications: ``True`` for
-            ``FOR ALL TABLES``, or a list of tables (``"t"``/``"schema.t"``).
-        proto_version: pgoutput protocol 1-4 (streaming needs >= 2; raised
-            automatically when ``streaming`` is on).  Each needs a server
-            recent enough (:data:`PROTO_MIN_SERVER`: 2 needs PostgreSQL 14, 3
-            needs 15, 4 needs 16); the reader checks when it connects.
+            ``FOR ALL TABLES``, a list of tables (``"t"``/``"schema.t"``), or
+            a mapping with ``tables`` (a list, or ``{name: {"columns": [...],
+            "where": "sql"}}``; absent: all tables),
+            ``publish_via_partition_root`` and ``publish_generated_columns``
+            (see :class:`PublicationSpec`).
+        proto_version: pgoutput protocol 1-4, or None (default): the highest
+            the server speaks (4 on PostgreSQL 16+, 3 on 15, 2 on 14), so
+            every newer feature is available.  A pinned version is raised to
+            what the options need (``streaming``: 2, ``two_phase``: 3,
+            ``streaming="parallel"``: 4).  Each needs a server recent enough
+            (:data:`PROTO_MIN_SERVER`); the reader checks when it connects.
         binary: ask pgoutput for binary values (faster to decode for many types).
         messages: deliver ``pg_logical_emit_message`` messages (op ``"message"``).
         streaming: let the server stream large in-progress transactions
             (less server-side spilling); the reader keeps them until their
             commit and delivers them then, chunked like any transaction.
+            ``True``, ``False`` or ``"parallel"`` (PostgreSQL 16+, protocol 4:
+            the server may interleave several streamed transactions and says
+            where each aborted); delivered exactly as with ``True``.
+        two_phase: decode prepared transactions at PREPARE TRANSACTION
+            (PostgreSQL 15+): their changes arrive then, the final batch
+            ending with a ``"prepare"`` change, and a later batch holds one
+            ``"commit_prepared"`` or ``"rollback_prepared"`` change (see
+            docs/replication.md).  Off, a prepared transaction arrives whole
+            at COMMIT PREPARED like any commit.  PostgreSQL keeps the slot
+            two-phase once a reader enabled it.
+        origin: ``"none"`` sends only changes made without a replication
+            origin (skip what another replication applied: loop-free two-way
+            sync), ``"any"`` every change; None (default) leaves the server's
+            default (any).  PostgreSQL 16+.
+        failover: create the persistent slot as a failover slot (PostgreSQL
+            17+), or mark an existing one, so that standbys with
+            ``sync_replication_slots`` keep a copy a promoted standby can
+            stream from (see docs/operations.md).
         status_interval: seconds between standby status updates; keep it well
             below the server's ``wal_sender_timeout``.
         max_batch_size: a transaction with more changes is delivered in chunks
@@ -138,9 +303,12 @@ class ReaderOptions:
         queue_size: batches buffered between the socket reader and the handler;
             when full the socket is no longer read (backpressure).
         restart_backoff: delay between restarts of a crashed reader
-            (exponential, capped), and between standby attempts.
+            (exponential, capped).
         standby: when the slot is active elsewhere, wait and take over when it
-            is freed instead of failing.
+            is freed instead of failing: the standby waits on an advisory lock
+            the active reader holds, so it takes over within about a second
+            of the slot being freed (see
+            :meth:`~otpy.pg.replication.stream.ReplicationSession.take_over`).
         shutdown_timeout: seconds ``unsubscribe`` allows for a clean stop
             (final acknowledgement, slot release) before cancelling.
         connect_timeout: seconds a reader may take to start: connect, check
@@ -151,13 +319,13 @@ class ReaderOptions:
     """
 
     slot_type: str = attrs.field(default="temporary", validator=_slot_type)
-    create_publication: bool | tuple[str, ...] = attrs.field(
+    create_publication: bool | tuple[str, ...] | PublicationSpec = attrs.field(
         default=False, converter=_create_publication
     )
-    proto_version: int = attrs.field(default=1, validator=_proto_version)
+    proto_version: int | None = attrs.field(default=None, validator=_proto_version)
     binary: bool = attrs.field(default=False, validator=_flag)
     messages: bool = attrs.field(default=False, validator=_flag)
-    streaming: bool = attrs.field(default=False, validator=_flag)
+    streaming: bool | str = attrs.field(default=False, validator=_streaming)
     status_interval: float = attrs.field(default=10.0, validator=_seconds)
     max_batch_size: int | None = attrs.field(default=5000, validator=_count(allow_none=True))
     queue_size: int = attrs.field(default=4, validator=_count(allow_none=False))
@@ -167,42 +335,95 @@ class ReaderOptions:
     standby: bool = attrs.field(default=False, validator=_flag)
     shutdown_timeout: float = attrs.field(default=10.0, validator=_seconds)
     connect_timeout: float = attrs.field(default=30.0, validator=_seconds)
+    two_phase: bool = attrs.field(default=False, validator=_flag)
+    origin: str | None = attrs.field(default=None, validator=_origin)
+    failover: bool = attrs.field(default=False, validator=_flag)
+
+    def __attrs_post_init__(self) -> None:
+        if self.failover and self.temporary:
+            raise InvalidOptions(
+                "failover: a temporary slot cannot fail over (it dies with its session); "
+                "use slot_type='persistent' with failover=True"
+            )
 
     @property
     def temporary(self) -> bool:
         """Whether the slot is temporary (dropped when the session ends)."""
         return self.slot_type == "temporary"
 
-    @property
-    def effective_proto_version(self) -> int:
-        """The protocol version sent: at least 2 when streaming is on."""
-        return max(self.proto_version, 2) if self.streaming else self.proto_version
+    def _features(self) -> list[str]:
+        """The options in use that need a newer server or protocol (keys of ``_FEATURES``)."""
+        used = []
+        if self.streaming == "parallel":
+            used.append("streaming='parallel'")
+        elif self.streaming:
+            used.append("streaming")
+        if self.two_phase:
+            used.append("two_phase")
+        if self.origin is not None:
+            used.append("origin")
+        if self.failover:
+            used.append("failover")
+        return used
+
+    def protocol(self, server_version: int | None = None) -> int:
+        """The pgoutput protocol version to ask for.
+
+        Pinned (``proto_version``): that version, raised to what the options
+        need.  Not pinned: the highest the server speaks when
+        ``server_version`` (``server_version_num``) is known, else the least
+        the options need.
+        """
+        needed = max((_FEATURES[f][1] for f in self._features()), default=1)
+        if self.proto_version is not None:
+            return max(self.proto_version, needed)
+        if server_version is None:
+            return needed
+        spoken = [v for v, least in PROTO_MIN_SERVER.items() if least <= server_version]
+        return max(max(spoken, default=1), needed)
 
     def check_server(self, server_version: int) -> None:
         """Refuse options the server cannot honour (``server_version_num``, e.g. 150004).
 
         Raises:
-            InvalidOptions: the protocol version is newer than the server.
+            InvalidOptions: an option (or the pinned protocol version) needs a
+                newer server; the message names the option, both versions and
+                what to do.
         """
-        proto = self.effective_proto_version
+        running = _version(server_version)
+        for feature in self._features():
+            least = _FEATURES[feature][0]
+            if server_version < least:
+                raise InvalidOptions(
+                    f"{feature} needs PostgreSQL {least // 10000} or later, the server runs "
+                    f"{running}; drop the option or upgrade the server"
+                )
+        proto = self.protocol(server_version)
         needed = PROTO_MIN_SERVER[proto]
         if server_version < needed:
             usable = [v for v, least in PROTO_MIN_SERVER.items() if least <= server_version]
             raise InvalidOptions(
                 f"proto_version: pgoutput protocol {proto} needs PostgreSQL "
-                f"{needed // 10000} or later, the server runs {_version(server_version)}; "
+                f"{needed // 10000} or later, the server runs {running}; "
                 f"use proto_version {max(usable, default=1)} or lower"
             )
 
-    def plugin_options(self) -> list[tuple[str, str]]:
-        """pgoutput options other than ``publication_names``, as (name, value) text."""
-        options = [("proto_version", str(self.effective_proto_version))]
+    def plugin_options(self, server_version: int | None = None) -> list[tuple[str, str]]:
+        """pgoutput options other than ``publication_names``, as (name, value) text.
+
+        ``server_version`` chooses the protocol version (see :meth:`protocol`).
+        """
+        options = [("proto_version", str(self.protocol(server_version)))]
         if self.binary:
             options.append(("binary", "true"))
         if self.messages:
             options.append(("messages", "true"))
         if self.streaming:
-            options.append(("streaming", "on"))
+            options.append(("streaming", "parallel" if self.streaming == "parallel" else "on"))
+        if self.two_phase:
+            options.append(("two_phase", "on"))
+        if self.origin is not None:
+            options.append(("origin", self.origin))
         return options
 
     @classmethod

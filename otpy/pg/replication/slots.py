@@ -26,6 +26,7 @@ from psycopg import sql
 
 from .errors import (
     InvalidName,
+    InvalidOptions,
     PublicationMissing,
     SlotInUse,
     SlotInvalidated,
@@ -33,6 +34,7 @@ from .errors import (
     SlotMismatch,
 )
 from .lsn import LSN
+from .options import PublicationSpec
 
 __all__ = [
     "MAX_NAME_BYTES",
@@ -148,6 +150,12 @@ class SlotInfo:
     ``rows_removed``, ``wal_level_insufficient``, 18: ``idle_timeout``); on
     older servers ``"wal_removed"`` when ``wal_status`` is ``lost`` and
     ``"rows_removed"`` for a conflicting slot (16), else None."""
+    failover: bool | None = None
+    """Whether the slot is a failover slot, copied to standbys (PostgreSQL 17+; else None)."""
+    synced: bool | None = None
+    """Whether this is a standby's copy of a primary's failover slot (17+; else None)."""
+    two_phase: bool | None = None
+    """Whether the slot decodes prepared transactions at PREPARE (15+; else None)."""
 
     @property
     def invalidated(self) -> bool:
@@ -158,7 +166,10 @@ class SlotInfo:
 # The insert position: under synchronous_commit=off the write position
 # (pg_current_wal_lsn) can sit before the last commit, hiding lag.
 _SLOTS_QUERY = """
-SELECT to_jsonb(pg_replication_slots) ->> 'invalidation_reason',
+SELECT (to_jsonb(pg_replication_slots) ->> 'failover')::bool,
+       (to_jsonb(pg_replication_slots) ->> 'synced')::bool,
+       (to_jsonb(pg_replication_slots) ->> 'two_phase')::bool,
+       to_jsonb(pg_replication_slots) ->> 'invalidation_reason',
        (to_jsonb(pg_replication_slots) ->> 'conflicting')::bool,
        slot_name, plugin, slot_type, database, temporary, active, active_pid,
        confirmed_flush_lsn::text, restart_lsn::text,
@@ -167,11 +178,13 @@ SELECT to_jsonb(pg_replication_slots) ->> 'invalidation_reason',
        wal_status
 FROM pg_catalog.pg_replication_slots
 """
-# The first two columns exist only on newer servers (invalidation_reason: 17+,
-# conflicting: 16+): read by name from the row as JSON, one query fits every version.
+# The first five columns exist only on newer servers (failover, synced,
+# invalidation_reason: 17+, conflicting: 16+, two_phase: 15+): read by name from
+# the row as JSON, one query fits every version.
 
 
 def _slot_info(row: Any) -> SlotInfo:
+    failover, synced, two_phase, *row = row
     reason, conflicting, name, plugin, slot_type, database, temporary, active, pid, *rest = row
     flush, restart, retained, lag, wal_status = rest
     if reason is None and wal_status == "lost":
@@ -192,6 +205,9 @@ def _slot_info(row: Any) -> SlotInfo:
         lag_bytes=lag,
         wal_status=wal_status,
         invalidation_reason=reason,
+        failover=failover,
+        synced=synced,
+        two_phase=two_phase,
     )
 
 
@@ -251,15 +267,18 @@ async def check_publications(
     conn: psycopg.AsyncConnection[Any],
     publications: Sequence[str],
     database: str,
-    create: bool | Sequence[str] = False,
+    create: bool | Sequence[str] | PublicationSpec = False,
 ) -> None:
     """Make sure every publication exists; create the missing ones if asked.
 
-    ``create`` is ``True`` (``FOR ALL TABLES``) or a list of tables
-    (``"table"`` or ``"schema.table"``) for ``FOR TABLE``.
+    ``create`` is ``True`` (``FOR ALL TABLES``), a list of tables
+    (``"table"`` or ``"schema.table"``) for ``FOR TABLE``, or a
+    :class:`~.options.PublicationSpec` (tables with column lists and row
+    filters, publication parameters).
 
     Raises:
         PublicationMissing: some do not exist and ``create`` is false.
+        InvalidOptions: the server is too old for a parameter of ``create``.
     """
     cur = await conn.execute(
         "SELECT pubname FROM pg_catalog.pg_publication WHERE pubname = ANY(%s)",
@@ -271,8 +290,10 @@ async def check_publications(
         return
     if not create:
         raise PublicationMissing(missing, database)
-    if create is True:
-        target: sql.Composable = sql.SQL("FOR ALL TABLES")
+    if isinstance(create, PublicationSpec):
+        target = _publication_target(create, conn.info.server_version)
+    elif create is True:
+        target = sql.SQL("FOR ALL TABLES")
     else:
         tables = [sql.Identifier(*t.split(".", 1)) for t in create]
         target = sql.SQL("FOR TABLE {}").format(sql.SQL(", ").join(tables))
@@ -283,6 +304,52 @@ async def check_publications(
             )
 
 
+def _publication_target(spec: PublicationSpec, server_version: int) -> sql.Composable:
+    """``FOR ... [WITH (...)]`` of a :class:`PublicationSpec`: names quoted, filters as given.
+
+    Raises:
+        InvalidOptions: the server is too old for a parameter (row filters and
+            column lists: PostgreSQL 15; ``publish_generated_columns``: 18).
+    """
+
+    def needs(what: str, least: int) -> None:
+        if server_version < least:
+            raise InvalidOptions(
+                f"create_publication: {what} needs PostgreSQL {least // 10000} or later, the "
+                f"server runs {server_version // 10000}; drop it or create the publication yourself"
+            )
+
+    if spec.tables is None:
+        target: sql.Composable = sql.SQL("FOR ALL TABLES")
+    else:
+        parts = []
+        for table in spec.tables:
+            part: sql.Composable = sql.Identifier(*table.name.split(".", 1))
+            if table.columns is not None:
+                needs("a column list", 150000)
+                columns = sql.SQL(", ").join(map(sql.Identifier, table.columns))
+                part = sql.SQL("{} ({})").format(part, columns)
+            if table.where is not None:
+                needs("a row filter (where)", 150000)
+                part = sql.SQL("{} WHERE ({})").format(part, sql.SQL(table.where))
+            parts.append(part)
+        target = sql.SQL("FOR TABLE {}").format(sql.SQL(", ").join(parts))
+    params = []
+    if spec.publish_via_partition_root is not None:
+        value = "true" if spec.publish_via_partition_root else "false"
+        params.append(sql.SQL("publish_via_partition_root = {}").format(sql.SQL(value)))
+    if spec.publish_generated_columns is not None:
+        needs("publish_generated_columns", 180000)
+        params.append(
+            sql.SQL("publish_generated_columns = {}").format(
+                sql.SQL(spec.publish_generated_columns)
+            )
+        )
+    if params:
+        target = sql.SQL("{} WITH ({})").format(target, sql.SQL(", ").join(params))
+    return target
+
+
 async def ensure_slot(
     repl: psycopg.AsyncConnection[Any],
     conn: psycopg.AsyncConnection[Any],
@@ -291,6 +358,8 @@ async def ensure_slot(
     temporary: bool,
     database: str,
     create_missing: bool = True,
+    failover: bool = False,
+    two_phase: bool = False,
 ) -> LSN:
     """Create the slot (temporary, or persistent if missing) and return its confirmed LSN.
 
@@ -300,24 +369,46 @@ async def ensure_slot(
     missing persistent slot is created only with ``create_missing`` (a first
     start): a reader that already read the slot must not re-create it.
 
+    With ``failover`` (PostgreSQL 17+) a new slot is created with FAILOVER and
+    an existing one that is not a failover slot is altered to be one, so that
+    standbys with ``sync_replication_slots`` keep a copy of it.
+
+    A slot once read with ``two_phase`` stays two-phase (PostgreSQL keeps the
+    flag and sends prepared transactions at PREPARE even to a reader that did
+    not ask): without ``two_phase`` such a slot is refused, since its handler
+    would receive ``prepare`` changes it does not expect.
+
     Raises:
         SlotLost: a persistent slot is missing and ``create_missing`` is false.
         SlotInvalidated: the persistent slot exists but PostgreSQL invalidated it.
         SlotInUse: another session streams from the slot (or owns the
             temporary slot of that name).
-        SlotMismatch: the existing slot uses another plugin or database, or a
-            persistent slot exists where a temporary one was asked for.
+        SlotMismatch: the existing slot uses another plugin or database, a
+            persistent slot exists where a temporary one was asked for, or
+            the slot is two-phase and ``two_phase`` is off.
     """
     validate_slot_name(slot)
     if not temporary:
         info = await lookup_slot(conn, slot)
         if info is not None:
-            return _usable(info, slot, database, temporary=False)
+            confirmed = _usable(info, slot, database, temporary=False)
+            if info.two_phase and not two_phase:
+                raise SlotMismatch(
+                    f"replication slot {slot!r} decodes prepared transactions at PREPARE "
+                    f"(a reader enabled two_phase on it, and PostgreSQL keeps it): subscribe "
+                    f"with two_phase=True, or drop the slot (PostgreSQL 18: ALTER_REPLICATION_SLOT "
+                    f"with TWO_PHASE false, once no transaction is prepared)"
+                )
+            if failover and not info.failover:
+                await repl.execute(
+                    f"ALTER_REPLICATION_SLOT {quote_ident(slot)} (FAILOVER true)".encode()
+                )
+            return confirmed
         if not create_missing:
             raise SlotLost(slot)
     command = f"CREATE_REPLICATION_SLOT {quote_ident(slot)} "
     command += "TEMPORARY LOGICAL pgoutput" if temporary else "LOGICAL pgoutput"
-    command += " NOEXPORT_SNAPSHOT"
+    command += " (SNAPSHOT 'nothing', FAILOVER true)" if failover else " NOEXPORT_SNAPSHOT"
     try:
         cur = await repl.execute(command.encode())
     except pg_errors.DuplicateObject:

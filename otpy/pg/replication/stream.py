@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import weakref
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
@@ -55,6 +56,7 @@ from .protocol import _XLOG, decode_copy_data, encode_standby_status
 from .slots import (
     check_publications,
     ensure_slot,
+    lookup_slot,
     slot_gone_error,
     slot_in_use_error,
     start_replication_command,
@@ -82,6 +84,14 @@ _new_lsn = int.__new__
 ACK_COALESCE = 0.01
 #: Seconds a catalog look-up of user types may hold the stream up.
 TYPE_FETCH_TIMEOUT = 5.0
+#: Advisory lock class of the slot locks ("otpy"); the other key is ``hashtext(slot)``.
+SLOT_LOCK_CLASS = 0x6F747079
+#: Seconds a standby waits on the slot lock before it looks at the slot itself
+#: (its holder may be a machine that vanished without closing its sockets, or a
+#: reader that does not take the lock): the takeover is at most this late.
+TAKEOVER_POLL = 1.0
+_LOCK = "SELECT pg_catalog.pg_advisory_lock(%s, pg_catalog.hashtext(%s))"
+_TRY_LOCK = "SELECT pg_catalog.pg_try_advisory_lock(%s, pg_catalog.hashtext(%s))"
 
 
 class ReplicationSession:
@@ -124,6 +134,10 @@ class ReplicationSession:
         self.phase = "connecting"
         #: Whether a missing persistent slot may be created (a first start only).
         self.create_missing = True
+        #: The server's ``server_version_num`` (known once connected).
+        self.server_version: int | None = None
+        #: Whether :attr:`meta` holds the slot's advisory lock (see :meth:`take_over`).
+        self.holds_lock = False
 
     # ------------------------------------------------------------------ opening
 
@@ -141,7 +155,8 @@ class ReplicationSession:
         self.repl = await replication_connect(**kwargs)
         self.backend_pid = self.repl.pgconn.backend_pid
         _OWN_WALSENDERS[self.backend_pid] = self.repl
-        self.options.check_server(self.repl.info.server_version)
+        self.server_version = self.repl.info.server_version
+        self.options.check_server(self.server_version)
         self.phase = "checking the publications"
         await check_publications(
             self.meta,
@@ -194,11 +209,13 @@ class ReplicationSession:
             temporary=self.options.temporary,
             database=self.meta.info.dbname,
             create_missing=self.create_missing,
+            failover=self.options.failover,
+            two_phase=self.options.two_phase,
         )
         self.acked = confirmed
         self.received = confirmed
         command = start_replication_command(
-            self.slot, self.publications, self.options.plugin_options()
+            self.slot, self.publications, self.options.plugin_options(self.server_version)
         )
         self.phase = "starting replication"
         try:
@@ -214,6 +231,8 @@ class ReplicationSession:
             raise gone from exc
         self.phase = "streaming"
         self.streaming = True
+        if not self.holds_lock:
+            await self._try_lock()
         self.decoder = ValueDecoder(self.repl)
         self.decoder.refresh_on_failure = True  # see _refeed
         self.assembler = TransactionAssembler(self.decoder, self.options.max_batch_size)
@@ -225,6 +244,82 @@ class ReplicationSession:
             ", ".join(self.publications),
             extra={"event": "replication_started", "slot": self.slot, "lsn": str(confirmed)},
         )
+
+    async def _try_lock(self) -> None:
+        """Take the slot's advisory lock, the signal standbys wait on, if it is free.
+
+        Held by :attr:`meta` for as long as the session lives: when this
+        session ends (closed, or its process killed, which closes the socket)
+        the lock is released and a standby waiting on it takes the slot over
+        at once.  Not getting it (a standby holds it while trying the slot)
+        only means standbys fall back to watching the slot.
+        """
+        assert self.meta is not None
+        try:
+            cur = await self.meta.execute(_TRY_LOCK, [SLOT_LOCK_CLASS, self.slot])
+            row = await cur.fetchone()
+        except psycopg.Error as exc:
+            logger.debug("slot %s: cannot take the slot lock: %s", self.slot, exc)
+            return
+        self.holds_lock = bool(row and row[0])
+
+    async def _wait_lock(self, patience: float) -> bool:
+        """Wait up to ``patience`` seconds for the slot's advisory lock; whether it was taken.
+
+        PostgreSQL's ``lock_timeout`` bounds the wait (advisory locks obey it),
+        so the wait needs no query cancellation.
+        """
+        assert self.meta is not None
+        await self.meta.execute(
+            "SELECT pg_catalog.set_config('lock_timeout', %s, false)", [f"{int(patience * 1000)}ms"]
+        )
+        try:
+            await self.meta.execute(_LOCK, [SLOT_LOCK_CLASS, self.slot])
+        except pg_errors.LockNotAvailable:
+            return False
+        finally:
+            await self.meta.execute("SELECT pg_catalog.set_config('lock_timeout', '0', false)")
+        return True
+
+    async def take_over(self, start: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Wait until the slot is free, then start streaming from it (a standby reader).
+
+        The active reader of the slot holds an advisory lock keyed on the slot
+        name on its normal connection (:meth:`_try_lock`); a standby blocks on
+        that lock, so it wakes the moment the active session ends, then takes
+        the slot, waiting out the few milliseconds its old walsender needs to
+        exit.  Only the standby holding the lock tries the slot; the others
+        stay queued on the lock.  Every :data:`TAKEOVER_POLL` seconds a queued
+        standby also looks at the slot itself, so a holder that never releases
+        the lock (its machine vanished: the walsender frees the slot after
+        ``wal_sender_timeout``; or a client that does not take the lock) delays
+        the takeover by at most that much.
+
+        ``start`` is :meth:`start` bounded by the caller (``connect_timeout``).
+
+        Raises:
+            what :meth:`start` raises, except :class:`SlotInUse`.
+        """
+        assert self.meta is not None
+        start = start or self.start
+        while True:
+            if not self.holds_lock:
+                self.holds_lock = await self._wait_lock(TAKEOVER_POLL)
+                if not self.holds_lock:
+                    info = await lookup_slot(self.meta, self.slot)
+                    if info is not None and info.active:
+                        continue
+            try:
+                await start()
+                return
+            except SlotInUse as exc:
+                busy = exc.active_pid
+            if busy is None:
+                await trio.sleep(TAKEOVER_POLL / 4)
+            elif self.holds_lock:
+                # Its walsender is exiting (the lock was released), or it is a
+                # holder without the lock: watch it, quickly at first.
+                await self._wait_released(self.meta, busy, cap=TAKEOVER_POLL / 4)
 
     async def open(self) -> None:
         """:meth:`connect` (unless connected) then :meth:`start`; the caller closes on error."""
@@ -431,7 +526,7 @@ class ReplicationSession:
         self.repl = self.meta = None
         self.streaming = False
 
-    async def _wait_released(self, meta: TrioConnection[Any], pid: int) -> None:
+    async def _wait_released(self, meta: TrioConnection[Any], pid: int, cap: float = 0.05) -> None:
         delay = 0.002
         while True:
             cur = await meta.execute(
@@ -443,7 +538,7 @@ class ReplicationSession:
             if await cur.fetchone() is None:
                 return
             await trio.sleep(delay)
-            delay = min(delay * 2, 0.05)
+            delay = min(delay * 2, cap)
 
 
 def _hard_close(conn: TrioConnection[Any]) -> None:
