@@ -13,19 +13,18 @@ from typing import Any
 
 import pytest
 import trio
+from poison_helpers import confirmed, wait_confirmed_past
 from wr_helpers import (
     FAST_BACKOFF,
     Recorder,
     drop_slot,
     execute,
     published_table,
-    query,
     unique,
 )
 
 from otpy.pg import dead_letters, pool, wal_reader
 from otpy.pg.replication.errors import InvalidOptions
-from otpy.pg.replication.lsn import LSN
 from otpy.pg.wal_reader import ChangeBatch, HandlerFailed
 
 
@@ -58,24 +57,6 @@ class StopRecorder(Recorder):
     async def handle_replication_stop(self, ref: Any, slot_name: str) -> None:
         self.stop_errors.append(ref.error)
         await super().handle_replication_stop(ref, slot_name)
-
-
-async def confirmed(dsn: str, slot: str) -> LSN:
-    rows = await query(
-        dsn,
-        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
-        [slot],
-    )
-    return LSN.parse(rows[0][0])
-
-
-async def wait_confirmed_past(dsn: str, slot: str, lsn: LSN, within: float = 10) -> None:
-    """Wait until the slot's confirmed position is beyond ``lsn`` (bounded)."""
-    with trio.fail_after(within):
-        while True:
-            if await confirmed(dsn, slot) > lsn:
-                return
-            await trio.sleep(0.05)  # polling a server-side condition, bounded above
 
 
 async def test_stop_policy_ends_the_subscription_after_max_attempts_with_handler_failed(
