@@ -120,10 +120,10 @@ def encode_value(value: Any) -> Any:
         return {_TAG: "bytes", "v": base64.b64encode(bytes(value)).decode("ascii")}
     if isinstance(value, uuid.UUID):
         return {_TAG: "uuid", "v": str(value)}
+    if isinstance(value, ipaddress.IPv4Interface | ipaddress.IPv6Interface):
+        return {_TAG: "ip_interface", "v": str(value)}  # before addresses: a subclass of them
     if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
         return {_TAG: "ip_address", "v": str(value)}
-    if isinstance(value, ipaddress.IPv4Interface | ipaddress.IPv6Interface):
-        return {_TAG: "ip_interface", "v": str(value)}
     if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
         return {_TAG: "ip_network", "v": str(value)}
     if isinstance(value, Range):

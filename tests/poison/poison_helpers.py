@@ -51,3 +51,16 @@ async def wait_confirmed(dsn: str, slot: str, lsn: LSN) -> None:
 async def wait_confirmed_past(dsn: str, slot: str, lsn: LSN) -> None:
     """Wait until the slot's confirmed position is beyond ``lsn``."""
     await wait_server(lambda: confirmed(dsn, slot), lambda pos: pos > lsn)
+
+
+class CollectingHandler:
+    """A handler for ``otpy parked replay --handler poison_helpers:CollectingHandler``."""
+
+    #: Every batch replayed through any instance, for the test to read.
+    received: list[Any] = []
+
+    async def handle_replication_data(self, ref: Any, changes: Any) -> None:
+        CollectingHandler.received.append(changes)
+
+    async def handle_replication_stop(self, ref: Any, slot_name: str) -> None:
+        pass
