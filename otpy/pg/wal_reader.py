@@ -40,6 +40,13 @@ Delivery contract (see ``docs/replication.md``):
 * a transaction is acknowledged only after ``handle_replication_data``
   returned for it (for its final chunk, when chunked); a raising handler
   acknowledges nothing and gets the transaction again after the restart;
+* unless ``on_failure`` gives up on a transaction after ``max_attempts``:
+  ``stop`` ends the subscription (:class:`HandlerFailed`, terminal like
+  :class:`ChangesLost`), ``park`` writes it to a dead-letter table
+  (:mod:`otpy.pg.dead_letters`) and acknowledges it;
+* with ``ack="manual"``, ``ref.ack(commit_lsn)`` takes the place of returning:
+  the server is told the end of the longest acknowledged prefix
+  (:class:`~otpy.pg.replication.acks.AckTracker`);
 * persistent slot: at-least-once across crashes of the handler, the reader,
   the process, the walsender and PostgreSQL itself; duplicates only from the
   unacknowledged tail, never a gap, never out of order;
