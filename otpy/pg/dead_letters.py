@@ -66,6 +66,7 @@ __all__ = [
     "get",
     "list_parked",
     "park",
+    "park_more",
     "replay",
 ]
 

@@ -101,3 +101,18 @@ def test_values_survive_the_dead_letter_encoding() -> None:
         assert dead_letters.decode_value(encoded) == value, value
     nan = dead_letters.decode_value(json.loads(json.dumps(dead_letters.encode_value(float("nan")))))
     assert nan != nan
+
+
+def test_parking_the_same_transaction_again_replaces_its_dead_letter(module_dsn: str) -> None:
+    """A crash after parking redelivers the transaction: it is parked again, not twice."""
+    table = "again_dead_letters"
+    first = park_one(module_dsn, table, "1")
+    second = park_one(module_dsn, table, "2")
+    assert second == first
+
+    async def letters() -> list[dead_letters.DeadLetter]:
+        async with await TrioConnection.connect(module_dsn, autocommit=True) as conn:
+            return await dead_letters.list_parked(conn, table=table)
+
+    (letter,) = trio.run(letters)
+    assert letter.changes[0].data["amount"] == decimal.Decimal("2")
