@@ -60,7 +60,7 @@ class StopRecorder(Recorder):
 
 
 async def test_stop_policy_ends_the_subscription_after_max_attempts_with_handler_failed(
-    readers: Any, module_dsn: str
+    readers: Any, module_dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     table = unique("stop_t")
     pub = published_table(module_dsn, table, "id serial primary key, v int")
@@ -90,6 +90,12 @@ async def test_stop_policy_ends_the_subscription_after_max_attempts_with_handler
         assert rec.attempts == 1 + 3
         # Two ordinary stops (the crashes), then one terminal stop with the error.
         assert rec.stop_errors == [None, None, error]
+        # One clear ERROR line says what happened and what to do.
+        (line,) = [
+            r for r in caplog.records if getattr(r, "event", None) == "replication_handler_failed"
+        ]
+        assert line.levelname == "ERROR" and "failed 3 times" in line.getMessage()
+        assert "Fix the handler and subscribe again" in line.getMessage()
         # Nothing of the poisoned transaction was acknowledged: the slot still holds it.
         assert await confirmed(module_dsn, slot) < error.commit_lsn
         # A fixed handler subscribing again gets it first.
@@ -108,7 +114,7 @@ async def test_stop_policy_ends_the_subscription_after_max_attempts_with_handler
 
 
 async def test_park_policy_sets_the_transaction_aside_and_goes_on(
-    readers: Any, module_dsn: str, dl_pool: pool.Pool
+    readers: Any, module_dsn: str, dl_pool: pool.Pool, caplog: pytest.LogCaptureFixture
 ) -> None:
     table = unique("park_t")
     pub = published_table(
@@ -146,6 +152,8 @@ async def test_park_policy_sets_the_transaction_aside_and_goes_on(
         letter = letters[0]
         assert letter.attempts == 2 and letter.error.startswith("Poisoned: cannot handle v=13")
         assert letter.complete and letter.first_chunk == 0
+        (line,) = [r for r in caplog.records if getattr(r, "event", None) == "replication_parked"]
+        assert line.levelname == "WARNING" and f"dead letter #{letter.id}" in line.getMessage()
         row = letter.changes[0].data
         assert row["v"] == 13 and row["amount"] == decimal.Decimal("1.10")
         assert row["at"] == dt.datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=dt.UTC)
