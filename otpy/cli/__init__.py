@@ -190,6 +190,10 @@ def _parser() -> argparse.ArgumentParser:
     slots.add_argument("--yes", action="store_true", help="do not ask before dropping")
     slots.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     slots.set_defaults(handler=_slots)
+
+    from otpy.cli import parked  # `otpy parked`: see otpy/cli/parked.py
+
+    parked.register(commands)
     return parser
 
 

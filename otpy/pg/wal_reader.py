@@ -40,6 +40,13 @@ Delivery contract (see ``docs/replication.md``):
 * a transaction is acknowledged only after ``handle_replication_data``
   returned for it (for its final chunk, when chunked); a raising handler
   acknowledges nothing and gets the transaction again after the restart;
+* unless ``on_failure`` gives up on a transaction after ``max_attempts``:
+  ``stop`` ends the subscription (:class:`HandlerFailed`, terminal like
+  :class:`ChangesLost`), ``park`` writes it to a dead-letter table
+  (:mod:`otpy.pg.dead_letters`) and acknowledges it;
+* with ``ack="manual"``, ``ref.ack(commit_lsn)`` takes the place of returning:
+  the server is told the end of the longest acknowledged prefix
+  (:class:`~otpy.pg.replication.acks.AckTracker`);
 * persistent slot: at-least-once across crashes of the handler, the reader,
   the process, the walsender and PostgreSQL itself; duplicates only from the
   unacknowledged tail, never a gap, never out of order;
@@ -66,12 +73,15 @@ from otpy.child_spec import ChildSpec, Restart
 from otpy.dynamic_supervisor import DynamicSupervisor
 from otpy.errors import ChildNotFound, InitError
 from otpy.gen_server import GenServer
+from otpy.pg import dead_letters
 from otpy.pg.config import ConnectorConfig, DatabaseConfig, libpq_settings
 from otpy.pg.errors import ConfigError
+from otpy.pg.replication.acks import AckTracker, FailureCount
 from otpy.pg.replication.changes import Change, ChangeBatch
 from otpy.pg.replication.errors import (
     AlreadySubscribed,
     ChangesLost,
+    HandlerFailed,
     InvalidHandler,
     InvalidName,
     InvalidOptions,
@@ -101,6 +111,7 @@ __all__ = [
     "Change",
     "ChangeBatch",
     "ChangesLost",
+    "HandlerFailed",
     "HandlesReplication",
     "InvalidHandler",
     "InvalidName",
@@ -136,6 +147,10 @@ _READERS = Registry("wal_readers")
 # Live subscriptions of this process, for AlreadySubscribed (process-wide, like a node).
 _SUBSCRIPTIONS: dict[tuple[str, str, str], Subscription] = {}
 _ids = itertools.count(1)
+
+#: What ends a subscription for good: its changes are lost, or (``on_failure``
+#: policy ``stop``) the handler kept failing on one transaction.
+Terminal = ChangesLost | HandlerFailed
 
 
 def readers_supervisor_spec(
@@ -176,10 +191,15 @@ class ReaderState:
     #: True once a reader streamed from the persistent slot: from then on a
     #: missing slot is :class:`SlotLost`, never silently re-created.
     slot_seen: bool = False
-    #: The terminal error that ended the subscription (:class:`ChangesLost`), or None.
-    error: ChangesLost | None = None
+    #: The terminal error that ended the subscription (:class:`ChangesLost`,
+    #: :class:`HandlerFailed`), or None.
+    error: Terminal | None = None
     #: True once the subscription ended for good (terminal error or unsubscribe).
     ended: bool = False
+    #: Failed deliveries of the transaction that failed last (``on_failure``).
+    failures: FailureCount = attrs.field(factory=FailureCount)
+    #: The current reader's outstanding transactions (``ack="manual"``), or None.
+    acks: AckTracker | None = None
     _changed: trio.Event = attrs.field(factory=trio.Event)
 
     def _wake(self) -> None:
@@ -229,7 +249,7 @@ class Subscription:
         return whereis(self.name)
 
     @property
-    def error(self) -> ChangesLost | None:
+    def error(self) -> Terminal | None:
         """The terminal error that ended the subscription, or None.
 
         Set before the terminal ``handle_replication_stop`` call, so a handler
@@ -254,10 +274,10 @@ class Subscription:
             self._raise_if_ended()
             await state._changed.wait()
 
-    async def wait_stopped(self) -> ChangesLost | None:
+    async def wait_stopped(self) -> Terminal | None:
         """Wait until the subscription ended for good; return its terminal error, if any.
 
-        Returns the :class:`ChangesLost` error after a terminal stop (once
+        Returns the :class:`ChangesLost` or :class:`HandlerFailed` error after a terminal stop (once
         ``handle_replication_stop`` was called), None after ``unsubscribe``.
         Restarts after ordinary crashes do not end a subscription.
         """
@@ -265,6 +285,27 @@ class Subscription:
         while not state.ended:
             await state._changed.wait()
         return state.error
+
+    def ack(self, commit_lsn: LSN | int | str) -> bool:
+        """Acknowledge the transaction committed at ``commit_lsn`` (``ack="manual"`` only).
+
+        Call it once the sink confirmed the transaction (``changes.commit_lsn``
+        of its batch), in any order and from any task.  The server is told
+        the highest position below which *every* delivered transaction was
+        acknowledged.  Returns False when the transaction is not outstanding:
+        already acknowledged, or delivered by a reader that has since
+        restarted (it is delivered again: acknowledge that delivery).
+
+        Raises:
+            ReplicationError: the subscription acknowledges automatically.
+        """
+        if not self.options.manual_ack:
+            raise ReplicationError(
+                f"slot {self.slot!r}: ack() needs a subscription with ack='manual'; this one "
+                f"acknowledges each transaction when handle_replication_data returns"
+            )
+        tracker = self.state.acks
+        return tracker is not None and tracker.ack(LSN(commit_lsn))
 
     def _raise_if_ended(self) -> None:
         state = self.state
@@ -390,7 +431,7 @@ class WalReader(GenServer):
         self._streamed = False
         self._stream_done = trio.Event()
         #: The terminal error this incarnation stops with, if any.
-        self._terminal: ChangesLost | None = None
+        self._terminal: Terminal | None = None
         #: Transactions (final batches) handled by this incarnation.
         self.transactions = 0
         self.standby = False
@@ -453,7 +494,7 @@ class WalReader(GenServer):
             sub = self.subscription
             raise ReaderStartTimeout(sub.slot, self.session.phase, timeout, sub.database)
 
-    def _stop_for_good(self, error: ChangesLost) -> None:
+    def _stop_for_good(self, error: Terminal) -> None:
         """Stop with a terminal error: a ``shutdown`` exit, which is not restarted."""
         self._terminal = error
         self.stop(ExitReason.shutdown(error))
@@ -522,13 +563,91 @@ class WalReader(GenServer):
         handler = self.subscription.handler
         sub = self.subscription
         session = self.session
+        policy = sub.options.on_failure
+        acks = self._ack_tracker() if sub.options.manual_ack else None
+        parking: int | None = None  # dead letter of the transaction being parked
         async for batch in recv:
-            if batch:
-                await handler.handle_replication_data(sub, batch)
+            if acks is not None:
+                if batch.chunk == 0:
+                    await acks.wait_room()  # at the cap: backpressure
+                if batch.final:  # outstanding before the call: the handler may ack at once
+                    acks.delivered(batch.commit_lsn, batch.end_lsn)
+            if parking is not None:  # later chunks of a parked transaction
+                assert policy.pool is not None
+                await dead_letters.park_more(policy.pool, parking, batch, policy.table)
+            elif batch:
+                try:
+                    await handler.handle_replication_data(sub, batch)
+                except Exception as exc:
+                    attempts = sub.state.failures.failed(batch.commit_lsn)
+                    if not policy.gives_up or attempts < policy.max_attempts:
+                        raise
+                    parking = await self._give_up(batch, exc, attempts)
             if batch.final:
-                session.acknowledge(batch.end_lsn)
+                sub.state.failures.succeeded(batch.commit_lsn)
                 self.transactions += 1
+                if acks is None:
+                    session.acknowledge(batch.end_lsn)
+                elif parking is not None or not batch:  # nothing for the handler to confirm
+                    acks.ack(batch.commit_lsn)
+                parking = None
+                if acks is not None:
+                    continue  # pending drops when the acknowledged prefix is released
             session.pending -= 1
+
+    def _ack_tracker(self) -> AckTracker:
+        """A fresh tracker for this incarnation: what the previous one delivered comes again."""
+        session = self.session
+
+        def release(end_lsn: LSN, count: int) -> None:
+            session.acknowledge(end_lsn)
+            session.pending -= count  # no longer in flight: keepalives may acknowledge again
+
+        tracker = AckTracker(self.subscription.options.max_unacked, release)
+        self.subscription.state.acks = tracker
+        return tracker
+
+    async def _give_up(self, batch: ChangeBatch, exc: Exception, attempts: int) -> int:
+        """``max_attempts`` failures of one transaction: stop for good, or park it.
+
+        Returns the dead letter's id (``park``); with ``stop`` it never returns
+        (the reader stops and ``terminate`` cancels this task).
+        """
+        sub = self.subscription
+        policy = sub.options.on_failure
+        if policy.policy == "stop":
+            error = HandlerFailed(sub.slot, batch.commit_lsn, batch.xid, attempts, exc)
+            error.__cause__ = exc
+            self._stop_for_good(error)
+            await trio.sleep_forever()
+        assert policy.pool is not None
+        letter = await dead_letters.park(
+            policy.pool,
+            slot=sub.slot,
+            batch=batch,
+            error=exc,
+            attempts=attempts,
+            table=policy.table,
+        )
+        logger.warning(
+            "slot %s: the handler failed %d times on transaction xid %s (commit %s): "
+            "parked as dead letter #%d in %s (%s: %s); going on",
+            sub.slot,
+            attempts,
+            batch.xid,
+            batch.commit_lsn,
+            letter,
+            policy.table,
+            type(exc).__name__,
+            exc,
+            extra={
+                "event": "replication_parked",
+                "slot": sub.slot,
+                "commit_lsn": str(batch.commit_lsn),
+                "dead_letter": letter,
+            },
+        )
+        return letter
 
     @property
     def acked(self) -> LSN:
@@ -571,7 +690,9 @@ class WalReader(GenServer):
                     sub.slot,
                     terminal,
                     extra={
-                        "event": "replication_slot_lost",
+                        "event": "replication_handler_failed"
+                        if isinstance(terminal, HandlerFailed)
+                        else "replication_slot_lost",
                         "slot": sub.slot,
                         "reason": type(terminal).__name__,
                     },

@@ -34,6 +34,7 @@ __all__ = [
     "AlreadySubscribed",
     "ChangesLost",
     "DecodeError",
+    "HandlerFailed",
     "InvalidHandler",
     "InvalidName",
     "InvalidOptions",
@@ -266,3 +267,37 @@ class SlotInvalidated(ChangesLost):
 
 class StreamEnded(ReplicationError):
     """The server ended the replication stream without an error (e.g. the slot was dropped)."""
+
+
+class HandlerFailed(ReplicationError):
+    """Terminal: the handler raised on the same transaction ``max_attempts`` times.
+
+    Raised (on ``ref.error``, from :meth:`Subscription.wait_stopped`) under
+    the ``on_failure`` policy ``stop``.  Nothing was lost: the slot still
+    holds the transaction and everything after it, unacknowledged.  What to
+    do: fix the handler (or the data it chokes on) and subscribe again, which
+    delivers this transaction first; or subscribe with the ``park`` policy to
+    set it aside.  The handler's last exception is ``last_error`` (and the
+    ``__cause__``).
+    """
+
+    def __init__(
+        self,
+        slot: str,
+        commit_lsn: Any,
+        xid: int | None,
+        attempts: int,
+        last_error: BaseException,
+    ) -> None:
+        super().__init__(
+            f"replication slot {slot!r}: the handler failed {attempts} times on the "
+            f"transaction xid {xid} committed at {commit_lsn} "
+            f"({type(last_error).__name__}: {last_error}); the reader stopped for good "
+            f"(on_failure policy 'stop'), the slot still holds the transaction. Fix the "
+            f"handler and subscribe again, or use on_failure 'park' to set it aside"
+        )
+        self.slot = slot
+        self.commit_lsn = commit_lsn
+        self.xid = xid
+        self.attempts = attempts
+        self.last_error = last_error

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -26,11 +27,15 @@ from otpy.child_spec import Backoff
 from .errors import InvalidOptions
 
 __all__ = [
+    "ACK_MODES",
+    "DEAD_LETTER_TABLE",
+    "FAILURE_POLICIES",
     "GENERATED_COLUMNS",
     "ORIGINS",
     "PROTO_MIN_SERVER",
     "SLOT_TYPES",
     "STREAMING",
+    "FailurePolicy",
     "PublicationSpec",
     "PublishedTable",
     "ReaderOptions",
@@ -253,6 +258,103 @@ def _create_publication(value: Any) -> bool | tuple[str, ...] | PublicationSpec:
     return tuple(value)
 
 
+# --------------------------------------------------------------------------- failures and acks
+# What a reader does when the handler keeps failing on one transaction
+# (``on_failure``) and who acknowledges (``ack``).  Self-contained: the
+# policy value, its checks, and the two ReaderOptions fields that use them.
+
+#: ``retry``: restart with backoff and deliver the transaction again, forever
+#: (the default).  ``stop``: after ``max_attempts`` failed deliveries of the
+#: same transaction, end the subscription for good with
+#: :class:`~.errors.HandlerFailed`.  ``park``: after ``max_attempts``, write
+#: the transaction to a dead-letter table through ``pool``, acknowledge it and
+#: go on (see :mod:`otpy.pg.dead_letters`).
+FAILURE_POLICIES = ("retry", "stop", "park")
+#: ``auto``: a transaction is acknowledged when the handler returns from it.
+#: ``manual``: returning means "received"; the handler acknowledges later with
+#: ``ref.ack(commit_lsn)``.
+ACK_MODES = ("auto", "manual")
+#: The dead-letter table used when ``on_failure`` names none.
+DEAD_LETTER_TABLE = "otpy_dead_letters"
+
+_TABLE_NAME = re.compile(r"(?:[A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def _failure_field(name: str) -> str:
+    return f"on_failure.{name}"
+
+
+@attrs.frozen
+class FailurePolicy:
+    """The ``on_failure`` reader option: what to do with a transaction the handler keeps failing.
+
+    Attempts are counted per transaction (by commit LSN) across restarts of
+    the reader, and start again at 1 when another transaction fails or this
+    one is acknowledged.
+
+    Attributes:
+        policy: one of :data:`FAILURE_POLICIES`.
+        max_attempts: failed deliveries of one transaction before ``stop`` or
+            ``park`` applies (1 = at the first failure); ignored by ``retry``.
+        pool: name of the otpy pool that writes dead letters (``park`` only,
+            required there).
+        table: the dead-letter table (``name`` or ``schema.name``), created
+            if missing.
+    """
+
+    policy: str = "retry"
+    max_attempts: int = 5
+    pool: str | None = None
+    table: str = DEAD_LETTER_TABLE
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.policy, str) or self.policy not in FAILURE_POLICIES:
+            expected = f"one of {', '.join(map(repr, FAILURE_POLICIES))}"
+            raise _bad(_failure_field("policy"), expected, self.policy)
+        attempts = self.max_attempts
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            raise _bad(_failure_field("max_attempts"), "an integer >= 1", attempts)
+        if self.pool is not None and (not isinstance(self.pool, str) or not self.pool):
+            raise _bad(_failure_field("pool"), "the name of an otpy pool", self.pool)
+        if self.policy == "park" and self.pool is None:
+            raise InvalidOptions(
+                "on_failure.pool: the 'park' policy writes dead letters through an otpy "
+                "pool: name it, e.g. on_failure={'policy': 'park', 'pool': 'main'}"
+            )
+        if not isinstance(self.table, str) or not _TABLE_NAME.fullmatch(self.table):
+            raise _bad(
+                _failure_field("table"), "a table name, optionally schema-qualified", self.table
+            )
+
+    @property
+    def gives_up(self) -> bool:
+        """Whether failures are counted (``stop`` or ``park``)."""
+        return self.policy != "retry"
+
+
+def _failure_policy(value: Any) -> FailurePolicy:
+    if value is None:
+        return FailurePolicy()
+    if isinstance(value, FailurePolicy):
+        return value
+    if isinstance(value, str):
+        return FailurePolicy(policy=value)
+    if isinstance(value, Mapping):
+        names = [f.name for f in attrs.fields(FailurePolicy)]
+        unknown = [k for k in value if k not in names]
+        if unknown:
+            raise InvalidOptions(
+                f"on_failure: unknown key {unknown[0]!r}; known: {', '.join(names)}"
+            )
+        return FailurePolicy(**value)
+    raise _bad("on_failure", "a policy name, a mapping or a FailurePolicy", value)
+
+
+def _ack_mode(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str) or value not in ACK_MODES:
+        raise _bad(attribute.name, f"one of {', '.join(map(repr, ACK_MODES))}", value)
+
+
 @attrs.frozen
 class ReaderOptions:
     """How a reader streams, delivers and recovers.
@@ -316,6 +418,15 @@ class ReaderOptions:
             START_REPLICATION accepted (:class:`~.errors.ReaderStartTimeout`
             beyond).  libpq's own ``connect_timeout`` parameter, when given
             in ``db_opts``, still bounds each connection attempt within it.
+        on_failure: what to do when the handler keeps failing on one
+            transaction: ``"retry"`` (default, forever), ``"stop"`` or
+            ``"park"``, or a mapping of :class:`FailurePolicy` fields
+            (``{"policy": "park", "max_attempts": 3, "pool": "main"}``).
+        ack: ``"auto"`` (default: returning acknowledges) or ``"manual"``
+            (the handler calls ``ref.ack(changes.commit_lsn)`` later).
+        max_unacked: with ``ack="manual"``, how many delivered transactions
+            may wait for their acknowledgement; at the cap the reader stops
+            reading the stream (backpressure) until one is acknowledged.
     """
 
     slot_type: str = attrs.field(default="temporary", validator=_slot_type)
@@ -338,6 +449,10 @@ class ReaderOptions:
     two_phase: bool = attrs.field(default=False, validator=_flag)
     origin: str | None = attrs.field(default=None, validator=_origin)
     failover: bool = attrs.field(default=False, validator=_flag)
+    # failures and acks (see the block above the class)
+    on_failure: FailurePolicy = attrs.field(factory=FailurePolicy, converter=_failure_policy)
+    ack: str = attrs.field(default="auto", validator=_ack_mode)
+    max_unacked: int = attrs.field(default=1000, validator=_count(allow_none=False))
 
     def __attrs_post_init__(self) -> None:
         if self.failover and self.temporary:
@@ -345,6 +460,11 @@ class ReaderOptions:
                 "failover: a temporary slot cannot fail over (it dies with its session); "
                 "use slot_type='persistent' with failover=True"
             )
+
+    @property
+    def manual_ack(self) -> bool:
+        """Whether the handler acknowledges transactions itself (``ack="manual"``)."""
+        return self.ack == "manual"
 
     @property
     def temporary(self) -> bool:

@@ -1,0 +1,43 @@
+"""Fixtures of the failure-policy and manual-acknowledgement tests.
+
+They reuse the WAL reader tests' helpers (``wr_helpers``) and run against the
+session's real PostgreSQL; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from otpy import DynamicSupervisor, Ref
+from otpy import start as start_actor
+from otpy.pg import pool, wal_reader
+from otpy.pg.config import DatabaseConfig, PoolConfig
+
+# The WAL reader tests' helpers (recording handler, SQL helpers), shared, not copied.
+sys.path.insert(0, str(Path(__file__).parent.parent / "wal_reader"))
+
+
+@pytest.fixture
+async def readers() -> AsyncIterator[Ref]:
+    """A WAL readers supervisor registered under the default name, for one test."""
+    async with trio.open_nursery() as nursery:
+        sup = await start_actor(
+            nursery,
+            DynamicSupervisor(intensity=1000, period=60),
+            name=wal_reader.READERS_SUPERVISOR,
+        )
+        yield sup
+        nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+async def dl_pool(module_dsn: str) -> AsyncIterator[pool.Pool]:
+    """An otpy pool named ``dl`` on the test module's database, for dead letters."""
+    config = PoolConfig(name="dl", database="db", min_size=1, max_size=3, checkout_timeout=5.0)
+    async with pool.open_pool("dl", config, DatabaseConfig.from_dsn("db", module_dsn)) as p:
+        yield p
