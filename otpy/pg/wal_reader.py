@@ -53,10 +53,12 @@ import functools
 import itertools
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
+import psycopg
 import trio
 from psycopg.conninfo import conninfo_to_dict
 
@@ -67,6 +69,7 @@ from otpy.errors import ChildNotFound, InitError
 from otpy.gen_server import GenServer
 from otpy.pg.config import ConnectorConfig, DatabaseConfig, libpq_settings
 from otpy.pg.errors import ConfigError
+from otpy.pg.reader_metrics import HEARTBEAT_PREFIX, ReaderCounters, ReaderMetrics, is_heartbeat
 from otpy.pg.replication.changes import Change, ChangeBatch
 from otpy.pg.replication.errors import (
     AlreadySubscribed,
@@ -120,6 +123,7 @@ __all__ = [
     "readers_supervisor_spec",
     "resolve_database",
     "subscribe",
+    "subscriptions",
     "unsubscribe",
 ]
 
@@ -214,6 +218,18 @@ class Subscription:
     child_id: tuple[str, str, int]
     connect_kwargs: dict[str, Any] = attrs.field(repr=False)
     state: ReaderState = attrs.field(factory=ReaderState)
+    counters: ReaderCounters = attrs.field(factory=ReaderCounters, repr=False)
+
+    def metrics(self) -> ReaderMetrics:
+        """A snapshot of the reader's positions, lag and counters (no I/O, no message)."""
+        state = self.state
+        return self.counters.snapshot(
+            self.slot,
+            self.database,
+            streaming=state.streaming,
+            ended=state.ended,
+            starts=state.starts,
+        )
 
     def __repr__(self) -> str:
         return f"<Subscription slot={self.slot!r} db={self.database!r} {self.options.slot_type}>"
@@ -405,6 +421,9 @@ class WalReader(GenServer):
         self.standby = False
         # A reader that already streamed from its persistent slot never re-creates it.
         self.session.create_missing = not subscription.state.slot_seen
+        subscription.counters.session = self.session
+        subscription.counters.standby = False
+        subscription.counters.heartbeat_timeout = subscription.options.effective_heartbeat_timeout
 
     def __repr__(self) -> str:
         return f"<WalReader slot={self.subscription.slot!r}>"
@@ -431,7 +450,7 @@ class WalReader(GenServer):
             if not self.subscription.options.standby:
                 await self._close_quietly()
                 raise
-            self.standby = True
+            self.standby = self.subscription.counters.standby = True
             logger.info(
                 "slot %s is in use elsewhere: standing by",
                 self.subscription.slot,
@@ -496,7 +515,7 @@ class WalReader(GenServer):
         if scope.cancelled_caught or self._stopping:  # terminate stopped the wait
             self._stream_done.set()
             return
-        self.standby = False
+        self.standby = self.subscription.counters.standby = False
         self._started_streaming()
         logger.info(
             "slot %s was freed: taking over",
@@ -521,6 +540,8 @@ class WalReader(GenServer):
                         nursery.start_soon(session.read_loop, send)
                         nursery.start_soon(session.status_loop)
                         nursery.start_soon(self._deliver, recv)
+                        if self.subscription.options.heartbeat_interval is not None:
+                            nursery.start_soon(self._heartbeat)
                 except BaseExceptionGroup as group:
                     raise _unwrap(group) from None
         except BaseException as exc:
@@ -538,13 +559,53 @@ class WalReader(GenServer):
         handler = self.subscription.handler
         sub = self.subscription
         session = self.session
+        counters = sub.counters
+        clock = time.perf_counter
         async for batch in recv:
-            if batch:
-                await handler.handle_replication_data(sub, batch)
+            if batch.xid is None and is_heartbeat(batch):
+                counters.heartbeat_seen(batch[0].data, sub.slot)  # never delivered
+            else:
+                if batch.chunk == 0:
+                    counters.in_flight_commit = batch.commit_time
+                start = clock()
+                if batch:
+                    await handler.handle_replication_data(sub, batch)
+                counters.handled(batch, clock() - start)
             if batch.final:
                 session.acknowledge(batch.end_lsn)
                 self.transactions += 1
             session.pending -= 1
+
+    async def _heartbeat(self) -> None:
+        """Emit a heartbeat every ``heartbeat_interval`` on the session's normal connection.
+
+        A non-transactional logical message: the walsender sends it back at
+        once (outside any transaction), which proves the whole path, and its
+        acknowledgement moves the slot even when this database is idle.
+        """
+        sub = self.subscription
+        interval = sub.options.heartbeat_interval
+        assert interval is not None
+        while True:
+            meta = self.session.meta
+            if meta is None:
+                return
+            sent_at = time.time()
+            sub.counters.heartbeat_sent(sent_at)
+            try:
+                with trio.move_on_after(interval):
+                    await meta.execute(
+                        "SELECT pg_catalog.pg_logical_emit_message(false, %s, %s)",
+                        [HEARTBEAT_PREFIX, f"{sub.slot} {sent_at!r}"],
+                    )
+            except psycopg.Error as exc:
+                logger.warning(
+                    "slot %s: cannot emit a heartbeat: %s",
+                    sub.slot,
+                    exc,
+                    extra={"event": "replication_heartbeat_failed", "slot": sub.slot},
+                )
+            await trio.sleep(interval)
 
     @property
     def acked(self) -> LSN:
@@ -564,6 +625,8 @@ class WalReader(GenServer):
                 raise
         sub = self.subscription
         terminal = self._terminal
+        if reason.abnormal:
+            sub.counters.last_error = str(reason)
         try:
             await self.session.close(final_ack=True)
         finally:
@@ -604,6 +667,11 @@ class WalReader(GenServer):
             finally:
                 if terminal is not None:  # even if the stop hook was cancelled
                     sub.state._end()
+
+
+def subscriptions() -> list[Subscription]:
+    """The live subscriptions of this process (for metrics and health checks)."""
+    return list(_SUBSCRIPTIONS.values())
 
 
 def _forget(sub: Subscription) -> None:

@@ -58,6 +58,12 @@ def _seconds(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         raise _bad(attribute.name, "a finite number of seconds > 0", value)
 
 
+def _optional_seconds(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """A duration or None (disabled / derived)."""
+    if value is not None:
+        _seconds(_, attribute, value)
+
+
 def _count(allow_none: bool) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
     def check(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value is None and allow_none:
@@ -152,6 +158,15 @@ class ReaderOptions:
             START_REPLICATION accepted (:class:`~.errors.ReaderStartTimeout`
             beyond).  libpq's own ``connect_timeout`` parameter, when given
             in ``db_opts``, still bounds each connection attempt within it.
+        heartbeat_interval: seconds between heartbeats (``None``, the default:
+            none).  A heartbeat is a non-transactional
+            ``pg_logical_emit_message`` with the prefix ``otpy.heartbeat``
+            written on the reader's normal connection and read back from the
+            stream: it proves the whole path, moves an idle slot forward and
+            feeds the reader's metrics.  Heartbeats are never delivered to
+            the handler (even with ``messages``).
+        heartbeat_timeout: seconds after which a heartbeat not seen back
+            marks the reader unhealthy (``/readyz``); default three intervals.
     """
 
     slot_type: str = attrs.field(default="temporary", validator=_slot_type)
@@ -171,6 +186,15 @@ class ReaderOptions:
     standby: bool = attrs.field(default=False, validator=_flag)
     shutdown_timeout: float = attrs.field(default=10.0, validator=_seconds)
     connect_timeout: float = attrs.field(default=30.0, validator=_seconds)
+    heartbeat_interval: float | None = attrs.field(default=None, validator=_optional_seconds)
+    heartbeat_timeout: float | None = attrs.field(default=None, validator=_optional_seconds)
+
+    @property
+    def effective_heartbeat_timeout(self) -> float | None:
+        """The heartbeat bound in force: ``heartbeat_timeout``, else three intervals."""
+        if self.heartbeat_interval is None:
+            return None
+        return self.heartbeat_timeout or 3 * self.heartbeat_interval
 
     @property
     def temporary(self) -> bool:
@@ -203,7 +227,7 @@ class ReaderOptions:
         options = [("proto_version", str(self.effective_proto_version))]
         if self.binary:
             options.append(("binary", "true"))
-        if self.messages:
+        if self.messages or self.heartbeat_interval is not None:
             options.append(("messages", "true"))
         if self.streaming:
             options.append(("streaming", "on"))

@@ -112,6 +112,8 @@ class ReplicationSession:
         self.acked = LSN(0)
         #: Highest WAL position received.
         self.received = LSN(0)
+        #: The server's WAL end, as last reported in the stream (for the lag in bytes).
+        self.wal_end = 0
         #: Batches sent to the handler channel and not yet handled.
         self.pending = 0
         self.last_status = 0.0
@@ -279,7 +281,7 @@ class ReplicationSession:
                         f"the server ended the replication stream of slot {self.slot!r}"
                     )
             if data[0] == 0x77:  # 'w'
-                start, _end, _time = unpack(data, 1)
+                start, self.wal_end, _time = unpack(data, 1)
                 msg = decode(data[_XLOG_SIZE:])
                 kind = type(msg)
                 lsn = make_lsn(LSN, start)
@@ -300,6 +302,7 @@ class ReplicationSession:
                     await out.send(batch)
             else:
                 keepalive = decode_copy_data(data)
+                self.wal_end = keepalive.end
                 if assembler.idle and self.pending == 0 and keepalive.end > self.acked:
                     # Nothing in flight: everything before `end` was delivered and acked.
                     self.acked = keepalive.end
