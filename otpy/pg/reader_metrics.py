@@ -181,7 +181,8 @@ class ReaderCounters:
         self.handler_buckets[i] += 1
         if batch.final:
             self.transactions += 1
-            self.last_acked_commit = batch.commit_time
+            if batch.commit_time is not None:  # None: a non-transactional message
+                self.last_acked_commit = batch.commit_time
             self.in_flight_commit = None
 
     def heartbeat_sent(self, sent_at: float) -> None:
