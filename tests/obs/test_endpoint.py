@@ -73,8 +73,7 @@ async def test_the_prometheus_output_parses_and_covers_readers_and_pools(
             assert samples["otpy_pool_checkout_wait_seconds_count", the_pool] >= 1
             assert samples["otpy_pool_connection_hold_seconds_count", the_pool] >= 1
             assert (
-                samples["otpy_pool_connections_closed_total", (*the_pool, ("reason", "lost"))]
-                == 0
+                samples["otpy_pool_connections_closed_total", (*the_pool, ("reason", "lost"))] == 0
             )
 
             assert await http_get(port, "/healthz") == (200, _headers(3), "ok\n")
