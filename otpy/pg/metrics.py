@@ -100,6 +100,7 @@ def readiness(snap: MetricsSnapshot | None = None) -> list[str]:
 
 
 _READER_STATES = ("streaming", "standby", "starting", "stopped")
+_WAL_STATUSES = ("reserved", "extended", "unreserved", "lost")
 
 
 def _histogram(
@@ -175,6 +176,14 @@ class OtpyCollector:
         hb_sent = counter("otpy_reader_heartbeats_sent", "heartbeats emitted")
         hb_seen = counter("otpy_reader_heartbeats_received", "heartbeats seen back in the stream")
         hb_overdue = gauge("otpy_reader_heartbeat_overdue", "1 when a heartbeat is overdue")
+        retained = gauge("otpy_reader_slot_retained_bytes", "WAL the slot keeps (restart_lsn)")
+        retained_ratio = gauge(
+            "otpy_reader_slot_retained_ratio", "retained WAL / max_slot_wal_keep_size"
+        )
+        safe = gauge("otpy_reader_slot_safe_wal_size_bytes", "WAL writable before danger")
+        wal_status = gauge(
+            "otpy_reader_slot_wal_status", "1 for the slot's wal_status", ("slot", "status")
+        )
         for m in r:
             slot = [m.slot]
             for name in _READER_STATES:
@@ -198,8 +207,18 @@ class OtpyCollector:
             hb_sent.add_metric(slot, m.heartbeats_sent)
             hb_seen.add_metric(slot, m.heartbeats_received)
             hb_overdue.add_metric(slot, 1.0 if m.heartbeat_overdue else 0.0)
+            h = m.slot_health
+            if h is not None:
+                retained.add_metric(slot, h.retained_bytes)
+                if h.retained_fraction is not None:
+                    retained_ratio.add_metric(slot, h.retained_fraction)
+                if h.safe_wal_size is not None:
+                    safe.add_metric(slot, h.safe_wal_size)
+                for status in _WAL_STATUSES:
+                    wal_status.add_metric([m.slot, status], 1.0 if h.wal_status == status else 0.0)
         yield from (state, healthy, received, acked, wal_end, lag_b, lag_s, last_commit)
         yield from (txns, changes, handler, depth, restarts, error, hb_sent, hb_seen, hb_overdue)
+        yield from (retained, retained_ratio, safe, wal_status)
 
         # -- pools
         pool = ("pool",)

@@ -34,6 +34,7 @@ from otpy.pg.replication.lsn import LSN
 if TYPE_CHECKING:
     from otpy.pg.replication.changes import ChangeBatch
     from otpy.pg.replication.stream import ReplicationSession
+    from otpy.pg.replication.watch import SlotHealth
 
 __all__ = [
     "HANDLER_BUCKETS",
@@ -120,6 +121,8 @@ class ReaderMetrics:
     """Of them, those seen back in the stream."""
     heartbeat_overdue: bool
     """True when a heartbeat did not come back within ``heartbeat_timeout``."""
+    slot_health: SlotHealth | None = None
+    """The slot's WAL retention at the last check (``slot_check_interval``), if any."""
 
     @property
     def healthy(self) -> bool:
@@ -146,6 +149,7 @@ class ReaderCounters:
         "last_acked_commit",
         "last_error",
         "session",
+        "slot_health",
         "standby",
         "transactions",
         "unseen_heartbeats",
@@ -169,6 +173,7 @@ class ReaderCounters:
         self.heartbeat_timeout: float | None = None
         #: Wall-clock send times of the heartbeats not seen back yet, oldest first.
         self.unseen_heartbeats: collections.deque[float] = collections.deque(maxlen=64)
+        self.slot_health: SlotHealth | None = None
 
     def handled(self, batch: ChangeBatch, seconds: float) -> None:
         """The handler returned from ``batch`` after ``seconds``."""
@@ -260,4 +265,5 @@ class ReaderCounters:
             heartbeats_sent=self.heartbeats_sent,
             heartbeats_received=self.heartbeats_received,
             heartbeat_overdue=overdue,
+            slot_health=self.slot_health,
         )

@@ -92,6 +92,7 @@ from otpy.pg.replication.options import ReaderOptions
 from otpy.pg.replication.pgoutput import UNCHANGED_TOAST, is_compiled
 from otpy.pg.replication.slots import validate_publication_name, validate_slot_name
 from otpy.pg.replication.stream import ReplicationSession
+from otpy.pg.replication.watch import check_slot
 from otpy.registry import Registry, Via, whereis
 from otpy.supervisor import start_child, terminate_child, which_children
 
@@ -542,6 +543,8 @@ class WalReader(GenServer):
                         nursery.start_soon(self._deliver, recv)
                         if self.subscription.options.heartbeat_interval is not None:
                             nursery.start_soon(self._heartbeat)
+                        if self.subscription.options.slot_check_interval is not None:
+                            nursery.start_soon(self._watch_slot)
                 except BaseExceptionGroup as group:
                     raise _unwrap(group) from None
         except BaseException as exc:
@@ -605,6 +608,42 @@ class WalReader(GenServer):
                     exc,
                     extra={"event": "replication_heartbeat_failed", "slot": sub.slot},
                 )
+            await trio.sleep(interval)
+
+    async def _watch_slot(self) -> None:
+        """Read the slot's WAL retention every ``slot_check_interval``; warn when at risk.
+
+        Each kind of risk is logged once (``replication_slot_at_risk``), and
+        again only after the slot was fine in between.
+        """
+        sub = self.subscription
+        interval = sub.options.slot_check_interval
+        assert interval is not None
+        warned: str | None = None  # the risk already logged
+        while True:
+            meta = self.session.meta
+            if meta is None:
+                return
+            try:
+                with trio.move_on_after(interval):
+                    health = await check_slot(meta, sub.slot)
+                    sub.counters.slot_health = health
+                    risk = None if health is None else health.risk
+                    if health is not None and risk is not None and risk != warned:
+                        logger.warning(
+                            "slot %s: %s",
+                            sub.slot,
+                            health.warning(),
+                            extra={
+                                "event": "replication_slot_at_risk",
+                                "slot": sub.slot,
+                                "risk": risk,
+                                "retained_bytes": health.retained_bytes,
+                            },
+                        )
+                    warned = risk
+            except psycopg.Error as exc:
+                logger.debug("slot %s: cannot check the slot: %s", sub.slot, exc)
             await trio.sleep(interval)
 
     @property

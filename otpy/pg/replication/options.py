@@ -141,7 +141,13 @@ class ReaderOptions:
             (less server-side spilling); the reader keeps them until their
             commit and delivers them then, chunked like any transaction.
         status_interval: seconds between standby status updates; keep it well
-            below the server's ``wal_sender_timeout``.
+            below the server's ``wal_sender_timeout``.  ``None`` (the default):
+            a third of ``wal_sender_timeout``, at most 10 s, read when the
+            reader connects (see :mod:`~otpy.pg.replication.watch`).
+        slot_check_interval: seconds between checks of the slot's WAL
+            retention (``pg_replication_slots``), for the reader's metrics
+            and a warning at 50 % of ``max_slot_wal_keep_size``; ``None``
+            disables them.
         max_batch_size: a transaction with more changes is delivered in chunks
             of this size (``changes.final`` marks the last); ``None`` delivers
             every transaction whole (unbounded memory).
@@ -177,7 +183,7 @@ class ReaderOptions:
     binary: bool = attrs.field(default=False, validator=_flag)
     messages: bool = attrs.field(default=False, validator=_flag)
     streaming: bool = attrs.field(default=False, validator=_flag)
-    status_interval: float = attrs.field(default=10.0, validator=_seconds)
+    status_interval: float | None = attrs.field(default=None, validator=_optional_seconds)
     max_batch_size: int | None = attrs.field(default=5000, validator=_count(allow_none=True))
     queue_size: int = attrs.field(default=4, validator=_count(allow_none=False))
     restart_backoff: Backoff = attrs.field(
@@ -188,6 +194,7 @@ class ReaderOptions:
     connect_timeout: float = attrs.field(default=30.0, validator=_seconds)
     heartbeat_interval: float | None = attrs.field(default=None, validator=_optional_seconds)
     heartbeat_timeout: float | None = attrs.field(default=None, validator=_optional_seconds)
+    slot_check_interval: float | None = attrs.field(default=30.0, validator=_optional_seconds)
 
     @property
     def effective_heartbeat_timeout(self) -> float | None:

@@ -61,6 +61,7 @@ from .slots import (
 )
 from .typefetch import afetch_missing_types
 from .values import TypeRefreshNeeded, ValueDecoder
+from .watch import DEFAULT_STATUS_INTERVAL, status_interval_for
 
 __all__ = ["ReplicationSession"]
 
@@ -114,6 +115,8 @@ class ReplicationSession:
         self.received = LSN(0)
         #: The server's WAL end, as last reported in the stream (for the lag in bytes).
         self.wal_end = 0
+        #: Seconds between status updates: the option, or derived from the server's.
+        self.status_interval = options.status_interval or DEFAULT_STATUS_INTERVAL
         #: Batches sent to the handler channel and not yet handled.
         self.pending = 0
         self.last_status = 0.0
@@ -144,6 +147,7 @@ class ReplicationSession:
         self.backend_pid = self.repl.pgconn.backend_pid
         _OWN_WALSENDERS[self.backend_pid] = self.repl
         self.options.check_server(self.repl.info.server_version)
+        self.status_interval = await status_interval_for(self.meta, self.options.status_interval)
         self.phase = "checking the publications"
         await check_publications(
             self.meta,
@@ -366,7 +370,7 @@ class ReplicationSession:
 
     async def status_loop(self) -> None:
         """Send status updates every ``status_interval`` and soon after acknowledgements."""
-        interval = self.options.status_interval
+        interval = self.status_interval
         coalesce = min(ACK_COALESCE, interval)
         while True:
             with trio.move_on_at(self.last_status + interval):
