@@ -33,6 +33,7 @@ from otpy.pg.pool import PoolStats
 from otpy.pg.pool.manager import running_cores
 from otpy.pg.reader_metrics import ReaderMetrics
 from otpy.pg.wal_reader import subscriptions
+from otpy.supervisor import live_supervisors
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
@@ -66,6 +67,8 @@ class MetricsSnapshot:
     """One entry per live subscription."""
     taken_at: float
     """Unix time of the snapshot."""
+    supervisor_restarts: tuple[tuple[str, int], ...] = ()
+    """``(label, restarts)`` per running supervisor (label: its registered name, else its ref)."""
 
 
 def snapshot() -> MetricsSnapshot:
@@ -74,6 +77,7 @@ def snapshot() -> MetricsSnapshot:
         pools=tuple(core.stats() for core in running_cores()),
         readers=tuple(sub.metrics() for sub in subscriptions()),
         taken_at=time.time(),
+        supervisor_restarts=tuple((sup.label, sup.restarts) for sup in live_supervisors()),
     )
 
 
@@ -285,6 +289,14 @@ class OtpyCollector:
         yield from (conns, size, min_size, max_size, waiting, down, checkouts, wait, hold)
         yield from (timeouts, overloaded, unavailable, errors, opened, closed, rollbacks)
         yield from (leaked, held_long)
+
+        # -- runtime
+        sup_restarts = counter(
+            "otpy_supervisor_restarts", "children restarted by the supervisor", ("supervisor",)
+        )
+        for label, count in snap.supervisor_restarts:
+            sup_restarts.add_metric([label], count)
+        yield sup_restarts
 
 
 def _unavailable() -> MetricsUnavailable:

@@ -119,3 +119,30 @@ def test_the_metrics_table_is_read_from_the_connector_config() -> None:
         ConnectorConfig.from_mapping({"metrics": {"prot": 1}})
     with pytest.raises(ConfigError, match=r"metrics\.port"):
         ConnectorConfig.from_mapping({"metrics": {"port": 70000}})
+
+
+async def test_supervisor_restarts_are_exported_per_supervisor() -> None:
+    from otpy import ChildSpec, Supervisor, TaskServer
+    from otpy import start as start_actor
+    from otpy.pg.metrics import exposition, snapshot
+
+    crashes = 0
+    running = trio.Event()
+
+    async def flaky() -> None:
+        nonlocal crashes
+        if crashes < 2:
+            crashes += 1
+            raise ValueError("not yet")
+        running.set()
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        spec = ChildSpec(id="flaky", start=lambda: TaskServer(flaky))
+        await start_actor(nursery, Supervisor([spec], intensity=5, period=5), name="obs_sup")
+        with trio.fail_after(5):
+            await running.wait()
+        assert ("'obs_sup'", 2) in snapshot().supervisor_restarts
+        samples = _samples(exposition().decode())
+        assert samples["otpy_supervisor_restarts_total", (("supervisor", "'obs_sup'"),)] == 2
+        nursery.cancel_scope.cancel()
