@@ -77,7 +77,7 @@ async def serve_metrics(
                 with trio.move_on_after(REQUEST_TIMEOUT):
                     path = await _read_path(stream)
                     if path is not None:
-                        await stream.send_all(_respond(path, registry))
+                        await stream.send_all(_answer(path, registry))
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
 
@@ -100,6 +100,19 @@ async def _read_path(stream: trio.SocketStream) -> str | None:
     return parts[1].decode("latin-1").split("?", 1)[0]
 
 
+def _answer(path: str, registry: Any) -> bytes:
+    """The response to ``path``; a failure is a 500 (logged), never the end of the server."""
+    try:
+        return _respond(path, registry)
+    except Exception as exc:
+        logger.exception(
+            "metrics endpoint: %s failed",
+            path,
+            extra={"event": "metrics_request_failed", "path": path},
+        )
+        return _response(500, f"{type(exc).__name__}: {exc}\n")
+
+
 def _respond(path: str, registry: Any) -> bytes:
     if path == "/metrics":
         if registry is None:
@@ -119,7 +132,13 @@ def _respond(path: str, registry: Any) -> bytes:
     return _response(404, "not found: try /metrics, /healthz or /readyz\n")
 
 
-_REASONS: Final = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 501: "Not Implemented"}
+_REASONS: Final = {
+    200: "OK",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+}
 
 
 def _response(status: int, body: str | bytes, content_type: str = _TEXT) -> bytes:

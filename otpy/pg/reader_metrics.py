@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import collections
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
 import attrs
@@ -62,6 +62,8 @@ HANDLER_BUCKETS: Final[tuple[float, ...]] = (
 HEARTBEAT_PREFIX: Final = "otpy.heartbeat"
 
 _MESSAGE: Final = "message"
+#: Unseen heartbeats remembered (the oldest decides whether one is overdue).
+_UNSEEN_MAX: Final = 64
 
 
 def is_heartbeat(batch: ChangeBatch) -> bool:
@@ -171,8 +173,9 @@ class ReaderCounters:
         self.heartbeats_sent = 0
         self.heartbeats_received = 0
         self.heartbeat_timeout: float | None = None
-        #: Wall-clock send times of the heartbeats not seen back yet, oldest first.
-        self.unseen_heartbeats: collections.deque[float] = collections.deque(maxlen=64)
+        #: Wall-clock send times of the heartbeats not seen back yet, oldest first
+        #: (bounded: past the bound only the oldest matter).
+        self.unseen_heartbeats: collections.deque[float] = collections.deque()
         self.slot_health: SlotHealth | None = None
 
     def handled(self, batch: ChangeBatch, seconds: float) -> None:
@@ -193,7 +196,8 @@ class ReaderCounters:
     def heartbeat_sent(self, sent_at: float) -> None:
         """A heartbeat with wall-clock time ``sent_at`` was written."""
         self.heartbeats_sent += 1
-        self.unseen_heartbeats.append(sent_at)
+        if len(self.unseen_heartbeats) < _UNSEEN_MAX:
+            self.unseen_heartbeats.append(sent_at)
 
     def heartbeat_seen(self, payload: object, slot: str) -> None:
         """A heartbeat came back through the stream (and is acknowledged with it).
@@ -213,7 +217,7 @@ class ReaderCounters:
         unseen = self.unseen_heartbeats
         while unseen and unseen[0] <= sent_at:
             unseen.popleft()
-        self.last_acked_commit = datetime.fromtimestamp(sent_at).astimezone()
+        self.last_acked_commit = datetime.fromtimestamp(sent_at, UTC)
         self.in_flight_commit = None
 
     def snapshot(
