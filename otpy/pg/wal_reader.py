@@ -709,8 +709,12 @@ class WalReader(GenServer):
 
 
 def subscriptions() -> list[Subscription]:
-    """The live subscriptions of this process (for metrics and health checks)."""
-    return list(_SUBSCRIPTIONS.values())
+    """The live subscriptions of this process (for metrics and health checks).
+
+    Live: not ended, and its readers' supervisor still runs (a subscription
+    whose supervisor was stopped without ``unsubscribe`` has no reader left).
+    """
+    return [sub for sub in _SUBSCRIPTIONS.values() if not sub.state.ended and sub.supervisor.alive]
 
 
 def _forget(sub: Subscription) -> None:
