@@ -146,3 +146,40 @@ async def test_supervisor_restarts_are_exported_per_supervisor() -> None:
         samples = _samples(exposition().decode())
         assert samples["otpy_supervisor_restarts_total", (("supervisor", "'obs_sup'"),)] == 2
         nursery.cancel_scope.cancel()
+
+
+async def test_the_connector_serves_the_endpoint_its_metrics_table_names() -> None:
+    import logging
+
+    from otpy import start as start_actor
+    from otpy.pg.app import connector_supervisor
+
+    ports: list[int] = []
+    listening = trio.Event()
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if getattr(record, "event", None) == "metrics_listening":
+                ports.append(record.port)  # type: ignore[attr-defined]
+                listening.set()
+
+    catch = Catch()
+    logger = logging.getLogger("otpy.pg.health")
+    logger.addHandler(catch)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        config = ConnectorConfig.from_mapping({"metrics": {"port": 0}})
+        async with trio.open_nursery() as nursery:
+            await start_actor(nursery, connector_supervisor(config))
+            with trio.fail_after(5):
+                await listening.wait()
+            status, _, text = await http_get(ports[0], "/readyz")
+            assert (status, text) == (200, "ready\n")
+            status, _, body = await http_get(ports[0], "/metrics")
+            assert status == 200
+            assert "otpy_supervisor_restarts_total" in body
+            nursery.cancel_scope.cancel()
+    finally:
+        logger.removeHandler(catch)
+        logger.setLevel(old_level)
