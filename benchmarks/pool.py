@@ -28,6 +28,7 @@ repeats, and pairing cancels most of it).  Usage::
 
     .venv/bin/python benchmarks/pool.py                 # own throw-away server
     .venv/bin/python benchmarks/pool.py --dsn "host=... dbname=..." --repeat 7
+    .venv/bin/python benchmarks/pool.py --only otpy "otpy no metrics"   # cost of the metrics
 """
 
 from __future__ import annotations
@@ -93,10 +94,10 @@ async def _run_tasks_trio(body: Callable[[int], Any]) -> float:
     return time.perf_counter() - start
 
 
-async def _otpy(dsn: str, workload: str, ops: int, use_query: bool) -> float:
+async def _otpy(dsn: str, workload: str, ops: int, use_query: bool, timing: bool = True) -> float:
     sql = SQL[workload][0]
     config = PoolConfig(name="bench", database="bench", min_size=CONNECTIONS, max_size=CONNECTIONS)
-    async with otpy_pool.open_pool("bench", config, _database(dsn)):
+    async with otpy_pool.open_pool("bench", config, _database(dsn), timing=timing):
         connection = otpy_pool.connection
         query = otpy_pool.query
 
@@ -215,6 +216,9 @@ async def _asyncpg(dsn: str, workload: str, ops: int, reset: bool = True) -> flo
 CONTENDERS: dict[str, Callable[[str, str, int], float]] = {
     "otpy": lambda dsn, w, n: trio.run(_otpy, dsn, w, n, False),
     "otpy query": lambda dsn, w, n: trio.run(_otpy, dsn, w, n, True),
+    # Metrics off: no hold-time measurement (open_pool(timing=False)); otpy/x is
+    # then the cost ratio of the metrics on the hot path.
+    "otpy no metrics": lambda dsn, w, n: trio.run(_otpy, dsn, w, n, False, False),
     "trio channel": lambda dsn, w, n: trio.run(_trio_channel, dsn, w, n),
     "psycopg_pool": lambda dsn, w, n: asyncio.run(_psycopg_pool(dsn, w, n)),
     "asyncpg": lambda dsn, w, n: asyncio.run(_asyncpg(dsn, w, n)),
@@ -260,14 +264,16 @@ def main(argv: list[str] | None = None) -> int:
                     results[workload][name].append(CONTENDERS[name](dsn, workload, args.ops))
             print(f"repeat {r + 1}/{args.repeat} done", file=sys.stderr)
 
-    import asyncpg
-    import psycopg_pool
+    peers = ""
+    if any(n.startswith(("psycopg_pool", "asyncpg")) for n in names):
+        import asyncpg
+        import psycopg_pool
 
+        peers = f"psycopg_pool {psycopg_pool.__version__}, asyncpg {asyncpg.__version__}, "
     print(
         f"{TASKS} tasks, {CONNECTIONS} connections, {args.ops} statements per task, "
         f"median of {args.repeat} runs (ops/s); psycopg {psycopg.__version__}, "
-        f"psycopg_pool {psycopg_pool.__version__}, asyncpg {asyncpg.__version__}, "
-        f"trio {trio.__version__}, Python {sys.version.split()[0]}"
+        f"{peers}trio {trio.__version__}, Python {sys.version.split()[0]}"
     )
     print()
     header = f"| {'contender':<15} |" + "".join(

@@ -33,6 +33,7 @@ from __future__ import annotations
 import enum
 import logging
 import random
+import weakref
 from collections import deque
 from collections.abc import Hashable, Iterable
 from typing import Any
@@ -244,6 +245,11 @@ async def delete_child(sup: Any, child_id: Any) -> None:
     await call(sup, _DeleteChild(child_id), timeout=None)
 
 
+def live_supervisors() -> list[SupervisorBase]:
+    """The supervisors of this process that still exist (for metrics: ``restarts``, ``label``)."""
+    return [sup for sup in _LIVE if sup._ref is not None and sup._ref.alive]
+
+
 class SupervisorBase(GenServer):
     """What every supervisor shares: child start/stop, intensity, backoff, reports.
 
@@ -263,6 +269,9 @@ class SupervisorBase(GenServer):
         self._by_monitor: dict[Monitor, _Child] = {}
         self._tokens = 0
         self._rng = random.Random()
+        #: Restarts done since this supervisor started (read by metrics).
+        self.restarts = 0
+        _LIVE.add(self)
 
     # -- reporting ---------------------------------------------------------------
 
@@ -431,6 +440,7 @@ class SupervisorBase(GenServer):
     def _record_restart(self) -> bool:
         """Count one restart; False if that exceeds ``intensity`` within ``period``."""
         now = trio.current_time()
+        self.restarts += 1
         restarts = self._restarts
         restarts.append(now)
         while restarts and restarts[0] <= now - self.period:
@@ -683,6 +693,10 @@ class SupervisorBase(GenServer):
         """Cancel starts in progress, then stop all running children in reverse start order."""
         await self._cancel_starts()
         await self._shutdown_running(self._children_list())
+
+
+#: Every supervisor instance, weakly (a stopped supervisor disappears with its object).
+_LIVE: weakref.WeakSet[SupervisorBase] = weakref.WeakSet()
 
 
 class Supervisor(SupervisorBase):

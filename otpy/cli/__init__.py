@@ -25,6 +25,7 @@ import trio
 
 from otpy import __version__
 from otpy.application import run as run_application
+from otpy.logs import JsonFormatter
 from otpy.pg.errors import ConfigError, ConnectError
 from otpy.pg.wal_reader import (
     AlreadySubscribed,
@@ -154,6 +155,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default="WARNING", help="logging level (DEBUG, INFO, ...; default WARNING)"
     )
+    parser.add_argument("--log-format", choices=("text", "json"), default="text", help="log lines")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = commands.add_parser(
@@ -207,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.log_format == "json":  # one JSON object per line (otpy.logs.JsonFormatter)
+        logging.getLogger().handlers[0].setFormatter(JsonFormatter())
     code: int = args.handler(args)
     return code
 

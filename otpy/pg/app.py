@@ -86,12 +86,18 @@ def connector_supervisor(config: ConnectorConfig) -> Supervisor:
     as a separate application.  Pools start in configuration order, the WAL
     readers' supervisor last.  Its intensity is generous because each child is
     itself a supervisor that paces its own restarts (reconnect back-off).
+    With a ``[metrics]`` table, the metrics endpoint (:mod:`otpy.pg.health`)
+    starts after them.
     """
     children: list[ChildSpec] = [
         pool_spec(name, pool, config.databases[pool.database])
         for name, pool in config.pools.items()
     ]
     children.append(readers_supervisor_spec())
+    if config.metrics is not None:
+        from otpy.pg.health import metrics_server_spec  # imports the readers and pools
+
+        children.append(metrics_server_spec(config.metrics))
     return Supervisor(children, strategy=Strategy.ONE_FOR_ONE, intensity=10, period=60.0)
 
 

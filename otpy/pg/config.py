@@ -69,6 +69,7 @@ __all__ = [
     "Backoff",
     "ConnectorConfig",
     "DatabaseConfig",
+    "MetricsConfig",
     "PoolConfig",
     "Secret",
     "check_bool",
@@ -492,11 +493,27 @@ class PoolConfig:
 
 
 @attrs.frozen
+class MetricsConfig:
+    """The ``[metrics]`` table: where :mod:`otpy.pg.health` serves ``/metrics`` and probes.
+
+    Local by default: the endpoint has no authentication, so exposing it
+    beyond the host (``host = "0.0.0.0"``) is a deliberate choice.
+    """
+
+    port: int = 9187
+    """TCP port (0 picks a free one)."""
+    host: str = "127.0.0.1"
+    """Address to bind."""
+
+
+@attrs.frozen
 class ConnectorConfig:
-    """The whole connector configuration: ``databases`` and the ``pools`` using them."""
+    """The whole connector configuration: ``databases``, the ``pools`` using them, ``metrics``."""
 
     databases: Mapping[str, DatabaseConfig] = attrs.field(factory=dict)
     pools: Mapping[str, PoolConfig] = attrs.field(factory=dict)
+    metrics: MetricsConfig | None = None
+    """The metrics endpoint, served by the connector application when set."""
 
     def database_of(self, pool: str) -> DatabaseConfig:
         """The database configuration of pool ``pool``.
@@ -520,7 +537,7 @@ class ConnectorConfig:
         """
         env = os.environ if environ is None else environ
         root = _mapping(data, "")
-        _check_keys(root, "", ("databases", "pools"))
+        _check_keys(root, "", ("databases", "pools", "metrics"))
         databases = {
             # A database is a table of settings, or a DSN string.
             name: (
@@ -534,7 +551,8 @@ class ConnectorConfig:
             name: _pool(name, _mapping(entry, f"pools.{name}"), f"pools.{name}", databases)
             for name, entry in _named_entries(root.get("pools", {}), "pools")
         }
-        return cls(databases=databases, pools=pools)
+        metrics = _metrics(root["metrics"], "metrics") if "metrics" in root else None
+        return cls(databases=databases, pools=pools, metrics=metrics)
 
     @classmethod
     def from_toml(
@@ -969,6 +987,15 @@ def _pool(
         values["max_waiting"] = _int(entry["max_waiting"], f"{path}.max_waiting", minimum=0)
     _check_pool(values, path)
     return PoolConfig(**values)
+
+
+def _metrics(value: object, path: str) -> MetricsConfig:
+    entry = _mapping(value, path)
+    _check_keys(entry, path, ("port", "host"))
+    default = MetricsConfig()
+    port = _int(entry.get("port", default.port), f"{path}.port", minimum=0, maximum=65535)
+    host = _text(entry["host"], f"{path}.host") if "host" in entry else default.host
+    return MetricsConfig(port=port, host=host)
 
 
 def _size(value: object, path: str) -> tuple[int, int]:

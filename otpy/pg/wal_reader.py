@@ -60,10 +60,12 @@ import functools
 import itertools
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
+import psycopg
 import trio
 from psycopg.conninfo import conninfo_to_dict
 
@@ -76,6 +78,7 @@ from otpy.gen_server import GenServer
 from otpy.pg import dead_letters
 from otpy.pg.config import ConnectorConfig, DatabaseConfig, libpq_settings
 from otpy.pg.errors import ConfigError
+from otpy.pg.reader_metrics import HEARTBEAT_PREFIX, ReaderCounters, ReaderMetrics, is_heartbeat
 from otpy.pg.replication.acks import AckTracker, FailureCount
 from otpy.pg.replication.changes import Change, ChangeBatch
 from otpy.pg.replication.errors import (
@@ -100,6 +103,7 @@ from otpy.pg.replication.options import ReaderOptions
 from otpy.pg.replication.pgoutput import UNCHANGED_TOAST, is_compiled
 from otpy.pg.replication.slots import validate_publication_name, validate_slot_name
 from otpy.pg.replication.stream import ReplicationSession
+from otpy.pg.replication.watch import check_slot
 from otpy.registry import Registry, Via, whereis
 from otpy.supervisor import start_child, terminate_child, which_children
 
@@ -132,6 +136,7 @@ __all__ = [
     "readers_supervisor_spec",
     "resolve_database",
     "subscribe",
+    "subscriptions",
     "unsubscribe",
 ]
 
@@ -235,6 +240,18 @@ class Subscription:
     child_id: tuple[str, str, int]
     connect_kwargs: dict[str, Any] = attrs.field(repr=False)
     state: ReaderState = attrs.field(factory=ReaderState)
+    counters: ReaderCounters = attrs.field(factory=ReaderCounters, repr=False)
+
+    def metrics(self) -> ReaderMetrics:
+        """A snapshot of the reader's positions, lag and counters (no I/O, no message)."""
+        state = self.state
+        return self.counters.snapshot(
+            self.slot,
+            self.database,
+            streaming=state.streaming,
+            ended=state.ended,
+            starts=state.starts,
+        )
 
     def __repr__(self) -> str:
         return f"<Subscription slot={self.slot!r} db={self.database!r} {self.options.slot_type}>"
@@ -437,6 +454,9 @@ class WalReader(GenServer):
         self.standby = False
         # A reader that already streamed from its persistent slot never re-creates it.
         self.session.create_missing = not subscription.state.slot_seen
+        subscription.counters.session = self.session
+        subscription.counters.standby = False
+        subscription.counters.heartbeat_timeout = subscription.options.effective_heartbeat_timeout
 
     def __repr__(self) -> str:
         return f"<WalReader slot={self.subscription.slot!r}>"
@@ -463,7 +483,7 @@ class WalReader(GenServer):
             if not self.subscription.options.standby:
                 await self._close_quietly()
                 raise
-            self.standby = True
+            self.standby = self.subscription.counters.standby = True
             logger.info(
                 "slot %s is in use elsewhere: standing by",
                 self.subscription.slot,
@@ -521,7 +541,7 @@ class WalReader(GenServer):
         if scope.cancelled_caught or self._stopping:  # terminate stopped the wait
             self._stream_done.set()
             return
-        self.standby = False
+        self.standby = self.subscription.counters.standby = False
         self._started_streaming()
         logger.info(
             "slot %s was freed: taking over",
@@ -546,6 +566,10 @@ class WalReader(GenServer):
                         nursery.start_soon(session.read_loop, send)
                         nursery.start_soon(session.status_loop)
                         nursery.start_soon(self._deliver, recv)
+                        if self.subscription.options.heartbeat_interval is not None:
+                            nursery.start_soon(self._heartbeat)
+                        if self.subscription.options.slot_check_interval is not None:
+                            nursery.start_soon(self._watch_slot)
                 except BaseExceptionGroup as group:
                     raise unwrap_group(group) from None
         except BaseException as exc:
@@ -566,29 +590,39 @@ class WalReader(GenServer):
         policy = sub.options.on_failure
         acks = self._ack_tracker() if sub.options.manual_ack else None
         parking: int | None = None  # dead letter of the transaction being parked
+        counters = sub.counters
+        clock = time.perf_counter
         async for batch in recv:
+            heartbeat = batch.xid is None and is_heartbeat(batch)
             if acks is not None:
                 if batch.chunk == 0:
                     await acks.wait_room()  # at the cap: backpressure
                 if batch.final:  # outstanding before the call: the handler may ack at once
                     acks.delivered(batch.commit_lsn, batch.end_lsn)
-            if parking is not None:  # later chunks of a parked transaction
-                assert policy.pool is not None
-                await dead_letters.park_more(policy.pool, parking, batch, policy.table)
-            elif batch:
-                try:
-                    await handler.handle_replication_data(sub, batch)
-                except Exception as exc:
-                    attempts = sub.state.failures.failed(batch.commit_lsn)
-                    if not policy.gives_up or attempts < policy.max_attempts:
-                        raise
-                    parking = await self._give_up(batch, exc, attempts)
+            if heartbeat:
+                counters.heartbeat_seen(batch[0].data, sub.slot)  # never delivered
+            else:
+                if batch.chunk == 0:
+                    counters.in_flight_commit = batch.commit_time
+                start = clock()
+                if parking is not None:  # later chunks of a parked transaction
+                    assert policy.pool is not None
+                    await dead_letters.park_more(policy.pool, parking, batch, policy.table)
+                elif batch:
+                    try:
+                        await handler.handle_replication_data(sub, batch)
+                    except Exception as exc:
+                        attempts = sub.state.failures.failed(batch.commit_lsn)
+                        if not policy.gives_up or attempts < policy.max_attempts:
+                            raise
+                        parking = await self._give_up(batch, exc, attempts)
+                counters.handled(batch, clock() - start)
             if batch.final:
                 sub.state.failures.succeeded(batch.commit_lsn)
                 self.transactions += 1
                 if acks is None:
                     session.acknowledge(batch.end_lsn)
-                elif parking is not None or not batch:  # nothing for the handler to confirm
+                elif parking is not None or heartbeat or not batch:  # no handler to confirm
                     acks.ack(batch.commit_lsn)
                 parking = None
                 if acks is not None:
@@ -649,6 +683,73 @@ class WalReader(GenServer):
         )
         return letter
 
+    async def _heartbeat(self) -> None:
+        """Emit a heartbeat every ``heartbeat_interval`` on the session's normal connection.
+
+        A non-transactional logical message: the walsender sends it back at
+        once (outside any transaction), which proves the whole path, and its
+        acknowledgement moves the slot even when this database is idle.
+        """
+        sub = self.subscription
+        interval = sub.options.heartbeat_interval
+        assert interval is not None
+        while True:
+            meta = self.session.meta
+            if meta is None:
+                return
+            sent_at = time.time()
+            sub.counters.heartbeat_sent(sent_at)
+            try:
+                with trio.move_on_after(interval):
+                    await meta.execute(
+                        "SELECT pg_catalog.pg_logical_emit_message(false, %s, %s)",
+                        [HEARTBEAT_PREFIX, f"{sub.slot} {sent_at!r}"],
+                    )
+            except psycopg.Error as exc:
+                logger.warning(
+                    "slot %s: cannot emit a heartbeat: %s",
+                    sub.slot,
+                    exc,
+                    extra={"event": "replication_heartbeat_failed", "slot": sub.slot},
+                )
+            await trio.sleep(interval)
+
+    async def _watch_slot(self) -> None:
+        """Read the slot's WAL retention every ``slot_check_interval``; warn when at risk.
+
+        Each kind of risk is logged once (``replication_slot_at_risk``), and
+        again only after the slot was fine in between.
+        """
+        sub = self.subscription
+        interval = sub.options.slot_check_interval
+        assert interval is not None
+        warned: str | None = None  # the risk already logged
+        while True:
+            meta = self.session.meta
+            if meta is None:
+                return
+            try:
+                with trio.move_on_after(interval):
+                    health = await check_slot(meta, sub.slot)
+                    sub.counters.slot_health = health
+                    risk = None if health is None else health.risk
+                    if health is not None and risk is not None and risk != warned:
+                        logger.warning(
+                            "slot %s: %s",
+                            sub.slot,
+                            health.warning(),
+                            extra={
+                                "event": "replication_slot_at_risk",
+                                "slot": sub.slot,
+                                "risk": risk,
+                                "retained_bytes": health.retained_bytes,
+                            },
+                        )
+                    warned = risk
+            except psycopg.Error as exc:
+                logger.debug("slot %s: cannot check the slot: %s", sub.slot, exc)
+            await trio.sleep(interval)
+
     @property
     def acked(self) -> LSN:
         """The flush position acknowledged to the server so far."""
@@ -667,6 +768,8 @@ class WalReader(GenServer):
                 raise
         sub = self.subscription
         terminal = self._terminal
+        if reason.abnormal:
+            sub.counters.last_error = str(reason)
         try:
             await self.session.close(final_ack=True)
         finally:
@@ -709,6 +812,15 @@ class WalReader(GenServer):
             finally:
                 if terminal is not None:  # even if the stop hook was cancelled
                     sub.state._end()
+
+
+def subscriptions() -> list[Subscription]:
+    """The live subscriptions of this process (for metrics and health checks).
+
+    Live: not ended, and its readers' supervisor still runs (a subscription
+    whose supervisor was stopped without ``unsubscribe`` has no reader left).
+    """
+    return [sub for sub in _SUBSCRIPTIONS.values() if not sub.state.ended and sub.supervisor.alive]
 
 
 def _forget(sub: Subscription) -> None:

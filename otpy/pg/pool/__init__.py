@@ -72,7 +72,7 @@ from otpy.pg.pool.manager import (
     pool_spec,
     running_pool,
 )
-from otpy.pg.pool.types import WAIT_BUCKETS, PoolStats, QueryResult
+from otpy.pg.pool.types import HOLD_BUCKETS, WAIT_BUCKETS, PoolStats, QueryResult
 
 if TYPE_CHECKING:
     from psycopg.rows import TupleRow
@@ -83,6 +83,7 @@ Query = str | bytes | _sql.SQL | _sql.Composed
 """A statement: text with psycopg placeholders (``%s``), or a :mod:`psycopg.sql` composition."""
 
 __all__ = [
+    "HOLD_BUCKETS",
     "LEAK_CHECK_INTERVAL",
     "WAIT_BUCKETS",
     "Lease",
@@ -544,6 +545,8 @@ async def open_pool(
     wait: bool = True,
     timeout: float | None = None,  # noqa: ASYNC109
     leak_check_interval: float | None = LEAK_CHECK_INTERVAL,
+    timing: bool = True,
+    hold_warning: float | None = None,
 ) -> AsyncIterator[Pool]:
     """Run pool ``name`` for the ``async with`` block, standalone (tests, scripts).
 
@@ -558,7 +561,8 @@ async def open_pool(
     seconds or ``None``, the database's files and service, see
     :meth:`DatabaseConfig.check`).  An exception raised in the block reaches
     the caller as itself (``except psycopg.errors.DivisionByZero`` works),
-    not wrapped in an exception group.
+    not wrapped in an exception group.  ``timing`` and ``hold_warning``:
+    see :func:`pool_spec`.
 
     Raises:
         ConfigError: an invalid argument, naming it and its value.
@@ -569,8 +573,17 @@ async def open_pool(
     check_seconds(
         leak_check_interval, "open_pool(leak_check_interval)", optional=True, positive=True
     )
+    check_bool(timing, "open_pool(timing)")
+    check_seconds(hold_warning, "open_pool(hold_warning)", optional=True, positive=True)
     _check_configs(name, pool, database)
-    async with running_pool(name, pool, database, leak_check_interval=leak_check_interval):
+    async with running_pool(
+        name,
+        pool,
+        database,
+        leak_check_interval=leak_check_interval,
+        timing=timing,
+        hold_warning=hold_warning,
+    ):
         handle = Pool(name)
         if wait:
             await handle.wait_ready(timeout=timeout)

@@ -30,6 +30,7 @@ import enum
 import logging
 import math
 import random
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -46,7 +47,7 @@ from otpy.pg.pool.errors import (
     PoolTimeout,
     PoolUnavailable,
 )
-from otpy.pg.pool.types import WAIT_BUCKETS, PoolStats
+from otpy.pg.pool.types import HOLD_BUCKETS, WAIT_BUCKETS, PoolStats
 
 if TYPE_CHECKING:
     from psycopg.rows import TupleRow
@@ -104,8 +105,10 @@ class Slot:
         "idle_since",
         "max_idle",
         "reclaim",
+        "reported_hold",
         "retired",
         "state",
+        "taken_at",
         "worker",
     )
 
@@ -122,6 +125,10 @@ class Slot:
         self.max_idle = math.inf
         self.retired = False
         self.reclaim = False
+        #: When the current holder took it (with the pool's ``timing`` on).
+        self.taken_at = 0.0
+        #: ``taken_at`` of the checkout already reported as held too long.
+        self.reported_hold = -1.0
 
     def __repr__(self) -> str:
         return f"<Slot {self.state.name}{' ephemeral' if self.ephemeral else ''}>"
@@ -170,8 +177,13 @@ class PoolCore:
         config: PoolConfig,
         database: DatabaseConfig,
         request_grow: Callable[[], None] | None = None,
+        *,
+        timing: bool = True,
     ) -> None:
         self.name = name
+        #: Record checkout times: the hold-time histogram and the long-hold
+        #: warning need them (one clock read at checkout and one at checkin).
+        self.timing = timing
         self.config = config
         self.database = database
         self._request_grow = request_grow
@@ -207,6 +219,9 @@ class PoolCore:
         self.rollbacks = 0
         self.health_checks = 0
         self.leaked = 0
+        self.hold_buckets = [0] * len(HOLD_BUCKETS)
+        self.hold_time_total = 0.0
+        self.held_too_long = 0
 
     def __repr__(self) -> str:
         return f"<PoolCore {self.name!r} {len(self.slots)} slots, {len(self.idle)} idle>"
@@ -228,6 +243,8 @@ class PoolCore:
             slot.state = SlotState.IN_USE
             slot.holder = trio.lowlevel.current_task()
             self.checkouts += 1
+            if self.timing:
+                slot.taken_at = self._now()
             if self._changed is not None:
                 self._notify()
             return slot
@@ -249,6 +266,8 @@ class PoolCore:
                 self.name,
             )
         slot.holder = None
+        if self.timing:
+            self._record_hold(slot)
         if slot.retired:
             slot.state = SlotState.CLOSED
             if self._changed is not None:
@@ -283,6 +302,8 @@ class PoolCore:
             slot.holder = waiter.task
             self.checkouts += 1
             self._record_wait(waiter)
+            if self.timing:
+                slot.taken_at = self._now()
             trio.lowlevel.reschedule(waiter.task, outcome.Value(slot))
         else:
             slot.state = SlotState.IDLE
@@ -359,6 +380,14 @@ class PoolCore:
         while waited > WAIT_BUCKETS[i]:
             i += 1
         self.wait_buckets[i] += 1
+
+    def _record_hold(self, slot: Slot) -> None:
+        held = self._now() - slot.taken_at
+        self.hold_time_total += held
+        i = 0
+        while held > HOLD_BUCKETS[i]:
+            i += 1
+        self.hold_buckets[i] += 1
 
     def _refuse(self) -> None:
         if self.closed:
@@ -566,6 +595,47 @@ class PoolCore:
             self._notify()
         return count
 
+    def warn_long_holds(self, threshold: float) -> int:
+        """Log, once per checkout, each connection held longer than ``threshold`` seconds.
+
+        The warning carries the stack of the holding task *now* (where it
+        sits while it keeps the connection), taken from trio's task object
+        at sweep time: nothing is captured on the checkout path.  Needs the
+        pool's ``timing``; returns how many connections were reported.
+        """
+        if not self.timing:
+            return 0
+        now = self._now()
+        count = 0
+        for slot in self.slots:
+            task = slot.holder
+            if (
+                slot.state is SlotState.IN_USE
+                and task is not None
+                and now - slot.taken_at > threshold
+                and slot.reported_hold != slot.taken_at
+            ):
+                slot.reported_hold = slot.taken_at
+                count += 1
+                self.held_too_long += 1
+                stack = "".join(traceback.format_list(_task_stack(task)))
+                logger.warning(
+                    "pool %r: task %r has held a connection for %.1f s (threshold %g s); "
+                    "it is at:\n%s",
+                    self.name,
+                    task.name,
+                    now - slot.taken_at,
+                    threshold,
+                    stack.rstrip(),
+                    extra={
+                        "event": "pool_connection_held_long",
+                        "pool": self.name,
+                        "task": task.name,
+                        "held_seconds": round(now - slot.taken_at, 3),
+                    },
+                )
+        return count
+
     def close(self) -> None:
         """The manager is exiting: refuse new checkouts, fail the waiters."""
         if self.closed:
@@ -593,7 +663,11 @@ class PoolCore:
             await self._changed.wait()
 
     def stats(self) -> PoolStats:
-        """A snapshot of the pool's state and counters (no I/O)."""
+        """A snapshot of the pool's state and counters (no I/O).
+
+        ``hold_histogram`` counts the connections given back; the hold
+        times are measured only with the pool's ``timing`` on.
+        """
         states = [0] * len(SlotState)
         for slot in self.slots:
             states[slot.state] += 1
@@ -631,4 +705,12 @@ class PoolCore:
             leaked=self.leaked,
             down=self.down,
             last_error=self.last_error,
+            hold_time_total=self.hold_time_total,
+            hold_histogram=tuple(zip(HOLD_BUCKETS, self.hold_buckets, strict=True)),
+            held_too_long=self.held_too_long,
         )
+
+
+def _task_stack(task: trio.lowlevel.Task) -> traceback.StackSummary:
+    """Where ``task`` is suspended, outermost frame first (trio's own await chain)."""
+    return traceback.StackSummary.extract(task.iter_await_frames())

@@ -42,7 +42,7 @@ from otpy.errors import ActorExited, InitError, SupervisorError
 from otpy.gen_server import GenServer, cast
 from otpy.gen_server import start as start_actor
 from otpy.gen_server import stop as stop_actor
-from otpy.pg.config import DatabaseConfig, PoolConfig, check_seconds
+from otpy.pg.config import DatabaseConfig, PoolConfig, check_bool, check_seconds
 from otpy.pg.pool.core import PoolCore
 from otpy.pg.pool.errors import PoolNotFound
 from otpy.pg.pool.worker import ConnectionWorker
@@ -57,6 +57,7 @@ __all__ = [
     "make_pool_supervisor",
     "pool_key",
     "pool_spec",
+    "running_cores",
     "running_pool",
 ]
 
@@ -76,6 +77,14 @@ _CORES: dict[Ref, PoolCore] = {}
 #: for the same registry and while the state is open (a closed state means its
 #: manager exited, so the name is looked up again).
 _LOOKUPS: dict[str, tuple[Any, PoolCore]] = {}
+
+
+def running_cores() -> list[PoolCore]:
+    """The state of every pool running in this process, whatever its registry.
+
+    For metrics exporters: reading it costs no I/O and no message.
+    """
+    return [core for core in _CORES.values() if not core.closed]
 
 
 def pool_key(name: str) -> tuple[str, str]:
@@ -122,6 +131,8 @@ class PoolBox:
     pool: PoolConfig
     database: DatabaseConfig
     leak_check_interval: float | None = LEAK_CHECK_INTERVAL
+    timing: bool = True
+    hold_warning: float | None = None
     core: PoolCore | None = None
     manager: Ref | None = None
     ephemeral: Ref | None = None
@@ -155,7 +166,9 @@ class PoolManager(GenServer):
         """Create the pool state, make it findable, start the timers."""
         box = self._box
         ref = self.ref
-        core = PoolCore(box.name, box.pool, box.database, request_grow=self._request_grow)
+        core = PoolCore(
+            box.name, box.pool, box.database, request_grow=self._request_grow, timing=box.timing
+        )
         self.core = core
         box.core = core
         box.manager = ref
@@ -167,7 +180,7 @@ class PoolManager(GenServer):
         _CORES[ref] = core
         self.start_soon(self._timer, name=f"pool {box.name!r} timer")
         if box.leak_check_interval is not None:
-            self.start_soon(self._sweep, box.leak_check_interval)
+            self.start_soon(self._sweep, box.leak_check_interval, box.hold_warning)
 
     def _request_grow(self) -> None:
         cast(self.ref, _GROW)
@@ -183,10 +196,12 @@ class PoolManager(GenServer):
             if cached is not None and cached[1] is self.core:
                 del _LOOKUPS[self._box.name]
 
-    async def _sweep(self, interval: float) -> None:
+    async def _sweep(self, interval: float, hold_warning: float | None) -> None:
         while True:
             await trio.sleep(interval)
             self.core.reclaim_leaks()
+            if hold_warning is not None:
+                self.core.warn_long_holds(hold_warning)
 
     async def handle_cast(self, request: Any) -> None:
         """``grow``: start on-demand workers for the pending requests."""
@@ -239,9 +254,14 @@ def make_pool_supervisor(
     database: DatabaseConfig,
     *,
     leak_check_interval: float | None = LEAK_CHECK_INTERVAL,
+    timing: bool = True,
+    hold_warning: float | None = None,
 ) -> Supervisor:
-    """Build the supervisor of one pool (see the module docstring for the tree)."""
-    box = PoolBox(name, pool, database, leak_check_interval)
+    """Build the supervisor of one pool (see the module docstring for the tree).
+
+    ``timing`` and ``hold_warning``: see :func:`pool_spec`.
+    """
+    box = PoolBox(name, pool, database, leak_check_interval, timing, hold_warning)
     restart_backoff = pool.reconnect  # crashed workers restart at the reconnect pace
     stable = [
         ChildSpec(
@@ -273,6 +293,8 @@ def pool_spec(
     database: DatabaseConfig,
     *,
     leak_check_interval: float | None = LEAK_CHECK_INTERVAL,
+    timing: bool = True,
+    hold_warning: float | None = None,
 ) -> ChildSpec:
     """The child spec of pool ``name``, for the connector application's supervisor.
 
@@ -283,6 +305,12 @@ def pool_spec(
     they do), so an unreachable server does not prevent the application from
     starting.  Child id: ``("otpy.pg.pool", name)``.
 
+    ``timing`` records when each connection is taken, for the hold-time
+    histogram of :class:`~otpy.pg.pool.PoolStats` and for ``hold_warning``:
+    a connection held longer than ``hold_warning`` seconds is logged once
+    (``pool_connection_held_long``, with the holding task's stack) by the
+    sweep that runs every ``leak_check_interval`` seconds.
+
     Raises:
         ConfigError: ``database`` names a missing file or an unknown service
             (see :meth:`DatabaseConfig.check`): reported now rather than by
@@ -291,11 +319,18 @@ def pool_spec(
     check_seconds(
         leak_check_interval, "pool_spec(leak_check_interval)", optional=True, positive=True
     )
+    check_bool(timing, "pool_spec(timing)")
+    check_seconds(hold_warning, "pool_spec(hold_warning)", optional=True, positive=True)
     database.check()
     return ChildSpec(
         id=pool_key(name),
         start=lambda: make_pool_supervisor(
-            name, pool, database, leak_check_interval=leak_check_interval
+            name,
+            pool,
+            database,
+            leak_check_interval=leak_check_interval,
+            timing=timing,
+            hold_warning=hold_warning,
         ),
         type=ChildType.SUPERVISOR,
         restart=Restart.PERMANENT,
@@ -309,6 +344,8 @@ async def running_pool(
     database: DatabaseConfig,
     *,
     leak_check_interval: float | None = LEAK_CHECK_INTERVAL,
+    timing: bool = True,
+    hold_warning: float | None = None,
 ) -> AsyncIterator[Ref]:
     """Run pool ``name``'s tree in a nursery for the block; yield its supervisor's ref.
 
@@ -318,7 +355,12 @@ async def running_pool(
     try:
         async with trio.open_nursery() as nursery:
             sup = make_pool_supervisor(
-                name, pool, database, leak_check_interval=leak_check_interval
+                name,
+                pool,
+                database,
+                leak_check_interval=leak_check_interval,
+                timing=timing,
+                hold_warning=hold_warning,
             )
             ref = await start_actor(nursery, sup, link=True)
             try:

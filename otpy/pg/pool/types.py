@@ -7,10 +7,14 @@ from typing import Any
 
 import attrs
 
-__all__ = ["WAIT_BUCKETS", "PoolStats", "QueryResult"]
+__all__ = ["HOLD_BUCKETS", "WAIT_BUCKETS", "PoolStats", "QueryResult"]
 
 #: Upper bounds (seconds) of the checkout wait-time histogram in :class:`PoolStats`.
 WAIT_BUCKETS: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0, float("inf"))
+
+#: Upper bounds (seconds) of the connection hold-time histogram in :class:`PoolStats`:
+#: from a single fast statement to a connection kept for minutes.
+HOLD_BUCKETS: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0, 10.0, 60.0, float("inf"))
 
 
 @attrs.frozen
@@ -118,6 +122,17 @@ class PoolStats:
     """True while the pool has no connection and its last connection attempt failed."""
     last_error: str | None
     """The last connection error (never containing a password)."""
+    hold_time_total: float = 0.0
+    """Seconds connections were held by callers, summed over the check-ins (timing on)."""
+    hold_histogram: tuple[tuple[float, int], ...] = ()
+    """``(upper bound in seconds, check-ins)`` per bucket of :data:`HOLD_BUCKETS` (timing on)."""
+    held_too_long: int = 0
+    """Checkouts reported as held longer than the pool's ``hold_warning`` threshold."""
+
+    @property
+    def connections_closed(self) -> int:
+        """Connections closed for any reason: lost, replaced or idle too long."""
+        return self.connections_lost + self.connections_replaced + self.connections_closed_idle
 
     @property
     def average_wait(self) -> float:

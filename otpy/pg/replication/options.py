@@ -88,6 +88,12 @@ def _seconds(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         raise _bad(attribute.name, "a finite number of seconds > 0", value)
 
 
+def _optional_seconds(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """A duration or None (disabled / derived)."""
+    if value is not None:
+        _seconds(_, attribute, value)
+
+
 def _count(allow_none: bool) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
     def check(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value is None and allow_none:
@@ -398,7 +404,13 @@ class ReaderOptions:
             ``sync_replication_slots`` keep a copy a promoted standby can
             stream from (see docs/operations.md).
         status_interval: seconds between standby status updates; keep it well
-            below the server's ``wal_sender_timeout``.
+            below the server's ``wal_sender_timeout``.  ``None`` (the default):
+            a third of ``wal_sender_timeout``, at most 10 s, read when the
+            reader connects (see :mod:`~otpy.pg.replication.watch`).
+        slot_check_interval: seconds between checks of the slot's WAL
+            retention (``pg_replication_slots``), for the reader's metrics
+            and a warning at 50 % of ``max_slot_wal_keep_size``; ``None``
+            disables them.
         max_batch_size: a transaction with more changes is delivered in chunks
             of this size (``changes.final`` marks the last); ``None`` delivers
             every transaction whole (unbounded memory).
@@ -427,6 +439,15 @@ class ReaderOptions:
         max_unacked: with ``ack="manual"``, how many delivered transactions
             may wait for their acknowledgement; at the cap the reader stops
             reading the stream (backpressure) until one is acknowledged.
+        heartbeat_interval: seconds between heartbeats (``None``, the default:
+            none).  A heartbeat is a non-transactional
+            ``pg_logical_emit_message`` with the prefix ``otpy.heartbeat``
+            written on the reader's normal connection and read back from the
+            stream: it proves the whole path, moves an idle slot forward and
+            feeds the reader's metrics.  Heartbeats are never delivered to
+            the handler (even with ``messages``).
+        heartbeat_timeout: seconds after which a heartbeat not seen back
+            marks the reader unhealthy (``/readyz``); default three intervals.
     """
 
     slot_type: str = attrs.field(default="temporary", validator=_slot_type)
@@ -437,7 +458,7 @@ class ReaderOptions:
     binary: bool = attrs.field(default=False, validator=_flag)
     messages: bool = attrs.field(default=False, validator=_flag)
     streaming: bool | str = attrs.field(default=False, validator=_streaming)
-    status_interval: float = attrs.field(default=10.0, validator=_seconds)
+    status_interval: float | None = attrs.field(default=None, validator=_optional_seconds)
     max_batch_size: int | None = attrs.field(default=5000, validator=_count(allow_none=True))
     queue_size: int = attrs.field(default=4, validator=_count(allow_none=False))
     restart_backoff: Backoff = attrs.field(
@@ -453,6 +474,9 @@ class ReaderOptions:
     on_failure: FailurePolicy = attrs.field(factory=FailurePolicy, converter=_failure_policy)
     ack: str = attrs.field(default="auto", validator=_ack_mode)
     max_unacked: int = attrs.field(default=1000, validator=_count(allow_none=False))
+    heartbeat_interval: float | None = attrs.field(default=None, validator=_optional_seconds)
+    heartbeat_timeout: float | None = attrs.field(default=None, validator=_optional_seconds)
+    slot_check_interval: float | None = attrs.field(default=30.0, validator=_optional_seconds)
 
     def __attrs_post_init__(self) -> None:
         if self.failover and self.temporary:
@@ -465,6 +489,13 @@ class ReaderOptions:
     def manual_ack(self) -> bool:
         """Whether the handler acknowledges transactions itself (``ack="manual"``)."""
         return self.ack == "manual"
+
+    @property
+    def effective_heartbeat_timeout(self) -> float | None:
+        """The heartbeat bound in force: ``heartbeat_timeout``, else three intervals."""
+        if self.heartbeat_interval is None:
+            return None
+        return self.heartbeat_timeout or 3 * self.heartbeat_interval
 
     @property
     def temporary(self) -> bool:
@@ -536,7 +567,7 @@ class ReaderOptions:
         options = [("proto_version", str(self.protocol(server_version)))]
         if self.binary:
             options.append(("binary", "true"))
-        if self.messages:
+        if self.messages or self.heartbeat_interval is not None:
             options.append(("messages", "true"))
         if self.streaming:
             options.append(("streaming", "parallel" if self.streaming == "parallel" else "on"))

@@ -63,6 +63,7 @@ from .slots import (
 )
 from .typefetch import afetch_missing_types
 from .values import TypeRefreshNeeded, ValueDecoder
+from .watch import DEFAULT_STATUS_INTERVAL, status_interval_for
 
 __all__ = ["ReplicationSession"]
 
@@ -122,6 +123,10 @@ class ReplicationSession:
         self.acked = LSN(0)
         #: Highest WAL position received.
         self.received = LSN(0)
+        #: The server's WAL end, as last reported in the stream (for the lag in bytes).
+        self.wal_end = 0
+        #: Seconds between status updates: the option, or derived from the server's.
+        self.status_interval = options.status_interval or DEFAULT_STATUS_INTERVAL
         #: Batches sent to the handler channel and not yet handled.
         self.pending = 0
         self.last_status = 0.0
@@ -157,6 +162,7 @@ class ReplicationSession:
         _OWN_WALSENDERS[self.backend_pid] = self.repl
         self.server_version = self.repl.info.server_version
         self.options.check_server(self.server_version)
+        self.status_interval = await status_interval_for(self.meta, self.options.status_interval)
         self.phase = "checking the publications"
         await check_publications(
             self.meta,
@@ -374,7 +380,7 @@ class ReplicationSession:
                         f"the server ended the replication stream of slot {self.slot!r}"
                     )
             if data[0] == 0x77:  # 'w'
-                start, _end, _time = unpack(data, 1)
+                start, self.wal_end, _time = unpack(data, 1)
                 msg = decode(data[_XLOG_SIZE:])
                 kind = type(msg)
                 lsn = make_lsn(LSN, start)
@@ -395,6 +401,7 @@ class ReplicationSession:
                     await out.send(batch)
             else:
                 keepalive = decode_copy_data(data)
+                self.wal_end = keepalive.end
                 if assembler.idle and self.pending == 0 and keepalive.end > self.acked:
                     # Nothing in flight: everything before `end` was delivered and acked.
                     self.acked = keepalive.end
@@ -458,7 +465,7 @@ class ReplicationSession:
 
     async def status_loop(self) -> None:
         """Send status updates every ``status_interval`` and soon after acknowledgements."""
-        interval = self.options.status_interval
+        interval = self.status_interval
         coalesce = min(ACK_COALESCE, interval)
         while True:
             with trio.move_on_at(self.last_status + interval):
