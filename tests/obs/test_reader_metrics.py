@@ -44,6 +44,8 @@ async def test_lag_rises_while_the_handler_is_blocked_and_falls_after(
     gate = Gate()
     sub = await wal_reader.subscribe(gate, module_dsn, unique("lag"), [pub])
     try:
+        with trio.fail_after(10):  # the stream task starts just after subscribe returns
+            await sub.wait_streaming()
         idle = sub.metrics()
         assert idle.state == "streaming"
         assert (idle.lag_seconds, idle.transactions, idle.queue_depth) == (0.0, 0, 0)
