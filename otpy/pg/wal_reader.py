@@ -396,6 +396,13 @@ class WalReader(GenServer):
         self.standby = False
         # A reader that already streamed from its persistent slot never re-creates it.
         self.session.create_missing = not subscription.state.slot_seen
+        # Optional hooks of consumers that store their own position (exactly-once).
+        handler = subscription.handler
+        check = getattr(handler, "check_replication_start", None)
+        if check is not None:
+            self.session.check_start = functools.partial(check, subscription)
+        self._progress = getattr(handler, "handle_replication_progress", None)
+        self.session.idle_progress = self._progress is not None
 
     def __repr__(self) -> str:
         return f"<WalReader slot={self.subscription.slot!r}>"
@@ -532,6 +539,14 @@ class WalReader(GenServer):
         async for batch in recv:
             if batch:
                 await handler.handle_replication_data(sub, batch)
+            elif (
+                batch.final
+                and self._progress is not None
+                and not await self._progress(sub, batch.end_lsn)
+            ):
+                # Not recorded by the consumer yet: not acknowledged (offered again later).
+                session.pending -= 1
+                continue
             if batch.final:
                 session.acknowledge(batch.end_lsn)
                 self.transactions += 1

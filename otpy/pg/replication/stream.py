@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import weakref
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
@@ -124,6 +125,14 @@ class ReplicationSession:
         self.phase = "connecting"
         #: Whether a missing persistent slot may be created (a first start only).
         self.create_missing = True
+        #: Called with the slot's confirmed position before START_REPLICATION;
+        #: raising refuses the start (a handler's ``check_replication_start``).
+        self.check_start: Callable[[LSN], Awaitable[None]] | None = None
+        #: When True, an idle keepalive position is not acknowledged here but
+        #: queued as an empty final batch, acknowledged once the handler
+        #: recorded it (``handle_replication_progress``): the consumer's stored
+        #: position then never lags behind the slot's.
+        self.idle_progress = False
 
     # ------------------------------------------------------------------ opening
 
@@ -197,6 +206,9 @@ class ReplicationSession:
         )
         self.acked = confirmed
         self.received = confirmed
+        if self.check_start is not None:
+            self.phase = "checking the consumer's position"
+            await self.check_start(confirmed)
         command = start_replication_command(
             self.slot, self.publications, self.options.plugin_options()
         )
@@ -302,9 +314,13 @@ class ReplicationSession:
                 keepalive = decode_copy_data(data)
                 if assembler.idle and self.pending == 0 and keepalive.end > self.acked:
                     # Nothing in flight: everything before `end` was delivered and acked.
-                    self.acked = keepalive.end
                     if keepalive.end > self.received:
                         self.received = keepalive.end
+                    if self.idle_progress:
+                        self.pending += 1
+                        await out.send(_progress_batch(keepalive.end))
+                    else:
+                        self.acked = keepalive.end
                 if keepalive.reply_requested:  # type: ignore[union-attr]
                     await self.send_status()
 
@@ -444,6 +460,13 @@ class ReplicationSession:
                 return
             await trio.sleep(delay)
             delay = min(delay * 2, 0.05)
+
+
+def _progress_batch(lsn: LSN) -> ChangeBatch:
+    """An empty final batch that carries an idle position to the handler loop."""
+    return ChangeBatch(
+        [], final=True, chunk=0, xid=None, commit_lsn=lsn, end_lsn=lsn, commit_time=None
+    )
 
 
 def _hard_close(conn: TrioConnection[Any]) -> None:
