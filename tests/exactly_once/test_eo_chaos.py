@@ -6,7 +6,7 @@ before the target commit (rolled back) and after it (committed but not
 acknowledged), the reader actor is killed, its walsender is terminated.
 Afterwards the target must hold every committed source row exactly once:
 0 lost, 0 duplicated.  The server-restart and process-kill variants are in
-``test_chaos_restart.py`` and ``test_chaos_process_kill.py``.
+``test_eo_server_restart.py`` and ``test_eo_process_kill.py``.
 """
 
 from __future__ import annotations
