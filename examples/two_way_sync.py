@@ -190,8 +190,10 @@ async def main(dsn: str, *, rows: int = 5, loop_prevention: bool = True) -> Sync
             for sub in subscriptions:
                 await wal_reader.unsubscribe(sub)
             async with pool.connection(POOL) as conn:
-                for slot, *_ in DIRECTIONS:
+                for slot, *_, origin in DIRECTIONS:
                     await conn.execute("SELECT pg_drop_replication_slot(%s)", [slot])
+                    # An origin holds a server slot (max_active_replication_origins).
+                    await conn.execute("SELECT pg_replication_origin_drop(%s)", [origin])
         nursery.cancel_scope.cancel()
     report = SyncReport(
         rows_a=rows_a,

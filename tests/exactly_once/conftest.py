@@ -12,6 +12,7 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 import trio
 
@@ -56,3 +57,19 @@ async def target_pool(target_dsn: str) -> AsyncIterator[pool.Pool]:
     config = PoolConfig(name="target", database="target", min_size=1, max_size=3)
     async with pool.open_pool("target", config, database) as handle:
         yield handle
+
+
+@pytest.fixture(autouse=True)
+def _drop_new_origins(pg_dsn: str) -> Iterator[None]:
+    """Drop the replication origins a test created: each holds a server slot until dropped.
+
+    (``max_active_replication_origins`` on PostgreSQL 18, ``max_replication_slots``
+    before; the catalog is cluster-wide.)
+    """
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        before = {r[0] for r in conn.execute("SELECT roname FROM pg_replication_origin")}
+    yield
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        for (name,) in conn.execute("SELECT roname FROM pg_replication_origin").fetchall():
+            if name not in before:
+                conn.execute("SELECT pg_replication_origin_drop(%s)", [name])
