@@ -22,6 +22,9 @@ Acknowledgement rule: the *flush* position sent to the server is
 ``end_lsn`` after the handler returned from its final batch, or (b) to a
 keepalive's WAL end when nothing at all is in flight (no partial transaction,
 nothing queued or being handled), so that an idle slot does not retain WAL.
+With :attr:`~ReplicationSession.idle_progress` (a handler that stores its own
+position, see :mod:`otpy.pg.exactly_once`), that keepalive end goes through
+the handler loop first and is acknowledged only once the handler recorded it.
 """
 
 from __future__ import annotations
