@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trio
 from eo_helpers import FAST, Copier, counts, wait_applied
-from wr_helpers import drop_slot, execute, published_table, query, unique
+from wr_helpers import Recorder, drop_slot, execute, published_table, query, unique
 
 from otpy import Ref
 from otpy.pg import pool, wal_reader
@@ -293,3 +293,27 @@ def _always_fail_first(seen: set[Any]) -> Any:
             raise RuntimeError("injected")
 
     return fail
+
+
+async def test_writes_through_the_exactly_once_path_are_tagged_with_the_origin(
+    module_dsn: str, target_dsn: str, tables: str, target_pool: pool.Pool, readers: Ref
+) -> None:
+    """A reader of the target sees the applier's transactions under its origin, local ones not."""
+    await execute(
+        target_dsn, "DROP PUBLICATION IF EXISTS dst_pub", "CREATE PUBLICATION dst_pub FOR TABLE dst"
+    )
+    origin, slot, target_slot = unique("eo"), unique("eo"), unique("eo")
+    watcher = Recorder()
+    watch = await wal_reader.subscribe(watcher, target_dsn, target_slot, ["dst_pub"])
+    copier = Copier("target", origin)
+    ref = await wal_reader.subscribe(copier, module_dsn, slot, [tables], PERSISTENT)
+    try:
+        await insert(module_dsn, 2, transactions=2)
+        await wait_applied(copier, module_dsn, target_dsn)
+        await execute(target_dsn, "INSERT INTO dst VALUES (-1, -1)")  # a local write
+        await watcher.wait_for(lambda: len(watcher.batches) >= 3)
+    finally:
+        await wal_reader.unsubscribe(ref)
+        await wal_reader.unsubscribe(watch)
+        drop_slot(module_dsn, slot)
+    assert [b.origin for b in watcher.batches] == [origin, origin, None]
