@@ -382,9 +382,11 @@ class ExactlyOnce:
         """
         if self._open is not None:
             return False
-        now = trio.current_time()
+        if self._stored is None:
+            self._stored = await self.position()
         if self._stored is not None and lsn <= self._stored:
             return True
+        now = trio.current_time()
         if now - self._last_progress < self.progress_interval:
             return False
         await self._record(lsn, None)
@@ -443,7 +445,8 @@ class ExactlyOnce:
             self._stored = None
             await _give_back(lease, self.origin)
             raise
-        self._stored = lsn
+        # PostgreSQL never moves an origin back: neither does the cache.
+        self._stored = lsn if self._stored is None else max(self._stored, lsn)
         await _give_back(lease, self.origin)
 
 
