@@ -457,6 +457,13 @@ class WalReader(GenServer):
         subscription.counters.session = self.session
         subscription.counters.standby = False
         subscription.counters.heartbeat_timeout = subscription.options.effective_heartbeat_timeout
+        # Optional hooks of consumers that store their own position (exactly-once).
+        handler = subscription.handler
+        check = getattr(handler, "check_replication_start", None)
+        if check is not None:
+            self.session.check_start = functools.partial(check, subscription)
+        self._progress = getattr(handler, "handle_replication_progress", None)
+        self.session.idle_progress = self._progress is not None
 
     def __repr__(self) -> str:
         return f"<WalReader slot={self.subscription.slot!r}>"
@@ -594,14 +601,17 @@ class WalReader(GenServer):
         clock = time.perf_counter
         async for batch in recv:
             heartbeat = batch.xid is None and is_heartbeat(batch)
+            if heartbeat:
+                counters.heartbeat_seen(batch[0].data, sub.slot)  # never delivered
+            if batch.final and (heartbeat or not batch) and not await self._recorded(batch):
+                session.pending -= 1  # not stored by the consumer yet: offered again later
+                continue
             if acks is not None:
                 if batch.chunk == 0:
                     await acks.wait_room()  # at the cap: backpressure
                 if batch.final:  # outstanding before the call: the handler may ack at once
                     acks.delivered(batch.commit_lsn, batch.end_lsn)
-            if heartbeat:
-                counters.heartbeat_seen(batch[0].data, sub.slot)  # never delivered
-            else:
+            if not heartbeat:
                 if batch.chunk == 0:
                     counters.in_flight_commit = batch.commit_time
                 start = clock()
@@ -618,6 +628,10 @@ class WalReader(GenServer):
                         parking = await self._give_up(batch, exc, attempts)
                 counters.handled(batch, clock() - start)
             if batch.final:
+                if parking is not None:
+                    # Parked, not applied: a consumer storing its own position
+                    # records it before the slot moves past (no false mismatch).
+                    await self._recorded(batch)
                 sub.state.failures.succeeded(batch.commit_lsn)
                 self.transactions += 1
                 if acks is None:
@@ -628,6 +642,17 @@ class WalReader(GenServer):
                 if acks is not None:
                     continue  # pending drops when the acknowledged prefix is released
             session.pending -= 1
+
+    async def _recorded(self, batch: ChangeBatch) -> bool:
+        """Whether a position the handler did not apply may be acknowledged now.
+
+        A handler that stores its own position (``handle_replication_progress``,
+        e.g. :class:`~otpy.pg.exactly_once.ExactlyOnceHandler`) is told first,
+        so the slot never moves past what it stored: idle keepalives, empty
+        transactions, heartbeats and parked transactions all pass here.
+        """
+        progress = self._progress
+        return progress is None or bool(await progress(self.subscription, batch.end_lsn))
 
     def _ack_tracker(self) -> AckTracker:
         """A fresh tracker for this incarnation: what the previous one delivered comes again."""

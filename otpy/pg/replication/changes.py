@@ -33,6 +33,7 @@ from .pgoutput import (
     Delete,
     Insert,
     Message,
+    Origin,
     PgOutputMessage,
     Prepare,
     Relation,
@@ -125,9 +126,15 @@ class ChangeBatch(list[Change]):
     2...; only the last has ``final`` True.  The transaction is acknowledged
     after the handler returns from its final batch: if anything fails before,
     the *whole* transaction is delivered again from chunk 0.
+
+    ``origin`` is the name of the replication origin the source transaction
+    was written under (pgoutput's Origin message: e.g. by a subscription or by
+    :class:`otpy.pg.exactly_once.ExactlyOnce`), or None for a local write;
+    a handler that applies changes back to where they came from skips
+    batches with an origin to avoid loops (see ``docs/delivery.md``).
     """
 
-    __slots__ = ("chunk", "commit_lsn", "commit_time", "end_lsn", "final", "xid")
+    __slots__ = ("chunk", "commit_lsn", "commit_time", "end_lsn", "final", "origin", "xid")
 
     def __init__(
         self,
@@ -139,6 +146,7 @@ class ChangeBatch(list[Change]):
         commit_lsn: LSN,
         end_lsn: LSN,
         commit_time: datetime | None,
+        origin: str | None = None,
     ) -> None:
         super().__init__(changes)
         self.final = final
@@ -147,6 +155,7 @@ class ChangeBatch(list[Change]):
         self.commit_lsn = commit_lsn
         self.end_lsn = end_lsn
         self.commit_time = commit_time
+        self.origin = origin
 
     def __repr__(self) -> str:
         return (
@@ -162,6 +171,7 @@ class _Txn:
     commit_time: datetime | None
     changes: list[Change] = attrs.Factory(list)
     chunk: int = 0
+    origin: str | None = None
 
 
 def _fill_toast(new: dict[str, Any], old: dict[str, Any] | None) -> dict[str, Any]:
@@ -197,6 +207,8 @@ class TransactionAssembler:
         self._stream_xid: int | None = None
         # Relation OID -> (table, schema), for the hot path.
         self._names: dict[int, tuple[str, str]] = {}
+        # Streamed transactions: top xid -> the origin its first Stream Start announced.
+        self._stream_origins: dict[int, str] = {}
 
     def _relation_names(self, oid: int) -> tuple[str, str]:
         relation = self.decoder.relation(oid)
@@ -213,6 +225,7 @@ class TransactionAssembler:
         """Forget partial transactions (after the stream restarted)."""
         self._txn = None
         self._streams.clear()
+        self._stream_origins.clear()
         self._stream_xid = None
 
     # ------------------------------------------------------------------ feeding
@@ -281,6 +294,7 @@ class TransactionAssembler:
             assert isinstance(msg, StreamAbort)
             if msg.subxid == msg.xid:
                 self._streams.pop(msg.xid, None)
+                self._stream_origins.pop(msg.xid, None)
             elif msg.xid in self._streams:
                 self._streams[msg.xid] = [
                     (sub, ch) for sub, ch in self._streams[msg.xid] if sub != msg.subxid
@@ -293,7 +307,15 @@ class TransactionAssembler:
             return self._prepare(msg)  # type: ignore[arg-type]
         if kind is CommitPrepared or kind is RollbackPrepared:
             return [_finish_prepared(msg)]  # type: ignore[arg-type]
-        # Origin: nothing to deliver.
+        if kind is Origin:
+            # Sent after Begin (or the first Stream Start) of a transaction that a
+            # replication origin wrote: the batches carry its name (loop prevention).
+            assert isinstance(msg, Origin)
+            if self._stream_xid is not None:
+                self._stream_origins[self._stream_xid] = msg.name
+            elif self._txn is not None:
+                self._txn.origin = msg.name
+            return []
         return []
 
     def _prepare(self, msg: BeginPrepare | Prepare | StreamPrepare) -> list[ChangeBatch]:
@@ -375,6 +397,7 @@ class TransactionAssembler:
             commit_lsn=txn.commit_lsn,
             end_lsn=end_lsn,
             commit_time=txn.commit_time,
+            origin=txn.origin,
         )
         txn.chunk += 1
         return batch
@@ -471,6 +494,7 @@ class TransactionAssembler:
     def _stream_commit(self, msg: StreamCommit) -> list[ChangeBatch]:
         entries = self._streams.pop(msg.xid, [])
         txn = _Txn(msg.xid, msg.commit_lsn, msg.commit_time)
+        txn.origin = self._stream_origins.pop(msg.xid, None)
         limit = self.max_batch_size or len(entries) or 1
         out: list[ChangeBatch] = []
         changes = [

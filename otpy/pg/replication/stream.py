@@ -22,6 +22,9 @@ Acknowledgement rule: the *flush* position sent to the server is
 ``end_lsn`` after the handler returned from its final batch, or (b) to a
 keepalive's WAL end when nothing at all is in flight (no partial transaction,
 nothing queued or being handled), so that an idle slot does not retain WAL.
+With :attr:`~ReplicationSession.idle_progress` (a handler that stores its own
+position, see :mod:`otpy.pg.exactly_once`), that keepalive end goes through
+the handler loop first and is acknowledged only once the handler recorded it.
 """
 
 from __future__ import annotations
@@ -143,6 +146,14 @@ class ReplicationSession:
         self.server_version: int | None = None
         #: Whether :attr:`meta` holds the slot's advisory lock (see :meth:`take_over`).
         self.holds_lock = False
+        #: Called with the slot's confirmed position before START_REPLICATION;
+        #: raising refuses the start (a handler's ``check_replication_start``).
+        self.check_start: Callable[[LSN], Awaitable[None]] | None = None
+        #: When True, an idle keepalive position is not acknowledged here but
+        #: queued as an empty final batch, acknowledged once the handler
+        #: recorded it (``handle_replication_progress``): the consumer's stored
+        #: position then never lags behind the slot's.
+        self.idle_progress = False
 
     # ------------------------------------------------------------------ opening
 
@@ -220,6 +231,9 @@ class ReplicationSession:
         )
         self.acked = confirmed
         self.received = confirmed
+        if self.check_start is not None:
+            self.phase = "checking the consumer's position"
+            await self.check_start(confirmed)
         command = start_replication_command(
             self.slot, self.publications, self.options.plugin_options(self.server_version)
         )
@@ -404,9 +418,13 @@ class ReplicationSession:
                 self.wal_end = keepalive.end
                 if assembler.idle and self.pending == 0 and keepalive.end > self.acked:
                     # Nothing in flight: everything before `end` was delivered and acked.
-                    self.acked = keepalive.end
                     if keepalive.end > self.received:
                         self.received = keepalive.end
+                    if self.idle_progress:
+                        self.pending += 1
+                        await out.send(_progress_batch(keepalive.end))
+                    else:
+                        self.acked = keepalive.end
                 if keepalive.reply_requested:  # type: ignore[union-attr]
                     await self.send_status()
 
@@ -546,6 +564,13 @@ class ReplicationSession:
                 return
             await trio.sleep(delay)
             delay = min(delay * 2, cap)
+
+
+def _progress_batch(lsn: LSN) -> ChangeBatch:
+    """An empty final batch that carries an idle position to the handler loop."""
+    return ChangeBatch(
+        [], final=True, chunk=0, xid=None, commit_lsn=lsn, end_lsn=lsn, commit_time=None
+    )
 
 
 def _hard_close(conn: TrioConnection[Any]) -> None:

@@ -1,0 +1,319 @@
+"""Exactly-once into a PostgreSQL target: skipping, the stored position, the start check.
+
+Each test copies the source table ``src`` (``module_dsn``) into ``dst`` of
+the target database through the ``target`` pool, with an
+:class:`~otpy.pg.exactly_once.ExactlyOnceHandler`.  ``dst`` has no key, so a
+transaction applied twice shows as duplicate rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+from eo_helpers import FAST, Copier, counts, wait_applied
+from wr_helpers import Recorder, drop_slot, execute, published_table, query, unique
+
+from otpy import Ref
+from otpy.pg import pool, wal_reader
+from otpy.pg.exactly_once import (
+    ExactlyOnce,
+    ExactlyOnceError,
+    ExactlyOnceHandler,
+    PositionMismatch,
+)
+from otpy.pg.replication.errors import InvalidHandler
+from otpy.pg.replication.lsn import LSN
+from otpy.pg.wal_reader import ChangeBatch
+
+PERSISTENT = {"slot_type": "persistent", "restart_backoff": FAST}
+
+
+@pytest.fixture(scope="module")
+def src(module_dsn: str) -> str:
+    return published_table(module_dsn, "src", "id bigserial PRIMARY KEY, v int")
+
+
+@pytest.fixture
+async def tables(module_dsn: str, target_dsn: str, src: str) -> str:
+    await execute(module_dsn, "TRUNCATE src")
+    await execute(target_dsn, "DROP TABLE IF EXISTS dst", "CREATE TABLE dst (id bigint, v int)")
+    return src
+
+
+async def insert(dsn: str, rows: int, transactions: int = 1) -> None:
+    for _ in range(transactions):
+        await execute(dsn, f"INSERT INTO src (v) SELECT g FROM generate_series(1, {rows}) g")
+
+
+async def confirmed_flush(dsn: str, slot: str) -> LSN:
+    rows = await query(
+        dsn,
+        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+        [slot],
+    )
+    return LSN.parse(rows[0][0])
+
+
+async def test_a_transaction_committed_in_the_target_but_not_acknowledged_is_not_applied_again(
+    module_dsn: str, target_dsn: str, tables: str, target_pool: pool.Pool, readers: Ref
+) -> None:
+    crashed: set[int] = set()
+
+    def crash_after_commit(batch: ChangeBatch) -> None:
+        # The target committed; the handler dies before the reader acknowledges.
+        if batch.xid not in crashed:
+            crashed.add(batch.xid or 0)
+            raise RuntimeError("injected crash after the target commit")
+
+    copier = Copier("target", unique("eo"), fail_after=crash_after_commit)
+    slot = unique("eo")
+    ref = await wal_reader.subscribe(copier, module_dsn, slot, [tables], PERSISTENT)
+    try:
+        await insert(module_dsn, 3, transactions=5)
+        await wait_applied(copier, module_dsn, target_dsn)
+        # Each redelivery of a committed transaction is recognised and skipped.
+        await copier.wait_for(lambda: copier.exactly_once.duplicates == 5)
+        result = await counts(module_dsn, target_dsn)
+    finally:
+        await wal_reader.unsubscribe(ref)
+        drop_slot(module_dsn, slot)
+    assert len(crashed) == 5 and copier.stops >= 5
+    assert result == {"committed": 15, "applied": 15, "duplicates": 0, "lost": 0, "unknown": 0}
+
+
+async def test_a_handler_failing_before_the_commit_leaves_nothing_in_the_target(
+    module_dsn: str, target_dsn: str, tables: str, target_pool: pool.Pool, readers: Ref
+) -> None:
+    failed: set[int] = set()
+
+    def fail_once(batch: ChangeBatch) -> None:
+        if batch.xid not in failed:
+            failed.add(batch.xid or 0)
+            raise RuntimeError("injected failure inside the target transaction")
+
+    copier = Copier("target", unique("eo"), fail_before=fail_once)
+    slot = unique("eo")
+    ref = await wal_reader.subscribe(copier, module_dsn, slot, [tables], PERSISTENT)
+    try:
+        await insert(module_dsn, 4, transactions=3)
+        result = await wait_applied(copier, module_dsn, target_dsn)
+    finally:
+        await wal_reader.unsubscribe(ref)
+        drop_slot(module_dsn, slot)
+    assert len(failed) == 3
+    assert result["applied"] == 12 and result["duplicates"] == 0
+    assert copier.exactly_once.applied == 3 and copier.exactly_once.duplicates == 0
+
+
+async def test_the_stored_position_is_at_least_the_end_of_the_last_applied_commit(
+    module_dsn: str, target_dsn: str, tables: str, target_pool: pool.Pool, readers: Ref
+) -> None:
+    copier = Copier("target", unique("eo"))
+    slot = unique("eo")
+    ref = await wal_reader.subscribe(copier, module_dsn, slot, [tables], PERSISTENT)
+    try:
+        assert await copier.exactly_once.position() is None  # a fresh target
+        await insert(module_dsn, 2, transactions=2)
+        await wait_applied(copier, module_dsn, target_dsn)
+        # The commit stored its end; an idle keepalive may have moved it further since.
+        position = await copier.exactly_once.position()
+        assert position is not None and position >= copier.batches[-1].end_lsn
+    finally:
+        await wal_reader.unsubscribe(ref)
+        drop_slot(module_dsn, slot)
+
+
+async def test_a_large_transaction_is_applied_in_one_target_transaction(
+    module_dsn: str, target_dsn: str, tables: str, target_pool: pool.Pool, readers: Ref
+) -> None:
+    """Chunks share one target transaction: a failure at chunk 2 leaves no chunk behind."""
+    attempts = 0
+
+    def fail_third_chunk_once(batch: ChangeBatch) -> None:
+        nonlocal attempts
+        if batch.chunk == 2:
+            attempts += 1
+            if attempts == 1:
+                raise RuntimeError("injected failure in the middle of a large transaction")
+
+    copier = Copier("target", unique("eo"), fail_before=fail_third_chunk_once)
+    slot = unique("eo")
+    options = {**PERSISTENT, "max_batch_size": 10}
+    ref = await wal_reader.subscribe(copier, module_dsn, slot, [tables], options)
+    try:
+        await insert(module_dsn, 35)
+        result = await wait_applied(copier, module_dsn, target_dsn)
+    finally:
+        await wal_reader.unsubscribe(ref)
+        drop_slot(module_dsn, slot)
+    assert attempts == 2
+    assert result["applied"] == 35 and result["duplicates"] == 0
+    assert [b.chunk for b in copier.batches][-4:] == [0, 1, 2, 3]
+
+
+async def test_a_recreated_slot_is_reported_not_silently_skipped(
+    module_dsn: str, target_dsn: str, tables: str, target_pool: pool.Pool, readers: Ref
+) -> None:
+    origin, slot = unique("eo"), unique("eo")
+    copier = Copier("target", origin)
+    ref = await wal_reader.subscribe(copier, module_dsn, slot, [tables], PERSISTENT)
+    try:
+        await insert(module_dsn, 2)
+        await wait_applied(copier, module_dsn, target_dsn)
+    finally:
+        await wal_reader.unsubscribe(ref)
+    stored = await copier.exactly_once.position()
+    drop_slot(module_dsn, slot)
+    await insert(module_dsn, 3)  # committed while no slot exists: lost for this target
+    with pytest.raises(PositionMismatch) as caught:
+        await wal_reader.subscribe(Copier("target", origin), module_dsn, slot, [tables], PERSISTENT)
+    assert caught.value.stored == stored and caught.value.confirmed > stored
+    assert "trust_slot" in str(caught.value)
+    # The documented way out, once the target is resynchronised: trust the slot.
+    trusting = Copier("target", origin, on_mismatch="trust_slot")
+    ref = await wal_reader.subscribe(trusting, module_dsn, slot, [tables], PERSISTENT)
+    try:
+        assert (position := await trusting.exactly_once.position()) is not None
+        assert position >= caught.value.confirmed
+    finally:
+        await wal_reader.unsubscribe(ref)
+        drop_slot(module_dsn, slot)
+
+
+async def test_a_slot_behind_the_target_only_replays_duplicates_which_are_skipped(
+    module_dsn: str, target_dsn: str, tables: str, target_pool: pool.Pool, readers: Ref
+) -> None:
+    origin, ahead, behind = unique("eo"), unique("eo"), unique("eo")
+    await execute(module_dsn, f"SELECT pg_create_logical_replication_slot('{behind}', 'pgoutput')")
+    copier = Copier("target", origin)
+    ref = await wal_reader.subscribe(copier, module_dsn, ahead, [tables], PERSISTENT)
+    try:
+        await insert(module_dsn, 2, transactions=4)
+        await wait_applied(copier, module_dsn, target_dsn)
+    finally:
+        await wal_reader.unsubscribe(ref)
+        drop_slot(module_dsn, ahead)
+    replay = Copier("target", origin)
+    ref = await wal_reader.subscribe(replay, module_dsn, behind, [tables], PERSISTENT)
+    try:
+        await replay.wait_for(lambda: len(replay.batches) >= 4)
+    finally:
+        await wal_reader.unsubscribe(ref)
+        drop_slot(module_dsn, behind)
+    assert replay.exactly_once.duplicates == 4 and replay.exactly_once.applied == 0
+    assert (await counts(module_dsn, target_dsn))["duplicates"] == 0
+
+
+async def test_idle_positions_are_stored_before_the_slot_moves_past_them(
+    module_dsn: str, target_dsn: str, tables: str, target_pool: pool.Pool, readers: Ref
+) -> None:
+    """Keepalives move the slot while nothing is published: the target follows first.
+
+    Otherwise every restart after an idle period would look like a recreated slot.
+    """
+    await execute(module_dsn, "CREATE TABLE IF NOT EXISTS unpublished (v int)")
+    origin, slot = unique("eo"), unique("eo")
+    copier = Copier("target", origin, progress_interval=0)
+    options = {**PERSISTENT, "status_interval": 0.1}
+    ref = await wal_reader.subscribe(copier, module_dsn, slot, [tables], options)
+    try:
+        await insert(module_dsn, 1)
+        await wait_applied(copier, module_dsn, target_dsn)
+        applied_at = await copier.exactly_once.position()
+        assert applied_at is not None
+        with trio.fail_after(30):
+            while await confirmed_flush(module_dsn, slot) <= applied_at:
+                await execute(module_dsn, "INSERT INTO unpublished VALUES (1)")
+                await trio.sleep(0.05)  # let a keepalive come: the condition is the slot's
+    finally:
+        await wal_reader.unsubscribe(ref)
+    try:
+        confirmed = await confirmed_flush(module_dsn, slot)
+        stored = await copier.exactly_once.position()
+        assert stored is not None and confirmed <= stored
+        # So a restart is accepted: no false PositionMismatch.
+        again = Copier("target", origin)
+        ref = await wal_reader.subscribe(again, module_dsn, slot, [tables], PERSISTENT)
+        await wal_reader.unsubscribe(ref)
+    finally:
+        drop_slot(module_dsn, slot)
+
+
+async def test_exactly_once_refuses_a_temporary_slot(
+    module_dsn: str, tables: str, target_pool: pool.Pool, readers: Ref
+) -> None:
+    with pytest.raises(ExactlyOnceError, match="persistent"):
+        await wal_reader.subscribe(
+            Copier("target", unique("eo")), module_dsn, unique("eo"), [tables]
+        )
+
+
+def test_bad_arguments_are_refused_naming_them() -> None:
+    with pytest.raises(ExactlyOnceError, match="on_mismatch"):
+        ExactlyOnce("target", "o", on_mismatch="trust_offset")
+    with pytest.raises(ExactlyOnceError, match="origin"):
+        ExactlyOnce("target", "")
+    with pytest.raises(ExactlyOnceError, match="skip_replicated"):
+        ExactlyOnce("target", "o", skip_replicated="false")  # type: ignore[arg-type]
+    with pytest.raises(ExactlyOnceError, match="progress_interval"):
+        ExactlyOnce("target", "o", progress_interval=float("nan"))
+
+    class NoApply(ExactlyOnceHandler):
+        pass
+
+    with pytest.raises(InvalidHandler, match="apply"):
+        NoApply("target", "o")
+
+
+async def test_a_pooled_connection_is_returned_without_the_origin(
+    module_dsn: str, target_dsn: str, tables: str, target_pool: pool.Pool, readers: Ref
+) -> None:
+    """The next user of the connection must not write under (or hold) the origin."""
+    copier = Copier("target", unique("eo"), fail_before=_always_fail_first(set()))
+    slot = unique("eo")
+    ref = await wal_reader.subscribe(copier, module_dsn, slot, [tables], PERSISTENT)
+    try:
+        await insert(module_dsn, 1, transactions=2)
+        await wait_applied(copier, module_dsn, target_dsn)
+    finally:
+        await wal_reader.unsubscribe(ref)
+        drop_slot(module_dsn, slot)
+    for _ in range(3):
+        async with pool.connection("target") as conn:
+            cur = await conn.execute("SELECT pg_replication_origin_session_is_setup()")
+            assert await cur.fetchone() == (False,)
+
+
+def _always_fail_first(seen: set[Any]) -> Any:
+    def fail(batch: ChangeBatch) -> None:
+        if batch.xid not in seen:
+            seen.add(batch.xid)
+            raise RuntimeError("injected")
+
+    return fail
+
+
+async def test_writes_through_the_exactly_once_path_are_tagged_with_the_origin(
+    module_dsn: str, target_dsn: str, tables: str, target_pool: pool.Pool, readers: Ref
+) -> None:
+    """A reader of the target sees the applier's transactions under its origin, local ones not."""
+    await execute(
+        target_dsn, "DROP PUBLICATION IF EXISTS dst_pub", "CREATE PUBLICATION dst_pub FOR TABLE dst"
+    )
+    origin, slot, target_slot = unique("eo"), unique("eo"), unique("eo")
+    watcher = Recorder()
+    watch = await wal_reader.subscribe(watcher, target_dsn, target_slot, ["dst_pub"])
+    copier = Copier("target", origin)
+    ref = await wal_reader.subscribe(copier, module_dsn, slot, [tables], PERSISTENT)
+    try:
+        await insert(module_dsn, 2, transactions=2)
+        await wait_applied(copier, module_dsn, target_dsn)
+        await execute(target_dsn, "INSERT INTO dst VALUES (-1, -1)")  # a local write
+        await watcher.wait_for(lambda: len(watcher.batches) >= 3)
+    finally:
+        await wal_reader.unsubscribe(ref)
+        await wal_reader.unsubscribe(watch)
+        drop_slot(module_dsn, slot)
+    assert [b.origin for b in watcher.batches] == [origin, origin, None]
