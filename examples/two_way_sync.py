@@ -32,7 +32,6 @@ from otpy.pg import pool, wal_reader
 from otpy.pg.config import DatabaseConfig, PoolConfig
 from otpy.pg.connection import TrioConnection
 from otpy.pg.exactly_once import ExactlyOnceHandler
-from otpy.pg.replication.options import ReaderOptions
 from otpy.pg.wal_reader import Change, ChangeBatch
 
 import _demo
@@ -115,10 +114,10 @@ class SyncReport:
     server_filters_origin: bool
 
 
-def reader_options(server_version: int) -> dict[str, Any]:
-    """Persistent slots; ``origin = "none"`` too where both server and reader support it."""
+def reader_options(server_version: int, *, loop_prevention: bool = True) -> dict[str, Any]:
+    """Persistent slots; with loop prevention, ``origin = "none"`` where the server has it (16+)."""
     options: dict[str, Any] = {"slot_type": "persistent"}
-    if server_version >= 160000 and "origin" in attrs.fields_dict(ReaderOptions):
+    if loop_prevention and server_version >= 160000:
         options["origin"] = "none"
     return options
 
@@ -151,7 +150,7 @@ async def main(dsn: str, *, rows: int = 5, loop_prevention: bool = True) -> Sync
                 "WHERE pg_replication_origin_oid(%s) IS NOT NULL",
                 [origin, origin],
             )
-        options = reader_options(admin.info.server_version)
+        options = reader_options(admin.info.server_version, loop_prevention=loop_prevention)
     progress = Progress()
     handlers = {
         slot: Sync(target, origin, progress, loop_prevention=loop_prevention)
