@@ -34,6 +34,7 @@ from typing import Any
 import attrs
 
 from otpy.application import Application, start_order
+from otpy.cli.errors import EXIT_NOT_FOUND, CliError
 from otpy.pg.app import APP_NAME, connector_application
 from otpy.pg.config import ConnectorConfig, read_toml
 from otpy.pg.errors import ConfigError
@@ -41,8 +42,10 @@ from otpy.pg.errors import ConfigError
 __all__ = ["AppNotFound", "load_application", "load_run_config", "prepare"]
 
 
-class AppNotFound(Exception):
-    """``MODULE:APP`` does not name an importable :class:`otpy.Application`."""
+class AppNotFound(CliError):
+    """``MODULE:APP`` does not name an importable :class:`otpy.Application` (exit 66)."""
+
+    code = EXIT_NOT_FOUND
 
 
 def load_application(target: str) -> Application:

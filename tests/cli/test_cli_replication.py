@@ -9,7 +9,7 @@ import psycopg
 import pytest
 import trio
 
-from otpy.cli import EXIT_CONFIG, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, main
+from otpy.cli import EXIT_CONFIG, EXIT_NOT_FOUND, EXIT_OK, EXIT_UNAVAILABLE, main
 from otpy.cli.slots import SlotCommandError, run_slots
 from otpy.cli.tail import tail
 
@@ -142,13 +142,13 @@ async def test_slots_drop_asks_first(tail_dsn: str, slot: str) -> None:
 def test_slots_drop_unknown_or_active(
     tail_dsn: str, slot: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["slots", "--dsn", tail_dsn, "--drop", "nope_slot", "--yes"]) == EXIT_FAILED
+    assert main(["slots", "--dsn", tail_dsn, "--drop", "nope_slot", "--yes"]) == EXIT_NOT_FOUND
     assert "no replication slot named 'nope_slot'" in capsys.readouterr().err
     # A slot in use by a live session is refused, naming that session's pid.
     with psycopg.connect(tail_dsn, autocommit=True) as holder:
         holder.execute("SELECT pg_create_logical_replication_slot('cli_busy', 'pgoutput', true)")
         pid = holder.info.backend_pid
-        assert main(["slots", "--dsn", tail_dsn, "--drop", "cli_busy", "--yes"]) == EXIT_FAILED
+        assert main(["slots", "--dsn", tail_dsn, "--drop", "cli_busy", "--yes"]) == EXIT_UNAVAILABLE
         err = capsys.readouterr().err
         assert f"being read by backend pid {pid}" in err
         assert "cli_busy" in _slot_names(tail_dsn)

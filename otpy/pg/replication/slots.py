@@ -130,9 +130,9 @@ class SlotInfo:
     restart_lsn: LSN | None = None
     """The oldest WAL the slot still needs."""
     retained_bytes: int | None = None
-    """WAL the server keeps for this slot: current WAL position - ``restart_lsn``."""
+    """WAL the server keeps for this slot: WAL insert position - ``restart_lsn``."""
     lag_bytes: int | None = None
-    """How far ``confirmed_flush`` is behind the current WAL position."""
+    """How far ``confirmed_flush`` is behind the WAL insert position (everything committed)."""
     wal_status: str | None = None
     """PostgreSQL's ``wal_status`` (``reserved``, ``extended``, ``unreserved``, ``lost``)."""
 
@@ -140,8 +140,8 @@ class SlotInfo:
 _SLOTS_QUERY = """
 SELECT slot_name, plugin, slot_type, database, temporary, active, active_pid,
        confirmed_flush_lsn::text, restart_lsn::text,
-       pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint,
-       pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,
+       pg_wal_lsn_diff(pg_current_wal_insert_lsn(), restart_lsn)::bigint,
+       pg_wal_lsn_diff(pg_current_wal_insert_lsn(), confirmed_flush_lsn)::bigint,
        wal_status
 FROM pg_catalog.pg_replication_slots
 """
