@@ -22,6 +22,7 @@ import argparse
 import math
 import os
 import re
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -46,7 +47,6 @@ from otpy.cli.errors import (
     EXIT_SOFTWARE,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
-    CliError,
     explain,
     one_line,
     redact,
@@ -71,11 +71,14 @@ __all__ = [
 ]
 
 
-def _ended(signal: int | None, output_closed: bool) -> int:
-    """The exit code of a command that ran to its end (or was told to stop)."""
+def _ended(signum: int | None, output_closed: bool) -> int:
+    """The exit code of a command that ran to its end or was told to stop.
+
+    SIGINT gives 130 as in ``otpy run``; SIGTERM is an orderly stop (0), as there.
+    """
     if output_closed:
         return EXIT_OUTPUT_CLOSED
-    if signal is not None and signal == 2:  # SIGINT; SIGTERM is an orderly stop, as in `run`
+    if signum == signal.SIGINT:
         return EXIT_INTERRUPTED
     return EXIT_OK
 
@@ -122,16 +125,8 @@ def _slots(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-class ApplicationStartFailed(CliError):
-    """``otpy run``: an application failed to start; ``code`` is that of its error."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code  # type: ignore[misc]
-
-
 def _run(args: argparse.Namespace) -> int:
-    from otpy.cli.run import load_application, prepare
+    from otpy.cli.run import ApplicationStartFailed, load_application, prepare
 
     app, env = prepare(load_application(args.app), args.config)
     logs.watch_application_started(app.name)

@@ -26,11 +26,11 @@ from __future__ import annotations
 import re
 import signal
 from collections.abc import Callable, Iterable, Sequence
-from typing import ClassVar
 from urllib.parse import unquote
 
 import attrs
 import psycopg
+import trio
 from psycopg.conninfo import conninfo_to_dict
 
 from otpy.errors import ApplicationStartError, InitError
@@ -93,10 +93,11 @@ killed by SIGPIPE."""
 class CliError(Exception):
     """A failure the command line itself detects; ``code`` is its exit code.
 
-    Subclasses set ``code``; the message says what was wrong and what to do.
+    Subclasses set ``code`` (an instance may too); the message says what was
+    wrong and what to do.
     """
 
-    code: ClassVar[int] = EXIT_FAILED
+    code: int = EXIT_FAILED
 
 
 @attrs.frozen
@@ -203,7 +204,10 @@ def root_cause(exc: BaseException) -> BaseException:
     """
     while True:
         if isinstance(exc, BaseExceptionGroup):
-            leaves = [leaf for leaf in _leaves(exc) if not _is_cancelled(leaf)]
+            leaves = [leaf for leaf in _leaves(exc) if not isinstance(leaf, trio.Cancelled)]
+            interrupts = [leaf for leaf in leaves if isinstance(leaf, KeyboardInterrupt)]
+            if interrupts:  # Ctrl-C, whatever it interrupted
+                return interrupts[0]
             if len(leaves) != 1:
                 return exc
             exc = leaves[0]
@@ -213,12 +217,6 @@ def root_cause(exc: BaseException) -> BaseException:
             exc = exc.reason.error
         else:
             return exc
-
-
-def _is_cancelled(exc: BaseException) -> bool:
-    import trio
-
-    return isinstance(exc, trio.Cancelled)
 
 
 def explain(exc: BaseException) -> Failure:
