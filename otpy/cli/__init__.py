@@ -315,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     secrets = secrets_of(getattr(args, "dsn", None), [os.environ.get("PGPASSWORD")])
     handler: Any = args.handler
-    with logs.CliLogging(args.log_level, debug=args.debug):
+    with logs.CliLogging(args.log_level, debug=args.debug, secrets=secrets):
         try:
             code: int = handler(args)
         except (Exception, KeyboardInterrupt, BaseExceptionGroup) as exc:

@@ -6,6 +6,7 @@ how much of that a person at a terminal sees:
 * ``--log-level`` filters records (default ``WARNING``).
 * Without ``--debug`` a record is printed on one line: its message, without
   the traceback of the exception attached to it.  ``--debug`` prints tracebacks.
+  The passwords the command was given are removed either way.
 * While a command starts (connects, subscribes, starts the applications),
   the runtime also logs every failure it then *returns* to the command
   (``child_start_failed``, ``application_start_failed``).  The command reports
@@ -21,8 +22,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from otpy.cli.errors import redact
 
 __all__ = [
     "LEVELS",
@@ -52,14 +55,25 @@ def parse_level(text: str) -> str:
     return level
 
 
-class _OneLineFormatter(logging.Formatter):
-    """A record as one line: no traceback, no stack (``--debug`` uses the stock formatter)."""
+class _Formatter(logging.Formatter):
+    """Records for a terminal: one line without traceback unless ``debug``; secrets removed.
+
+    The library never logs a password, but the CLI knows the ones it was given
+    (``--dsn``, ``PGPASSWORD``) and removes them from whatever it prints anyway.
+    """
+
+    def __init__(self, *, debug: bool, secrets: Sequence[str]) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.debug = debug
+        self.secrets = secrets
 
     def format(self, record: logging.LogRecord) -> str:
+        if self.debug:
+            return redact(super().format(record), self.secrets)
         saved = record.exc_info, record.exc_text, record.stack_info
         record.exc_info = record.exc_text = record.stack_info = None
         try:
-            return " ".join(super().format(record).split("\n"))
+            return redact(" ".join(super().format(record).split("\n")), self.secrets)
         finally:
             record.exc_info, record.exc_text, record.stack_info = saved
 
@@ -83,7 +97,7 @@ class CliLogging(logging.Filter):
     :func:`mark_started` (see the module docstring).
     """
 
-    def __init__(self, level: str, *, debug: bool) -> None:
+    def __init__(self, level: str, *, debug: bool, secrets: Sequence[str] = ()) -> None:
         super().__init__()
         self.level = level
         self.debug = debug
@@ -91,8 +105,7 @@ class CliLogging(logging.Filter):
         #: (application, error) of the first ``application_start_failed`` record.
         self.start_failure: tuple[str, BaseException | None] | None = None
         self._handler = _StderrHandler()
-        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-        self._handler.setFormatter(logging.Formatter(fmt) if debug else _OneLineFormatter(fmt))
+        self._handler.setFormatter(_Formatter(debug=debug, secrets=secrets))
         self._handler.addFilter(self)
         self._saved_level = logging.NOTSET
         #: Clean-ups run when the command ends (loggers changed for it).

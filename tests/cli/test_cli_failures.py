@@ -149,8 +149,12 @@ def test_a_wrong_password_exits_77_and_is_never_printed(
     assert "check the user name and the password" in one_line(in_env)
 
 
-def test_a_wrong_password_stays_hidden_even_with_debug(replica_server: PostgresServer) -> None:
-    result = otpy("slots", "--debug", "--dsn", _as(replica_server, "alice", PASSWORD))
+@pytest.mark.parametrize("command", ["slots", "tail"])
+def test_a_wrong_password_stays_hidden_even_with_debug(
+    replica_server: PostgresServer, command: str
+) -> None:
+    extra = ["--publication", "items_pub"] if command == "tail" else []
+    result = otpy(command, "--debug", "--dsn", _as(replica_server, "alice", PASSWORD), *extra)
     assert result.returncode == EXIT_NOPERM
     assert "Traceback" in result.stderr  # --debug shows it, after the subcommand too
     assert PASSWORD not in result.stderr + result.stdout
