@@ -66,9 +66,10 @@ def persistent_slot_name(publications: Sequence[str]) -> str:
 class PrintingHandler(wal_reader.ReplicationHandler):
     """Prints every change (pretty or JSON lines); signals when ``limit`` changes were seen.
 
-    When nobody reads the output any more it sets :attr:`done` and does not
-    return: the transaction it could not print is not acknowledged (the
-    reader is stopped while it waits).
+    When nobody reads the output any more, or ``limit`` cuts a transaction
+    short, it sets :attr:`done` and does not return: a transaction it did not
+    print whole is not acknowledged (the reader is stopped while it waits), so
+    a persistent slot shows it again next time.
     """
 
     def __init__(
@@ -81,18 +82,19 @@ class PrintingHandler(wal_reader.ReplicationHandler):
         self.done = trio.Event()
 
     async def handle_replication_data(self, ref: Any, changes: ChangeBatch) -> None:
+        if self.done.is_set():
+            await trio.sleep_forever()  # stopping: what comes now is for the next run
         render = change_to_json if self.as_json else format_change
-        lines: list[str] = []
-        for change in changes:
-            if self.limit is not None and self.seen + len(lines) >= self.limit:
-                break
-            lines.append(render(change))
+        room = len(changes) if self.limit is None else self.limit - self.seen
+        lines = [render(change) for change in changes[:room]]
         if not self.output.print(*lines):
             self.done.set()
             await trio.sleep_forever()  # cancelled by the unsubscribe: nothing acknowledged
         self.seen += len(lines)
         if self.limit is not None and self.seen >= self.limit:
             self.done.set()
+            if len(lines) < len(changes):
+                await trio.sleep_forever()  # not all printed: not acknowledged either
 
     async def handle_replication_stop(self, ref: Any, slot_name: str) -> None:
         if not self.done.is_set():

@@ -206,3 +206,25 @@ def test_slots_show_the_columns_this_server_has(
     header = capsys.readouterr().out.splitlines()[0]
     assert "wal status" in header
     assert ("failover" in header) == (version >= 170000)
+
+
+async def test_a_persistent_tail_cut_short_by_its_limit_shows_that_transaction_again(
+    tail_dsn: str,
+) -> None:
+    two_rows = "INSERT INTO items VALUES (10, 'a', 1); INSERT INTO items VALUES (11, 'b', 2)"
+    try:
+        first = await _run_tail(
+            tail_dsn, [two_rows], limit=1, persistent=True, slot="cli_cut", as_json=True
+        )
+        assert [json.loads(line)["data"]["id"] for line in first.splitlines()] == [10]
+        with trio.fail_after(30):  # without the fix, the second row never comes
+            again = await _run_tail(
+                tail_dsn, [], limit=2, persistent=True, slot="cli_cut", as_json=True
+            )
+        assert [json.loads(line)["data"]["id"] for line in again.splitlines()] == [10, 11]
+    finally:
+        with psycopg.connect(tail_dsn, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                "WHERE slot_name = 'cli_cut'"
+            )
