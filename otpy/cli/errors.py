@@ -35,7 +35,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from otpy.errors import ApplicationStartError, InitError
 from otpy.pg.errors import ConfigError, ConnectError
-from otpy.pg.pool.errors import PoolNotFound
+from otpy.pg.pool.errors import PoolNotFound, PoolOverloaded, PoolTimeout, QueryTimeout
 from otpy.pg.replication.errors import (
     AlreadySubscribed,
     InvalidName,
@@ -173,7 +173,10 @@ _RULES: Sequence[
     (BrokenPipeError, lambda exc: Failure(EXIT_OUTPUT_CLOSED, None)),
     ((ConfigError, InvalidName, InvalidOptions, SlotMismatch, PoolNotFound), _config),
     (PublicationMissing, lambda exc: Failure(EXIT_NOT_FOUND, one_line(exc))),
-    ((SlotInUse, AlreadySubscribed), lambda exc: Failure(EXIT_UNAVAILABLE, one_line(exc))),
+    (
+        (SlotInUse, AlreadySubscribed, PoolTimeout, PoolOverloaded, QueryTimeout),
+        lambda exc: Failure(EXIT_UNAVAILABLE, one_line(exc)),
+    ),
     (psycopg.errors.ObjectNotInPrerequisiteState, _server_state),
     (
         (psycopg.errors.InsufficientPrivilege, psycopg.errors.InvalidAuthorizationSpecification),

@@ -22,6 +22,7 @@ from otpy.cli.slots import server_slot_columns
 from otpy.cli.tail import persistent_slot_name
 from otpy.errors import ApplicationStartError, InitError
 from otpy.pg.errors import ConnectError
+from otpy.pg.pool.errors import PoolTimeout
 from otpy.pg.replication.errors import PublicationMissing, SlotInUse
 from otpy.pg.replication.slots import validate_slot_name
 
@@ -37,6 +38,7 @@ def test_explain_finds_the_error_inside_groups_and_start_wrappers() -> None:
     ("error", "code"),
     [
         (SlotInUse("s", 42), EXIT_UNAVAILABLE),
+        (PoolTimeout("no connection within 5 s", "main", 5.0, 2, 3), EXIT_UNAVAILABLE),
         (ConnectError("could not connect: Connection refused"), EXIT_UNAVAILABLE),
         (ConnectError('FATAL: password authentication failed for user "a"'), EXIT_NOPERM),
         (ConnectError("FATAL: must be superuser or replication role"), EXIT_NOPERM),
