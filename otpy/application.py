@@ -399,7 +399,13 @@ async def _main(
                     "%s",
                     _start_failure_line(exc),
                     exc_info=exc if logger.isEnabledFor(logging.DEBUG) else None,
-                    extra={"event": "application_start_failed", "application": exc.app},
+                    # ``error``: the exception itself, for a caller that reports it
+                    # in its own words (the ``otpy`` command line does).
+                    extra={
+                        "event": "application_start_failed",
+                        "application": exc.app,
+                        "error": exc,
+                    },
                 )
                 code = ExitCode.START_FAILED
             except ApplicationFailed:

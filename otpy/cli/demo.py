@@ -27,8 +27,9 @@ import attrs
 import trio
 
 import otpy
+from otpy.cli.logs import mark_started
 from otpy.cli.render import format_change
-from otpy.cli.stopping import until_stopped
+from otpy.cli.stopping import LineOutput, until_stopped
 from otpy.pg import pool, wal_reader
 from otpy.pg.app import connector_application
 from otpy.pg.config import ConnectorConfig, DatabaseConfig, PoolConfig
@@ -81,23 +82,26 @@ def _event(change: Change) -> dict[str, Any]:
 
 
 class OrderSync(wal_reader.ReplicationHandler):
-    """The original README's ``order_sync`` handler: print each change and count events."""
+    """The original README's ``order_sync`` handler: print each change and count events.
 
-    def __init__(self, out: TextIO) -> None:
-        self.out = out
+    Printing is best effort (``otpy demo | head`` closes the output): the count
+    is what the final check needs.
+    """
+
+    def __init__(self, out: TextIO | LineOutput) -> None:
+        self.output = out if isinstance(out, LineOutput) else LineOutput(out)
         self.events: list[dict[str, Any]] = []
         self.changed = trio.Event()
 
     async def handle_replication_data(self, ref: Any, changes: ChangeBatch) -> None:
         for change in changes:
             self.events.append(_event(change))
-            print(f"  change  {format_change(change)}", file=self.out)
-        self.out.flush()
+        self.output.print(*(f"  change  {format_change(change)}" for change in changes))
         self.changed.set()
         self.changed = trio.Event()
 
     async def handle_replication_stop(self, ref: Any, slot_name: str) -> None:
-        print(f"  replication of {slot_name} stopped", file=self.out)
+        self.output.print(f"  replication of {slot_name} stopped")
 
 
 @attrs.frozen
@@ -108,6 +112,10 @@ class DemoResult:
     """Changes committed by the workload."""
     delivered: int
     """Changes the replication handler received."""
+    signal: int | None = None
+    """The signal that stopped the demo (SIGINT, SIGTERM), if one did."""
+    output_closed: bool = False
+    """Whether it stopped because nobody read its output any more."""
 
     @property
     def lost(self) -> int:
@@ -172,18 +180,20 @@ async def run_demo(
 ) -> DemoResult:
     """Run the demo against ``dsn`` for ``seconds`` (None: until SIGINT/SIGTERM).
 
-    Output goes to ``out`` (default: the current ``sys.stdout``).
+    Output goes to ``out`` (default: the current ``sys.stdout``); the demo also
+    stops when nobody reads it any more (``| head``).
     """
-    out = sys.stdout if out is None else out
+    output = LineOutput(sys.stdout if out is None else out)
     async with await TrioConnection.connect(dsn, autocommit=True) as conn:
         await conn.execute(_SETUP)
-    print(f"demo: schema {SCHEMA} with orders and inventory, publications created", file=out)
-    handler = OrderSync(out)
+    output.print(f"demo: schema {SCHEMA} with orders and inventory, publications created")
+    handler = OrderSync(output)
     committed = 0
     app = connector_application(_config(dsn))
     async with otpy.start_application(app):
         sub = await wal_reader.subscribe(handler, dsn, SLOT, list(PUBLICATIONS))
-        print(f"demo: reading slot {SLOT}; workload of {rate:g} transactions/s", file=out)
+        mark_started()
+        output.print(f"demo: reading slot {SLOT}; workload of {rate:g} transactions/s")
         rng = random.Random(seed)
 
         async def workload() -> None:
@@ -193,7 +203,7 @@ async def run_demo(
                 async def show_stats() -> None:
                     while True:
                         await trio.sleep(3)
-                        print(_stats_line(), file=out)
+                        output.print(_stats_line())
 
                 nursery.start_soon(show_stats)
                 for statements in _workload(rng):
@@ -208,19 +218,25 @@ async def run_demo(
                     await trio.sleep(rng.expovariate(rate))
 
         def stopping(signum: int) -> None:
-            print(f"demo: stopping ({signal.Signals(signum).name})", file=out)
+            output.print(f"demo: stopping ({signal.Signals(signum).name})")
 
-        await until_stopped(workload, seconds=seconds, on_signal=stopping)
+        stopped_by = await until_stopped(
+            workload, seconds=seconds, on_signal=stopping, output=output
+        )
         # Nothing is lost: wait (bounded) until the handler has every committed change.
         with trio.move_on_after(15):
             while len(handler.events) < committed:
                 await handler.changed.wait()
-        print(_stats_line(), file=out)
+        output.print(_stats_line())
         await wal_reader.unsubscribe(sub)
-    result = DemoResult(committed=committed, delivered=len(handler.events))
-    print(
+    result = DemoResult(
+        committed=committed,
+        delivered=len(handler.events),
+        signal=stopped_by,
+        output_closed=output.closed.is_set(),
+    )
+    output.print(
         f"demo: committed {result.committed} changes, the handler received "
-        f"{result.delivered}: {result.lost} lost",
-        file=out,
+        f"{result.delivered}: {result.lost} lost"
     )
     return result

@@ -22,6 +22,7 @@ import os
 import sys
 from typing import Any, TextIO
 
+from otpy.cli.errors import EXIT_OK, CliError
 from otpy.cli.render import format_table
 from otpy.pg import dead_letters
 from otpy.pg.connection import TrioConnection
@@ -31,7 +32,7 @@ from otpy.pg.replication.options import DEAD_LETTER_TABLE
 __all__ = ["ParkedCommandError", "load_handler", "register", "run_parked"]
 
 
-class ParkedCommandError(Exception):
+class ParkedCommandError(CliError):
     """An ``otpy parked`` request that cannot be carried out (message says why and what to do)."""
 
 
@@ -56,21 +57,11 @@ def register(commands: Any) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run ``otpy parked``: user errors become a message and an exit code."""
+    """Run ``otpy parked``; ``otpy.cli.main`` turns what it raises into one line and a code."""
     import trio
 
-    from otpy.cli import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, _errors, _fail
-
-    def body() -> int:
-        try:
-            trio.run(lambda: run_parked(args))
-        except dead_letters.DeadLetterNotFound as exc:
-            return _fail("parked", exc, EXIT_NOT_FOUND)
-        except ParkedCommandError as exc:
-            return _fail("parked", exc, EXIT_FAILED)
-        return EXIT_OK
-
-    return _errors("parked", body)
+    trio.run(lambda: run_parked(args))
+    return EXIT_OK
 
 
 def load_handler(target: str) -> HandlesReplication:

@@ -34,15 +34,37 @@ from typing import Any
 import attrs
 
 from otpy.application import Application, start_order
+from otpy.cli.errors import EXIT_NOT_FOUND, CliError
 from otpy.pg.app import APP_NAME, connector_application
 from otpy.pg.config import ConnectorConfig, read_toml
 from otpy.pg.errors import ConfigError
 
-__all__ = ["AppNotFound", "load_application", "load_run_config", "prepare"]
+__all__ = [
+    "AppNotFound",
+    "ApplicationStartFailed",
+    "load_application",
+    "load_run_config",
+    "prepare",
+]
 
 
-class AppNotFound(Exception):
-    """``MODULE:APP`` does not name an importable :class:`otpy.Application`."""
+class AppNotFound(CliError):
+    """``MODULE:APP`` does not name an importable :class:`otpy.Application` (exit 66)."""
+
+    code = EXIT_NOT_FOUND
+
+
+class ApplicationStartFailed(CliError):
+    """An application failed to start; ``code`` is the exit code of the error it failed with.
+
+    :func:`otpy.run` only says *that* an application failed to start (exit 2);
+    the CLI reports why, with the code that error has in any other command
+    (69 for a server that cannot be reached, 78 for a missing pool...).
+    """
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def load_application(target: str) -> Application:

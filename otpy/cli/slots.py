@@ -3,30 +3,99 @@
 A slot that nobody reads keeps every WAL segment since its ``restart_lsn``:
 the server's disk fills up.  This command shows, per slot, who reads it
 (``active_pid``), how far it has been acknowledged (``confirmed_flush_lsn``),
-how much WAL it retains and how far behind the current WAL position it is, and
-drops an abandoned slot after confirmation.
+how much WAL it retains and how far behind everything committed it is, the
+server's verdict on it (``wal_status``; on PostgreSQL 17+ also
+``invalidation_reason``, ``failover`` and ``synced``), and drops an abandoned
+slot after confirmation.
+
+Lag is measured from ``pg_current_wal_insert_lsn()`` (see
+:mod:`otpy.pg.replication.slots`): ``pg_current_wal_lsn()`` is where WAL has
+been *written*, which under ``synchronous_commit = off`` can sit before the
+last commit, so a slot would look caught up while it is not.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
 import attrs
 import psycopg
+from psycopg import sql
 
+from otpy.cli.errors import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, CliError
 from otpy.cli.render import format_table, human_bytes
 from otpy.pg.connection import TrioConnection
 from otpy.pg.replication.lsn import LSN
 from otpy.pg.replication.slots import SlotInfo, list_slots, validate_slot_name
 
-__all__ = ["SlotCommandError", "drop_slot", "print_slots", "run_slots"]
+__all__ = [
+    "NoAnswer",
+    "NotDropped",
+    "SlotBusy",
+    "SlotCommandError",
+    "SlotNotFound",
+    "drop_slot",
+    "print_slots",
+    "run_slots",
+    "server_slot_columns",
+]
 
 
-class SlotCommandError(Exception):
+class SlotCommandError(CliError):
     """``otpy slots --drop`` could not (or was told not to) drop the slot."""
+
+
+class SlotNotFound(SlotCommandError):
+    """There is no slot of that name (exit 66): check the name in ``otpy slots``."""
+
+    code = EXIT_NOT_FOUND
+
+
+class SlotBusy(SlotCommandError):
+    """A session reads the slot (exit 69): stop that reader first."""
+
+    code = EXIT_UNAVAILABLE
+
+
+class NotDropped(SlotCommandError):
+    """The question was answered with something other than yes (exit 1)."""
+
+    code = EXIT_FAILED
+
+
+class NoAnswer(SlotCommandError):
+    """The question could not be asked: stdin is closed (exit 66); pass ``--yes``."""
+
+    code = EXIT_NOT_FOUND
+
+
+#: Columns of ``pg_replication_slots`` beyond :class:`SlotInfo`, by the release
+#: that added them (``server_version_num``).
+_EXTRA_COLUMNS: Sequence[tuple[int, str]] = (
+    (170000, "invalidation_reason"),
+    (170000, "failover"),
+    (170000, "synced"),
+)
+
+
+def server_slot_columns(server_version: int) -> tuple[str, ...]:
+    """The extra ``pg_replication_slots`` columns a server of ``server_version`` has."""
+    return tuple(name for since, name in _EXTRA_COLUMNS if server_version >= since)
+
+
+async def _extra_columns(conn: TrioConnection[Any]) -> dict[str, dict[str, Any]]:
+    """Per slot name, the values of :func:`server_slot_columns` (empty on older servers)."""
+    columns = server_slot_columns(conn.info.server_version)
+    if not columns:
+        return {}
+    query = sql.SQL("SELECT slot_name, {} FROM pg_catalog.pg_replication_slots").format(
+        sql.SQL(", ").join(map(sql.Identifier, columns))
+    )
+    cur = await conn.execute(query)
+    return {row[0]: dict(zip(columns, row[1:], strict=True)) for row in await cur.fetchall()}
 
 
 async def drop_slot(conn: TrioConnection[Any], name: str) -> None:
@@ -43,30 +112,57 @@ def _lsn_text(value: object) -> object:
     return str(value) if isinstance(value, LSN) else value
 
 
-def print_slots(rows: list[SlotInfo], *, as_json: bool, out: TextIO) -> None:
-    """Print ``rows`` as an aligned table, or as JSON lines with ``as_json``."""
+def _yes_no(value: object) -> str | None:
+    return None if value is None else ("yes" if value else "no")
+
+
+def print_slots(
+    rows: list[SlotInfo],
+    *,
+    as_json: bool,
+    out: TextIO,
+    extra: Mapping[str, Mapping[str, Any]] | None = None,
+    columns: Sequence[str] = (),
+) -> None:
+    """Print ``rows`` as an aligned table, or as JSON lines with ``as_json``.
+
+    ``columns`` are the server's extra columns (:func:`server_slot_columns`),
+    ``extra`` their values per slot name: shown only where the server has them.
+    """
+    extra = extra or {}
     if as_json:
         for row in rows:
             fields = attrs.asdict(row, value_serializer=lambda _, __, v: _lsn_text(v))
+            fields.update({c: extra.get(row.name, {}).get(c) for c in columns})
             print(json.dumps(fields), file=out)
         return
     if not rows:
         print("no replication slots", file=out)
         return
-    table = [
-        (
-            r.name,
-            r.plugin or r.slot_type,
-            r.database,
-            "temporary" if r.temporary else "persistent",
-            r.active_pid if r.active else "inactive",
-            r.confirmed_flush,
-            human_bytes(r.retained_bytes),
-            human_bytes(r.lag_bytes),
+    headers = ["slot", "plugin", "database", "kind", "active pid", "confirmed", "retained", "lag"]
+    headers += ["wal status"]
+    shown = {"invalidation_reason": "invalidated", "failover": "failover", "synced": "synced"}
+    headers += [shown[c] for c in columns]
+    table = []
+    for r in rows:
+        values = extra.get(r.name, {})
+        table.append(
+            [
+                r.name,
+                r.plugin or r.slot_type,
+                r.database,
+                "temporary" if r.temporary else "persistent",
+                r.active_pid if r.active else "inactive",
+                r.confirmed_flush,
+                human_bytes(r.retained_bytes),
+                human_bytes(r.lag_bytes),
+                r.wal_status,
+                *(
+                    _yes_no(values.get(c)) if c in ("failover", "synced") else values.get(c)
+                    for c in columns
+                ),
+            ]
         )
-        for r in rows
-    ]
-    headers = ("slot", "plugin", "database", "kind", "active pid", "confirmed", "retained", "lag")
     print(format_table(headers, table), file=out)
 
 
@@ -82,33 +178,52 @@ async def run_slots(
     """The ``otpy slots`` command: list, or drop ``drop`` after confirmation.
 
     Raises:
-        SlotCommandError: the slot to drop does not exist or is in use, or the
-            user declined.
+        SlotNotFound: no slot of that name.
+        SlotBusy: a session reads it.
+        NotDropped: the user declined.
+        NoAnswer: the question could not be answered (stdin closed).
     """
     out = sys.stdout if out is None else out
     async with await TrioConnection.connect(dsn, autocommit=True) as conn:
         if drop is None:
-            print_slots(await list_slots(conn), as_json=as_json, out=out)
+            columns = server_slot_columns(conn.info.server_version)
+            print_slots(
+                await list_slots(conn),
+                as_json=as_json,
+                out=out,
+                extra=await _extra_columns(conn),
+                columns=columns,
+            )
             return
         rows = {r.name: r for r in await list_slots(conn)}
         row = rows.get(drop)
         if row is None:
             known = ", ".join(rows) or "none"
-            raise SlotCommandError(f"no replication slot named {drop!r} (slots: {known})")
+            raise SlotNotFound(f"no replication slot named {drop!r} (slots: {known})")
         if row.active:
-            raise SlotCommandError(
+            raise SlotBusy(
                 f"slot {drop!r} is being read by backend pid {row.active_pid}: stop that "
                 f"reader first (or SELECT pg_terminate_backend({row.active_pid}))"
             )
         if not yes:
-            answer = confirm(
+            question = (
                 f"Drop slot {drop!r} ({row.plugin}, retains {human_bytes(row.retained_bytes)})? "
                 "Its position is lost for good. [y/N] "
             )
+            try:
+                answer = confirm(question)
+            except EOFError:
+                print(file=out)  # end the question's line
+                raise NoAnswer(
+                    f"slot {drop!r} not dropped: no answer to the question (stdin is closed); "
+                    "pass --yes to drop without asking"
+                ) from None
             if answer.strip().lower() not in ("y", "yes"):
-                raise SlotCommandError("not dropped")
+                raise NotDropped(f"slot {drop!r} not dropped")
         try:
             await drop_slot(conn, drop)
         except psycopg.errors.ObjectInUse as exc:
-            raise SlotCommandError(f"slot {drop!r} became active: {exc}") from None
+            raise SlotBusy(f"slot {drop!r} became active: {exc}") from None
+        except psycopg.errors.UndefinedObject:
+            raise SlotNotFound(f"slot {drop!r} was dropped by someone else meanwhile") from None
         print(f"dropped slot {drop!r}", file=out)

@@ -13,7 +13,15 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from otpy import __version__
-from otpy.cli import EXIT_CONFIG, EXIT_NOT_FOUND, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, main
+from otpy.cli import (
+    EXIT_CONFIG,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    main,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -154,7 +162,7 @@ def test_demo_stops_cleanly_on_ctrl_c(module_dsn: str) -> None:
         assert changes >= 3, proc.stderr.read() if proc.stderr else ""
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
-        assert proc.returncode == EXIT_OK, err
+        assert proc.returncode == EXIT_INTERRUPTED, err  # 130, as `otpy run` and `otpy tail`
         assert "demo: stopping (SIGINT)" in out
         assert out.rstrip().endswith(": 0 lost")
     finally:

@@ -9,9 +9,10 @@ import psycopg
 import pytest
 import trio
 
-from otpy.cli import EXIT_CONFIG, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, main
+from otpy.cli import EXIT_CONFIG, EXIT_NOT_FOUND, EXIT_OK, EXIT_UNAVAILABLE, main
 from otpy.cli.slots import SlotCommandError, run_slots
 from otpy.cli.tail import tail
+from otpy.pg.replication.lsn import LSN
 
 
 @pytest.fixture(scope="module")
@@ -142,13 +143,88 @@ async def test_slots_drop_asks_first(tail_dsn: str, slot: str) -> None:
 def test_slots_drop_unknown_or_active(
     tail_dsn: str, slot: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["slots", "--dsn", tail_dsn, "--drop", "nope_slot", "--yes"]) == EXIT_FAILED
+    assert main(["slots", "--dsn", tail_dsn, "--drop", "nope_slot", "--yes"]) == EXIT_NOT_FOUND
     assert "no replication slot named 'nope_slot'" in capsys.readouterr().err
     # A slot in use by a live session is refused, naming that session's pid.
     with psycopg.connect(tail_dsn, autocommit=True) as holder:
         holder.execute("SELECT pg_create_logical_replication_slot('cli_busy', 'pgoutput', true)")
         pid = holder.info.backend_pid
-        assert main(["slots", "--dsn", tail_dsn, "--drop", "cli_busy", "--yes"]) == EXIT_FAILED
+        assert main(["slots", "--dsn", tail_dsn, "--drop", "cli_busy", "--yes"]) == EXIT_UNAVAILABLE
         err = capsys.readouterr().err
         assert f"being read by backend pid {pid}" in err
         assert "cli_busy" in _slot_names(tail_dsn)
+
+
+def test_slots_lag_counts_every_commit_even_before_the_wal_is_written(
+    tail_dsn: str, slot: str, own_server: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Under synchronous_commit=off a commit is in the WAL buffers before it is
+    # written; pg_current_wal_lsn() (the write position) then sits before it.
+    # A slow WAL writer keeps it there for the length of this test.
+    with psycopg.connect(tail_dsn, autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET wal_writer_delay = '10s'")
+        conn.execute("SELECT pg_reload_conf()")
+        try:
+            conn.execute("SET synchronous_commit = off")
+            conn.execute("INSERT INTO items VALUES (5000, 'async', 1)")
+            written, inserted = conn.execute(
+                "SELECT pg_current_wal_lsn()::text, pg_current_wal_insert_lsn()::text"
+            ).fetchone()  # type: ignore[misc]
+            assert LSN.parse(written) < LSN.parse(inserted)  # the situation under test
+            assert main(["slots", "--dsn", tail_dsn, "--json"]) == EXIT_OK
+        finally:
+            conn.execute("ALTER SYSTEM RESET wal_writer_delay")
+            conn.execute("SELECT pg_reload_conf()")
+    (info,) = [
+        json.loads(line)
+        for line in capsys.readouterr().out.splitlines()
+        if json.loads(line)["name"] == slot
+    ]
+    committed = LSN.parse(inserted) - LSN.parse(info["confirmed_flush"])
+    assert info["lag_bytes"] >= committed > 0
+
+
+def test_slots_show_the_columns_this_server_has(
+    tail_dsn: str, slot: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with psycopg.connect(tail_dsn) as conn:
+        version = conn.info.server_version
+    new_columns = {"failover", "synced", "invalidation_reason"}
+    assert main(["slots", "--dsn", tail_dsn, "--json"]) == EXIT_OK
+    (info,) = [
+        json.loads(line)
+        for line in capsys.readouterr().out.splitlines()
+        if json.loads(line)["name"] == slot
+    ]
+    assert info["wal_status"] == "reserved"
+    if version >= 170000:
+        assert info["failover"] is False and info["synced"] is False
+        assert info["invalidation_reason"] is None
+    else:
+        assert not new_columns & set(info)
+    assert main(["slots", "--dsn", tail_dsn]) == EXIT_OK
+    header = capsys.readouterr().out.splitlines()[0]
+    assert "wal status" in header
+    assert ("failover" in header) == (version >= 170000)
+
+
+async def test_a_persistent_tail_cut_short_by_its_limit_shows_that_transaction_again(
+    tail_dsn: str,
+) -> None:
+    two_rows = "INSERT INTO items VALUES (10, 'a', 1); INSERT INTO items VALUES (11, 'b', 2)"
+    try:
+        first = await _run_tail(
+            tail_dsn, [two_rows], limit=1, persistent=True, slot="cli_cut", as_json=True
+        )
+        assert [json.loads(line)["data"]["id"] for line in first.splitlines()] == [10]
+        with trio.fail_after(30):  # without the fix, the second row never comes
+            again = await _run_tail(
+                tail_dsn, [], limit=2, persistent=True, slot="cli_cut", as_json=True
+            )
+        assert [json.loads(line)["data"]["id"] for line in again.splitlines()] == [10, 11]
+    finally:
+        with psycopg.connect(tail_dsn, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                "WHERE slot_name = 'cli_cut'"
+            )

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 
+import pytest
 import trio
 
 from otpy import ChildSpec, Supervisor, TaskServer
 from otpy import start as start_actor
-from otpy.cli import main
+from otpy.cli import _parser
+from otpy.cli.logs import CliLogging
 from otpy.logs import JsonFormatter
 
 
@@ -75,15 +76,17 @@ def test_unserialisable_extra_fields_are_written_as_their_repr() -> None:
     assert out["nested"] == {"a": [1, "<Thing>"], "2": None}
 
 
-def test_the_cli_log_format_flag_installs_the_json_formatter() -> None:
-    root = logging.getLogger()
-    saved = root.handlers[:]
-    root.handlers = []
-    stream = io.StringIO()
-    try:
-        logging.basicConfig(stream=stream)  # main's basicConfig keeps this handler
-        assert main(["--log-format", "json"]) != 0  # no command: usage, but parsed
-        main(["--log-format", "json", "slots", "--dsn", "host=/nonexistent port=1"])
-        assert isinstance(root.handlers[0].formatter, JsonFormatter)
-    finally:
-        root.handlers = saved
+def test_the_cli_log_format_flag_writes_log_records_as_json_lines(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``--log-format json`` (before or after the subcommand) makes every log line JSON."""
+    for argv in (["--log-format", "json", "slots"], ["slots", "--log-format", "json"]):
+        assert _parser().parse_args([*argv, "--dsn", "host=x"]).log_format == "json"
+    with CliLogging("INFO", debug=False, secrets=["hunter2"], json=True):
+        logging.getLogger("otpy.test").warning(
+            "pool %s lost hunter2", "p", extra={"event": "pool_lost", "pool": "p"}
+        )
+    line = capsys.readouterr().err.strip()
+    record = json.loads(line)
+    assert record["event"] == "pool_lost" and record["level"] == "WARNING"
+    assert record["message"] == "pool p lost ***" and "hunter2" not in line
