@@ -108,7 +108,8 @@ class ReadKey(NoOp):
 
     async def handle_replication_data(self, ref: Any, changes: Any) -> None:
         for change in changes:
-            change.data["id"]
+            if change.data is not None:
+                change.data["id"]
         await super().handle_replication_data(ref, changes)
 
 
@@ -117,8 +118,9 @@ class ReadAll(NoOp):
 
     async def handle_replication_data(self, ref: Any, changes: Any) -> None:
         for change in changes:
-            for _value in change.data.values():
-                pass
+            if change.data is not None:  # not a TRUNCATE
+                for _value in change.data.values():
+                    pass
         await super().handle_replication_data(ref, changes)
 
 

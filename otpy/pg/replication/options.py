@@ -96,7 +96,7 @@ class ReaderOptions:
     messages: bool = False
     streaming: bool = False
     status_interval: float = attrs.field(default=10.0, validator=_positive("status_interval"))
-    max_batch_size: int | None = 5000
+    max_batch_size: int | None = 500
     queue_size: int = 4
     restart_backoff: Backoff = attrs.field(
         factory=lambda: Backoff(initial=0.5, maximum=30.0, jitter=0.2), converter=_backoff
