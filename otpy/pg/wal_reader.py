@@ -406,7 +406,16 @@ class WalReader(GenServer):
         handler = self.subscription.handler
         sub = self.subscription
         session = self.session
-        async for batch in recv:
+        while True:
+            try:  # what is queued already is handled without a scheduler pass per batch
+                batch = recv.receive_nowait()
+            except trio.WouldBlock:
+                try:
+                    batch = await recv.receive()
+                except trio.EndOfChannel:
+                    return
+            except trio.EndOfChannel:
+                return
             if batch:
                 await handler.handle_replication_data(sub, batch)
             if batch.final:
