@@ -66,6 +66,7 @@ from otpy.testing import PostgresServer, find_bindir  # noqa: E402
 
 PEER_VENV = ROOT / "benchmarks" / ".venvs" / "peer"
 PEER_SCRIPT = ROOT / "benchmarks" / "replication_peer.py"
+CHILD_SCRIPT = ROOT / "benchmarks" / "replication_child.py"
 PUB = "bench_pub"
 TABLE = """CREATE TABLE IF NOT EXISTS bench (
     id int PRIMARY KEY, a int, b text, c float8, d timestamptz)"""
@@ -248,12 +249,37 @@ def run_peer(
     return float(seconds), children_cpu() - cpu, int(seen)
 
 
+def run_baseline(
+    python: Path, dsn: str, slot: str, rows: int, publication: str, binary: bool, read: str
+) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds, rows handled) of the otpy that ``python`` imports.
+
+    For before/after comparisons in one run: install another commit in a
+    virtualenv and pass its interpreter as ``--baseline``.
+    """
+    flag = "1" if binary else "0"
+    out = subprocess.run(
+        [str(python), str(CHILD_SCRIPT), dsn, slot, publication, str(rows), flag, read],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    seconds, cpu, seen = out.stdout.split()
+    return float(seconds), float(cpu), int(seen)
+
+
 #: A consumer: (dsn, slot, expected rows, end LSN) -> (seconds, CPU seconds, rows seen).
 Consumer = Callable[[str, str, int, str], tuple[float, float, int]]
 
 
-def consumers(publication: str, *, recvlogical_binary: bool = False) -> dict[str, Consumer]:
-    """The contenders of the 5-column benchmark (the handler reads every value)."""
+def consumers(
+    publication: str, *, recvlogical_binary: bool = False, baseline: Path | None = None
+) -> dict[str, Consumer]:
+    """The contenders of the 5-column benchmark (the handler reads every value).
+
+    With ``baseline`` (another interpreter with otpy installed), also that
+    otpy, text and binary, as ``otpy baseline`` / ``otpy baseline binary``.
+    """
     out: dict[str, Consumer] = {
         "pg_recvlogical": lambda dsn, slot, rows, end: run_recvlogical(
             dsn, slot, end, publication=publication
@@ -269,6 +295,13 @@ def consumers(publication: str, *, recvlogical_binary: bool = False) -> dict[str
     out["otpy binary"] = lambda dsn, slot, rows, end: run_otpy(
         dsn, slot, rows, {"binary": True}, publication=publication
     )
+    if baseline is not None:
+        for binary in (False, True):
+            out["otpy baseline" + (" binary" if binary else "")] = (
+                lambda dsn, slot, rows, end, binary=binary: run_baseline(
+                    baseline, dsn, slot, rows, publication, binary, "all"
+                )
+            )
     python = peer_python()
     if python is not None:
         out["psycopg2+pypgoutput"] = lambda dsn, slot, rows, end: run_peer(
@@ -320,6 +353,24 @@ def throughput(
                 for slot in slots.values():
                     sql(dsn, f"SELECT pg_drop_replication_slot('{slot}')")
     return results
+
+
+def print_versus(
+    results: list[Result], workloads: dict[str, tuple[str, int]], pairs: list[tuple[str, str]]
+) -> None:
+    """For each workload and (ours, theirs) pair: median wall and CPU ratios, theirs / ours."""
+    for name in workloads:
+        for ours, theirs in pairs:
+            wall = {
+                c: [r[2] for r in results if r[0] == name and r[1] == c] for c in (ours, theirs)
+            }
+            cpu = {c: [r[3] for r in results if r[0] == name and r[1] == c] for c in (ours, theirs)}
+            if all(wall.values()):
+                print(
+                    f"{name:22} {ours} vs {theirs}: "
+                    f"{statistics.median(wall[theirs]) / statistics.median(wall[ours]):.2f}x wall,"
+                    f" {statistics.median(cpu[theirs]) / statistics.median(cpu[ours]):.2f}x CPU"
+                )
 
 
 def print_table(
@@ -430,6 +481,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dsn", help="an existing server (default: a throw-away one)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--rss", action="store_true", help="also measure RSS on 1M rows")
+    parser.add_argument(
+        "--baseline", type=Path, help="python of another otpy install, run side by side"
+    )
     parser.add_argument("--rss-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rss_child:
@@ -443,12 +497,16 @@ def main(argv: list[str] | None = None) -> int:
         sql(dsn, TABLE)
         if not sql(dsn, f"SELECT 1 FROM pg_publication WHERE pubname = '{PUB}'"):
             sql(dsn, f"CREATE PUBLICATION {PUB} FOR TABLE bench")
-        results = throughput(dsn, args.repeat, WORKLOADS, consumers(PUB))
+        contenders = consumers(PUB, baseline=args.baseline)
+        results = throughput(dsn, args.repeat, WORKLOADS, contenders)
         lat = latency(dsn)
         memory = rss(dsn) if args.rss else None
     print()
     print(f"WAL reader benchmark (medians of {args.repeat}; {os.cpu_count()} CPUs)")
     print_table(results, WORKLOADS)
+    if args.baseline:
+        print_versus(results, WORKLOADS, [("otpy", "otpy baseline")])
+        print_versus(results, WORKLOADS, [("otpy binary", "otpy baseline binary")])
     lat.sort()
     p50 = lat[len(lat) // 2]
     p99 = lat[int(len(lat) * 0.99) - 1]

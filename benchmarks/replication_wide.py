@@ -42,6 +42,8 @@ from replication import (
     ReadKey,
     consumers,
     print_table,
+    print_versus,
+    run_baseline,
     run_otpy,
     sql,
     throughput,
@@ -97,8 +99,11 @@ WORKLOADS = {
 }
 
 
-def wide_consumers() -> dict[str, Consumer]:
-    """pg_recvlogical (text, binary), otpy (text, binary) x (all values, key only), the peer."""
+def wide_consumers(baseline: Path | None = None) -> dict[str, Consumer]:
+    """pg_recvlogical (text, binary), otpy (text, binary) x (all values, key only), the peer.
+
+    With ``baseline``, also the otpy that interpreter imports (all values).
+    """
     base = consumers(PUB, recvlogical_binary=True)
 
     def otpy(binary: bool, handler: type[NoOp]) -> Consumer:
@@ -112,6 +117,13 @@ def wide_consumers() -> dict[str, Consumer]:
     out["otpy key"] = otpy(False, ReadKey)
     out["otpy binary all"] = otpy(True, ReadAll)
     out["otpy binary key"] = otpy(True, ReadKey)
+    if baseline is not None:
+        for binary in (False, True):
+            out[f"otpy {'binary ' if binary else ''}all baseline"] = (
+                lambda dsn, slot, rows, end, binary=binary: run_baseline(
+                    baseline, dsn, slot, rows, PUB, binary, "all"
+                )
+            )
     if "psycopg2+pypgoutput" in base:
         out["psycopg2+pypgoutput"] = base["psycopg2+pypgoutput"]
     return out
@@ -123,9 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", action="append", help="run only this workload (repeatable)")
     parser.add_argument("--consumer", action="append", help="run only this consumer (repeatable)")
+    parser.add_argument(
+        "--baseline", type=Path, help="python of another otpy install, run side by side"
+    )
     args = parser.parse_args(argv)
     workloads = {k: v for k, v in WORKLOADS.items() if not args.only or k in args.only}
-    contenders = wide_consumers()
+    contenders = wide_consumers(args.baseline)
     if args.consumer:
         contenders = {k: v for k, v in contenders.items() if k in args.consumer}
     with ExitStack() as stack:
@@ -144,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     baselines = {name: "pg_recvlogical binary" for name in contenders if "binary" in name}
     baselines["pg_recvlogical binary"] = "pg_recvlogical binary"
     print_table(results, workloads, baselines, peer=("otpy all", "psycopg2+pypgoutput"))
+    if args.baseline:
+        pairs = [("otpy all", "otpy all baseline"), ("otpy binary all", "otpy binary all baseline")]
+        print_versus(results, workloads, pairs)
     return 0
 
 
