@@ -41,7 +41,7 @@ from .pgoutput import (
     Type,
     Update,
 )
-from .values import PendingRow, ValueDecoder
+from .values import ValueDecoder
 
 __all__ = ["OPS", "Change", "ChangeBatch", "TransactionAssembler"]
 
@@ -95,41 +95,6 @@ class Change:
     xid: int | None = None
     commit_time: datetime | None = None
     detail: Mapping[str, Any] | None = None
-
-
-# Change.data of an inserted row is decoded when first read (ValueDecoder.decode_later
-# says why): until then its slot holds a PendingRow, which this descriptor, put in
-# place of the slot's own, replaces with the decoded dict on the first read.  So
-# ``change.data`` is always the plain dict decode() would have given, the same
-# object at every read; attrs' __init__, eq, repr, evolve and pickling read and
-# write the field through it like any attribute.
-_data_slot = Change.__dict__["data"]
-_get_data = _data_slot.__get__
-_set_data = _data_slot.__set__
-
-
-class _DecodedOnRead:
-    """The descriptor of :attr:`Change.data` (see above)."""
-
-    __slots__ = ()
-
-    def __get__(self, change: Change | None, owner: type | None = None) -> Any:
-        if change is None:
-            return self
-        data = _get_data(change, owner)
-        if type(data) is PendingRow:
-            data = data.decode()
-            _set_data(change, data)
-        return data
-
-    def __set__(self, change: Change, value: Any) -> None:
-        _set_data(change, value)
-
-    def __delete__(self, change: Change) -> None:
-        _data_slot.__delete__(change)
-
-
-Change.data = _DecodedOnRead()  # type: ignore[misc]
 
 
 class ChangeBatch(list[Change]):
@@ -249,7 +214,7 @@ class TransactionAssembler:
                 change = Change(
                     names[0],
                     "insert",
-                    self.decoder.decode_later(oid, msg.new),
+                    self.decoder.decode(oid, msg.new),
                     None,
                     names[1],
                     lsn,

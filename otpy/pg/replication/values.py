@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from typing import Any, ClassVar, NoReturn
+from typing import Any, ClassVar
 
 import attrs
 from psycopg import BaseConnection, postgres
@@ -52,12 +52,11 @@ from psycopg.types.range import RangeInfo, register_range
 
 from .errors import RelationMismatchError, UnknownRelationError, ValueDecodingError
 from .loaders import JSON_NULL, install_loaders, pad_short_records
-from .pgoutput import UNCHANGED_TOAST, ColumnValue, Relation, TupleData, Type
+from .pgoutput import UNCHANGED_TOAST, Relation, TupleData, Type
 
 __all__ = [
     "JSON_NULL",
     "UNCHANGED_TOAST",
-    "PendingRow",
     "RelationMismatchError",
     "TypeRefreshNeeded",
     "UnknownRelationError",
@@ -146,8 +145,6 @@ class _Plan:
     binary: tuple[_Load, ...]
     row_text: _Row
     row_binary: _Row
-    #: Indices of the columns of user types (OID >= FIRST_NORMAL_OID): see PendingRow.
-    user: tuple[int, ...] = ()
 
 
 def _row_builder(
@@ -460,7 +457,6 @@ class ValueDecoder:
             tuple(binary),
             _row_builder(names, text_tx.load_sequence, f"{where}, text"),
             _row_builder(names, binary_tx.load_sequence, f"{where}, binary"),
-            tuple(i for i, c in enumerate(relation.columns) if c.type_oid >= FIRST_NORMAL_OID),
         )
         self._plans[oid] = plan
         return plan
@@ -505,115 +501,36 @@ class ValueDecoder:
                 Relation's (a protocol inconsistency, not a bad value).
         """
         plan = self._plans.get(relation_oid) or self._plan(relation_oid)
-        return self._decode(plan, data.kinds, data.values, None)
-
-    def decode_later(self, relation_oid: int, data: TupleData) -> PendingRow:
-        """What :meth:`decode` would return, decoded when :meth:`PendingRow.decode` is called.
-
-        The reader queues rows between its socket task and the handler:
-        undecoded, a row is a few bytes objects the garbage collector does
-        not track, where decoded it is a dict and its values (lists, dicts,
-        UUIDs, addresses...), which a queue of thousands of rows promotes to
-        the oldest GC generation, every full collection then scanning them.
-        Decoding when the handler reads the row costs the same and lets its
-        values die young.
-
-        Everything that can raise is done now, so that the reader sees it
-        where it sees it with :meth:`decode`: an unknown relation, a column
-        count that does not match, and the values of user-type columns, which
-        are decoded now (a stale type raises :class:`TypeRefreshNeeded` here)
-        and kept: their loaders depend on the time (see :meth:`refreshed`), so
-        decoding them later could give another result.  Built-in types load
-        the same at any time: the result is the dict :meth:`decode` gives now.
-        """
-        plan = self._plans.get(relation_oid) or self._plan(relation_oid)
-        values = data.values
-        if len(values) != len(plan.names):
-            self._mismatch(plan, values)
-        known: dict[int, Any] | None = None
-        if plan.user:
-            known = self._decode_user_columns(plan, data.kinds, values)
-        return PendingRow(self, plan, data.kinds, values, known)
-
-    def _decode(
-        self,
-        plan: _Plan,
-        kinds: bytes,
-        values: tuple[ColumnValue, ...],
-        known: dict[int, Any] | None,
-    ) -> dict[str, Any]:
+        kinds = data.kinds
         # Fast path: one format (and NULLs) only: load the whole row in one call.
         # Anything unusual in it (a value a loader refuses, a column count that
         # does not match) raises, and the row takes the column-by-column path.
         try:
-            row: dict[str, Any] | None = None
             if 117 not in kinds:  # no unchanged TOAST
                 if 98 not in kinds:  # text and NULL only
-                    row = plan.row_text(values)
-                elif 116 not in kinds:  # binary and NULL only
-                    row = plan.row_binary(values)
-            if row is not None:
-                if known:
-                    for index, value in known.items():
-                        row[plan.names[index]] = value
-                return row
+                    return plan.row_text(data.values)
+                if 116 not in kinds:  # binary and NULL only
+                    return plan.row_binary(data.values)
         except Exception:  # decoded again below, with a verdict per column
             pass
-        return self._decode_columns(plan, kinds, values, known)
+        return self._decode_columns(plan, data)
 
-    def _mismatch(self, plan: _Plan, values: tuple[ColumnValue, ...]) -> NoReturn:
-        raise RelationMismatchError(
-            f"tuple has {len(values)} columns, relation "
-            f"{plan.relation.namespace}.{plan.relation.name} has {len(plan.names)}"
-        )
-
-    def _decode_user_columns(
-        self, plan: _Plan, kinds: bytes, values: tuple[ColumnValue, ...]
-    ) -> dict[int, Any]:
-        """The values of the user-type columns of a row, by column index (see decode_later)."""
-        out: dict[int, Any] = {}
-        stale: set[int] = set()
-        for i in plan.user:
-            kind = kinds[i]
-            if kind == 116 or kind == 98:  # 't', 'b'
-                value = values[i]
-                load = plan.text[i] if kind == 116 else plan.binary[i]
-                try:
-                    out[i] = load(value)
-                except Exception as exc:
-                    oid = plan.relation.columns[i].type_oid
-                    if self.refresh_on_failure and self._may_refresh(oid):
-                        stale.add(oid)
-                    else:
-                        out[i] = self._undecodable(plan, i, kind, value, exc)  # type: ignore[arg-type]
-        if stale:
-            self._stale |= stale
-            self._refused |= stale
-            raise TypeRefreshNeeded(frozenset(stale))
-        return out
-
-    def _decode_columns(
-        self,
-        plan: _Plan,
-        kinds: bytes,
-        values: tuple[ColumnValue, ...],
-        known: dict[int, Any] | None = None,
-    ) -> dict[str, Any]:
+    def _decode_columns(self, plan: _Plan, data: TupleData) -> dict[str, Any]:
         """Decode column by column: mixed formats, unchanged TOAST, values a loader refuses.
 
         A value whose loader raises is delivered as its text (``bytes`` in
-        binary format), logged once per type.  ``known`` holds values
-        already decoded, by column index.
+        binary format), logged once per type.
         """
         names = plan.names
-        if len(names) != len(values):
-            self._mismatch(plan, values)
+        if len(names) != len(data.values):
+            raise RelationMismatchError(
+                f"tuple has {len(data.values)} columns, relation "
+                f"{plan.relation.namespace}.{plan.relation.name} has {len(names)}"
+            )
         out: dict[str, Any] = {}
         stale: set[int] = set()
-        for i, (name, kind, value) in enumerate(zip(names, kinds, values, strict=True)):
-            if known and i in known:
-                out[name] = known[i]
-            elif kind == 116 or kind == 98:  # 't', 'b'
+        for i, (name, kind, value) in enumerate(zip(names, data.kinds, data.values, strict=True)):
+            if kind == 116 or kind == 98:  # 't', 'b'
                 load = plan.text[i] if kind == 116 else plan.binary[i]
                 try:
                     out[name] = load(value)
@@ -664,41 +581,3 @@ class ValueDecoder:
 
 def _as_text(value: bytes) -> str:
     return value.decode("utf-8", "replace")
-
-
-class PendingRow:
-    """A row whose values are decoded on request: see :meth:`ValueDecoder.decode_later`.
-
-    Not a user-facing type: :class:`~.changes.Change` holds one in place of
-    its ``data`` dict until ``data`` is first read.
-    """
-
-    __slots__ = ("_decoder", "_kinds", "_known", "_plan", "_values")
-
-    def __init__(
-        self,
-        decoder: ValueDecoder,
-        plan: _Plan,
-        kinds: bytes,
-        values: tuple[ColumnValue, ...],
-        known: dict[int, Any] | None,
-    ) -> None:
-        self._decoder = decoder
-        self._plan = plan
-        self._kinds = kinds
-        self._values = values
-        self._known = known
-
-    def decode(self) -> dict[str, Any]:
-        """The ``{name: value}`` dict :meth:`ValueDecoder.decode` gave when the row arrived.
-
-        Never raises a :class:`TypeRefreshNeeded`: the user-type values were
-        decoded on arrival; a built-in value a loader refuses is delivered as
-        text, as :meth:`ValueDecoder.decode` does.
-        """
-        decoder = self._decoder
-        refresh, decoder.refresh_on_failure = decoder.refresh_on_failure, False
-        try:
-            return decoder._decode(self._plan, self._kinds, self._values, self._known)
-        finally:
-            decoder.refresh_on_failure = refresh
