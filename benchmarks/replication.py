@@ -10,12 +10,20 @@ For each repeat, one persistent slot per consumer is created, the workload is
 committed once, and each consumer then streams its slot from the start to the
 end of the workload (catch-up throughput, server decoding included):
 
-* ``pg_recvlogical`` to /dev/null (``--endpos``): the limit, it does not decode;
-* ``otpy``: ``wal_reader.subscribe`` with a no-op handler: frames, pgoutput,
-  values decoded by psycopg loaders, ``Change`` values, handler calls, acks;
+* ``pg_recvlogical`` writing to a file, up to ``--endpos``
+  ``pg_current_wal_insert_lsn()`` taken after the workload: the limit, it
+  does not decode;
+* ``otpy``: ``wal_reader.subscribe`` with a handler that reads every value
+  of every row: frames, pgoutput, values decoded by psycopg loaders,
+  ``Change`` values, handler calls, acks;
 * ``psycopg2+pypgoutput``: LogicalReplicationConnection + pypgoutput's decoders
   building ``{column: text}`` rows (no type conversion), in
   ``benchmarks/.venvs/peer`` (created on first use with pip; skipped if that fails).
+
+Every consumer reports the rows it saw (pg_recvlogical's file is parsed
+after the run): a run that missed rows is reported and left out of the table.
+``benchmarks/replication_wide.py`` runs the same comparison on a 14-column
+table of common types.
 
 Also measured: commit -> handler latency at 1000 transactions/s (writer in the
 same process, ``synchronous_commit=on`` for the writer), and with ``--rss`` the
@@ -36,7 +44,9 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -51,10 +61,12 @@ from otpy import DynamicSupervisor  # noqa: E402
 from otpy import start as start_actor  # noqa: E402
 from otpy.pg import wal_reader  # noqa: E402
 from otpy.pg.connection import TrioConnection  # noqa: E402
+from otpy.pg.replication import pgoutput  # noqa: E402
 from otpy.testing import PostgresServer, find_bindir  # noqa: E402
 
 PEER_VENV = ROOT / "benchmarks" / ".venvs" / "peer"
 PEER_SCRIPT = ROOT / "benchmarks" / "replication_peer.py"
+CHILD_SCRIPT = ROOT / "benchmarks" / "replication_child.py"
 PUB = "bench_pub"
 TABLE = """CREATE TABLE IF NOT EXISTS bench (
     id int PRIMARY KEY, a int, b text, c float8, d timestamptz)"""
@@ -79,6 +91,8 @@ def sql(dsn: str, *statements: str) -> list[Any]:
 
 
 class NoOp(wal_reader.ReplicationHandler):
+    """Counts rows and reads nothing of them (values decoded on demand stay undecoded)."""
+
     def __init__(self, expected: int) -> None:
         self.expected = expected
         self.rows = 0
@@ -90,22 +104,50 @@ class NoOp(wal_reader.ReplicationHandler):
             self.done.set()
 
 
+class ReadKey(NoOp):
+    """Reads the key column ``id`` of every row."""
+
+    async def handle_replication_data(self, ref: Any, changes: Any) -> None:
+        for change in changes:
+            if change.data is not None:
+                change.data["id"]
+        await super().handle_replication_data(ref, changes)
+
+
+class ReadAll(NoOp):
+    """Reads every value of every row (what a handler copying rows elsewhere does)."""
+
+    async def handle_replication_data(self, ref: Any, changes: Any) -> None:
+        for change in changes:
+            if change.data is not None:  # not a TRUNCATE
+                for _value in change.data.values():
+                    pass
+        await super().handle_replication_data(ref, changes)
+
+
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
 
-def run_otpy(dsn: str, slot: str, rows: int, options: dict[str, Any]) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process) to stream ``rows`` rows."""
+def run_otpy(
+    dsn: str,
+    slot: str,
+    rows: int,
+    options: dict[str, Any],
+    handler_class: type[NoOp] = ReadAll,
+    publication: str = PUB,
+) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds of this process, rows handled) to stream ``rows`` rows."""
     cpu = time.process_time()
+    handler = handler_class(rows)
 
     async def main() -> float:
         async with trio.open_nursery() as nursery:
             await start_actor(nursery, DynamicSupervisor(), name=wal_reader.READERS_SUPERVISOR)
-            handler = NoOp(rows)
             start = time.perf_counter()
             ref = await wal_reader.subscribe(
-                handler, dsn, slot, [PUB], {"slot_type": "persistent", **options}
+                handler, dsn, slot, [publication], {"slot_type": "persistent", **options}
             )
             await handler.done.wait()
             elapsed = time.perf_counter() - start
@@ -114,35 +156,67 @@ def run_otpy(dsn: str, slot: str, rows: int, options: dict[str, Any]) -> tuple[f
         return elapsed
 
     elapsed = trio.run(main)
-    return elapsed, time.process_time() - cpu
+    return elapsed, time.process_time() - cpu, handler.rows
 
 
-def run_recvlogical(dsn: str, slot: str, endpos: str) -> tuple[float, float]:
-    binary = find_bindir() / "pg_recvlogical"
-    cpu = children_cpu()
-    start = time.perf_counter()
-    subprocess.run(
-        [
-            str(binary),
-            "-d",
-            dsn,
-            "--slot",
-            slot,
-            "--start",
-            "--plugin=pgoutput",
-            "-o",
-            "proto_version=1",
-            "-o",
-            f"publication_names={PUB}",
-            "-E",
-            endpos,
-            "-f",
-            "/dev/null",
-            "--no-loop",
-        ],
-        check=True,
-    )
-    return time.perf_counter() - start, children_cpu() - cpu
+def count_recvlogical_rows(path: Path) -> int:
+    """Rows (Insert messages) in a pg_recvlogical output file of pgoutput messages.
+
+    pg_recvlogical writes each message followed by a newline; pgoutput
+    messages are self-delimiting, so the file is walked message by message
+    (Begin, Commit, Origin, Relation, Type, Insert: what the workloads produce).
+    """
+    data = path.read_bytes()
+    pos = rows = 0
+    n = len(data)
+    while pos < n:
+        kind = data[pos]
+        if kind == 0x42:  # Begin
+            end = pos + 21
+        elif kind == 0x43:  # Commit
+            end = pos + 26
+        elif kind == 0x49:  # Insert: oid, 'N', tuple
+            _, end = pgoutput._tuple(data, pos + 6)
+            rows += 1
+        elif kind == 0x4F:  # Origin
+            _, end = pgoutput._string(data, pos + 9)
+        elif kind in (0x52, 0x59):  # Relation, Type
+            _, end = pgoutput._string(data, pos + 5)
+            _, end = pgoutput._string(data, end)
+            if kind == 0x52:
+                ncols = int.from_bytes(data[end + 1 : end + 3])
+                end += 3
+                for _ in range(ncols):
+                    _, end = pgoutput._string(data, end + 1)
+                    end += 8
+        else:
+            raise ValueError(f"unexpected pgoutput message {chr(kind)!r} at {pos}")
+        if data[end : end + 1] != b"\n":
+            raise ValueError(f"pg_recvlogical output out of step at {end}")
+        pos = end + 1
+    return rows
+
+
+def run_recvlogical(
+    dsn: str, slot: str, endpos: str, *, binary: bool = False, publication: str = PUB
+) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds, rows received) of pg_recvlogical writing to a file.
+
+    ``endpos`` must be ``pg_current_wal_insert_lsn()`` taken after the
+    workload: pg_recvlogical stops there, and the rows in its file are counted.
+    """
+    options = ["-o", "proto_version=1", "-o", f"publication_names={publication}"]
+    if binary:
+        options += ["-o", "binary=true"]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "changes.out"
+        command = [str(find_bindir() / "pg_recvlogical"), "-d", dsn, "--slot", slot]
+        command += ["--start", "--plugin=pgoutput", *options, "-E", endpos, "-f", str(out)]
+        cpu = children_cpu()
+        start = time.perf_counter()
+        subprocess.run([*command, "--no-loop"], check=True)
+        elapsed, used = time.perf_counter() - start, children_cpu() - cpu
+        return elapsed, used, count_recvlogical_rows(out)
 
 
 def peer_python() -> Path | None:
@@ -160,55 +234,181 @@ def peer_python() -> Path | None:
     return python
 
 
-def run_peer(python: Path, dsn: str, slot: str, rows: int) -> tuple[float, float]:
+def run_peer(
+    python: Path, dsn: str, slot: str, rows: int, publication: str = PUB
+) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds, rows handled) of the psycopg2 + pypgoutput peer."""
     cpu = children_cpu()
     out = subprocess.run(
-        [str(python), str(PEER_SCRIPT), dsn, slot, PUB, str(rows)],
+        [str(python), str(PEER_SCRIPT), dsn, slot, publication, str(rows)],
         check=True,
         capture_output=True,
         text=True,
     )
-    return float(out.stdout.strip()), children_cpu() - cpu
+    seconds, seen = out.stdout.split()
+    return float(seconds), children_cpu() - cpu, int(seen)
 
 
-def throughput(dsn: str, repeat: int) -> list[tuple[str, str, float, float]]:
-    """(workload, consumer, wall seconds, client CPU seconds) for every run."""
+def run_baseline(
+    python: Path, dsn: str, slot: str, rows: int, publication: str, binary: bool, read: str
+) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds, rows handled) of the otpy that ``python`` imports.
+
+    For before/after comparisons in one run: install another commit in a
+    virtualenv and pass its interpreter as ``--baseline``.
+    """
+    flag = "1" if binary else "0"
+    out = subprocess.run(
+        [str(python), str(CHILD_SCRIPT), dsn, slot, publication, str(rows), flag, read],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    seconds, cpu, seen = out.stdout.split()
+    return float(seconds), float(cpu), int(seen)
+
+
+#: A consumer: (dsn, slot, expected rows, end LSN) -> (seconds, CPU seconds, rows seen).
+Consumer = Callable[[str, str, int, str], tuple[float, float, int]]
+
+
+def consumers(
+    publication: str, *, recvlogical_binary: bool = False, baseline: Path | None = None
+) -> dict[str, Consumer]:
+    """The contenders of the 5-column benchmark (the handler reads every value).
+
+    With ``baseline`` (another interpreter with otpy installed), also that
+    otpy, text and binary, as ``otpy baseline`` / ``otpy baseline binary``.
+    """
+    out: dict[str, Consumer] = {
+        "pg_recvlogical": lambda dsn, slot, rows, end: run_recvlogical(
+            dsn, slot, end, publication=publication
+        ),
+    }
+    if recvlogical_binary:
+        out["pg_recvlogical binary"] = lambda dsn, slot, rows, end: run_recvlogical(
+            dsn, slot, end, binary=True, publication=publication
+        )
+    out["otpy"] = lambda dsn, slot, rows, end: run_otpy(
+        dsn, slot, rows, {}, publication=publication
+    )
+    out["otpy binary"] = lambda dsn, slot, rows, end: run_otpy(
+        dsn, slot, rows, {"binary": True}, publication=publication
+    )
+    if baseline is not None:
+        for binary in (False, True):
+            out["otpy baseline" + (" binary" if binary else "")] = (
+                lambda dsn, slot, rows, end, binary=binary: run_baseline(
+                    baseline, dsn, slot, rows, publication, binary, "all"
+                )
+            )
     python = peer_python()
-    results: list[tuple[str, str, float, float]] = []
-    for name, (statement, rows) in WORKLOADS.items():
+    if python is not None:
+        out["psycopg2+pypgoutput"] = lambda dsn, slot, rows, end: run_peer(
+            python, dsn, slot, rows, publication
+        )
+    return out
+
+
+Result = tuple[str, str, float, float]
+
+
+def throughput(
+    dsn: str,
+    repeat: int,
+    workloads: dict[str, tuple[str, int]],
+    contenders: dict[str, Consumer],
+    table: str = "bench",
+) -> list[Result]:
+    """(workload, consumer, wall seconds, client CPU seconds) for every complete run.
+
+    Consumers run one after another in an order rotated at every repeat (the
+    machine is shared: interleaving spreads its noise over all of them).  A
+    run that did not see every row of the workload is reported and dropped.
+    """
+    results: list[Result] = []
+    names = list(contenders)
+    for name, (statement, rows) in workloads.items():
         for rep in range(repeat):
-            sql(dsn, "TRUNCATE bench")
-            consumers = ["pg_recvlogical", "otpy", "otpy binary"]
-            if python is not None:
-                consumers.append("psycopg2+pypgoutput")
-            slots = {c: f"bench_{i}" for i, c in enumerate(consumers)}
+            sql(dsn, f"TRUNCATE {table}")
+            slots = {c: f"bench_{i}" for i, c in enumerate(names)}
             for slot in slots.values():
                 sql(dsn, f"SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')")
             try:
                 sql(dsn, statement)
-                endpos = sql(dsn, "SELECT pg_current_wal_lsn()::text")[0][0]
+                endpos = sql(dsn, "SELECT pg_current_wal_insert_lsn()::text")[0][0]
                 sql(dsn, "CHECKPOINT")
-                order = consumers[rep % len(consumers) :] + consumers[: rep % len(consumers)]
+                order = names[rep % len(names) :] + names[: rep % len(names)]
                 for consumer in order:
-                    slot = slots[consumer]
-                    if consumer == "pg_recvlogical":
-                        seconds, cpu = run_recvlogical(dsn, slot, endpos)
-                    elif consumer == "otpy":
-                        seconds, cpu = run_otpy(dsn, slot, rows, {})
-                    elif consumer == "otpy binary":
-                        seconds, cpu = run_otpy(dsn, slot, rows, {"binary": True})
-                    else:
-                        assert python is not None
-                        seconds, cpu = run_peer(python, dsn, slot, rows)
-                    results.append((name, consumer, seconds, cpu))
+                    seconds, cpu, seen = contenders[consumer](dsn, slots[consumer], rows, endpos)
+                    complete = seen == rows
+                    if complete:
+                        results.append((name, consumer, seconds, cpu))
                     print(
-                        f"  {name:15} {consumer:20} {seconds:8.3f} s  cpu {cpu:.3f} s",
+                        f"  {name:22} {consumer:26} {seconds:8.3f} s  cpu {cpu:.3f} s"
+                        + ("" if complete else f"  INCOMPLETE: {seen} of {rows} rows, dropped"),
                         file=sys.stderr,
                     )
             finally:
                 for slot in slots.values():
                     sql(dsn, f"SELECT pg_drop_replication_slot('{slot}')")
     return results
+
+
+def print_versus(
+    results: list[Result], workloads: dict[str, tuple[str, int]], pairs: list[tuple[str, str]]
+) -> None:
+    """For each workload and (ours, theirs) pair: median wall and CPU ratios, theirs / ours."""
+    for name in workloads:
+        for ours, theirs in pairs:
+            wall = {
+                c: [r[2] for r in results if r[0] == name and r[1] == c] for c in (ours, theirs)
+            }
+            cpu = {c: [r[3] for r in results if r[0] == name and r[1] == c] for c in (ours, theirs)}
+            if all(wall.values()):
+                print(
+                    f"{name:22} {ours} vs {theirs}: "
+                    f"{statistics.median(wall[theirs]) / statistics.median(wall[ours]):.2f}x wall,"
+                    f" {statistics.median(cpu[theirs]) / statistics.median(cpu[ours]):.2f}x CPU"
+                )
+
+
+def print_table(
+    results: list[Result],
+    workloads: dict[str, tuple[str, int]],
+    baselines: dict[str, str] | None = None,
+    peer: tuple[str, str] | None = ("otpy", "psycopg2+pypgoutput"),
+) -> None:
+    """Medians per (workload, consumer) and ratios to pg_recvlogical.
+
+    ``baselines`` maps a consumer to the pg_recvlogical run it is compared
+    with (e.g. binary consumers to ``pg_recvlogical binary``); others are
+    compared with ``pg_recvlogical``.  A consumer with no complete run is not
+    printed.
+    """
+    baselines = baselines or {}
+    print(
+        f"{'workload':22} {'consumer':26} {'seconds':>8} {'rows/s':>10} {'vs recvlogical':>15}"
+        f" {'client CPU s':>13} {'runs':>5}"
+    )
+    for name, (_, rows) in workloads.items():
+        consumers = dict.fromkeys(r[1] for r in results if r[0] == name)
+        runs = {c: [r for r in results if r[0] == name and r[1] == c] for c in consumers}
+        med = {c: statistics.median(r[2] for r in runs[c]) for c in consumers}
+        cpu = {c: statistics.median(r[3] for r in runs[c]) for c in consumers}
+        for consumer, seconds in med.items():
+            base = med.get(baselines.get(consumer, "pg_recvlogical"))
+            ratio = f"{base / seconds:14.2f}x" if base else f"{'-':>15}"
+            print(
+                f"{name:22} {consumer:26} {seconds:8.3f} {rows / seconds:10,.0f} {ratio}"
+                f" {cpu[consumer]:13.3f} {len(runs[consumer]):5}"
+            )
+        if peer is not None and peer[0] in med and peer[1] in med:
+            ours, theirs = peer
+            print(
+                f"{'':22} {ours} vs {theirs}: {med[theirs] / med[ours]:.2f}x wall, "
+                f"{cpu[theirs] / cpu[ours]:.2f}x client CPU"
+            )
 
 
 def latency(dsn: str, rate: int = 1000, seconds: float = 5.0) -> list[float]:
@@ -252,7 +452,7 @@ def latency(dsn: str, rate: int = 1000, seconds: float = 5.0) -> list[float]:
 
 def rss_child(dsn: str, slot: str, rows: int) -> None:
     """Stream ``rows`` rows from ``slot`` with a no-op handler; print peak RSS in MB."""
-    run_otpy(dsn, slot, rows, {})[0]
+    run_otpy(dsn, slot, rows, {}, NoOp)
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             print(int(line.split()[1]) / 1024)
@@ -281,6 +481,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dsn", help="an existing server (default: a throw-away one)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--rss", action="store_true", help="also measure RSS on 1M rows")
+    parser.add_argument(
+        "--baseline", type=Path, help="python of another otpy install, run side by side"
+    )
     parser.add_argument("--rss-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rss_child:
@@ -294,37 +497,16 @@ def main(argv: list[str] | None = None) -> int:
         sql(dsn, TABLE)
         if not sql(dsn, f"SELECT 1 FROM pg_publication WHERE pubname = '{PUB}'"):
             sql(dsn, f"CREATE PUBLICATION {PUB} FOR TABLE bench")
-        results = throughput(dsn, args.repeat)
+        contenders = consumers(PUB, baseline=args.baseline)
+        results = throughput(dsn, args.repeat, WORKLOADS, contenders)
         lat = latency(dsn)
         memory = rss(dsn) if args.rss else None
     print()
     print(f"WAL reader benchmark (medians of {args.repeat}; {os.cpu_count()} CPUs)")
-    print(
-        f"{'workload':16} {'consumer':20} {'seconds':>8} {'rows/s':>10} {'vs recvlogical':>15}"
-        f" {'client CPU s':>13}"
-    )
-    for name, (_, rows) in WORKLOADS.items():
-        consumers = dict.fromkeys(r[1] for r in results if r[0] == name)
-        med = {
-            c: statistics.median(r[2] for r in results if r[0] == name and r[1] == c)
-            for c in consumers
-        }
-        cpu = {
-            c: statistics.median(r[3] for r in results if r[0] == name and r[1] == c)
-            for c in consumers
-        }
-        base = med["pg_recvlogical"]
-        for consumer, seconds in med.items():
-            print(
-                f"{name:16} {consumer:20} {seconds:8.3f} {rows / seconds:10,.0f} "
-                f"{base / seconds:14.2f}x {cpu[consumer]:13.3f}"
-            )
-        peer = med.get("psycopg2+pypgoutput")
-        if peer is not None:
-            print(
-                f"{'':16} otpy vs psycopg2+pypgoutput: {peer / med['otpy']:.2f}x wall, "
-                f"{cpu['psycopg2+pypgoutput'] / cpu['otpy']:.2f}x client CPU"
-            )
+    print_table(results, WORKLOADS)
+    if args.baseline:
+        print_versus(results, WORKLOADS, [("otpy", "otpy baseline")])
+        print_versus(results, WORKLOADS, [("otpy binary", "otpy baseline binary")])
     lat.sort()
     p50 = lat[len(lat) // 2]
     p99 = lat[int(len(lat) * 0.99) - 1]

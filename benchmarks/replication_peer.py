@@ -4,7 +4,7 @@
 psycopg2's LogicalReplicationConnection, decodes every message with
 pypgoutput's decoders, builds a ``{column: text}`` dict per row (pypgoutput
 does not convert types), acknowledges at each commit, and stops after ROWS rows.
-Prints the elapsed seconds.
+Prints the elapsed seconds and the rows seen.
 """
 
 import contextlib
@@ -67,7 +67,7 @@ def main(dsn, slot, publication, rows):
         cur.consume_stream(consume)
     elapsed = time.perf_counter() - start
     conn.close()
-    print(f"{elapsed:.6f}")
+    print(f"{elapsed:.6f} {seen}")
 
 
 if __name__ == "__main__":

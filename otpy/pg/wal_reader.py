@@ -599,7 +599,16 @@ class WalReader(GenServer):
         parking: int | None = None  # dead letter of the transaction being parked
         counters = sub.counters
         clock = time.perf_counter
-        async for batch in recv:
+        while True:
+            try:  # what is queued already is handled without a scheduler pass per batch
+                batch = recv.receive_nowait()
+            except trio.WouldBlock:
+                try:
+                    batch = await recv.receive()
+                except trio.EndOfChannel:
+                    return
+            except trio.EndOfChannel:
+                return
             heartbeat = batch.xid is None and is_heartbeat(batch)
             if heartbeat:
                 counters.heartbeat_seen(batch[0].data, sub.slot)  # never delivered

@@ -459,7 +459,7 @@ class ReaderOptions:
     messages: bool = attrs.field(default=False, validator=_flag)
     streaming: bool | str = attrs.field(default=False, validator=_streaming)
     status_interval: float | None = attrs.field(default=None, validator=_optional_seconds)
-    max_batch_size: int | None = attrs.field(default=5000, validator=_count(allow_none=True))
+    max_batch_size: int | None = attrs.field(default=500, validator=_count(allow_none=True))
     queue_size: int = attrs.field(default=4, validator=_count(allow_none=False))
     restart_backoff: Backoff = attrs.field(
         factory=lambda: Backoff(initial=0.5, maximum=30.0, jitter=0.2), converter=_backoff

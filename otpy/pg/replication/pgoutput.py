@@ -512,13 +512,15 @@ def _tuple(data: bytes, pos: int) -> tuple[TupleData, int]:
         raise DecodeError("truncated tuple: missing column count", pos)
     ncols = (data[pos] << 8) | data[pos + 1]
     pos += 2
-    kinds = bytearray(ncols)
+    # A list of small ints then bytes(): compiled, a list append is a C call
+    # where a bytearray item assignment is a generic (boxed) one.
+    kinds: list[int] = []
     values: list[ColumnValue] = []
     for i in range(ncols):
         if pos >= n:
             raise DecodeError(f"truncated tuple: {ncols - i} of {ncols} columns missing", pos)
         kind = data[pos]
-        kinds[i] = kind
+        kinds.append(kind)
         if kind == 116 or kind == 98:  # 't', 'b'
             if pos + 5 > n:
                 raise DecodeError("truncated column length", pos + 1)
@@ -603,7 +605,7 @@ def _insert(data: bytes, in_stream: bool) -> Insert:
         if len(data) < 6:
             raise DecodeError("truncated Insert", len(data))
         xid = None
-        oid = _unpack_u32(data, 1)[0]
+        oid = data[1] << 24 | data[2] << 16 | data[3] << 8 | data[4]
         pos = 5
     if data[pos] != 78:  # 'N'
         raise DecodeError(f"Insert: expected 'N', got {data[pos]:#04x}", pos)

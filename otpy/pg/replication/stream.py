@@ -412,7 +412,10 @@ class ReplicationSession:
                     batches = await self._refeed(decoder, lsn, msg)
                 for batch in batches:
                     self.pending += 1
-                    await out.send(batch)
+                    try:  # no scheduler pass per transaction while the queue has room
+                        out.send_nowait(batch)
+                    except trio.WouldBlock:
+                        await out.send(batch)
             else:
                 keepalive = decode_copy_data(data)
                 self.wal_end = keepalive.end
