@@ -12,11 +12,10 @@ from __future__ import annotations
 import re
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sphinx.application import Sphinx
-from sphinx.util import logging
-
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:  # the scanner itself needs only the standard library (tests/docs)
+    from sphinx.application import Sphinx
 
 ROLES = ("func", "class", "meth", "attr", "data", "mod", "exc", "obj")
 #: A role (``:func:`` or ``:py:func:``) or a ``::`` in prose.
@@ -56,8 +55,11 @@ def raw_markup(html: str) -> list[str]:
 
 def check_build(app: Sphinx, exception: Exception | None) -> None:
     """After an HTML build: warn about every page that shows raw markup."""
+    from sphinx.util import logging
+
     if exception is not None or app.builder.format != "html":
         return
+    logger = logging.getLogger(__name__)
     for page in sorted(Path(app.outdir).rglob("*.html")):
         if page.parent.name.startswith("_"):  # _modules, _static: not pages
             continue
