@@ -1,14 +1,17 @@
-"""Every Python block in the docs is checked against the code, unless it is marked a fragment.
+"""Every Python block in the docs runs in the test suite, or is marked a fragment and checked.
 
-A block fenced as ```` ```python ```` is checked: it compiles (top-level
-``await`` and ``async with`` allowed: the docs show code that runs in a trio
-task), its imports run, and every name it reads from an otpy module exists
-(``otpy.Supervisor.child_spec``, ``pool.query``, ``wal_reader.subscribe``), so a
-renamed or removed API fails here rather than in a reader's hands.
+A block fenced as ```` ```python ```` runs: in a subprocess of its own, in
+an empty directory, bounded in time, it must exit 0 (top-level ``await`` and
+``async with`` run in a trio task, as the docs show them).
 
-A block that cannot stand alone (elided lines, names from the text around
-it) is fenced ```` ```python fragment ````: highlighted as Python on GitHub
-and in the built docs, and not checked.
+A block that cannot stand alone (it needs a server, a configuration file, a
+running pool, or names from the text around it) is fenced
+```` ```python fragment ````: highlighted as Python on GitHub and in the built
+docs, and checked rather than run.  Every block, fragment or not, is checked:
+it compiles, its imports run, and every name it reads from an otpy module
+exists (``otpy.Supervisor.child_spec``, ``pool.query``,
+``wal_reader.subscribe``), so a renamed or removed API fails here rather than
+in a reader's hands.
 """
 
 from __future__ import annotations
@@ -16,11 +19,15 @@ from __future__ import annotations
 import ast
 import importlib
 import re
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+
+from otpy.testing import external_dsn
 
 REPO = Path(__file__).resolve().parents[2]
 PAGES = [REPO / "README.md", REPO / "examples" / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -46,7 +53,21 @@ def python_blocks() -> list[tuple[str, str, bool]]:
 
 
 BLOCKS = python_blocks()
-CHECKED = [pytest.param(code, id=where) for where, code, fragment in BLOCKS if not fragment]
+CHECKED = [pytest.param(code, id=where) for where, code, _ in BLOCKS]
+RUN = [pytest.param(code, id=where) for where, code, fragment in BLOCKS if not fragment]
+
+#: Runs the block in the file named by argv[1]; top-level awaits run under trio.
+RUNNER = """
+import ast, inspect, sys, trio
+path = sys.argv[1]
+with open(path) as source:
+    code = compile(source.read(), path, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+result = eval(code, {"__name__": "__main__"})
+if inspect.iscoroutine(result):
+    async def main():
+        await result
+    trio.run(main)
+"""
 
 
 def imported_names(tree: ast.Module) -> dict[str, Any]:
@@ -115,8 +136,8 @@ def unresolved(tree: ast.Module, names: dict[str, Any]) -> list[str]:
     return sorted(set(missing))
 
 
-def test_the_pages_have_python_blocks_to_check() -> None:
-    assert len(CHECKED) >= 10  # the extraction found the blocks
+def test_the_pages_have_python_blocks_to_check_and_run() -> None:
+    assert len(CHECKED) >= 10 and len(RUN) >= 5  # the extraction found the blocks
 
 
 @pytest.mark.parametrize("code", CHECKED)
@@ -126,6 +147,23 @@ def test_python_block_matches_the_code(code: str) -> None:
     tree = ast.parse(code)
     names = imported_names(tree)
     assert unresolved(tree, names) == []
+
+
+@pytest.mark.parametrize("code", RUN)
+def test_python_block_runs(code: str, tmp_path: Path) -> None:
+    if "PostgresServer" in code and external_dsn() is not None:
+        pytest.skip("uses the PostgreSQL binaries")
+    block = tmp_path / "block.py"
+    block.write_text(code, encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-c", RUNNER, str(block)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=60,
+    )
+    hint = "(a block that cannot stand alone is fenced ```python fragment)"
+    assert result.returncode == 0, f"{result.stdout.decode()}\n{hint}"
 
 
 def test_a_renamed_api_is_caught() -> None:
