@@ -100,7 +100,6 @@ autodoc_default_options = {
 autodoc_typehints = "signature"
 autodoc_typehints_format = "short"
 autodoc_preserve_defaults = True
-autodoc_class_signature = "separated"
 autodoc_inherit_docstrings = False
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
@@ -116,6 +115,9 @@ nitpick_ignore_regex = [
     # psycopg's typing names: the psycopg inventory (3.1) does not document them.
     (r"py:.*", r"(psycopg\.rows\.)?(Row|TupleRow)"),
     (r"py:.*", r"psycopg\.errors\.CancellationTimeout"),
+    # The pool's internal state, in the signatures of constructors that only the
+    # pool calls (Lease, PooledConnection): not part of the API, not documented.
+    (r"py:.*", r"otpy\.pg\.pool\.core\.\w+"),
     # The one member of a sentinel's enum, documented as the module constant.
     (r"py:.*", r"otpy\..*\.(UnchangedToast|JsonNull)\.\w+"),
 ]
@@ -156,6 +158,8 @@ def _canonical(target: str) -> str | None:
 SHORT_NAMES = {
     "AdaptContext": "psycopg.abc.AdaptContext",
     "AsyncRowFactory": "psycopg.rows.AsyncRowFactory",
+    "psycopg.pq.abc.PGconn": "psycopg.pq.PGconn",
+    "psycopg.pq.abc.PGresult": "psycopg.pq.PGresult",
 }
 
 
@@ -214,7 +218,8 @@ def _napoleon_property_without_type() -> None:
 
     A Google-style attribute docstring may start with ``type: description``;
     otpy's property docstrings start with a sentence that may hold a colon.  A
-    "type" with a space in it (outside brackets) is the sentence, kept whole.
+    "type" with a space in it (outside brackets) is the sentence, kept whole;
+    so is one that starts with a literal (``` ``n``: SQL NULL ```).
     """
     from sphinx.ext.napoleon.docstring import GoogleDocstring
 
@@ -222,7 +227,8 @@ def _napoleon_property_without_type() -> None:
 
     def consume(self: GoogleDocstring) -> tuple[str, list[str]]:
         line = self._lines.get(0)
-        if isinstance(line, str) and " " in line.partition(":")[0].split("[")[0].strip():
+        head = line.partition(":")[0].split("[")[0].strip() if isinstance(line, str) else ""
+        if " " in head or head.startswith("`"):  # a sentence, or a literal: ``n``: SQL NULL
             lines = self._dedent(self._consume_to_end())
             return "", self.__class__(lines, self._config).lines()
         return original(self)
