@@ -1,11 +1,17 @@
-"""What the PostgreSQL examples share: a database to run against, and a config for it.
+"""What the examples share: a database to run against, a config for it, an application.
 
-This is scaffolding, not part of what an example shows: a real application
-reads its connector configuration from a TOML file (``otpy run --config``)
-and has a server to talk to.  Here every example takes ``--dsn DSN`` for an
-existing server and, without it, starts a throw-away PostgreSQL with
-:class:`otpy.testing.PostgresServer` (``wal_level=logical``, removed on exit), so
-the examples run on a fresh machine with nothing but the PostgreSQL binaries.
+This is scaffolding, not part of what an example shows.  Each example runs two
+ways:
+
+* ``otpy run EXAMPLE:app --config examples.toml`` from this directory, as a
+  real application runs: the connector's configuration comes from the TOML
+  file (here every connection setting is left to libpq: ``PGHOST``,
+  ``PGDATABASE``...), and :func:`application` makes the example an
+  :class:`otpy.Application` that does its work once, then stops;
+* ``python EXAMPLE.py [--dsn DSN]``: without ``--dsn`` a throw-away PostgreSQL
+  is started with :class:`otpy.testing.PostgresServer` (``wal_level=logical``,
+  removed on exit), so the examples run on a fresh machine with nothing but
+  the PostgreSQL binaries.
 """
 
 from __future__ import annotations
@@ -13,14 +19,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 from psycopg.conninfo import conninfo_to_dict
 
+import otpy
 from otpy.testing import PostgresServer
 
-__all__ = ["connector_config", "database", "database_settings", "parser", "setup_logging"]
+__all__ = [
+    "application",
+    "connector_config",
+    "database",
+    "database_settings",
+    "parser",
+    "setup_logging",
+]
 
 
 def parser(description: str | None) -> argparse.ArgumentParser:
@@ -78,3 +92,35 @@ def setup_logging(example_logger: str) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger(example_logger).setLevel(logging.INFO)
+
+
+def application(
+    name: str,
+    work: Callable[[Mapping[str, Any]], Awaitable[object]],
+    *children: otpy.ChildSpec,
+    env: Mapping[str, Any] | None = None,
+) -> otpy.Application:
+    """The example as an application for ``otpy run``: ``children``, then ``work(env)`` once.
+
+    The root supervisor starts the example's own servers (``children``), then
+    a task that awaits ``work(env)`` (``env`` is the application's
+    environment: ``env`` here, overridden by ``[env.NAME]`` in the TOML file).
+    When the work is done the task stops the whole system, as Erlang's
+    ``init:stop()`` does, so ``otpy run`` exits 0.  If the work fails, the
+    supervisor (intensity 0) gives up at once and ``otpy run`` exits 1, rather
+    than doing the work again.  The example's own log lines (logger ``name``)
+    show at INFO whatever ``--log-level`` says for the rest.
+    """
+
+    async def once(app_env: Mapping[str, Any]) -> None:
+        await work(app_env)
+        system = otpy.current_system()
+        if system is not None:
+            system.stop(f"{name} finished")
+
+    def start(app_env: Mapping[str, Any]) -> otpy.Supervisor:
+        logging.getLogger(name).setLevel(logging.INFO)
+        task = otpy.TaskServer.child_spec(once, app_env, id="work", restart="transient")
+        return otpy.Supervisor([*children, task], intensity=0)
+
+    return otpy.Application(name, start=start, env=env or {})

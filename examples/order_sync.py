@@ -25,7 +25,8 @@ What otpy adds to the same code:
   persistent slot resumes right after the last acknowledged transaction
   (including changes committed while nothing was reading).
 
-Run: ``python examples/order_sync.py [--dsn DSN] [--seconds N] [--keep-slot]``
+Run: ``otpy run order_sync:app --config examples.toml`` from ``examples/``, or
+``python examples/order_sync.py [--dsn DSN] [--seconds N] [--keep-slot]``
 """
 
 from __future__ import annotations
@@ -243,44 +244,59 @@ class SyncReport:
     """The handler's cache at the end."""
 
 
-async def main(dsn: str, seconds: float = 0.0, keep_slot: bool = False) -> SyncReport:
-    """Run order_sync while orders are placed (one round, or rounds for ``seconds``).
+async def demo(seconds: float = 0.0, keep_slot: bool = False) -> SyncReport:
+    """With the pool and the analytics service running: orders placed, events synced.
 
-    With ``keep_slot`` the persistent slot is left behind, so that the next run
+    One round of orders, or one every half second for ``seconds``.  With
+    ``keep_slot`` the persistent slot is left behind, so that the next run
     resumes where this one stopped; otherwise it is dropped at the end, as a
     demo must not leave a slot retaining WAL on your server.
     """
+    async with pool.connection("main_pool") as conn:
+        await conn.execute(SCHEMA)
+
+    handler = OrderSync()
+    subscription = await start(handler)
+
+    last = await order_round(1)
+    end = trio.current_time() + seconds
+    n = 1
+    while trio.current_time() < end:
+        await trio.sleep(0.5)  # a gentle pace, so that the log stays readable
+        n += 1
+        last = await order_round(n)
+
+    # Transactions arrive in commit order: once the last one is handled, all are.
+    with trio.fail_after(30):
+        await handler.wait_until(lambda: handler.cache.get(last) == "delivered")
+    events: list[Event] = await otpy.call("analytics", "events")
+
+    await wal_reader.unsubscribe(subscription)  # acknowledges all, releases the slot
+    if not keep_slot:
+        await pool.query("main_pool", "SELECT pg_drop_replication_slot(%s)", (SLOT,))
+    stats = pool.stats("main_pool")
+    logger.info(
+        "main_pool: %d checkouts, %d connections opened", stats.checkouts, stats.connections_opened
+    )
+    return SyncReport(events, dict(handler.cache))
+
+
+async def main(dsn: str, seconds: float = 0.0, keep_slot: bool = False) -> SyncReport:
+    """Run :func:`application` on ``dsn`` and :func:`demo` in it."""
     config = _demo.connector_config(dsn, {"main_pool": {"database": "main_db", "size": [1, 4]}})
     async with otpy.start_application(application(config)):
-        async with pool.connection("main_pool") as conn:
-            await conn.execute(SCHEMA)
+        return await demo(seconds, keep_slot)
 
-        handler = OrderSync()
-        subscription = await start(handler)
 
-        last = await order_round(1)
-        end = trio.current_time() + seconds
-        n = 1
-        while trio.current_time() < end:
-            await trio.sleep(0.5)  # a gentle pace, so that the log stays readable
-            n += 1
-            last = await order_round(n)
-
-        # Transactions arrive in commit order: once the last one is handled, all are.
-        with trio.fail_after(30):
-            await handler.wait_until(lambda: handler.cache.get(last) == "delivered")
-        events: list[Event] = await otpy.call("analytics", "events")
-
-        await wal_reader.unsubscribe(subscription)  # acknowledges all, releases the slot
-        if not keep_slot:
-            await pool.query("main_pool", "SELECT pg_drop_replication_slot(%s)", (SLOT,))
-        stats = pool.stats("main_pool")
-        logger.info(
-            "main_pool: %d checkouts, %d connections opened",
-            stats.checkouts,
-            stats.connections_opened,
-        )
-    return SyncReport(events, dict(handler.cache))
+#: ``otpy run order_sync:app --config examples.toml`` (from examples/): the
+#: analytics service, then :func:`demo` once; ``seconds`` and ``keep_slot``
+#: come from ``[env.order_sync]``.
+app = _demo.application(
+    "order_sync",
+    lambda env: demo(float(env["seconds"]), bool(env["keep_slot"])),
+    Analytics.child_spec(name="analytics"),
+    env={"seconds": 0.0, "keep_slot": False},
+)
 
 
 if __name__ == "__main__":

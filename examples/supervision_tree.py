@@ -14,7 +14,8 @@ its count) is left alone.  Too many crashes in too little time and the
 supervisor gives up, crashing with ``GaveUp`` so that *its* supervisor can
 react (escalation): here it has none, so we just watch it exit.
 
-Run: ``python examples/supervision_tree.py`` (no database needed).
+Run: ``otpy run supervision_tree:app`` from ``examples/``, or
+``python examples/supervision_tree.py`` (no database needed).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import trio
 
 import otpy
 from otpy.errors import ActorExited
+
+import _demo
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +160,11 @@ async def main() -> tuple[list[Step], otpy.ExitReason]:
         steps.append(Step(f"gave up after {crashes + 1} more crashes", None, frozenset()))
         logger.info("root supervisor exited: %s", reason)
     return steps, reason
+
+
+#: ``otpy run supervision_tree:app`` (from examples/, no configuration needed):
+#: the tree above, started, crashed and given up by :func:`main`, once.
+app = _demo.application("supervision_tree", lambda env: main())
 
 
 class _OneLineErrors(logging.Formatter):

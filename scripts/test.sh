@@ -9,6 +9,6 @@ if [ "${OTPY_SKIP_CHECKS:-0}" = 0 ]; then
     say "ruff check";             "$VENV/bin/ruff" check .
     say "ruff format --check";    "$VENV/bin/ruff" format --check .
     say "mypy --strict";          "$VENV/bin/mypy" otpy examples
-    say "mkdocs build --strict";  NO_MKDOCS_2_WARNING=1 "$VENV/bin/mkdocs" build --strict --quiet --site-dir "$(mktemp -d)"
+    say "sphinx-build -W -n";     "$VENV/bin/sphinx-build" -W --keep-going -n -q -b html docs "$(mktemp -d)"
 fi
 say "pytest";                 "$VENV/bin/pytest" "$@"

@@ -9,7 +9,7 @@ trio tasks change it; here the request is answered inside the trio run, so a
 snapshot is taken between two task switches and is consistent.
 
 * ``GET /metrics``: the Prometheus text exposition (:mod:`otpy.pg.metrics`;
-  needs ``otpy[metrics]``, else 501 with the reason);
+  needs ``trio-otp-pg[metrics]``, else 501 with the reason);
 * ``GET /healthz``: liveness, 200 as long as the trio run answers;
 * ``GET /readyz``: readiness, 200 when :func:`otpy.pg.metrics.readiness`
   finds nothing wrong, else 503 with one line per problem.
@@ -116,7 +116,9 @@ def _answer(path: str, registry: Any) -> bytes:
 def _respond(path: str, registry: Any) -> bytes:
     if path == "/metrics":
         if registry is None:
-            return _response(501, "prometheus_client is missing: pip install 'otpy[metrics]'\n")
+            return _response(
+                501, "prometheus_client is missing: pip install 'trio-otp-pg[metrics]'\n"
+            )
         from prometheus_client import CONTENT_TYPE_LATEST
 
         return _response(200, exposition(registry), CONTENT_TYPE_LATEST)

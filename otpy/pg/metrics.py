@@ -8,7 +8,7 @@ Two layers, so that reading the numbers never costs the hot paths anything:
   live subscription.  The pools and readers only increment plain attributes
   where things happen; a snapshot reads them (no I/O, no message), so it can
   be taken as often as wanted.
-* **Prometheus** (the optional extra ``otpy[metrics]``, i.e.
+* **Prometheus** (the optional extra ``trio-otp-pg[metrics]``, i.e.
   ``prometheus_client``): :class:`OtpyCollector` is a custom collector that
   turns a snapshot into metric families *at scrape time*, and
   :func:`exposition` renders them with ``prometheus_client.generate_latest``.
@@ -52,7 +52,7 @@ __all__ = [
 class MetricsUnavailable(ImportError):
     """The Prometheus exposition needs ``prometheus_client``, which is not installed.
 
-    Install the extra: ``pip install 'otpy[metrics]'``.  The in-process
+    Install the extra: ``pip install 'trio-otp-pg[metrics]'``.  The in-process
     snapshots (:func:`snapshot`) work without it.
     """
 
@@ -301,7 +301,7 @@ class OtpyCollector:
 
 def _unavailable() -> MetricsUnavailable:
     return MetricsUnavailable(
-        "the Prometheus exposition needs prometheus_client: pip install 'otpy[metrics]' "
+        "the Prometheus exposition needs prometheus_client: pip install 'trio-otp-pg[metrics]' "
         "(otpy.pg.metrics.snapshot() works without it)"
     )
 

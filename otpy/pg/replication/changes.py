@@ -95,6 +95,10 @@ class Change:
       arrives later in a batch of its own (docs/replication.md, Two-phase).
 
     Attributes:
+        table: the table's name (a message's prefix).
+        op: what happened, one of :data:`OPS`.
+        data: the row, or a message's content, as above.
+        old: the old row or key columns, as above.
         schema: the table's schema (``""`` for messages).
         lsn: WAL position of this change.
         commit_lsn: LSN of the commit record of its transaction.
