@@ -90,6 +90,7 @@ from otpy.pg.replication.options import ReaderOptions
 from otpy.pg.replication.pgoutput import UNCHANGED_TOAST, is_compiled
 from otpy.pg.replication.slots import validate_publication_name, validate_slot_name
 from otpy.pg.replication.stream import ReplicationSession
+from otpy.pg.snapshot import SnapshotRun
 from otpy.registry import Registry, Via, whereis
 from otpy.supervisor import start_child, terminate_child, which_children
 
@@ -396,6 +397,10 @@ class WalReader(GenServer):
         self.standby = False
         # A reader that already streamed from its persistent slot never re-creates it.
         self.session.create_missing = not subscription.state.slot_seen
+        #: The initial snapshot of this incarnation (otpy.pg.snapshot), if asked for.
+        self.snapshot = (
+            SnapshotRun(self.session) if subscription.options.snapshot != "never" else None
+        )
 
     def __repr__(self) -> str:
         return f"<WalReader slot={self.subscription.slot!r}>"
@@ -411,7 +416,9 @@ class WalReader(GenServer):
         """
         _log_decoder_build()
         try:
-            await self._bounded(self.session.open)
+            await self._bounded(
+                self.session.open if self.snapshot is None else self.snapshot.prepare
+            )
         except ChangesLost as exc:
             if not self.subscription.state.started:
                 await self._close_quietly()
@@ -434,8 +441,47 @@ class WalReader(GenServer):
         except BaseException:
             await self._close_quietly()
             raise
+        if self.snapshot is not None and self.snapshot.pending:
+            self.subscription.state.started = True
+            self.start_soon(self._snapshot_then_stream)
+            return
         self._started_streaming()
         self.start_soon(self._stream)
+
+    async def _snapshot_then_stream(self) -> None:
+        """Read the initial snapshot into the handler, then START_REPLICATION and stream.
+
+        The slot's walsender stays idle meanwhile (its exported snapshot
+        lives only so long).  ``initial_only`` ends the subscription instead
+        of streaming.
+        """
+        snapshot = self.snapshot
+        assert snapshot is not None
+        sub = self.subscription
+        self._stream_started = True  # terminate must wait for this task too
+        self._streamed = True  # the handler sees data: it gets the stop call
+        try:
+            with trio.CancelScope() as scope:  # cancelled by terminate
+                self._scope = scope
+                await snapshot.run(functools.partial(sub.handler.handle_replication_data, sub))
+                if snapshot.stream_after:
+                    await self._bounded(self.session.start)
+        except BaseException as exc:
+            if isinstance(exc, trio.Cancelled) and not self._stopping:
+                self.session.abort()  # killed: no terminate will close the sockets
+            self._stream_done.set()
+            raise
+        if scope.cancelled_caught or self._stopping:
+            self._stream_done.set()
+            return
+        if not snapshot.stream_after:  # initial_only: done, the subscription ends
+            _forget(sub)
+            sub.state._end()
+            self._stream_done.set()
+            self.stop()
+            return
+        self._started_streaming()
+        await self._stream()
 
     def _started_streaming(self) -> None:
         """START_REPLICATION was accepted: later starts are restarts of a read slot."""

@@ -25,7 +25,7 @@ from otpy.child_spec import Backoff
 
 from .errors import InvalidOptions
 
-__all__ = ["PROTO_MIN_SERVER", "SLOT_TYPES", "ReaderOptions"]
+__all__ = ["PROTO_MIN_SERVER", "SLOT_TYPES", "SNAPSHOT_MODES", "ReaderOptions"]
 
 #: ``temporary``: the slot lives as long as the replication session; changes
 #: made while the reader is disconnected are *not* replayed.  ``persistent``:
@@ -36,6 +36,14 @@ SLOT_TYPES = ("temporary", "persistent")
 #: pgoutput protocol version -> the oldest PostgreSQL (``server_version_num``)
 #: that speaks it.  The reader checks it when it connects.
 PROTO_MIN_SERVER = {1: 100000, 2: 140000, 3: 150000, 4: 160000}
+
+
+#: ``never``: stream changes only; ``initial``: when the reader creates the
+#: slot, read every published table under the slot's exported snapshot first
+#: (op ``"read"``), then stream from the slot's consistent point;
+#: ``initial_only``: read the tables once, then end the subscription (no slot).
+#: See :mod:`otpy.pg.snapshot` and ``docs/snapshots.md``.
+SNAPSHOT_MODES = ("never", "initial", "initial_only")
 
 
 def _number(value: Any) -> bool:
@@ -112,6 +120,28 @@ def _create_publication(value: Any) -> bool | tuple[str, ...]:
     return tuple(value)
 
 
+def _snapshot_mode(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str) or value not in SNAPSHOT_MODES:
+        raise _bad(attribute.name, f"one of {', '.join(map(repr, SNAPSHOT_MODES))}", value)
+
+
+def _table_names(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if (
+        isinstance(value, str | bytes)
+        or not isinstance(value, Sequence)
+        or not all(isinstance(v, str) and v for v in value)
+    ):
+        raise _bad("snapshot_tables", 'None or a list of table names ("t" or "schema.t")', value)
+    return tuple(value)
+
+
+def _qualified_name(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str) or not value or "\0" in value or value.count(".") > 1:
+        raise _bad(attribute.name, 'a table name ("t" or "schema.t")', value)
+
+
 @attrs.frozen
 class ReaderOptions:
     """How a reader streams, delivers and recovers.
@@ -148,6 +178,16 @@ class ReaderOptions:
             START_REPLICATION accepted (:class:`~.errors.ReaderStartTimeout`
             beyond).  libpq's own ``connect_timeout`` parameter, when given
             in ``db_opts``, still bounds each connection attempt within it.
+        snapshot: ``"never"`` (default), ``"initial"`` or ``"initial_only"``;
+            see :data:`SNAPSHOT_MODES` and ``docs/snapshots.md``.
+        snapshot_tables: the tables to read (``"t"``/``"schema.t"``, each
+            published); ``None`` reads every table of the publications.
+        snapshot_chunk_size: rows per snapshot batch handed to the handler.
+        snapshot_parallelism: connections reading the snapshot at once
+            (each imports the same exported snapshot).
+        snapshot_progress_table: where a persistent slot's snapshot state is
+            kept (``"t"`` or ``"schema.t"``, created if missing: needs CREATE
+            on the schema).
     """
 
     slot_type: str = attrs.field(default="temporary", validator=_slot_type)
@@ -167,6 +207,14 @@ class ReaderOptions:
     standby: bool = attrs.field(default=False, validator=_flag)
     shutdown_timeout: float = attrs.field(default=10.0, validator=_seconds)
     connect_timeout: float = attrs.field(default=30.0, validator=_seconds)
+    # Initial snapshot (otpy.pg.snapshot).
+    snapshot: str = attrs.field(default="never", validator=_snapshot_mode)
+    snapshot_tables: tuple[str, ...] | None = attrs.field(default=None, converter=_table_names)
+    snapshot_chunk_size: int = attrs.field(default=5000, validator=_count(allow_none=False))
+    snapshot_parallelism: int = attrs.field(default=1, validator=_count(allow_none=False))
+    snapshot_progress_table: str = attrs.field(
+        default="otpy_snapshot_progress", validator=_qualified_name
+    )
 
     @property
     def temporary(self) -> bool:

@@ -124,6 +124,9 @@ class ReplicationSession:
         self.phase = "connecting"
         #: Whether a missing persistent slot may be created (a first start only).
         self.create_missing = True
+        #: Set by :mod:`otpy.pg.snapshot` when it created the slot itself (with an
+        #: exported snapshot, read before streaming): start from this LSN.
+        self.prepared_start: LSN | None = None
 
     # ------------------------------------------------------------------ opening
 
@@ -187,14 +190,17 @@ class ReplicationSession:
     async def _start(self) -> None:
         assert self.repl is not None and self.meta is not None
         self.phase = "creating the slot"
-        confirmed = await ensure_slot(
-            self.repl,
-            self.meta,
-            self.slot,
-            temporary=self.options.temporary,
-            database=self.meta.info.dbname,
-            create_missing=self.create_missing,
-        )
+        if self.prepared_start is not None:  # created with a snapshot (otpy.pg.snapshot)
+            confirmed = self.prepared_start
+        else:
+            confirmed = await ensure_slot(
+                self.repl,
+                self.meta,
+                self.slot,
+                temporary=self.options.temporary,
+                database=self.meta.info.dbname,
+                create_missing=self.create_missing,
+            )
         self.acked = confirmed
         self.received = confirmed
         command = start_replication_command(
