@@ -320,9 +320,16 @@ async def read_snapshot(
     rows = 0
 
     async def worker(send: trio.MemorySendChannel[ChangeBatch]) -> None:
-        async with send, await _open_reader(connect_kwargs, snapshot) as conn:
-            for r in todo:  # shared iterator: each range is read by one worker
-                await _read_range(conn, r, send, chunk_size)
+        async with send:
+            conn = await _open_reader(connect_kwargs, snapshot)
+            try:
+                for r in todo:  # shared iterator: each range is read by one worker
+                    await _read_range(conn, r, send, chunk_size)
+            finally:
+                # A read-only transaction: nothing to commit; closing mid-COPY
+                # (the handler failed) must not try a rollback first.
+                with trio.CancelScope(shield=True):
+                    await conn.close()
 
     async def consume() -> None:
         nonlocal rows
