@@ -69,9 +69,10 @@ import attrs
 import psycopg
 import trio
 from psycopg import errors as pg_errors
-from psycopg import sql
+from psycopg import pq, sql
 
-from otpy.pg.connection import REPLICATION_SESSION_SETTINGS, TrioConnection
+from otpy._util import raise_unwrapped
+from otpy.pg.connection import REPLICATION_SESSION_SETTINGS, TrioConnection, finish_copy_both
 from otpy.pg.replication.changes import Change, ChangeBatch
 from otpy.pg.replication.errors import ReplicationError, SlotInUse
 from otpy.pg.replication.lsn import LSN
@@ -258,7 +259,7 @@ def _ranges(tables: Sequence[SnapshotTable], parallelism: int, server: int) -> l
     return out
 
 
-def _copy_query(r: _Range) -> sql.Composed:
+def _copy_query(r: _Range, binary: bool) -> sql.Composed:
     t = r.table
     where: list[sql.Composable] = []
     if r.first is not None:
@@ -274,7 +275,7 @@ def _copy_query(r: _Range) -> sql.Composed:
     )
     if where:
         query += sql.SQL(" WHERE ") + sql.SQL(" AND ").join(where)
-    return query + sql.SQL(") TO STDOUT")
+    return query + sql.SQL(") TO STDOUT (FORMAT BINARY)" if binary else ") TO STDOUT")
 
 
 async def _open_reader(connect_kwargs: dict[str, Any], snapshot: str) -> TrioConnection[Any]:
@@ -347,11 +348,14 @@ async def read_snapshot(
         held.final = True
         await deliver(held)
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(consume)
-        async with send:
-            for _ in range(min(parallelism, max(len(ranges), 1))):
-                nursery.start_soon(worker, send.clone())
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consume)
+            async with send:
+                for _ in range(min(parallelism, max(len(ranges), 1))):
+                    nursery.start_soon(worker, send.clone())
+    except BaseExceptionGroup as group:
+        raise_unwrapped(group)  # the handler's own error, as from a streamed batch
     return rows
 
 
@@ -368,15 +372,41 @@ async def _read_range(
     send: trio.MemorySendChannel[ChangeBatch],
     chunk_size: int,
 ) -> None:
+    """COPY one range into batches of ``chunk_size`` changes sent to ``send``.
+
+    The server sends one CopyData message per row.  Rows libpq already
+    buffered are taken straight from it (``get_copy_data(1)``: no wait, no
+    scheduler pass per row); psycopg waits only when the buffer is empty.
+    That is what makes a snapshot as fast as psycopg's own synchronous
+    ``copy.rows()``: its async ``rows()`` waits once per row.
+    """
     t = r.table
     name, schema, columns = t.name, t.schema, t.columns
     make = Change
     changes: list[Change] = []
     append = changes.append
-    cur = conn.cursor()
-    async with cur.copy(_copy_query(r)) as copy:
+    get_copy_data = conn.pgconn.get_copy_data
+    # Binary is cheaper to parse; text for a type psycopg has no binary loader for,
+    # so that it arrives as text exactly like the stream's (text) value.
+    loaders = conn.adapters
+    binary = all(loaders.get_loader(oid, pq.Format.BINARY) is not None for oid in t.types)
+    async with conn.cursor().copy(_copy_query(r, binary)) as copy:
         copy.set_types(list(t.types))
-        async for row in copy.rows():
+        parse = copy.formatter.parse_row
+        while True:
+            nbytes, data = get_copy_data(1)
+            if nbytes == 0:  # nothing buffered: let psycopg wait (and see the end)
+                waited = await copy.read()
+                if not waited:
+                    break
+                row = parse(waited)
+            elif nbytes > 0:
+                row = parse(data)
+            else:  # the end, taken from the buffer: collect the result
+                await finish_copy_both(conn)
+                break
+            if row is None:  # the binary format's trailer
+                continue
             append(make(name, "read", dict(zip(columns, row, strict=True)), None, schema))
             if len(changes) >= chunk_size:
                 await send.send(_batch(changes, 0))
