@@ -61,8 +61,11 @@ every start reads a snapshot.
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Awaitable, Callable, Sequence
+import uuid
+import weakref
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -81,10 +84,15 @@ from otpy.pg.replication.slots import lookup_slot, quote_ident
 from otpy.pg.replication.stream import ReplicationSession
 
 __all__ = [
+    "WATERMARK_PREFIX",
+    "BackfillError",
     "SnapshotError",
     "SnapshotRun",
     "SnapshotTable",
+    "backfill",
+    "is_backfill_batch",
     "is_snapshot_batch",
+    "on_watermarks",
     "published_tables",
     "read_snapshot",
 ]
@@ -619,3 +627,241 @@ class SnapshotRun:
         if conn is not None:
             with trio.CancelScope(shield=True):
                 await conn.close()
+
+
+# ---------------------------------------------------------------------- backfills
+
+#: Prefix of the watermark messages of backfills (``pg_logical_emit_message``).
+WATERMARK_PREFIX = "otpy.watermark"
+
+
+class BackfillError(SnapshotError):
+    """A backfill cannot run as asked.
+
+    The message says what: the subscription was made without
+    ``messages=True`` (watermarks travel as logical decoding messages), a
+    table has no primary key (chunks are pages of keys), or the subscription
+    ended while a chunk waited for its high watermark.
+    """
+
+
+def is_backfill_batch(batch: ChangeBatch) -> bool:
+    """Whether ``batch`` holds rows of a backfill (op ``"read"``), delivered at a high watermark.
+
+    Like a snapshot batch it has no transaction (``xid`` None, ``end_lsn`` 0/0),
+    but its ``commit_lsn`` is the LSN of the high watermark it was delivered at.
+    """
+    return batch.xid is None and batch.end_lsn == _ZERO and batch.commit_lsn != _ZERO
+
+
+@attrs.define(eq=False)
+class _Window:
+    """One chunk of a backfill, between its low and high watermark."""
+
+    id: str
+    table: SnapshotTable
+    key: tuple[str, ...]
+    chunk: int
+    rows: list[dict[str, Any]] | None = None
+    is_open: bool = False
+    truncated: bool = False
+    changed: set[tuple[Any, ...]] = attrs.field(factory=set)
+    delivered: int = 0
+    done: trio.Event = attrs.field(factory=trio.Event)
+
+
+#: Open backfill windows per subscription (the subscription object, kept weakly).
+_WINDOWS: weakref.WeakKeyDictionary[Any, dict[str, _Window]] = weakref.WeakKeyDictionary()
+
+
+def _key(row: Mapping[str, Any], key: tuple[str, ...]) -> tuple[Any, ...]:
+    return tuple(row.get(k) for k in key)
+
+
+async def on_watermarks(sub: Any, batch: ChangeBatch) -> None:
+    """Apply the backfill watermark rule to one batch, in stream order, before the handler.
+
+    Called by the reader for every batch when the subscription has
+    ``messages=True``.  Removes watermark messages from ``batch`` (in place:
+    the handler never sees them, whoever emitted them), records the keys the
+    stream changes inside open windows, and at a high watermark delivers the
+    window's chunk minus those keys, as a backfill batch, to the handler.  A
+    chunk row the stream changed inside the window is older than (or as old
+    as) what the stream already delivered: dropping it is what keeps the
+    handler from seeing an older version after a newer one (DBLog).
+    """
+    windows = _WINDOWS.get(sub)
+    marks: list[Change] | None = None
+    for change in batch:
+        if change.op == "message" and change.table == WATERMARK_PREFIX:
+            marks = [] if marks is None else marks
+            marks.append(change)
+        elif windows:
+            for w in windows.values():
+                if not w.is_open or change.table != w.table.name:
+                    continue
+                if change.schema != w.table.schema:
+                    continue
+                if change.op == "truncate":
+                    w.truncated = True
+                    continue
+                if change.data is not None:
+                    w.changed.add(_key(change.data, w.key))
+                if change.old is not None:
+                    w.changed.add(_key(change.old, w.key))
+    if marks is None:
+        return
+    batch[:] = [c for c in batch if not (c.op == "message" and c.table == WATERMARK_PREFIX)]
+    for mark in marks:
+        kind, _, wid = bytes(mark.data).decode().partition(":")
+        window = windows.get(wid) if windows else None
+        if window is None:  # another backfill's, or one already delivered (a replay)
+            continue
+        if kind == "low":
+            window.is_open = True
+        elif kind == "high" and window.is_open and window.rows is not None:
+            await _deliver_window(sub, window, mark.lsn)
+            windows.pop(wid, None)  # type: ignore[union-attr]
+
+
+async def _deliver_window(sub: Any, w: _Window, at: LSN) -> None:
+    """Hand the window's chunk, minus the rows the stream changed in it, to the handler."""
+    assert w.rows is not None
+    rows = [] if w.truncated else [r for r in w.rows if _key(r, w.key) not in w.changed]
+    if rows:
+        out = ChangeBatch(
+            [Change(w.table.name, "read", r, None, w.table.schema) for r in rows],
+            final=False,
+            chunk=w.chunk,
+            xid=None,
+            commit_lsn=at,
+            end_lsn=_ZERO,
+            commit_time=None,
+        )
+        await sub.handler.handle_replication_data(sub, out)
+    w.delivered = len(rows)
+    w.done.set()
+
+
+_KEY_QUERY = """
+SELECT a.attname FROM pg_catalog.pg_index i
+JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+WHERE i.indrelid = %s::regclass AND i.indisprimary
+ORDER BY array_position(i.indkey::int2[], a.attnum)
+"""
+
+
+async def backfill(
+    sub: Any,
+    tables: Sequence[str] | None = None,
+    *,
+    where: str | None = None,
+    chunk_size: int | None = None,
+    chunk_timeout: float = 60.0,
+) -> int:
+    """Re-read ``tables`` (all published ones if None) into the handler while it streams.
+
+    The DBLog watermark method: for each chunk of ``chunk_size`` rows (keyset
+    pages by primary key, optionally restricted by ``where``, an SQL condition
+    you write — it is pasted into the query, never pass user input), a low
+    watermark is emitted with ``pg_logical_emit_message``, the chunk is
+    selected, a high watermark is emitted, and when the reader meets the high
+    watermark in the stream it delivers the chunk minus the rows the stream
+    changed between the two watermarks.  The handler gets those rows as
+    ``"read"`` changes in batches recognised by :func:`is_backfill_batch`,
+    at their place in the stream: never an older version after a newer one.
+
+    Returns the number of rows delivered.  The subscription must have been
+    made with ``messages=True``.
+
+    Raises:
+        BackfillError: no ``messages=True``; a table without a primary key;
+            a chunk not delivered within ``chunk_timeout`` seconds (the reader
+            is restarting, or far behind), or the subscription ended.
+        SnapshotError: a table is not published by the subscription.
+    """
+    if not sub.options.messages:
+        raise BackfillError(
+            f"backfill of slot {sub.slot!r} needs a subscription made with messages=True: "
+            f"its watermarks are logical decoding messages"
+        )
+    size = chunk_size or sub.options.snapshot_chunk_size
+    windows = _WINDOWS.setdefault(sub, {})
+    delivered = 0
+    conn = await TrioConnection.connect(autocommit=True, **sub.connect_kwargs)
+    try:
+        for name, value in REPLICATION_SESSION_SETTINGS.items():
+            await conn.execute(sql.SQL("SET {} TO {}").format(sql.Identifier(name), value))
+        for table in await published_tables(conn, sub.publications, tables):
+            cur = await conn.execute(_KEY_QUERY, [table.qualified])
+            key = tuple(row[0] for row in await cur.fetchall())
+            if not key:
+                raise BackfillError(
+                    f"table {table.qualified} has no primary key: a backfill pages by key "
+                    f"(use a snapshot subscription for it instead)"
+                )
+            delivered += await _backfill_table(
+                conn, sub, windows, table, key, where, size, chunk_timeout
+            )
+    finally:
+        with trio.CancelScope(shield=True):
+            await conn.close()
+    return delivered
+
+
+async def _backfill_table(
+    conn: TrioConnection[Any],
+    sub: Any,
+    windows: dict[str, _Window],
+    table: SnapshotTable,
+    key: tuple[str, ...],
+    where: str | None,
+    size: int,
+    chunk_timeout: float,
+) -> int:
+    columns = sql.SQL(", ").join(map(sql.Identifier, table.columns))
+    keys = sql.SQL(", ").join(map(sql.Identifier, key))
+    emit = "SELECT pg_catalog.pg_logical_emit_message(true, %s, %s)"
+    last: tuple[Any, ...] | None = None
+    delivered = 0
+    for chunk in itertools.count():
+        conditions: list[sql.Composable] = []
+        if where:
+            conditions.append(sql.SQL("(" + where + ")"))
+        if last is not None:
+            conditions.append(
+                sql.SQL("({}) > ({})").format(
+                    keys, sql.SQL(", ").join(sql.Literal(v) for v in last)
+                )
+            )
+        if table.row_filter is not None:
+            conditions.append(sql.SQL("(" + table.row_filter + ")"))
+        query = sql.SQL("SELECT {} FROM {}").format(
+            columns, sql.Identifier(table.schema, table.name)
+        )
+        if conditions:
+            query += sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions)
+        query += sql.SQL(" ORDER BY {} LIMIT {}").format(keys, sql.Literal(size))
+        w = _Window(uuid.uuid4().hex, table, key, chunk)
+        windows[w.id] = w
+        try:
+            await conn.execute(emit, [WATERMARK_PREFIX, f"low:{w.id}"])
+            cur = await conn.execute(query)
+            rows = [dict(zip(table.columns, row, strict=True)) for row in await cur.fetchall()]
+            w.rows = rows
+            await conn.execute(emit, [WATERMARK_PREFIX, f"high:{w.id}"])
+            with trio.move_on_after(chunk_timeout) as scope:
+                await w.done.wait()
+            if scope.cancelled_caught:
+                raise BackfillError(
+                    f"backfill of {table.qualified} (slot {sub.slot!r}): chunk {chunk} was not "
+                    f"delivered within {chunk_timeout} s (reader restarting, far behind, or "
+                    f"unsubscribed)"
+                )
+        finally:
+            windows.pop(w.id, None)
+        delivered += w.delivered
+        if len(rows) < size:
+            return delivered
+        last = _key(rows[-1], key)
+    raise AssertionError("unreachable")

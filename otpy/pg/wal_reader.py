@@ -90,7 +90,7 @@ from otpy.pg.replication.options import ReaderOptions
 from otpy.pg.replication.pgoutput import UNCHANGED_TOAST, is_compiled
 from otpy.pg.replication.slots import validate_publication_name, validate_slot_name
 from otpy.pg.replication.stream import ReplicationSession
-from otpy.pg.snapshot import SnapshotRun
+from otpy.pg.snapshot import SnapshotRun, backfill, on_watermarks
 from otpy.registry import Registry, Via, whereis
 from otpy.supervisor import start_child, terminate_child, which_children
 
@@ -119,6 +119,7 @@ __all__ = [
     "StreamEnded",
     "Subscription",
     "WalReader",
+    "backfill",
     "readers_supervisor_spec",
     "resolve_database",
     "subscribe",
@@ -575,7 +576,10 @@ class WalReader(GenServer):
         handler = self.subscription.handler
         sub = self.subscription
         session = self.session
+        watermarks = sub.options.messages  # backfills' watermarks (otpy.pg.snapshot)
         async for batch in recv:
+            if watermarks:
+                await on_watermarks(sub, batch)
             if batch:
                 await handler.handle_replication_data(sub, batch)
             if batch.final:

@@ -28,12 +28,23 @@ from otpy.pg.wal_reader import ChangeBatch
 SENTINEL = 2_000_000_000
 
 
-async def writer(dsn: str, table: str, rng: random.Random, base: int, stop: trio.Event) -> int:
-    """Random inserts, updates (of values, of keys, of ranges) and deletes until ``stop``."""
+async def writer(
+    dsn: str,
+    table: str,
+    rng: random.Random,
+    base: int,
+    stop: trio.Event,
+    limit: int | None = None,
+) -> int:
+    """Random inserts, updates (of values, of keys, of ranges) and deletes until ``stop``.
+
+    At least 60 statements; at most ``limit`` (a writer that outruns the reader
+    in the same process would otherwise keep a watermark waiting forever).
+    """
     next_id = base
     ops = 0
     async with await TrioConnection.connect(dsn, autocommit=True) as conn:
-        while not stop.is_set() or ops < 60:
+        while (not stop.is_set() or ops < 60) and (limit is None or ops < limit):
             some = rng.randint(1, 600)
             kind = rng.random()
             if kind < 0.35:
