@@ -6,7 +6,9 @@ A 1 000 000-row table, the 5-column table of ``benchmarks/replication.py``
 * ``pg_dump --data-only`` of the table, output counted (the server's bindir);
 * ``COPY bench TO STDOUT`` through psycopg as raw bytes, no decoding (the limit);
 * psycopg's ``copy.rows()`` with the column types set (text format, the
-  decoded limit: tuples of Python values, what otpy decodes with);
+  decoded limit: tuples of Python values, what otpy decodes with), also in
+  binary (otpy's format for these types), and binary with each row turned
+  into a dict in a ``Change`` (what otpy hands over, without otpy);
 * otpy: ``wal_reader.subscribe(..., {"snapshot": "initial_only"})`` with a
   handler that counts rows: ``Change`` values with dict rows, in batches,
   handler calls; on one connection and with parallel block ranges.
@@ -41,6 +43,7 @@ from replication import PUB, ROW, TABLE, NoOp, sql
 from otpy import DynamicSupervisor
 from otpy import start as start_actor
 from otpy.pg import wal_reader
+from otpy.pg.replication.changes import Change
 from otpy.testing import PostgresServer, find_bindir
 
 TYPES = ["int4", "int4", "text", "float8", "timestamptz"]
@@ -63,15 +66,34 @@ def run_raw_copy(dsn: str) -> int:
     return lines
 
 
-def run_copy_rows(dsn: str) -> int:
-    """Rows of ``COPY bench TO STDOUT`` decoded by psycopg's ``copy.rows()`` (types set)."""
+def run_copy_rows(dsn: str, binary: bool = False, changes: bool = False) -> int:
+    """Rows of ``COPY bench TO STDOUT`` decoded by psycopg's ``copy.rows()`` (types set).
+
+    With ``changes``, each row also becomes what a handler receives (a dict in
+    a ``Change``): the cost otpy adds to decoding, measured without otpy.
+    """
     rows = 0
+    columns = ("id", "a", "b", "c", "d")
+    statement = "COPY bench TO STDOUT" + (" (FORMAT BINARY)" if binary else "")
     with psycopg.connect(dsn) as conn:
         conn.execute("SET TimeZone TO 'UTC'")
-        with conn.cursor().copy("COPY bench TO STDOUT") as copy:
+        with conn.cursor().copy(statement) as copy:
             copy.set_types(TYPES)
-            for _ in copy.rows():
-                rows += 1
+            if changes:
+                out = []
+                for row in copy.rows():
+                    out.append(
+                        Change(
+                            "bench", "read", dict(zip(columns, row, strict=True)), None, "public"
+                        )
+                    )
+                    if len(out) == 5000:
+                        rows += len(out)
+                        out = []
+                rows += len(out)
+            else:
+                for _ in copy.rows():
+                    rows += 1
     return rows
 
 
@@ -133,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             "pg_dump --data-only": lambda: run_pg_dump(dsn),
             "COPY raw bytes": lambda: run_raw_copy(dsn),
             "psycopg copy.rows()": lambda: run_copy_rows(dsn),
+            "copy.rows() binary": lambda: run_copy_rows(dsn, binary=True),
+            "copy.rows() binary+Change": lambda: run_copy_rows(dsn, binary=True, changes=True),
             "otpy, 1 connection": lambda: run_otpy(dsn, args.rows, 1),
             f"otpy, {args.parallel} connections": lambda: run_otpy(dsn, args.rows, args.parallel),
         }
@@ -149,13 +173,13 @@ def main(argv: list[str] | None = None) -> int:
         f"Snapshot benchmark: {args.rows:,} rows (medians of {args.repeat}; {os.cpu_count()} CPUs)"
     )
     print(
-        f"{'consumer':24} {'seconds':>8} {'rows/s':>11} {'vs copy.rows()':>15} "
+        f"{'consumer':26} {'seconds':>8} {'rows/s':>11} {'vs copy.rows()':>15} "
         f"{'vs raw COPY':>12} {'client CPU s':>13}"
     )
     for name in consumers:
         seconds = wall[name]
         print(
-            f"{name:24} {seconds:8.3f} {args.rows / seconds:11,.0f} {decoded / seconds:14.2f}x "
+            f"{name:26} {seconds:8.3f} {args.rows / seconds:11,.0f} {decoded / seconds:14.2f}x "
             f"{raw / seconds:11.2f}x {cpu[name]:13.3f}"
         )
     return 0

@@ -57,6 +57,12 @@ at-least-once (a restart delivers them again, from chunk 0), and the stream
 never starts as if an unfinished snapshot had finished.  A temporary slot dies
 with its session: every start of a temporary-slot reader creates a slot, so
 every start reads a snapshot.
+
+Backfills (:func:`backfill`, ``wal_reader.backfill``) re-read tables while the
+reader streams, with the DBLog watermark method: keyset pages by primary key,
+each selected between a low and a high ``pg_logical_emit_message`` watermark
+and delivered by the reader, in stream order, when it meets the high one,
+minus the rows the stream changed in between (:func:`on_watermarks`).
 """
 
 from __future__ import annotations
