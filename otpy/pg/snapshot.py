@@ -547,6 +547,7 @@ class SnapshotRun:
             await self._export_without_slot()
             return
         if not self.options.temporary:
+            await self._lock(meta)
             await self.progress.ensure(meta)
             state = await self.progress.state(meta, session.slot)
             info = await lookup_slot(meta, session.slot)
@@ -572,6 +573,26 @@ class SnapshotRun:
         self.snapshot_name = row[2]
         session.prepared_start = self.consistent_point
         self.pending = True
+
+    async def _lock(self, meta: psycopg.AsyncConnection[Any]) -> None:
+        """Take the slot's snapshot lock for this reader's life, or :class:`SlotInUse`.
+
+        A slot is not *active* while its exported snapshot is read (the
+        walsender releases it after CREATE_REPLICATION_SLOT), so "in progress
+        and inactive" alone cannot tell a dead snapshot from a live one in
+        another process.  The live one holds this session-level advisory lock
+        (on its catalog connection, released when the reader's session closes).
+        """
+        cur = await meta.execute(
+            "SELECT pg_catalog.pg_try_advisory_lock("
+            "pg_catalog.hashtext('otpy.snapshot'), pg_catalog.hashtext(%s))",
+            [self.session.slot],
+        )
+        row = await cur.fetchone()
+        if not (row and row[0]):
+            raise SlotInUse(
+                self.session.slot, None, "another session is reading its initial snapshot"
+            )
 
     async def _drop_unfinished(
         self, meta: psycopg.AsyncConnection[Any], active: bool, pid: int | None

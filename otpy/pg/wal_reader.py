@@ -518,7 +518,10 @@ class WalReader(GenServer):
                 for attempt in itertools.count(1):
                     await trio.sleep(backoff.delay(attempt))
                     try:
-                        await self._bounded(self.session.start)
+                        snapshot = self.snapshot  # otpy.pg.snapshot: maybe read one first
+                        await self._bounded(
+                            self.session.start if snapshot is None else snapshot.prepare
+                        )
                         break
                     except SlotInUse:
                         pass
@@ -541,6 +544,9 @@ class WalReader(GenServer):
             self.subscription.slot,
             extra={"event": "replication_takeover", "slot": self.subscription.slot},
         )
+        if self.snapshot is not None and self.snapshot.pending:
+            await self._snapshot_then_stream()
+            return
         await self._stream()
 
     async def _stream(self) -> None:

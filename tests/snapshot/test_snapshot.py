@@ -336,3 +336,66 @@ def test_snapshot_options_are_checked_where_they_enter() -> None:
     with pytest.raises(InvalidOptions, match="snapshot_parallelism"):
         ReaderOptions(snapshot_parallelism=0)
     assert ReaderOptions(snapshot_tables=["a", "s.b"]).snapshot_tables == ("a", "s.b")
+
+
+async def test_a_live_snapshot_in_another_session_is_never_dropped_by_a_second_reader(
+    module_dsn: str, readers: Ref
+) -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    from otpy.pg.replication.errors import SlotInUse
+    from otpy.pg.replication.stream import ReplicationSession
+    from otpy.pg.snapshot import SnapshotRun
+
+    table = unique("snap_live")
+    pub = published_table(module_dsn, table, "id int PRIMARY KEY")
+    await execute(module_dsn, f"INSERT INTO {table} SELECT generate_series(1, 30)")
+    stuck = trio.Event()
+
+    async def hang_at_chunk_1(batch: ChangeBatch) -> None:
+        if is_snapshot_batch(batch) and batch.chunk == 1:
+            stuck.set()
+            await trio.sleep_forever()
+
+    slot = unique("snap_live")
+    opts = options(snapshot="initial", snapshot_chunk_size=10)
+    sub = await wal_reader.subscribe(Mirror(hang_at_chunk_1), module_dsn, slot, [pub], opts)
+    other = ReplicationSession(
+        conninfo_to_dict(module_dsn), slot, (pub,), ReaderOptions.coerce(opts)
+    )
+    try:
+        with trio.fail_after(10):
+            await stuck.wait()
+        # The slot is not active while its snapshot is read: only the lock tells.
+        assert await query(
+            module_dsn, "SELECT active FROM pg_replication_slots WHERE slot_name = %s", [slot]
+        ) == [(False,)]
+        with pytest.raises(SlotInUse, match="initial snapshot"):
+            await SnapshotRun(other).prepare()
+        assert await query(
+            module_dsn, "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", [slot]
+        ) == [(1,)]
+    finally:
+        await other.close(final_ack=False, release_timeout=0)
+        await wal_reader.unsubscribe(sub)
+        drop_slot(module_dsn, slot)
+
+
+async def test_a_temporary_slot_reads_a_snapshot_then_streams(
+    module_dsn: str, readers: Ref
+) -> None:
+    table = unique("snap_temp")
+    pub = published_table(module_dsn, table, "id int PRIMARY KEY, v int")
+    await execute(module_dsn, f"INSERT INTO {table} SELECT g, g FROM generate_series(1, 12) g")
+    mirror = Mirror()
+    sub = await wal_reader.subscribe(
+        mirror, module_dsn, unique("snap_temp"), [pub], {"snapshot": "initial"}
+    )
+    try:
+        with trio.fail_after(20):
+            await sub.wait_streaming()
+        await execute(module_dsn, f"UPDATE {table} SET v = 0 WHERE id = 3")
+        await mirror.wait_for(lambda: mirror.copy[3]["v"] == 0)
+        assert mirror.copy == await table_rows(module_dsn, table)
+    finally:
+        await wal_reader.unsubscribe(sub)
