@@ -136,7 +136,7 @@ class SnapshotTable:
     ``types`` are the columns' type oids (a domain's base type), for psycopg's
     loaders; ``row_filter`` is the publication's ``WHERE`` (PostgreSQL 15+),
     so the snapshot holds the rows the stream would publish; ``pages`` is the
-    planner's size estimate (``relpages``), used only to split the table.
+    table's size in blocks when it was listed, used only to split it.
     """
 
     schema: str
@@ -163,7 +163,9 @@ WITH pub AS (
     FROM pg_catalog.pg_publication_tables p
     WHERE pubname = ANY(%s)
 )
-SELECT pub.schemaname, pub.tablename, c.oid, c.relpages,
+SELECT pub.schemaname, pub.tablename, c.oid,
+       (pg_catalog.pg_relation_size(c.oid)
+        / pg_catalog.current_setting('block_size')::int)::int AS pages,
        bool_or(pub.attnames IS NULL) AS all_columns,
        array_agg(DISTINCT a.attname) FILTER (WHERE a.attname IS NOT NULL),
        -- one filter per publication; a table in several is read with none if any has none
@@ -173,7 +175,7 @@ FROM pub
 JOIN pg_catalog.pg_namespace n ON n.nspname = pub.schemaname
 JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = pub.tablename
 LEFT JOIN LATERAL jsonb_array_elements_text(pub.attnames) AS a(attname) ON true
-GROUP BY pub.schemaname, pub.tablename, c.oid, c.relpages
+GROUP BY pub.schemaname, pub.tablename, c.oid
 ORDER BY pub.schemaname, pub.tablename
 """
 
@@ -253,8 +255,8 @@ class _Range:
 def _ranges(tables: Sequence[SnapshotTable], parallelism: int, server: int) -> list[_Range]:
     """Split the tables into block ranges, about ``_RANGES_PER_CONNECTION`` per connection.
 
-    The last range of a table is open-ended: ``relpages`` is an estimate and the
-    table may have grown since it was taken.  Largest ranges first, so that
+    The last range of a table is open-ended: the table may have grown since
+    its size was taken.  Largest ranges first, so that
     the last connections to finish do not start a big range late.
     """
     if parallelism == 1 or server < _TID_RANGE_SCAN:

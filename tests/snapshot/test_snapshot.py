@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -151,7 +152,6 @@ async def test_parallel_ranges_of_a_table_without_a_key_deliver_every_row_once(
         module_dsn,
         f"ALTER TABLE {table} REPLICA IDENTITY FULL",
         f"INSERT INTO {table} SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g",
-        f"ANALYZE {table}",
     )
     slot = unique("snap_nokey")
     mirror = Mirror()
@@ -399,3 +399,21 @@ async def test_a_temporary_slot_reads_a_snapshot_then_streams(
         assert mirror.copy == await table_rows(module_dsn, table)
     finally:
         await wal_reader.unsubscribe(sub)
+
+
+def test_block_ranges_cover_each_table_once_without_gaps_and_end_open() -> None:
+    from otpy.pg.snapshot import SnapshotTable, _ranges
+
+    big = SnapshotTable("public", "big", ("id",), (23,), pages=1000)
+    small = SnapshotTable("public", "small", ("id",), (23,), pages=3)
+    ranges = _ranges([small, big], parallelism=3, server=150000)
+    assert ranges[0].table is big  # largest first
+    bounds = [(r.first, r.last) for r in ranges if r.table is big]
+    assert len(bounds) > 3
+    assert bounds[0][0] is None and bounds[-1][1] is None  # from the start, to the end
+    for (_, last), (first, _) in itertools.pairwise(bounds):
+        assert last == first  # contiguous: every block in exactly one range
+    assert [(r.first, r.last) for r in ranges if r.table is small] == [(None, None)]
+    # One range per table on one connection, and before TID range scans (PostgreSQL 14).
+    assert len(_ranges([small, big], parallelism=1, server=150000)) == 2
+    assert len(_ranges([small, big], parallelism=3, server=130000)) == 2
