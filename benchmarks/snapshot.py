@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -122,6 +123,33 @@ def run_otpy(dsn: str, expected: int, parallelism: int) -> int:
     return trio.run(main)
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS in MB.
+
+    ``VmHWM`` where there is one (Linux): ``ru_maxrss`` survives ``exec`` and
+    so would report the parent's size at the fork, not this process's.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss(dsn: str, rows: int) -> float:
+    """Peak RSS (MB) of a fresh process that snapshots the table (bounded memory check)."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--rss-child", dsn, str(rows)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return float(out.split()[-1])
+
+
 def measure(fn: Callable[[], int], expected: int) -> tuple[float, float]:
     """(wall seconds, CPU seconds of this process) of one run; checks the row count."""
     cpu = time.process_time()
@@ -139,7 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--parallel", type=int, default=4)
+    parser.add_argument("--rss", action="store_true", help="also measure the peak RSS")
+    parser.add_argument("--rss-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.rss_child:
+        run_otpy(args.rss_child[0], int(args.rss_child[1]), 1)
+        print(peak_rss_mb())
+        return 0
     with ExitStack() as stack:
         dsn = args.dsn
         if dsn is None:
@@ -164,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.repeat):
             for name, fn in consumers.items():
                 results[name].append(measure(fn, args.rows))
+        memory = rss(dsn, args.rows) if args.rss else None
     wall = {n: statistics.median(r[0] for r in runs) for n, runs in results.items()}
     cpu = {n: statistics.median(r[1] for r in runs) for n, runs in results.items()}
     decoded = wall["psycopg copy.rows()"]
@@ -182,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{name:26} {seconds:8.3f} {args.rows / seconds:11,.0f} {decoded / seconds:14.2f}x "
             f"{raw / seconds:11.2f}x {cpu[name]:13.3f}"
         )
+    if memory is not None:
+        print(f"otpy snapshot process peak RSS through {args.rows:,} rows: {memory:.0f} MB")
     return 0
 
 
