@@ -417,3 +417,28 @@ def test_block_ranges_cover_each_table_once_without_gaps_and_end_open() -> None:
     # One range per table on one connection, and before TID range scans (PostgreSQL 14).
     assert len(_ranges([small, big], parallelism=1, server=150000)) == 2
     assert len(_ranges([small, big], parallelism=3, server=130000)) == 2
+
+
+async def test_a_publication_row_filter_and_column_list_shape_the_snapshot_as_the_stream(
+    module_dsn: str, readers: Ref
+) -> None:
+    table = unique("snap_filter")
+    await execute(
+        module_dsn,
+        f"CREATE TABLE {table} (id int PRIMARY KEY, v int, secret text)",
+        f"INSERT INTO {table} SELECT g, g, 's' FROM generate_series(1, 10) g",
+        f"CREATE PUBLICATION {table}_pub FOR TABLE {table} (id, v) WHERE (v > 6)",
+    )
+    rec = Recorder()
+    sub = await wal_reader.subscribe(
+        rec, module_dsn, unique("snap_filter"), [f"{table}_pub"], {"snapshot": "initial"}
+    )
+    try:
+        with trio.fail_after(20):
+            await sub.wait_streaming()
+        assert [c.data for c in rec.changes] == [{"id": i, "v": i} for i in range(7, 11)]
+        await execute(module_dsn, f"INSERT INTO {table} VALUES (11, 11, 's'), (0, 0, 's')")
+        changes = await rec.wait_changes(5)
+        assert changes[-1].data == {"id": 11, "v": 11}  # the stream publishes the same shape
+    finally:
+        await wal_reader.unsubscribe(sub)
