@@ -13,6 +13,7 @@ from wr_helpers import Recorder, drop_slot, execute, published_table, unique
 from otpy import Ref
 from otpy.pg import wal_reader
 from otpy.pg.snapshot import BackfillError, is_backfill_batch
+from otpy.pg.wal_reader import ChangeBatch
 
 
 async def test_a_backfill_delivers_the_rows_as_reads_and_hides_its_watermarks(
@@ -91,6 +92,34 @@ async def test_a_backfill_during_concurrent_writes_never_applies_an_older_versio
         await execute(module_dsn, f"INSERT INTO {table} VALUES ({SENTINEL}, 0, 'end')")
         await mirror.wait_for(lambda: SENTINEL in mirror.copy, within=30)
         assert mirror.copy == await table_rows(module_dsn, table)
+    finally:
+        await wal_reader.unsubscribe(sub)
+        drop_slot(module_dsn, slot)
+
+
+async def test_a_backfill_chunk_whose_handler_crashed_is_delivered_after_the_restart(
+    module_dsn: str, readers: Ref
+) -> None:
+    table = unique("bf_crash")
+    pub = published_table(module_dsn, table, "id int PRIMARY KEY")
+    await execute(module_dsn, f"INSERT INTO {table} SELECT generate_series(1, 20)")
+    crashed = []
+
+    def crash_once(batch: ChangeBatch) -> None:
+        if is_backfill_batch(batch) and batch.chunk == 1 and not crashed:
+            crashed.append(batch.chunk)
+            raise RuntimeError("handler crash on a backfill chunk")
+
+    rec = Recorder(crash_once)
+    slot = unique("bf_crash")
+    sub = await wal_reader.subscribe(rec, module_dsn, slot, [pub], options(messages=True))
+    try:
+        with trio.fail_after(30):
+            await sub.wait_streaming()
+            assert await wal_reader.backfill(sub, [table], chunk_size=8) == 20
+        assert crashed == [1]
+        ids = [c.data["id"] for b in rec.batches if is_backfill_batch(b) for c in b]
+        assert ids == list(range(1, 21))
     finally:
         await wal_reader.unsubscribe(sub)
         drop_slot(module_dsn, slot)
