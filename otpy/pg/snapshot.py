@@ -821,14 +821,17 @@ async def backfill(
     try:
         for name, value in REPLICATION_SESSION_SETTINGS.items():
             await conn.execute(sql.SQL("SET {} TO {}").format(sql.Identifier(name), value))
+        keyed: list[tuple[SnapshotTable, tuple[str, ...]]] = []
         for table in await published_tables(conn, sub.publications, tables):
             cur = await conn.execute(_KEY_QUERY, [table.qualified])
             key = tuple(row[0] for row in await cur.fetchall())
-            if not key:
+            if not key:  # checked for every table before any is read
                 raise BackfillError(
                     f"table {table.qualified} has no primary key: a backfill pages by key "
                     f"(use a snapshot subscription for it instead)"
                 )
+            keyed.append((table, key))
+        for table, key in keyed:
             delivered += await _backfill_table(
                 conn, sub, windows, table, key, where, size, chunk_timeout
             )

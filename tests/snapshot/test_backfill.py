@@ -123,3 +123,28 @@ async def test_a_backfill_chunk_whose_handler_crashed_is_delivered_after_the_res
     finally:
         await wal_reader.unsubscribe(sub)
         drop_slot(module_dsn, slot)
+
+
+async def test_a_backfill_refuses_a_table_without_a_primary_key_before_reading_any(
+    module_dsn: str, readers: Ref
+) -> None:
+    keyed, unkeyed = unique("bf_keyed"), unique("bf_unkeyed")
+    await execute(
+        module_dsn,
+        f"CREATE TABLE {keyed} (id int PRIMARY KEY)",
+        f"CREATE TABLE {unkeyed} (id int)",
+        f"INSERT INTO {keyed} VALUES (1)",
+        f"CREATE PUBLICATION {keyed}_pub FOR TABLE {keyed}, {unkeyed}",
+    )
+    rec = Recorder()
+    slot = unique("bf_keyed")
+    sub = await wal_reader.subscribe(
+        rec, module_dsn, slot, [f"{keyed}_pub"], options(messages=True)
+    )
+    try:
+        with pytest.raises(BackfillError, match="no primary key"):
+            await wal_reader.backfill(sub)
+        assert rec.batches == []
+    finally:
+        await wal_reader.unsubscribe(sub)
+        drop_slot(module_dsn, slot)
