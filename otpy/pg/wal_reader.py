@@ -104,6 +104,7 @@ from otpy.pg.replication.pgoutput import UNCHANGED_TOAST, is_compiled
 from otpy.pg.replication.slots import validate_publication_name, validate_slot_name
 from otpy.pg.replication.stream import ReplicationSession
 from otpy.pg.replication.watch import check_slot
+from otpy.pg.snapshot import SnapshotRun, backfill, on_watermarks
 from otpy.registry import Registry, Via, whereis
 from otpy.supervisor import start_child, terminate_child, which_children
 
@@ -133,6 +134,7 @@ __all__ = [
     "StreamEnded",
     "Subscription",
     "WalReader",
+    "backfill",
     "readers_supervisor_spec",
     "resolve_database",
     "subscribe",
@@ -464,6 +466,10 @@ class WalReader(GenServer):
             self.session.check_start = functools.partial(check, subscription)
         self._progress = getattr(handler, "handle_replication_progress", None)
         self.session.idle_progress = self._progress is not None
+        #: The initial snapshot of this incarnation (otpy.pg.snapshot), if asked for.
+        self.snapshot = (
+            SnapshotRun(self.session) if subscription.options.snapshot != "never" else None
+        )
 
     def __repr__(self) -> str:
         return f"<WalReader slot={self.subscription.slot!r}>"
@@ -479,7 +485,9 @@ class WalReader(GenServer):
         """
         _log_decoder_build()
         try:
-            await self._bounded(self.session.open)
+            await self._bounded(
+                self.session.open if self.snapshot is None else self.snapshot.prepare
+            )
         except ChangesLost as exc:
             if not self.subscription.state.started:
                 await self._close_quietly()
@@ -502,8 +510,47 @@ class WalReader(GenServer):
         except BaseException:
             await self._close_quietly()
             raise
+        if self.snapshot is not None and self.snapshot.pending:
+            self.subscription.state.started = True
+            self.start_soon(self._snapshot_then_stream)
+            return
         self._started_streaming()
         self.start_soon(self._stream)
+
+    async def _snapshot_then_stream(self) -> None:
+        """Read the initial snapshot into the handler, then START_REPLICATION and stream.
+
+        The slot's walsender stays idle meanwhile (its exported snapshot
+        lives only so long).  ``initial_only`` ends the subscription instead
+        of streaming.
+        """
+        snapshot = self.snapshot
+        assert snapshot is not None
+        sub = self.subscription
+        self._stream_started = True  # terminate must wait for this task too
+        self._streamed = True  # the handler sees data: it gets the stop call
+        try:
+            with trio.CancelScope() as scope:  # cancelled by terminate
+                self._scope = scope
+                await snapshot.run(functools.partial(sub.handler.handle_replication_data, sub))
+                if snapshot.stream_after:
+                    await self._bounded(self.session.start)
+        except BaseException as exc:
+            if isinstance(exc, trio.Cancelled) and not self._stopping:
+                self.session.abort()  # killed: no terminate will close the sockets
+            self._stream_done.set()
+            raise
+        if scope.cancelled_caught or self._stopping:
+            self._stream_done.set()
+            return
+        if not snapshot.stream_after:  # initial_only: done, the subscription ends
+            _forget(sub)
+            sub.state._end()
+            self._stream_done.set()
+            self.stop()
+            return
+        self._started_streaming()
+        await self._stream()
 
     def _started_streaming(self) -> None:
         """START_REPLICATION was accepted: later starts are restarts of a read slot."""
@@ -535,7 +582,9 @@ class WalReader(GenServer):
         try:
             with trio.CancelScope() as scope:  # cancelled by terminate
                 self._scope = scope
-                await self.session.take_over(functools.partial(self._bounded, self.session.start))
+                snapshot = self.snapshot  # otpy.pg.snapshot: maybe read one first
+                start = self.session.start if snapshot is None else snapshot.prepare
+                await self.session.take_over(functools.partial(self._bounded, start))
         except ChangesLost as exc:
             self._stop_for_good(exc)
             self._stream_done.set()
@@ -555,6 +604,9 @@ class WalReader(GenServer):
             self.subscription.slot,
             extra={"event": "replication_takeover", "slot": self.subscription.slot},
         )
+        if self.snapshot is not None and self.snapshot.pending:
+            await self._snapshot_then_stream()
+            return
         await self._stream()
 
     async def _stream(self) -> None:
@@ -599,6 +651,7 @@ class WalReader(GenServer):
         parking: int | None = None  # dead letter of the transaction being parked
         counters = sub.counters
         clock = time.perf_counter
+        watermarks = sub.options.messages
         while True:
             try:  # what is queued already is handled without a scheduler pass per batch
                 batch = recv.receive_nowait()
@@ -609,6 +662,8 @@ class WalReader(GenServer):
                     return
             except trio.EndOfChannel:
                 return
+            if watermarks:  # backfills' watermarks (otpy.pg.snapshot), removed from the batch
+                await on_watermarks(sub, batch)
             heartbeat = batch.xid is None and is_heartbeat(batch)
             if heartbeat:
                 counters.heartbeat_seen(batch[0].data, sub.slot)  # never delivered

@@ -34,6 +34,7 @@ __all__ = [
     "ORIGINS",
     "PROTO_MIN_SERVER",
     "SLOT_TYPES",
+    "SNAPSHOT_MODES",
     "STREAMING",
     "FailurePolicy",
     "PublicationSpec",
@@ -66,6 +67,14 @@ _FEATURES = {
     "origin": (160000, 1),
     "failover": (170000, 1),
 }
+
+
+#: ``never``: stream changes only; ``initial``: when the reader creates the
+#: slot, read every published table under the slot's exported snapshot first
+#: (op ``"read"``), then stream from the slot's consistent point;
+#: ``initial_only``: read the tables once, then end the subscription (no slot).
+#: See :mod:`otpy.pg.snapshot` and ``docs/snapshots.md``.
+SNAPSHOT_MODES = ("never", "initial", "initial_only")
 
 
 def _number(value: Any) -> bool:
@@ -361,6 +370,28 @@ def _ack_mode(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         raise _bad(attribute.name, f"one of {', '.join(map(repr, ACK_MODES))}", value)
 
 
+def _snapshot_mode(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str) or value not in SNAPSHOT_MODES:
+        raise _bad(attribute.name, f"one of {', '.join(map(repr, SNAPSHOT_MODES))}", value)
+
+
+def _table_names(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if (
+        isinstance(value, str | bytes)
+        or not isinstance(value, Sequence)
+        or not all(isinstance(v, str) and v for v in value)
+    ):
+        raise _bad("snapshot_tables", 'None or a list of table names ("t" or "schema.t")', value)
+    return tuple(value)
+
+
+def _qualified_name(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str) or not value or "\0" in value or value.count(".") > 1:
+        raise _bad(attribute.name, 'a table name ("t" or "schema.t")', value)
+
+
 @attrs.frozen
 class ReaderOptions:
     """How a reader streams, delivers and recovers.
@@ -448,6 +479,18 @@ class ReaderOptions:
             the handler (even with ``messages``).
         heartbeat_timeout: seconds after which a heartbeat not seen back
             marks the reader unhealthy (``/readyz``); default three intervals.
+
+
+        snapshot: ``"never"`` (default), ``"initial"`` or ``"initial_only"``;
+            see :data:`SNAPSHOT_MODES` and ``docs/snapshots.md``.
+        snapshot_tables: the tables to read (``"t"``/``"schema.t"``, each
+            published); ``None`` reads every table of the publications.
+        snapshot_chunk_size: rows per snapshot batch handed to the handler.
+        snapshot_parallelism: connections reading the snapshot at once
+            (each imports the same exported snapshot).
+        snapshot_progress_table: where a persistent slot's snapshot state is
+            kept (``"t"`` or ``"schema.t"``, created if missing: needs CREATE
+            on the schema).
     """
 
     slot_type: str = attrs.field(default="temporary", validator=_slot_type)
@@ -477,12 +520,26 @@ class ReaderOptions:
     heartbeat_interval: float | None = attrs.field(default=None, validator=_optional_seconds)
     heartbeat_timeout: float | None = attrs.field(default=None, validator=_optional_seconds)
     slot_check_interval: float | None = attrs.field(default=30.0, validator=_optional_seconds)
+    # Initial snapshot (otpy.pg.snapshot).
+    snapshot: str = attrs.field(default="never", validator=_snapshot_mode)
+    snapshot_tables: tuple[str, ...] | None = attrs.field(default=None, converter=_table_names)
+    snapshot_chunk_size: int = attrs.field(default=5000, validator=_count(allow_none=False))
+    snapshot_parallelism: int = attrs.field(default=1, validator=_count(allow_none=False))
+    snapshot_progress_table: str = attrs.field(
+        default="otpy_snapshot_progress", validator=_qualified_name
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.failover and self.temporary:
             raise InvalidOptions(
                 "failover: a temporary slot cannot fail over (it dies with its session); "
                 "use slot_type='persistent' with failover=True"
+            )
+        if self.snapshot != "never" and (self.failover or self.two_phase):
+            raise InvalidOptions(
+                "snapshot: a slot created for an initial snapshot is not yet created with "
+                "failover or two_phase; create the slot with a first subscription without "
+                "a snapshot, or leave failover/two_phase off"
             )
 
     @property

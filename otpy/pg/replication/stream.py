@@ -154,6 +154,9 @@ class ReplicationSession:
         #: recorded it (``handle_replication_progress``): the consumer's stored
         #: position then never lags behind the slot's.
         self.idle_progress = False
+        #: Set by :mod:`otpy.pg.snapshot` when it created the slot itself (with an
+        #: exported snapshot, read before streaming): start from this LSN.
+        self.prepared_start: LSN | None = None
 
     # ------------------------------------------------------------------ opening
 
@@ -219,16 +222,19 @@ class ReplicationSession:
     async def _start(self) -> None:
         assert self.repl is not None and self.meta is not None
         self.phase = "creating the slot"
-        confirmed = await ensure_slot(
-            self.repl,
-            self.meta,
-            self.slot,
-            temporary=self.options.temporary,
-            database=self.meta.info.dbname,
-            create_missing=self.create_missing,
-            failover=self.options.failover,
-            two_phase=self.options.two_phase,
-        )
+        if self.prepared_start is not None:  # created with a snapshot (otpy.pg.snapshot)
+            confirmed = self.prepared_start
+        else:
+            confirmed = await ensure_slot(
+                self.repl,
+                self.meta,
+                self.slot,
+                temporary=self.options.temporary,
+                database=self.meta.info.dbname,
+                create_missing=self.create_missing,
+                failover=self.options.failover,
+                two_phase=self.options.two_phase,
+            )
         self.acked = confirmed
         self.received = confirmed
         if self.check_start is not None:
