@@ -25,6 +25,10 @@ import pytest
 
 from otpy.testing import PostgresServer
 
+# tests/kit runs small user projects through pytest with this fixture.  (The
+# otpy plugin itself must not be named here: it comes from its entry point.)
+pytest_plugins = ["pytester"]
+
 
 def pytest_configure(config: pytest.Config) -> None:
     """Fail at once, saying what to do, when the plugin is not loaded (a stale install).
