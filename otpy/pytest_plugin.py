@@ -64,6 +64,7 @@ from otpy.testing import (
     PostgresServer,
     Schema,
     TestingError,
+    copy_strategy,
     create_database,
     create_template,
     drop_database,
@@ -150,25 +151,40 @@ def otpy_template(otpy_pg_dsn: str, otpy_schema: Schema) -> Iterator[str]:
     drop_database(otpy_pg_dsn, name)
 
 
-def _fresh(pg_dsn: str, template: str, prefix: str) -> Iterator[str]:
+@pytest.fixture(scope="session")
+def _otpy_copy_strategy(otpy_pg_dsn: str) -> str | None:
+    """How the server copies the template fastest (:func:`otpy.testing.copy_strategy`)."""
+    return copy_strategy(otpy_pg_dsn)
+
+
+def _fresh(pg_dsn: str, template: str, strategy: str | None, prefix: str) -> Iterator[str]:
     name = unique_name("t_" + re.sub(r"\W", "_", prefix), limit=50)
-    dsn = create_database(pg_dsn, name, template=template)
+    dsn = create_database(pg_dsn, name, template=template, strategy=strategy)
     yield dsn
     drop_database(pg_dsn, name)
 
 
 @pytest.fixture
-def otpy_dsn(otpy_pg_dsn: str, otpy_template: str, request: pytest.FixtureRequest) -> Iterator[str]:
+def otpy_dsn(
+    otpy_pg_dsn: str,
+    otpy_template: str,
+    _otpy_copy_strategy: str | None,
+    request: pytest.FixtureRequest,
+) -> Iterator[str]:
     """DSN of a fresh database for this test, a copy of the template, dropped afterwards."""
-    yield from _fresh(otpy_pg_dsn, otpy_template, request.node.name)
+    yield from _fresh(otpy_pg_dsn, otpy_template, _otpy_copy_strategy, request.node.name)
 
 
 @pytest.fixture(scope="module")
 def otpy_module_dsn(
-    otpy_pg_dsn: str, otpy_template: str, request: pytest.FixtureRequest
+    otpy_pg_dsn: str,
+    otpy_template: str,
+    _otpy_copy_strategy: str | None,
+    request: pytest.FixtureRequest,
 ) -> Iterator[str]:
     """DSN of a fresh database for the test module, a copy of the template, dropped afterwards."""
-    yield from _fresh(otpy_pg_dsn, otpy_template, request.module.__name__.rsplit(".", 1)[-1])
+    module = request.module.__name__.rsplit(".", 1)[-1]
+    yield from _fresh(otpy_pg_dsn, otpy_template, _otpy_copy_strategy, module)
 
 
 @pytest.fixture
