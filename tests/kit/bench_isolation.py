@@ -4,7 +4,10 @@ Run: ``.venv/bin/python tests/kit/bench_isolation.py [ROUNDS]`` (starts a
 throw-away server of its own; the same settings as the test fixtures).
 
 Measured per test, median of ROUNDS, for an empty schema and for a schema of
-20 tables with an index each:
+20 tables with an index each; the variants alternate round by round, so a
+machine whose load changes (other test runs) slows them alike, and the WAL
+each writes (which every WAL reader of the server must read past) is given
+beside the time:
 
 * template copy: ``CREATE DATABASE t TEMPLATE tpl`` + ``DROP DATABASE``, what
   ``otpy_dsn`` does (``STRATEGY WAL_LOG``, PostgreSQL 15's default, and
@@ -40,49 +43,65 @@ SCHEMA = [
 ]
 
 
-def median_ms(rounds: int, step: Callable[[int], object]) -> float:
-    times = []
-    for i in range(rounds):
-        start = time.perf_counter()
-        step(i)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+def timed(step: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
 
 
-def line(label: str, ms: float) -> None:
-    print(f"  {label:<28} {ms:7.1f}")
+def line(label: str, times: list[float], extra: str = "") -> None:
+    print(f"  {label:<30} {statistics.median(times) * 1000:7.1f}{extra}")
 
 
 def main(rounds: int) -> None:
     with PostgresServer() as server, psycopg.connect(server.dsn, autocommit=True) as admin:
         version = admin.execute("SHOW server_version").fetchone()
         print(f"PostgreSQL {version[0] if version else '?'}, {rounds} rounds, median ms per test")
+        print("(the variants alternate round by round, so they share the machine's load)")
+
+        def wal() -> int:
+            row = admin.execute("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn").fetchone()
+            return int(row[0]) if row else 0
+
         for label, schema in (("empty schema", []), ("20 tables + indexes", SCHEMA)):
             template = create_template(server.dsn, f"tpl_{len(schema)}", schema)
+            times: dict[str, list[float]] = {"WAL_LOG": [], "FILE_COPY": [], "build": []}
+            wal_bytes: dict[str, list[float]] = {"WAL_LOG": [], "FILE_COPY": [], "build": []}
 
-            def copy(i: int, strategy: str, template: str = template) -> None:
+            def copy(strategy: str, template: str = template) -> None:
                 admin.execute(
-                    sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY {}").format(
-                        sql.Identifier(f"c{i}"), sql.Identifier(template), sql.SQL(strategy)
+                    sql.SQL("CREATE DATABASE c TEMPLATE {} STRATEGY {}").format(
+                        sql.Identifier(template), sql.SQL(strategy)
                     )
                 )
-                admin.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(f"c{i}")))
+                admin.execute("DROP DATABASE c")
 
-            def copy_as(strategy: str, i: int) -> None:
-                copy(i, strategy)
-
-            def build(i: int, schema: list[str] = schema) -> None:
-                dsn = create_database(server.dsn, f"b{i}")
+            def build(schema: list[str] = schema) -> None:
+                dsn = create_database(server.dsn, "b")
                 with psycopg.connect(dsn, autocommit=True) as conn:
                     for statement in schema:
                         conn.execute(statement.encode())
-                drop_database(server.dsn, f"b{i}")
+                drop_database(server.dsn, "b")
 
+            steps: dict[str, Callable[[], object]] = {
+                "WAL_LOG": functools.partial(copy, "WAL_LOG"),
+                "FILE_COPY": functools.partial(copy, "FILE_COPY"),
+                "build": build,
+            }
+            for i in range(rounds):
+                order = list(steps) if i % 2 else list(reversed(steps))
+                for key in order:
+                    before = wal()
+                    times[key].append(timed(steps[key]))
+                    wal_bytes[key].append(wal() - before)
             print(f"  {label}:")
-            for strategy in ("WAL_LOG", "FILE_COPY"):
-                ms = median_ms(rounds, functools.partial(copy_as, strategy))
-                line(f"  template copy, {strategy}", ms)
-            line("  schema build", median_ms(rounds, build))
+            for key, name in (
+                ("WAL_LOG", "template copy, WAL_LOG"),
+                ("FILE_COPY", "template copy, FILE_COPY"),
+                ("build", "schema build"),
+            ):
+                kib = statistics.median(wal_bytes[key]) / 1024
+                line("  " + name, times[key], f"   ({kib:,.0f} KiB of WAL)")
             drop_database(server.dsn, template)
 
         shared = create_database(server.dsn, "shared")
@@ -90,14 +109,15 @@ def main(rounds: int) -> None:
             for statement in SCHEMA:
                 conn.execute(statement.encode())
             truncate = "TRUNCATE " + ", ".join(f"t{i}" for i in range(20)) + " RESTART IDENTITY"
-            line("truncate 20 tables", median_ms(rounds, lambda i: conn.execute(truncate.encode())))
 
-            def rollback(i: int) -> None:
+            def rollback() -> None:
                 conn.execute("BEGIN")
                 conn.execute("INSERT INTO t0 (name) VALUES ('x')")
                 conn.execute("ROLLBACK")
 
-            line("rolled-back transaction", median_ms(rounds, rollback))
+            line("truncate 20 tables", [timed(lambda: conn.execute(truncate.encode()))
+                                         for _ in range(rounds)])  # fmt: skip
+            line("rolled-back transaction", [timed(rollback) for _ in range(rounds)])
 
 
 if __name__ == "__main__":
