@@ -4,7 +4,7 @@ Installed with ``pip install 'otpy[testing]'`` (pytest, pytest-trio and the
 embedded PostgreSQL server) and loaded by pytest through the ``pytest11``
 entry point: no ``conftest.py`` line is needed.  A test asks for what it uses::
 
-    async def test_the_handler_sees_new_users(otpy_app, otpy_dsn):
+    async def test_the_handler_sees_new_users(otpy_app):
         handler = MyHandler()
         sub = await wal_reader.subscribe(handler, TEST_DATABASE, "s", ["users_pub"])
         await pool.query(TEST_POOL, "INSERT INTO users (name) VALUES ('ada')")
@@ -48,7 +48,8 @@ connection of its own in autocommit mode and rolls back any transaction a
 connection comes back with, a pool has several connections that cannot share
 one transaction, and WAL readers only ever see committed transactions.  A
 sandbox would have to disable exactly what tests should exercise; a copy of
-a template costs a few milliseconds more (``docs/testing.md``).
+a template costs tens of milliseconds more (``docs/testing.md`` has the
+measured figures).
 """
 
 from __future__ import annotations
