@@ -31,6 +31,13 @@ are then copied once to a root-owned, world-readable directory under
 Set ``OTPY_TEST_DSN`` to point the test suite at an existing server instead
 (see :func:`external_dsn`).
 
+A clean database per test is a copy of a template (:func:`create_template`,
+then :func:`create_database` with ``template=``): the schema is built once,
+and each copy costs a few milliseconds (``docs/testing.md`` has the figures).
+:func:`wait_caught_up` waits until a WAL reader has handled everything
+committed so far.  The pytest plugin :mod:`otpy.pytest_plugin` turns all of
+this into fixtures.
+
 :func:`interpreted_module` loads the Python source of a module that the
 install compiled with mypyc, so tests and benchmarks can hold the compiled
 and the interpreted decoder side by side.
@@ -51,31 +58,44 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType, TracebackType
+from typing import TYPE_CHECKING
 
 import attrs
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+if TYPE_CHECKING:
+    from otpy.pg.replication.lsn import LSN
+    from otpy.pg.wal_reader import Subscription
+
 __all__ = [
     "BINDIR_ENV",
+    "CAUGHT_UP_PREFIX",
     "DSN_ENV",
     "SERVER_USER",
     "SHARED_COPY_PARENTS",
+    "NotCaughtUp",
     "PostgresNotFoundError",
     "PostgresServer",
     "PostgresStartError",
+    "Schema",
     "TestingError",
+    "copy_strategy",
     "create_database",
+    "create_template",
     "drop_database",
     "embedded_bindir",
     "external_dsn",
     "find_bindir",
     "interpreted_module",
     "server_bindir",
+    "unique_name",
+    "wait_caught_up",
 ]
 
 #: Environment variable naming the directory that holds ``initdb`` and ``postgres``.
@@ -117,6 +137,18 @@ class PostgresNotFoundError(TestingError):
 
 class PostgresStartError(TestingError):
     """``initdb`` or the server failed, or the server did not accept connections in time."""
+
+
+class NotCaughtUp(TestingError, TimeoutError):
+    """A WAL reader did not handle everything committed before :func:`wait_caught_up` in time.
+
+    The message gives the target position and where the reader stands
+    (received, acknowledged, streaming or not).  A handler that is blocked or
+    keeps failing, a subscription with ``ack="manual"`` whose transactions
+    were not acknowledged, or a publication that does not cover the table
+    leave it behind; subclassing :class:`TimeoutError` lets a test treat it
+    like any other deadline.
+    """
 
 
 def embedded_bindir() -> Path | None:
@@ -590,16 +622,178 @@ def _with_dbname(dsn: str, dbname: str) -> str:
     return make_conninfo(**params)  # type: ignore[arg-type]
 
 
-def create_database(dsn: str, name: str) -> str:
+def create_database(
+    dsn: str, name: str, *, template: str | None = None, strategy: str | None = None
+) -> str:
     """Create (or re-create) database ``name`` on the server of ``dsn``; return its DSN.
 
     Tests that must not see each other's tables, slots' publications or
-    replication traffic use a database of their own.
+    replication traffic use a database of their own.  With ``template``, the
+    new database is a copy of that one (``CREATE DATABASE ... TEMPLATE``):
+    a schema built once by :func:`create_template` is then in every copy, at
+    the cost of copying files instead of running the schema's statements again.
+    ``strategy`` is PostgreSQL's (15+) ``WAL_LOG`` or ``FILE_COPY``; ``None``
+    leaves the server's default (see :func:`copy_strategy`).
     """
+    if strategy not in (None, "WAL_LOG", "FILE_COPY"):
+        raise ValueError(f"strategy must be 'WAL_LOG', 'FILE_COPY' or None, not {strategy!r}")
     with psycopg.connect(dsn, autocommit=True) as conn:
         _drop(conn, name)
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template is not None:
+            statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+        if strategy is not None:
+            statement += sql.SQL(" STRATEGY {}").format(sql.SQL(strategy))
+        conn.execute(statement)
     return _with_dbname(dsn, name)
+
+
+#: What :func:`create_template` runs to build a template: SQL statements, or a
+#: function given the template's DSN (to run migrations, say).
+Schema = Sequence[str] | Callable[[str], object] | None
+
+
+def create_template(dsn: str, name: str, schema: Schema = None) -> str:
+    """Create database ``name``, build ``schema`` in it and close it to connections.
+
+    The template of :func:`create_database` (``template=name``): PostgreSQL
+    copies a database only while nobody is connected to it, so once the schema
+    is built the template refuses connections (``ALLOW_CONNECTIONS false``)
+    and any session the schema function left open is ended.  Returns the
+    template's name.
+
+    Raises:
+        psycopg.Error: a schema statement failed (the template is dropped again).
+    """
+    target = create_database(dsn, name)
+    try:
+        if callable(schema):
+            schema(target)
+        elif schema:
+            with psycopg.connect(target, autocommit=True) as conn:
+                for statement in schema:
+                    conn.execute(statement.encode())
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(name))
+            )
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+    except BaseException:
+        drop_database(dsn, name)
+        raise
+    return name
+
+
+def copy_strategy(dsn: str) -> str | None:
+    """The faster way for the server of ``dsn`` to copy a template, or ``None`` for its default.
+
+    ``FILE_COPY`` on PostgreSQL 15+ with ``fsync=off`` (the throw-away
+    servers): it copies the files and checkpoints twice, which costs little
+    without fsync, where ``WAL_LOG`` (the default since 15) writes the whole
+    database into the WAL, which every WAL reader of the server must then
+    read past.  With ``fsync`` on, the checkpoints cost more: the default.
+    """
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        fsync = conn.execute("SELECT current_setting('fsync')").fetchone()
+        if conn.info.server_version >= 150000 and fsync == ("off",):
+            return "FILE_COPY"
+    return None
+
+
+def unique_name(prefix: str, limit: int = 63) -> str:
+    """A database name that no other test run on the same server uses: ``prefix`` + random.
+
+    ``prefix`` is reduced to lower-case letters, digits and ``_`` and cut so
+    the name fits PostgreSQL's identifier limit (63 bytes).
+    """
+    cleaned = "".join(c if c.isascii() and (c.isalnum() or c == "_") else "_" for c in prefix)
+    suffix = "_" + uuid.uuid4().hex[:8]
+    return cleaned.lower()[: limit - len(suffix)] + suffix
+
+
+#: Prefix of the logical message :func:`wait_caught_up` emits (a heartbeat:
+#: readers never hand it to a handler).
+CAUGHT_UP_PREFIX = "otpy.heartbeat"
+
+
+async def wait_caught_up(
+    subscription: Subscription, *, within: float = 15.0, poll_interval: float = 0.01
+) -> LSN:
+    """Wait until ``subscription``'s reader has handled everything committed so far.
+
+    Tests of a replication handler write through a pool, then want to assert
+    on what the handler did: this is the point where that is safe.  The target
+    is ``pg_current_wal_insert_lsn()`` taken now on a normal connection to the
+    subscription's database (not ``pg_current_wal_lsn()``, the write position,
+    which can sit before the last commit under ``synchronous_commit=off``).
+    The reader has caught up when its acknowledged position (what the handler
+    returned from, or what an idle reader confirmed from a keepalive) reaches
+    it.  Returns the target.
+
+    An idle database's stream would not move past the target by itself, so
+    this then commits a tiny transaction with ``synchronous_commit=on`` that
+    writes a heartbeat message (never handed to a handler) and flushes the WAL:
+    the walsender decodes past the target at once and either sends the
+    heartbeat (readers with ``messages`` or heartbeats on) or a keepalive,
+    which an idle reader acknowledges.
+
+    The reader's positions are in memory and change without a notification,
+    so they are polled every ``poll_interval`` seconds (no I/O) until
+    ``within`` seconds (a bound of its own rather than the caller's
+    ``trio.fail_after``, so that the failure can say where the reader stood).
+    With ``ack="manual"`` the reader's position moves only as
+    your code acknowledges, so call this after it did.
+
+    Raises:
+        NotCaughtUp: not caught up ``within`` seconds (the message says where
+            the reader stands).
+        ChangesLost / HandlerFailed: the subscription ended for good meanwhile.
+        StreamEnded: it was unsubscribed meanwhile.
+    """
+    import trio
+
+    from otpy.pg.connection import TrioConnection
+    from otpy.pg.replication.errors import StreamEnded
+    from otpy.pg.replication.lsn import LSN
+
+    kwargs = dict(subscription.connect_kwargs)
+    kwargs.setdefault("application_name", "otpy.testing:wait_caught_up")
+    async with await TrioConnection.connect(autocommit=True, **kwargs) as conn:
+        cursor = await conn.execute("SELECT pg_catalog.pg_current_wal_insert_lsn()::text")
+        row = await cursor.fetchone()
+        assert row is not None
+        target = LSN.parse(row[0])
+        async with conn.transaction():
+            await conn.execute("SET LOCAL synchronous_commit = on")
+            await conn.execute(
+                "SELECT pg_catalog.pg_logical_emit_message(false, %s, %s)",
+                (CAUGHT_UP_PREFIX, "otpy.testing caught-up"),
+            )
+            await conn.execute("SELECT pg_catalog.pg_current_xact_id()")  # a commit to flush
+    with trio.move_on_after(within):
+        while True:
+            if subscription.metrics().acknowledged_lsn >= target:
+                return target
+            if subscription.state.ended:
+                if subscription.error is not None:
+                    raise subscription.error
+                raise StreamEnded(
+                    f"the subscription of slot {subscription.slot!r} was unsubscribed while "
+                    f"waiting for it to catch up"
+                )
+            await trio.sleep(poll_interval)
+    m = subscription.metrics()
+    raise NotCaughtUp(
+        f"slot {subscription.slot!r} did not catch up with {target} within {within}s: "
+        f"received {m.received_lsn}, acknowledged {m.acknowledged_lsn}, "
+        f"state {m.state}, {m.queue_depth} batch(es) queued; "
+        f"is the handler blocked or failing, or (ack='manual') were the transactions "
+        f"acknowledged?"
+    )
 
 
 def drop_database(dsn: str, name: str) -> None:

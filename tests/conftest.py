@@ -1,5 +1,9 @@
 """Shared fixtures: one throw-away PostgreSQL for the whole test session.
 
+They come from otpy's own pytest plugin (:mod:`otpy.pytest_plugin`, loaded
+through its ``pytest11`` entry point, so every run exercises it); the names
+the suite has always used are thin aliases of the plugin's:
+
 ``pg_dsn`` is the superuser DSN of that server (or of ``$OTPY_TEST_DSN``).
 ``pg_server`` is the :class:`otpy.testing.PostgresServer` itself, for tests that
 stop or restart it; such tests are skipped against an external server.
@@ -15,34 +19,28 @@ from __future__ import annotations
 
 import functools
 import re
-import subprocess
-from collections.abc import Iterator
 
 import psycopg
 import pytest
 
-from otpy.testing import (
-    PostgresServer,
-    TestingError,
-    create_database,
-    drop_database,
-    external_dsn,
-    find_bindir,
-)
+from otpy.testing import PostgresServer
+
+# tests/kit runs small user projects through pytest with this fixture.  (The
+# otpy plugin itself must not be named here: it comes from its entry point.)
+pytest_plugins = ["pytester"]
 
 
-def pytest_report_header() -> str:
-    """Which server the run tests: the matrix in CI runs the suite once per server."""
-    if external_dsn() is not None:
-        return "PostgreSQL: the external server of $OTPY_TEST_DSN"
-    try:
-        bindir = find_bindir()
-        version = subprocess.run(
-            [str(bindir / "postgres"), "--version"], capture_output=True, text=True, timeout=30
-        ).stdout.strip()
-    except (TestingError, OSError, subprocess.SubprocessError) as exc:
-        return f"PostgreSQL: not found ({exc})"
-    return f"PostgreSQL: {version} from {bindir}"
+def pytest_configure(config: pytest.Config) -> None:
+    """Fail at once, saying what to do, when the plugin is not loaded (a stale install).
+
+    The plugin comes from the installed distribution's entry point, not from
+    ``pytest_plugins`` here: pytest would refuse to register it twice.
+    """
+    if not config.pluginmanager.has_plugin("otpy"):
+        raise pytest.UsageError(
+            "otpy's pytest plugin is not loaded: install otpy (pip install -e '.[dev]', "
+            "which scripts/test.sh does) so that its pytest11 entry point is registered"
+        )
 
 
 class ServerFeatures:
@@ -106,23 +104,15 @@ def _skip_unless_server_has(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture(scope="session")
-def pg_server() -> Iterator[PostgresServer | None]:
+def pg_server(otpy_pg_server: PostgresServer | None) -> PostgresServer | None:
     """The session's throw-away server, or ``None`` when ``$OTPY_TEST_DSN`` is used."""
-    if external_dsn() is not None:
-        yield None
-        return
-    with PostgresServer() as server:
-        yield server
+    return otpy_pg_server
 
 
 @pytest.fixture(scope="session")
-def pg_dsn(pg_server: PostgresServer | None) -> str:
+def pg_dsn(otpy_pg_dsn: str) -> str:
     """Superuser DSN of the server the tests run against."""
-    if pg_server is None:
-        dsn = external_dsn()
-        assert dsn is not None
-        return dsn
-    return pg_server.dsn
+    return otpy_pg_dsn
 
 
 @pytest.fixture
@@ -134,9 +124,6 @@ def own_server(pg_server: PostgresServer | None) -> PostgresServer:
 
 
 @pytest.fixture(scope="module")
-def module_dsn(pg_dsn: str, request: pytest.FixtureRequest) -> Iterator[str]:
-    """DSN of a fresh database named after the test module, dropped afterwards."""
-    name = "t_" + re.sub(r"\W", "_", request.module.__name__.rsplit(".", 1)[-1])[:60]
-    dsn = create_database(pg_dsn, name)
-    yield dsn
-    drop_database(pg_dsn, name)
+def module_dsn(otpy_module_dsn: str) -> str:
+    """DSN of a fresh database of the test module's own, dropped afterwards."""
+    return otpy_module_dsn
