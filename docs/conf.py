@@ -118,6 +118,11 @@ nitpick_ignore_regex = [
     # The pool's internal state, in the signatures of constructors that only the
     # pool calls (Lease, PooledConnection): not part of the API, not documented.
     (r"py:.*", r"otpy\.pg\.pool\.core\.\w+"),
+    # Names in postponed annotations of libraries without an inventory here
+    # (prometheus_client, pytest), and the bare ``datetime`` class: shown as code.
+    (r"py:class", r"(prometheus_client\.(registry\.)?)?CollectorRegistry"),
+    (r"py:class", r"_pytest\..*"),
+    (r"py:class", r"datetime"),
     # The one member of a sentinel's enum, documented as the module constant.
     (r"py:.*", r"otpy\..*\.(UnchangedToast|JsonNull)\.\w+"),
 ]

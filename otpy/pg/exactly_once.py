@@ -494,7 +494,7 @@ class ExactlyOnceHandler(ReplicationHandler):
     recording idle positions, checking the slot at start, rolling back an
     unfinished large transaction when the stream stops) is done here.  The
     arguments are those of :class:`ExactlyOnce`, available as
-    :attr:`exactly_once`.  Needs a *persistent* slot: a temporary one loses
+    its ``exactly_once`` attribute.  Needs a *persistent* slot: a temporary one loses
     changes on every restart, which the start check reports.
     """
 

@@ -531,7 +531,9 @@ class SnapshotRun:
         Raises:
             SnapshotError: the progress table cannot be created.
             SlotInUse: the slot to start over is held by another session.
-            and whatever :meth:`ReplicationSession.start` raises.
+
+        Otherwise it raises what
+        :meth:`~otpy.pg.replication.stream.ReplicationSession.start` raises.
         """
         session = self.session
         if session.repl is None:

@@ -144,7 +144,7 @@ class ReplicationSession:
         self.create_missing = True
         #: The server's ``server_version_num`` (known once connected).
         self.server_version: int | None = None
-        #: Whether :attr:`meta` holds the slot's advisory lock (see :meth:`take_over`).
+        #: Whether the ``meta`` connection holds the slot's advisory lock (see :meth:`take_over`).
         self.holds_lock = False
         #: Called with the slot's confirmed position before START_REPLICATION;
         #: raising refuses the start (a handler's ``check_replication_start``).
@@ -165,7 +165,7 @@ class ReplicationSession:
 
         Raises:
             InvalidOptions: the server is too old for the options (``proto_version``).
-            PublicationMissing: see :func:`~.slots.check_publications`.
+            PublicationMissing: see :func:`~otpy.pg.replication.slots.check_publications`.
         """
         self.phase = "connecting"
         kwargs = dict(self.connect_kwargs)
@@ -274,7 +274,7 @@ class ReplicationSession:
     async def _try_lock(self) -> None:
         """Take the slot's advisory lock, the signal standbys wait on, if it is free.
 
-        Held by :attr:`meta` for as long as the session lives: when this
+        Held by the ``meta`` connection for as long as the session lives: when this
         session ends (closed, or its process killed, which closes the socket)
         the lock is released and a standby waiting on it takes the slot over
         at once.  Not getting it (a standby holds it while trying the slot)
@@ -311,7 +311,7 @@ class ReplicationSession:
         """Wait until the slot is free, then start streaming from it (a standby reader).
 
         The active reader of the slot holds an advisory lock keyed on the slot
-        name on its normal connection (:meth:`_try_lock`); a standby blocks on
+        name on its normal connection (``_try_lock``); a standby blocks on
         that lock, so it wakes the moment the active session ends, then takes
         the slot, waiting out the few milliseconds its old walsender needs to
         exit.  Only the standby holding the lock tries the slot; the others
