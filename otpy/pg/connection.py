@@ -39,14 +39,13 @@ This module is the only place in otpy that touches psycopg internals
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import select
 import socket
 import time
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -109,13 +108,6 @@ def _check_psycopg() -> None:
         (psycopg.AsyncConnection, "_should_cancel"),
         (psycopg.AsyncConnection, "_get_connection_params"),
         (psycopg.AsyncConnection, "cancel_safe"),
-        # A BEGIN sent with the first statement (TrioConnection.defer_begin):
-        (psycopg.AsyncConnection, "_start_query"),
-        (psycopg.AsyncConnection, "_check_intrans_gen"),
-        (psycopg.AsyncConnection, "_commit_gen"),
-        (psycopg.AsyncConnection, "_rollback_gen"),
-        (psycopg.AsyncTransaction, "_check_enter"),
-        (psycopg.AsyncTransaction, "_enter_gen"),
         (generators, "execute"),
         (generators, "fetch_many"),
         (waiting, "Wait"),
@@ -590,115 +582,6 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
         # psycopg annotates the lock as asyncio.Lock; psycopg only uses it as an
         # async context manager, which ConnectionLock provides.
         self.lock = ConnectionLock()  # type: ignore[assignment]
-        self._deferred_tx: psycopg.AsyncTransaction | None = None
-
-    # -- a BEGIN sent with the first statement (pool.transaction()) -------------------
-
-    def defer_begin(self, tx: psycopg.AsyncTransaction) -> None:
-        """Have ``tx`` (a new :class:`psycopg.AsyncTransaction` on this connection) begin lazily.
-
-        No ``BEGIN`` is sent now: the first command sent on the connection
-        starts the transaction first.  When that command is ``execute()``
-        with parameters, ``BEGIN`` and the statement leave in one write
-        (pipeline mode, one Sync) and their results come back together: one
-        round trip, and one wake-up of the server, instead of two.  Each one
-        costs client and server CPU (``benchmarks/pool.py``, transaction
-        workload: +20% throughput).  Any other command (a cursor's
-        ``execute``, COPY, a nested ``transaction()``, setting
-        ``autocommit``...) sends ``BEGIN`` on its own first, as psycopg would.
-        Errors are raised by the call that sent the failing statement, as
-        without deferral.  Until then the server has no transaction open
-        (``info.transaction_status`` is ``IDLE``).
-
-        The caller must end ``tx`` with ``__aexit__`` if :attr:`deferred_begin`
-        is no longer ``tx``, else call :meth:`cancel_deferred_begin`.  Used by
-        :func:`otpy.pg.pool.transaction`; the connection must be in autocommit
-        mode, idle, with no transaction block open.
-        """
-        if self._deferred_tx is not None or self._num_transactions or not self._autocommit:
-            raise e.ProgrammingError(
-                "defer_begin() needs an autocommit connection outside any transaction block"
-            )
-        self._deferred_tx = tx
-
-    @property
-    def deferred_begin(self) -> psycopg.AsyncTransaction | None:
-        """The transaction whose ``BEGIN`` is not sent yet, if any (see :meth:`defer_begin`)."""
-        return self._deferred_tx
-
-    def cancel_deferred_begin(self) -> None:
-        """Forget a deferred transaction that no command started: nothing was sent for it."""
-        self._deferred_tx = None
-
-    def _begin_deferred_gen(self) -> Any:
-        """Send the deferred ``BEGIN`` now, on its own (a psycopg generator)."""
-        tx = self._deferred_tx
-        if tx is not None:
-            self._deferred_tx = None
-            tx._check_enter()
-            yield from tx._enter_gen()
-
-    async def execute(
-        self,
-        query: Any,
-        params: Any = None,
-        *,
-        prepare: bool | None = None,
-        binary: bool = False,
-    ) -> psycopg.AsyncCursor[Row]:
-        """psycopg's ``execute``; a deferred transaction's first statement carries its BEGIN."""
-        tx = self._deferred_tx
-        if (
-            tx is None
-            or params is None
-            or self._pipeline is not None
-            or not isinstance(query, (str, bytes, psycopg.sql.SQL, psycopg.sql.Composed))
-        ):
-            return await super().execute(query, params, prepare=prepare, binary=binary)
-        # With parameters the statement goes through the extended protocol
-        # anyway, so pipeline mode changes nothing in how it runs; its results
-        # (or its error) are all in when the pipeline block exits.
-        self._deferred_tx = None
-        cur = self.cursor()
-        if binary:
-            cur.format = pq.Format.BINARY
-        async with self.pipeline():
-            await tx.__aenter__()
-            await cur.execute(query, params, prepare=prepare)
-        return cur
-
-    def _start_query(self) -> Any:
-        yield from self._begin_deferred_gen()
-        yield from super()._start_query()
-
-    def _check_intrans_gen(self, attribute: str) -> Any:
-        yield from self._begin_deferred_gen()
-        yield from super()._check_intrans_gen(attribute)
-
-    def _commit_gen(self) -> Any:
-        yield from self._begin_deferred_gen()
-        yield from super()._commit_gen()
-
-    def _rollback_gen(self) -> Any:
-        yield from self._begin_deferred_gen()
-        yield from super()._rollback_gen()
-
-    def transaction(  # type: ignore[override]
-        self, savepoint_name: str | None = None, force_rollback: bool = False
-    ) -> contextlib.AbstractAsyncContextManager[psycopg.AsyncTransaction]:
-        """psycopg's ``transaction()``; inside a deferred transaction, its BEGIN is sent first."""
-        if self._deferred_tx is None:
-            return super().transaction(savepoint_name, force_rollback)
-        return self._nested_transaction(savepoint_name, force_rollback)
-
-    @contextlib.asynccontextmanager
-    async def _nested_transaction(
-        self, savepoint_name: str | None, force_rollback: bool
-    ) -> AsyncIterator[psycopg.AsyncTransaction]:
-        async with self.lock:
-            await self.wait(self._begin_deferred_gen())
-        async with super().transaction(savepoint_name, force_rollback) as tx:
-            yield tx
 
     @classmethod
     async def connect(

@@ -202,22 +202,24 @@ async def _close(conn: TrioConnection[TupleRow]) -> None:
 
 
 class PooledTransaction(PooledConnection):
-    """What :func:`transaction` returns: a pooled connection inside a transaction.
+    """What :func:`transaction` returns: a pooled connection inside ``conn.transaction()``.
 
-    psycopg's own transaction object does the BEGIN/COMMIT/ROLLBACK (so
+    psycopg's own transaction block does the BEGIN/COMMIT/ROLLBACK (so
     savepoints and :class:`psycopg.Rollback` work as usual); the connection
-    goes back to the pool after it, whatever happened.  The ``BEGIN`` leaves
-    with the block's first statement
-    (:meth:`~otpy.pg.connection.TrioConnection.defer_begin`): one round trip
-    less per transaction.
+    goes back to the pool after it, whatever happened.
     """
 
-    __slots__ = ("_conn", "_tx")
+    __slots__ = ("_tx",)
 
     async def __aenter__(self) -> TrioConnection[TupleRow]:
-        conn = self._conn = await super().__aenter__()
-        tx = self._tx = psycopg.AsyncTransaction(conn)
-        conn.defer_begin(tx)
+        conn = await super().__aenter__()
+        try:
+            tx = conn.transaction()
+            await tx.__aenter__()
+        except BaseException:
+            await PooledConnection.__aexit__(self, None, None, None)
+            raise
+        self._tx = tx
         return conn
 
     async def __aexit__(
@@ -227,14 +229,7 @@ class PooledTransaction(PooledConnection):
         tb: TracebackType | None,
     ) -> bool | None:
         try:
-            tx = self._tx
-            conn = self._conn
-            if conn.deferred_begin is tx:
-                # Nothing was sent in the block: there is nothing to commit or
-                # roll back.  psycopg.Rollback is swallowed, as psycopg does.
-                conn.cancel_deferred_begin()
-                return isinstance(exc, psycopg.Rollback) and exc.transaction in (None, tx)
-            return await tx.__aexit__(exc_type, exc, tb)
+            return await self._tx.__aexit__(exc_type, exc, tb)
         finally:
             await PooledConnection.__aexit__(self, exc_type, exc, tb)
 
@@ -274,13 +269,6 @@ def transaction(
     it raises (the exception propagates; raise :class:`psycopg.Rollback` to
     roll back quietly).  Raises the same errors as :func:`connection` on
     entry, and the server's error if the ``COMMIT`` fails.
-
-    The ``BEGIN`` is sent with the block's first statement (in one write,
-    one round trip: see
-    :meth:`~otpy.pg.connection.TrioConnection.defer_begin`), and a block that
-    sends nothing sends no ``BEGIN``/``COMMIT`` at all.  Errors are raised by
-    the statement that failed, as before; the only visible difference is that
-    ``conn.info.transaction_status`` reads ``IDLE`` until the first statement.
     """
     return PooledTransaction(pool, timeout)
 
