@@ -205,6 +205,14 @@ async def main(dsn: str, *, rows: int = 5, loop_prevention: bool = True) -> Sync
     return report
 
 
+#: ``otpy run two_way_sync:app`` (from examples/): the two directions once, on the
+#: database libpq's environment names (``PGHOST``, ``PGDATABASE``...); ``rows``
+#: comes from ``[env.two_way_sync]``.
+app = _demo.application(
+    "two_way_sync", lambda env: main("", rows=int(env["rows"])), env={"rows": 5}
+)
+
+
 def cli() -> None:
     """``python examples/two_way_sync.py``: run against ``--dsn`` or a throw-away server."""
     args = _demo.parser(__doc__)

@@ -126,8 +126,9 @@ class CliLogging(logging.Filter):
         global _current
         root = logging.getLogger()
         self._saved_level = root.level
+        # The root's level, not the handler's: a logger an application sets to
+        # a level of its own (an example's INFO lines) is shown as it asks.
         root.setLevel(self.level)
-        self._handler.setLevel(self.level)
         root.addHandler(self._handler)
         _current = self
         return self
@@ -182,7 +183,8 @@ def watch_application_started(app_name: str) -> None:
                 if isinstance(error, BaseException):
                     application = str(getattr(record, "application", app_name))
                     current.start_failure = (application, error)
-            return True
+            # Seen for the above, shown only as --log-level says (its level was lowered).
+            return record.levelno >= logging.getLogger().getEffectiveLevel()
 
     watcher = _Watch()
     saved = logger.level

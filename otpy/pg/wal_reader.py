@@ -351,7 +351,8 @@ def resolve_database(db_opts: Any) -> tuple[dict[str, Any], str]:
 
     Accepts a :class:`~otpy.pg.config.DatabaseConfig`; a mapping with the same
     keys (epg_connector's ``DbOpts``; a ``replication`` key is ignored); a
-    libpq DSN (``"host=... dbname=..."`` or ``"postgresql://..."``); or the name
+    libpq DSN (``"host=... dbname=..."`` or ``"postgresql://..."``; ``""``
+    leaves everything to libpq's environment and defaults, as libpq does); or the name
     of a database configured in the connector application's environment
     (``otpy.get_env("otpy.pg", "databases")`` or ``"config"``).
 
@@ -367,7 +368,7 @@ def resolve_database(db_opts: Any) -> tuple[dict[str, Any], str]:
         db = config.databases[name]
         return db.connect_kwargs(), db.describe()
     if isinstance(db_opts, str):
-        if "=" in db_opts or "://" in db_opts:
+        if not db_opts or "=" in db_opts or "://" in db_opts:  # "": all from libpq
             # Checked as a configured database (errors without the password,
             # missing files, unknown service); the keywords are passed as given.
             db = DatabaseConfig.from_dsn(

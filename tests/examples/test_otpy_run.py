@@ -47,6 +47,7 @@ RUNS: dict[str, tuple[list[str], list[str]]] = {
         ["New user created:", "User deleted:", "Replication stopped for slot: myapp_slot"],
     ),
     "order_sync": (["--config", "examples.toml"], ["event_type=order_created", "status=delivered"]),
+    "two_way_sync": ([], ["rows_a=10, rows_b=10", "echoes_skipped="]),
 }
 
 
