@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 import attrs
 import psycopg
-from psycopg import sql
 
 from otpy.cli.errors import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, CliError
 from otpy.cli.render import format_table, human_bytes
@@ -72,8 +71,9 @@ class NoAnswer(SlotCommandError):
     code = EXIT_NOT_FOUND
 
 
-#: Columns of ``pg_replication_slots`` beyond :class:`SlotInfo`, by the release
-#: that added them (``server_version_num``).
+#: Columns of ``pg_replication_slots`` that :class:`SlotInfo` reads as None on
+#: servers without them, by the release that added them (``server_version_num``):
+#: shown only where the server has them.
 _EXTRA_COLUMNS: Sequence[tuple[int, str]] = (
     (170000, "invalidation_reason"),
     (170000, "failover"),
@@ -84,18 +84,6 @@ _EXTRA_COLUMNS: Sequence[tuple[int, str]] = (
 def server_slot_columns(server_version: int) -> tuple[str, ...]:
     """The extra ``pg_replication_slots`` columns a server of ``server_version`` has."""
     return tuple(name for since, name in _EXTRA_COLUMNS if server_version >= since)
-
-
-async def _extra_columns(conn: TrioConnection[Any]) -> dict[str, dict[str, Any]]:
-    """Per slot name, the values of :func:`server_slot_columns` (empty on older servers)."""
-    columns = server_slot_columns(conn.info.server_version)
-    if not columns:
-        return {}
-    query = sql.SQL("SELECT slot_name, {} FROM pg_catalog.pg_replication_slots").format(
-        sql.SQL(", ").join(map(sql.Identifier, columns))
-    )
-    cur = await conn.execute(query)
-    return {row[0]: dict(zip(columns, row[1:], strict=True)) for row in await cur.fetchall()}
 
 
 async def drop_slot(conn: TrioConnection[Any], name: str) -> None:
@@ -121,20 +109,18 @@ def print_slots(
     *,
     as_json: bool,
     out: TextIO,
-    extra: Mapping[str, Mapping[str, Any]] | None = None,
     columns: Sequence[str] = (),
 ) -> None:
     """Print ``rows`` as an aligned table, or as JSON lines with ``as_json``.
 
-    ``columns`` are the server's extra columns (:func:`server_slot_columns`),
-    ``extra`` their values per slot name: shown only where the server has them.
+    ``columns`` are the newer columns this server has (:func:`server_slot_columns`);
+    the others are left out rather than shown as empty.
     """
-    extra = extra or {}
+    absent = {name for _, name in _EXTRA_COLUMNS} - set(columns)
     if as_json:
         for row in rows:
             fields = attrs.asdict(row, value_serializer=lambda _, __, v: _lsn_text(v))
-            fields.update({c: extra.get(row.name, {}).get(c) for c in columns})
-            print(json.dumps(fields), file=out)
+            print(json.dumps({k: v for k, v in fields.items() if k not in absent}), file=out)
         return
     if not rows:
         print("no replication slots", file=out)
@@ -145,7 +131,6 @@ def print_slots(
     headers += [shown[c] for c in columns]
     table = []
     for r in rows:
-        values = extra.get(r.name, {})
         table.append(
             [
                 r.name,
@@ -158,7 +143,7 @@ def print_slots(
                 human_bytes(r.lag_bytes),
                 r.wal_status,
                 *(
-                    _yes_no(values.get(c)) if c in ("failover", "synced") else values.get(c)
+                    _yes_no(getattr(r, c)) if c in ("failover", "synced") else getattr(r, c)
                     for c in columns
                 ),
             ]
@@ -191,7 +176,6 @@ async def run_slots(
                 await list_slots(conn),
                 as_json=as_json,
                 out=out,
-                extra=await _extra_columns(conn),
                 columns=columns,
             )
             return
