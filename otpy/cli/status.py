@@ -31,7 +31,14 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from otpy.cli.errors import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, CliError
+from otpy.cli.errors import (
+    EXIT_CONFIG,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    CliError,
+)
 from otpy.cli.render import format_table, human_bytes
 from otpy.pg.config import MetricsConfig
 
@@ -378,9 +385,18 @@ def main(args: argparse.Namespace) -> int:
     import trio
 
     base = status_url(args.url, args.host, args.port)
-    trio.run(
-        lambda: run_status(
-            base, watch=args.watch, as_json=args.json, request_timeout=args.timeout, out=sys.stdout
+    try:
+        trio.run(
+            lambda: run_status(
+                base,
+                watch=args.watch,
+                as_json=args.json,
+                request_timeout=args.timeout,
+                out=sys.stdout,
+            )
         )
-    )
+    except KeyboardInterrupt:
+        if args.watch is None:
+            raise
+        return EXIT_INTERRUPTED  # Ctrl-C is how a watch ends: no message
     return EXIT_OK
