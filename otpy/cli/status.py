@@ -53,6 +53,7 @@ __all__ = [
     "format_status",
     "parse_metrics",
     "register",
+    "run_status",
     "status_url",
 ]
 

@@ -7,11 +7,13 @@ a script runs it) or in-process through ``otpy.cli.main`` in a worker thread
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
 
 import psycopg
@@ -31,7 +33,7 @@ from wr_helpers import Recorder, create_publication, execute, unique  # noqa: E4
 from otpy import DynamicSupervisor  # noqa: E402
 from otpy import start as start_actor  # noqa: E402
 from otpy.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, main  # noqa: E402
-from otpy.cli.status import ReaderRow, parse_metrics, status_url  # noqa: E402
+from otpy.cli.status import ReaderRow, parse_metrics, run_status, status_url  # noqa: E402
 from otpy.pg import pool, wal_reader  # noqa: E402
 from otpy.pg.config import DatabaseConfig  # noqa: E402
 from otpy.pg.health import serve_metrics  # noqa: E402
@@ -190,6 +192,24 @@ async def test_watch_prints_a_block_per_refresh_until_ctrl_c(endpoint: str) -> N
     assert sum(line.startswith("status_pool ") for line in lines) == 2
     second = [i for i, line in enumerate(lines) if line.startswith("otpy status of ")][1]
     assert lines[second - 1] == ""  # blocks apart by a blank line
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_watch_on_a_terminal_redraws_the_screen(endpoint: str) -> None:
+    out = _Terminal()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            partial(run_status, endpoint, watch=0.05, as_json=False, request_timeout=5, out=out)
+        )
+        await wait_until(lambda: out.getvalue().count("otpy status of ") >= 2)
+        nursery.cancel_scope.cancel()
+    blocks = out.getvalue().split("\x1b[H\x1b[2J")
+    assert blocks[0] == ""  # the screen is cleared before the first block too
+    assert all(block.startswith("otpy status of ") for block in blocks[1:])
 
 
 async def test_watch_keeps_going_while_the_endpoint_is_unreachable() -> None:
