@@ -32,8 +32,8 @@ from wr_helpers import Recorder, create_publication, execute, unique  # noqa: E4
 
 from otpy import DynamicSupervisor  # noqa: E402
 from otpy import start as start_actor  # noqa: E402
-from otpy.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, main  # noqa: E402
-from otpy.cli.status import ReaderRow, parse_metrics, run_status, status_url  # noqa: E402
+from otpy.cli import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, main  # noqa: E402
+from otpy.cli.status import ReaderRow, StatusParserMissing, parse_metrics, run_status, status_url  # noqa: E402
 from otpy.pg import pool, wal_reader  # noqa: E402
 from otpy.pg.config import DatabaseConfig  # noqa: E402
 from otpy.pg.health import serve_metrics  # noqa: E402
@@ -273,3 +273,12 @@ def test_the_parser_reads_what_the_collector_writes_and_the_tables_render() -> N
     assert readers == (
         ReaderRow(slot="s", state="starting", lag_bytes=2048, restarts=3, last_error="boom"),
     )
+
+
+def test_without_prometheus_client_the_error_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "prometheus_client.parser", None)  # import fails
+    with pytest.raises(StatusParserMissing, match=r"pip install 'trio-otp-pg\[metrics\]'") as info:
+        parse_metrics("")
+    assert info.value.code == EXIT_CONFIG
