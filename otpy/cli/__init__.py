@@ -7,7 +7,11 @@
 * ``otpy tail --dsn ... --publication P`` — live decoded changes, see
   :mod:`otpy.cli.tail`;
 * ``otpy slots --dsn ...`` — replication slots and the WAL they retain, see
-  :mod:`otpy.cli.slots`.
+  :mod:`otpy.cli.slots`;
+* ``otpy parked list|replay|discard`` — transactions the ``park`` policy set
+  aside, see :mod:`otpy.cli.parked`;
+* ``otpy status [--url URL] [--watch SECONDS] [--json]`` — readers and pools of
+  a running process, read from its metrics endpoint, see :mod:`otpy.cli.status`.
 
 Exit codes follow ``sysexits.h`` where one fits, so scripts can tell a bad
 configuration from an unreachable server; :mod:`otpy.cli.errors` maps every
@@ -288,6 +292,9 @@ def _parser() -> argparse.ArgumentParser:
     from otpy.cli import parked  # `otpy parked`: see otpy/cli/parked.py
 
     parked.register(commands)
+    from otpy.cli import status  # `otpy status`: see otpy/cli/status.py
+
+    status.register(commands, common)
     return parser
 
 
