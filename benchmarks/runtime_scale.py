@@ -40,9 +40,9 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from runtime import ensure_triotp_venv  # noqa: E402  (the sibling benchmark's helpers)
+from runtime import ensure_triotp_venv  # the sibling benchmark's helpers
 
-import otpy  # noqa: E402
+import otpy
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
