@@ -133,6 +133,20 @@ async def _scale_bare(n: int, trace: bool, *, use_start: bool) -> dict[str, floa
     return {"start_us": (t1 - t0) / n * 1e6, "call_us": (t2 - t1) / n * 1e6, **out}
 
 
+async def scale_bare_min(n: int, trace: bool) -> dict[str, float]:
+    """The floor: a task with no mailbox at all, parked in ``sleep_forever`` (no call)."""
+    meter = Meter(trace)
+    async with trio.open_nursery() as nursery:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            nursery.start_soon(trio.sleep_forever)
+            await trio.lowlevel.checkpoint()  # let it run up to its sleep
+        t1 = time.perf_counter()
+        out = meter.done(n)
+        nursery.cancel_scope.cancel()
+    return {"start_us": (t1 - t0) / n * 1e6, "call_us": math.nan, **out}
+
+
 async def scale_bare(n: int, trace: bool) -> dict[str, float]:
     return await _scale_bare(n, trace, use_start=False)
 
@@ -194,6 +208,7 @@ async def storm_otpy(n: int, trace: bool) -> dict[str, float]:
 LOCAL = {
     "otpy": scale_otpy,
     "bare": scale_bare,
+    "bare_min": scale_bare_min,
     "bare_start": scale_bare_start,
     "storm_otpy": storm_otpy,
 }
@@ -316,7 +331,9 @@ def quiet_logs() -> None:
 
 
 def fmt(value: float | None, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
+    if value is None:
+        return "n/a"
+    return "-" if math.isnan(value) else format(value, spec)
 
 
 def main() -> None:
@@ -345,7 +362,7 @@ def main() -> None:
     triotp_max = 100_000  # triotp's name lookups make larger runs take minutes
 
     results: dict[str, dict[int, dict[str, float] | None]] = {}
-    kinds = ["bare", "bare_start", "otpy"] + ([] if args.no_triotp else ["triotp"])
+    kinds = ["bare_min", "bare", "bare_start", "otpy"] + ([] if args.no_triotp else ["triotp"])
     for n in sizes:
         for kind in kinds:
             if kind == "triotp" and n > triotp_max:
