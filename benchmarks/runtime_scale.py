@@ -293,17 +293,26 @@ with logbook.NullHandler().applicationbound():
 """
 
 
+TRIOTP_TIMEOUT = 300
+"""Seconds one triotp measurement may take (its starts slow down as N grows)."""
+
+
 def run_triotp(kind: str, n: int) -> dict[str, float] | None:
     python = ensure_triotp_venv()
     if python is None:
         return None
-    proc = subprocess.run(
-        [str(python), "-c", TRIOTP_SCRIPT, kind, str(n)],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
-    )
+    try:
+        proc = subprocess.run(
+            [str(python), "-c", TRIOTP_SCRIPT, kind, str(n)],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+            timeout=TRIOTP_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired:
+        print(f"warning: triotp {kind} n={n} took over {TRIOTP_TIMEOUT} s", file=sys.stderr)
+        return None
     if proc.returncode != 0:
         print(f"warning: triotp {kind} n={n} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
         return None
@@ -342,6 +351,12 @@ def main() -> None:
     parser.add_argument("--sizes", help="comma-separated actor counts for the start benchmark")
     parser.add_argument("--storm", help="comma-separated child counts for the restart storm")
     parser.add_argument("--no-triotp", action="store_true", help="skip the triotp comparison")
+    parser.add_argument(
+        "--triotp-max",
+        type=int,
+        default=10_000,
+        help="largest N run with triotp (its starts slow down as N grows: minutes beyond 10k)",
+    )
     parser.add_argument("--trace", action="store_true", help="also count memory with tracemalloc")
     parser.add_argument("--json", action="store_true", help="print raw results as JSON")
     parser.add_argument("--one", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
@@ -359,7 +374,7 @@ def main() -> None:
         sizes = [int(s) for s in args.sizes.split(",")]
     if args.storm:
         storms = [int(s) for s in args.storm.split(",")]
-    triotp_max = 100_000  # triotp's name lookups make larger runs take minutes
+    triotp_max = args.triotp_max
 
     results: dict[str, dict[int, dict[str, float] | None]] = {}
     kinds = ["bare_min", "bare", "bare_start", "otpy"] + ([] if args.no_triotp else ["triotp"])
