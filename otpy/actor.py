@@ -14,6 +14,11 @@ Design choices, and why:
   and nothing else, which is as cheap as trio allows.
 * A dead actor keeps its :class:`ExitReason`, so anything that arrives late (a
   monitor, a call) learns *why* it died instead of a bare ``noproc``.
+* A :class:`Ref` allocates its containers (mailbox deque, links, monitors,
+  pending callers) only when first used: most actors of a large population
+  (one per session, per device) sit idle with none of them, and every
+  container an idle actor does not hold is memory and garbage-collector work
+  saved a million times over.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 import contextvars
 import itertools
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
@@ -169,6 +174,14 @@ _CURRENT: contextvars.ContextVar[Ref | None] = contextvars.ContextVar("otpy_acto
 _WAKE = object()
 """Mailbox sentinel: wakes a parked actor so it sees a stop request."""
 
+_NONE: frozenset[Any] = frozenset()
+"""The empty value of a ref's lazily created sets (links, pending callers).
+
+An empty frozenset compares equal to an empty set and supports the same
+reads, so code reading ``ref._links`` or ``ref._callers`` needs no None check;
+the writers replace it with a real set on first use.
+"""
+
 
 def current_actor() -> Ref | None:
     """The actor the calling task belongs to, or None for a plain trio task.
@@ -218,17 +231,19 @@ class Ref:
         self.exit_reason: ExitReason | None = None
         self.trap_exits = False
         self.parent: Ref | None = None
-        self._queue: deque[Any] = deque()
+        # Created on first use (see the module docstring): None / _NONE until then.
+        self._queue: deque[Any] | None = None
         self._waiter: trio.lowlevel.Task | None = None
         self._task: trio.lowlevel.Task | None = None
         self._scope: trio.CancelScope | None = None
         self._stop_reason: ExitReason | None = None
         self._kill_reason: ExitReason | None = None
-        self._callers: set[From] = set()
-        self._monitors: dict[Monitor, None] = {}
-        self._watching: dict[Monitor, None] = {}
-        self._links: set[Ref] = set()
-        self._names: list[tuple[NameRegistry, Hashable]] = []
+        self._callers: set[From] | frozenset[From] = _NONE
+        self._monitors: dict[Monitor, None] | None = None
+        self._watching: dict[Monitor, None] | None = None
+        self._links: set[Ref] | frozenset[Ref] = _NONE
+        # Replaced, never mutated, by the registries (names are rare).
+        self._names: Sequence[tuple[NameRegistry, Hashable]] = ()
         self._exited: trio.Event | None = None
 
     def __repr__(self) -> str:
@@ -255,24 +270,23 @@ class Ref:
         if waiter is not None:
             self._waiter = None
             trio.lowlevel.reschedule(waiter, outcome.Value(message))
-        else:
+        elif self._queue is not None:
             self._queue.append(message)
+        else:
+            self._queue = deque((message,))
 
     async def receive(self) -> Any:
         """Take the next message, waiting for one; only the actor's own task may call this."""
         if self._queue:
             await trio.lowlevel.checkpoint()
             return self._queue.popleft()
-        return await self._park()
-
-    async def _park(self) -> Any:
         self._waiter = trio.lowlevel.current_task()
+        return await trio.lowlevel.wait_task_rescheduled(self._abort_park)
 
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            self._waiter = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        return await trio.lowlevel.wait_task_rescheduled(abort)
+    def _abort_park(self, _: Any) -> trio.lowlevel.Abort:
+        """Abort function of a parked receive (a bound method: no closure per wait)."""
+        self._waiter = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -329,9 +343,9 @@ class Ref:
             return
         # Release the names while still alive: a registry's whereis only reports
         # live actors.  Unregistering prunes ``_names``; the dead ref keeps them
-        # for its repr in exit reports.
+        # for its repr in exit reports (the registries replace the sequence,
+        # never mutate it, so iterating the original here is safe).
         names = self._names
-        self._names = list(names)
         for registry, name in names:
             if registry.whereis(name) is self:
                 registry.unregister(name)
@@ -339,28 +353,36 @@ class Ref:
         self.alive = False
         self.exit_reason = reason
         self._waiter = None
-        self._queue.clear()
-        for mon in list(self._watching):
+        self._queue = None
+        watching = self._watching
+        self._watching = None
+        for mon in watching or ():
             mon.active = False
-            mon.target._monitors.pop(mon, None)
-        self._watching.clear()
-        monitors = list(self._monitors)
-        self._monitors.clear()
-        for mon in monitors:
+            mon.target._unwatch(mon)
+        monitors = self._monitors
+        self._monitors = None
+        for mon in monitors or ():
             mon.active = False
-            mon.watcher._watching.pop(mon, None)
+            if mon.watcher._watching is not None:
+                mon.watcher._watching.pop(mon, None)
             mon.watcher.deliver(Down(mon, self, reason))
-        links = list(self._links)
-        self._links.clear()
+        links = self._links
+        self._links = _NONE
         for other in links:
-            other._links.discard(self)
+            if isinstance(other._links, set):
+                other._links.discard(self)
             _signal_link(other, self, reason)
-        callers = list(self._callers)
-        self._callers.clear()
+        callers = self._callers
+        self._callers = _NONE
         for from_ in callers:
             from_._fail(ActorExited(self, reason))
         if self._exited is not None:
             self._exited.set()
+
+    def _unwatch(self, mon: Monitor) -> None:
+        """Drop ``mon`` from this (target) actor's monitors."""
+        if self._monitors is not None:
+            self._monitors.pop(mon, None)
 
 
 def monitor(watcher: Ref, target: Ref) -> Monitor:
@@ -375,7 +397,11 @@ def monitor(watcher: Ref, target: Ref) -> Monitor:
         assert target.exit_reason is not None
         watcher.deliver(Down(mon, target, target.exit_reason))
         return mon
+    if target._monitors is None:
+        target._monitors = {}
     target._monitors[mon] = None
+    if watcher._watching is None:
+        watcher._watching = {}
     watcher._watching[mon] = None
     return mon
 
@@ -389,8 +415,9 @@ def demonitor(mon: Monitor) -> bool:
     if not mon.active:
         return False
     mon.active = False
-    mon.target._monitors.pop(mon, None)
-    mon.watcher._watching.pop(mon, None)
+    mon.target._unwatch(mon)
+    if mon.watcher._watching is not None:
+        mon.watcher._watching.pop(mon, None)
     return True
 
 
@@ -408,8 +435,11 @@ def link(a: Ref, b: Ref) -> None:
         assert a.exit_reason is not None
         _signal_link(b, a, a.exit_reason)
         return
-    a._links.add(b)
-    b._links.add(a)
+    for one, other in ((a, b), (b, a)):
+        links = one._links
+        if not isinstance(links, set):
+            links = one._links = set()
+        links.add(other)
 
 
 def _signal_link(other: Ref, dead: Ref, reason: ExitReason) -> None:
@@ -422,5 +452,7 @@ def _signal_link(other: Ref, dead: Ref, reason: ExitReason) -> None:
 
 def unlink(a: Ref, b: Ref) -> None:
     """Remove the link between two actors (no error if there is none)."""
-    a._links.discard(b)
-    b._links.discard(a)
+    for one, other in ((a, b), (b, a)):
+        links = one._links
+        if isinstance(links, set):
+            links.discard(other)

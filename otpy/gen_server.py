@@ -38,7 +38,7 @@ import trio
 
 from otpy import actor as _actor
 from otpy._util import check_bool, check_number, check_timeout, unwrap_group
-from otpy.actor import _CURRENT, _WAKE, NORMAL, ExitReason, Monitor, Ref
+from otpy.actor import _CURRENT, _NONE, _WAKE, NORMAL, ExitReason, Monitor, Ref
 from otpy.child_spec import Backoff, ChildSpec, ChildType, Restart, Shutdown
 from otpy.errors import (
     ActorExited,
@@ -111,7 +111,12 @@ class From:
 
     def _finish(self) -> None:
         self._done = True
-        self._target._callers.discard(self)
+        target = self._target
+        callers = target._callers
+        if isinstance(callers, set):
+            callers.discard(self)
+            if not callers:
+                target._callers = _NONE  # an idle server holds no empty set
         timers = self._timers
         if timers is not None:
             self._timers = None
@@ -267,7 +272,11 @@ async def call(
             await trio.lowlevel.checkpoint()
             raise CallTimeout(ref, request, timeout)
         _timers().add(from_, timeout)
-    ref._callers.add(from_)
+    callers = ref._callers
+    if isinstance(callers, set):
+        callers.add(from_)
+    else:
+        ref._callers = {from_}
     ref.deliver(from_)
     return await trio.lowlevel.wait_task_rescheduled(from_._abort)
 
@@ -528,16 +537,24 @@ class GenServer:
     # -- the message loop --------------------------------------------------------
 
     async def _loop(self, ref: Ref) -> ExitReason:
-        queue = ref._queue
         checkpoint = trio.lowlevel.checkpoint
+        current_task = trio.lowlevel.current_task
+        wait = trio.lowlevel.wait_task_rescheduled
+        abort = ref._abort_park
         while True:
             if ref._stop_reason is not None:
                 return ref._stop_reason
+            queue = ref._queue  # created by the first message that has to wait
             if queue:
                 await checkpoint()
                 msg = queue.popleft()
             else:
-                msg = await ref._park()
+                # Ref.receive inlined: one coroutine frame less per parked actor.
+                # An idle actor must not keep its last message (and a caller's
+                # From) alive, so the local is cleared before parking.
+                msg = None
+                ref._waiter = current_task()
+                msg = await wait(abort)
             kind = type(msg)
             if kind is From:
                 result = await self.handle_call(msg.request, msg)
@@ -608,32 +625,50 @@ async def _run(
     terminated = False
     crash: BaseException | None = None
     final = _actor.KILLED
+    task = trio.lowlevel.current_task()
+    scope: trio.CancelScope | None = None
     try:
-        with trio.CancelScope() as scope:
-            ref._attach(scope, trio.lowlevel.current_task())
-            try:
-                async with trio.open_nursery() as nursery:
-                    server._nursery = nursery
-                    await server.init()
-                    started = True
-                    if on_started is not None:
-                        on_started(ref)
-                    task_status.started(ref)
-                    final = await server._loop(ref)
-                    terminated = True
-                    await server.terminate(final)
-                    nursery.cancel_scope.cancel()
-            except BaseException as exc:
-                cancelled, crash = _split_cancelled(exc)
-                if crash is None:
-                    raise
-                final = ExitReason.crashed(crash)
-                if not _is_error(crash):
-                    raise
-                if cancelled is not None:
-                    raise cancelled from None
-            if started and not terminated:
+        try:
+            async with trio.open_nursery() as nursery:
+                # The nursery's own cancel scope is the actor's (``kill`` cancels
+                # it): a second scope per actor would cost memory and start time.
+                scope = nursery.cancel_scope
+                ref._attach(scope, task)
+                server._nursery = nursery
+                await server.init()
+                started = True
+                if on_started is not None:
+                    on_started(ref)
+                    on_started = None  # a supervisor's closure: not kept for the actor's life
+                task_status.started(ref)
+                # The status refers to trio's start-up nursery: an idle actor
+                # holding it would keep that nursery alive for nothing.
+                del task_status
+                final = await server._loop(ref)
                 terminated = True
+                await server.terminate(final)
+                scope.cancel()
+        except BaseException as exc:
+            cancelled, crash = _split_cancelled(exc)
+            if crash is None:
+                raise
+            final = ExitReason.crashed(crash)
+            if not _is_error(crash):
+                raise
+            if cancelled is not None:
+                raise cancelled from None
+        if ref._kill_reason is not None and (
+            crash is not None or (scope is not None and scope.cancelled_caught)
+        ):
+            # Killed (or killed while crashing): no terminate, as in OTP.
+            if crash is None:
+                final = ref._kill_reason
+        elif started and not terminated:
+            # After a crash (or a cancelled nursery): terminate runs outside the
+            # nursery, in a scope of its own that a kill still cancels.
+            terminated = True
+            with trio.CancelScope() as scope:
+                ref._attach(scope, task)
                 try:
                     await server.terminate(final)
                 except Exception:
@@ -642,8 +677,8 @@ async def _run(
                         ref,
                         extra={"event": "terminate_failed", "actor": repr(ref)},
                     )
-        if scope.cancelled_caught and crash is None:
-            final = ref._kill_reason or _actor.KILLED
+            if scope.cancelled_caught and crash is None:
+                final = ref._kill_reason or _actor.KILLED
     finally:
         ref._exit(final)
     if not started:
