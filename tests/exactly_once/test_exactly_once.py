@@ -317,3 +317,47 @@ async def test_writes_through_the_exactly_once_path_are_tagged_with_the_origin(
         await wal_reader.unsubscribe(watch)
         drop_slot(module_dsn, slot)
     assert [b.origin for b in watcher.batches] == [origin, origin, None]
+
+
+class _FailsAtCommitOnce(Copier):
+    """Also writes a row that breaks a deferred unique constraint, on each first attempt.
+
+    The target transaction then fails at COMMIT, after the source position was
+    set up for it (``pg_replication_origin_xact_setup``): PostgreSQL writes the
+    abort record with that position and advances the origin on abort too.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.failed: set[Any] = set()
+
+    async def apply(self, conn: Any, changes: ChangeBatch) -> None:
+        await super().apply(conn, changes)
+        if changes.xid not in self.failed:
+            self.failed.add(changes.xid)
+            await conn.execute("INSERT INTO guard (k) VALUES (1)")
+
+
+async def test_a_target_commit_that_fails_does_not_mark_its_transaction_applied(
+    module_dsn: str, target_dsn: str, tables: str, target_pool: pool.Pool, readers: Ref
+) -> None:
+    await execute(
+        target_dsn,
+        "DROP TABLE IF EXISTS guard",
+        "CREATE TABLE guard (k int UNIQUE DEFERRABLE INITIALLY DEFERRED)",
+        "INSERT INTO guard VALUES (1)",
+    )
+    copier = _FailsAtCommitOnce("target", unique("eo"))
+    slot = unique("eo")
+    ref = await wal_reader.subscribe(copier, module_dsn, slot, [tables], PERSISTENT)
+    try:
+        await insert(module_dsn, 3, transactions=2)
+        await wait_applied(copier, module_dsn, target_dsn)
+        result = await counts(module_dsn, target_dsn)
+    finally:
+        await wal_reader.unsubscribe(ref)
+        drop_slot(module_dsn, slot)
+    assert len(copier.failed) == 2 and copier.stops >= 2
+    assert result == {"committed": 6, "applied": 6, "duplicates": 0, "lost": 0, "unknown": 0}
+    # Each transaction failed at COMMIT once, then was applied: none skipped as a duplicate.
+    assert copier.exactly_once.duplicates == 0
