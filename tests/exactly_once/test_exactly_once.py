@@ -320,34 +320,48 @@ async def test_writes_through_the_exactly_once_path_are_tagged_with_the_origin(
 
 
 class _FailsAtCommitOnce(Copier):
-    """Also writes a row that breaks a deferred unique constraint, on each first attempt.
+    """Also writes a row into ``table`` on each first attempt: its COMMIT then fails.
 
-    The target transaction then fails at COMMIT, after the source position was
-    set up for it (``pg_replication_origin_xact_setup``): PostgreSQL writes the
-    abort record with that position and advances the origin on abort too.
+    ``guard`` breaks a deferred unique constraint; ``doomed`` fires a deferred
+    trigger that terminates its own backend (as a fast shutdown does).  Either
+    way the target transaction aborts at COMMIT, after the source position was
+    set up for it (``pg_replication_origin_xact_setup``): PostgreSQL 18 writes
+    that position into the abort record and advances the origin on abort too.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, table: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.doom = table
         self.failed: set[Any] = set()
 
     async def apply(self, conn: Any, changes: ChangeBatch) -> None:
         await super().apply(conn, changes)
         if changes.xid not in self.failed:
             self.failed.add(changes.xid)
-            await conn.execute("INSERT INTO guard (k) VALUES (1)")
+            await conn.execute(f"INSERT INTO {self.doom} (k) VALUES (1)")
 
 
+@pytest.mark.parametrize("table", ["guard", "doomed"])
 async def test_a_target_commit_that_fails_does_not_mark_its_transaction_applied(
-    module_dsn: str, target_dsn: str, tables: str, target_pool: pool.Pool, readers: Ref
+    module_dsn: str,
+    target_dsn: str,
+    tables: str,
+    target_pool: pool.Pool,
+    readers: Ref,
+    table: str,
 ) -> None:
     await execute(
         target_dsn,
-        "DROP TABLE IF EXISTS guard",
+        "DROP TABLE IF EXISTS guard, doomed",
         "CREATE TABLE guard (k int UNIQUE DEFERRABLE INITIALLY DEFERRED)",
         "INSERT INTO guard VALUES (1)",
+        "CREATE TABLE doomed (k int)",
+        "CREATE OR REPLACE FUNCTION doom() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NULL; END $$",
+        "CREATE CONSTRAINT TRIGGER doom AFTER INSERT ON doomed DEFERRABLE INITIALLY DEFERRED "
+        "FOR EACH ROW EXECUTE FUNCTION doom()",
     )
-    copier = _FailsAtCommitOnce("target", unique("eo"))
+    copier = _FailsAtCommitOnce("target", unique("eo"), table=table)
     slot = unique("eo")
     ref = await wal_reader.subscribe(copier, module_dsn, slot, [tables], PERSISTENT)
     try:
