@@ -129,7 +129,13 @@ _SETUP = (
     "pg_catalog.pg_current_xact_id()::text"
 )
 _STATUS = "SELECT pg_catalog.pg_xact_status(%s::xid8)"
-_REWIND = "SELECT pg_catalog.pg_replication_origin_advance(%s, %s::pg_lsn)"
+# Moves the origin back; the forced xid and synchronous_commit make the commit of
+# this statement flush the (non-transactional) origin record before the answer.
+_REWIND = (
+    "SELECT pg_catalog.pg_replication_origin_advance(%s, %s::pg_lsn), "
+    "pg_catalog.pg_current_xact_id(), "
+    "pg_catalog.set_config('synchronous_commit', 'local', true)"
+)
 _RESET = "SELECT pg_catalog.pg_replication_origin_session_reset()"
 # The position goes into this transaction's commit record; an xid is forced so
 # that a transaction without writes still commits one; ``off`` would let a target
