@@ -339,9 +339,14 @@ class ExactlyOnce:
         if unsettled is None:
             return
         xid, before, end = unsettled
-        cur = await conn.execute(_STATUS, [xid])
-        row = await cur.fetchone()
-        status = None if row is None else row[0]
+        try:
+            cur = await conn.execute(_STATUS, [xid])
+            row = await cur.fetchone()
+            status = None if row is None else row[0]
+        except pg_errors.InvalidParameterValue:
+            # "in the future": a target crash lost every WAL record of that xid,
+            # its abort included, so it cannot have moved the origin.
+            status = None
         if status == "in progress":
             raise CommitOutcomeUnknown(self.origin, xid)
         if status == "aborted" and await _read_position(conn, self.origin) == end:
