@@ -33,7 +33,17 @@ Design choices, and why:
   pg_replication_origin_session_setup(text) TO app`` and likewise for
   ``pg_replication_origin_create(text)``, ``_oid(text)``,
   ``_progress(text, boolean)``, ``_xact_setup(pg_lsn, timestamptz)``,
-  ``_session_reset()``).
+  ``_session_reset()``, ``_advance(text, pg_lsn)``).
+* **A failed final COMMIT is settled before the position is trusted again.**
+  On recent PostgreSQL (seen on 18, not on 15) an ABORT record carries the
+  ``xact_setup`` position too and advances the origin, so a target
+  transaction that aborts after it (a deferred constraint failing at
+  COMMIT, its backend terminated by a fast shutdown) would make its source
+  transaction look applied: skipped when redelivered, lost.  The xid is
+  taken at BEGIN; after such a failure ``pg_xact_status`` decides:
+  committed, or aborted (the origin is moved back with
+  ``pg_replication_origin_advance``), or still in progress
+  (:class:`CommitOutcomeUnknown`, checked again at the next start).
 * **The stored position is the source commit's end LSN**, as the reader
   acknowledges it; a batch is already applied when its ``commit_lsn`` is
   below the stored position (a later transaction's commit record starts at or
@@ -88,6 +98,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MISMATCH_STRATEGIES",
+    "CommitOutcomeUnknown",
     "ExactlyOnce",
     "ExactlyOnceError",
     "ExactlyOnceHandler",
@@ -111,7 +122,20 @@ _POSITION = (
     "SELECT pg_catalog.pg_replication_origin_progress(%(o)s, true)::text "
     "WHERE pg_catalog.pg_replication_origin_oid(%(o)s) IS NOT NULL"
 )
-_SETUP = "SELECT pg_catalog.pg_replication_origin_session_setup(%s)"
+# Inside BEGIN: the xid is taken up front so that the outcome of the commit can be
+# checked afterwards (pg_xact_status) when the COMMIT fails or its answer is lost.
+_SETUP = (
+    "SELECT pg_catalog.pg_replication_origin_session_setup(%s), "
+    "pg_catalog.pg_current_xact_id()::text"
+)
+_STATUS = "SELECT pg_catalog.pg_xact_status(%s::xid8)"
+# Moves the origin back; the forced xid and synchronous_commit make the commit of
+# this statement flush the (non-transactional) origin record before the answer.
+_REWIND = (
+    "SELECT pg_catalog.pg_replication_origin_advance(%s, %s::pg_lsn), "
+    "pg_catalog.pg_current_xact_id(), "
+    "pg_catalog.set_config('synchronous_commit', 'local', true)"
+)
 _RESET = "SELECT pg_catalog.pg_replication_origin_session_reset()"
 # The position goes into this transaction's commit record; an xid is forced so
 # that a transaction without writes still commits one; ``off`` would let a target
@@ -127,6 +151,26 @@ _COMMIT_POSITION = (
 
 class ExactlyOnceError(ReplicationError):
     """A misuse of the exactly-once path (what was wrong and what to do is in the message)."""
+
+
+class CommitOutcomeUnknown(ExactlyOnceError):
+    """A failed target commit is still in progress on the target: its outcome is not known yet.
+
+    Raised when the stored position is read again after a COMMIT failed or
+    lost its answer while the target still runs that transaction (its
+    connection has not been noticed gone yet).  Nothing to do: the reader
+    restarts and checks again; the position is trusted only once PostgreSQL
+    says whether that transaction committed.
+    """
+
+    def __init__(self, origin: str, xid: str) -> None:
+        super().__init__(
+            f"replication origin {origin!r}: target transaction {xid} is still in progress "
+            f"after its COMMIT failed; its outcome decides the stored position, so the "
+            f"reader will check again when it restarts"
+        )
+        self.origin = origin
+        self.xid = xid
 
 
 class OriginInUse(ExactlyOnceError):
@@ -247,6 +291,11 @@ class ExactlyOnce:
         # The target transaction held open across the chunks of a large source one.
         self._open: Lease | None = None
         self._open_key: tuple[LSN, int] = (LSN(0), -1)
+        self._open_xid = ""
+        # A final commit that failed after its position was set up: (xid, position
+        # before, position it set).  PostgreSQL (18; not 15) advances the origin on ABORT
+        # too, so until that xid is known committed the stored position may lie.
+        self._unsettled: tuple[str, LSN, LSN] | None = None
         self._last_progress = -math.inf
 
     def __repr__(self) -> str:
@@ -263,9 +312,59 @@ class ExactlyOnce:
         try:
             conn = lease.connection
             await self._ensure(conn)
+            await self._settle(conn)
             return await _read_position(conn, self.origin)
         finally:
             await lease.release()
+
+    async def _settle(self, conn: TrioConnection[TupleRow]) -> None:
+        """Undo the origin advance of a failed final commit, once its abort is certain.
+
+        ``pg_replication_origin_xact_setup`` sets the position for the
+        transaction's *end*, whichever it is: on recent PostgreSQL (18, not 15) an
+        ABORT record carries it too and advances the origin (the server aborts
+        by itself when the COMMIT fails, e.g. a deferred constraint, or when its
+        backend is terminated before it committed).  The source transaction
+        would then look applied and be skipped when redelivered: lost.  So a
+        failed commit is remembered, and before the position is trusted again
+        PostgreSQL is asked what became of its xid: committed (the position is
+        right), aborted (the position is moved back, if nothing moved it since),
+        or still in progress (:class:`CommitOutcomeUnknown`).
+
+        Raises:
+            CommitOutcomeUnknown: the transaction is still in progress.
+            OriginInUse: the failed transaction's backend still holds the origin.
+        """
+        unsettled = self._unsettled
+        if unsettled is None:
+            return
+        xid, before, end = unsettled
+        try:
+            cur = await conn.execute(_STATUS, [xid])
+            row = await cur.fetchone()
+            status = None if row is None else row[0]
+        except pg_errors.InvalidParameterValue:
+            # "in the future": a target crash lost every WAL record of that xid,
+            # its abort included, so it cannot have moved the origin.
+            status = None
+        if status == "in progress":
+            raise CommitOutcomeUnknown(self.origin, xid)
+        if status == "aborted" and await _read_position(conn, self.origin) == end:
+            try:
+                await conn.execute(_REWIND, [self.origin, str(before)])
+            except pg_errors.ObjectInUse as exc:  # its backend has not let go yet
+                raise OriginInUse(self.origin, exc.diag.message_primary or str(exc)) from None
+            logger.warning(
+                "replication origin %s: the target transaction %s that was to store %s "
+                "aborted but advanced the origin; moved it back to %s so that its source "
+                "transaction is applied when redelivered",
+                self.origin,
+                xid,
+                end,
+                before,
+                extra={"event": "exactly_once_rewind", "origin": self.origin},
+            )
+        self._unsettled = None
 
     async def check_start(self, slot: str, confirmed: LSN) -> None:
         """Compare the slot's confirmed position with the stored one before streaming.
@@ -352,16 +451,21 @@ class ExactlyOnce:
                     f"arrived without its previous chunks: deliver every batch through "
                     f"transaction(), in order"
                 )
+            xid = self._open_xid
         else:
-            lease = await self._begin()
+            lease, xid = await self._begin()
         self._open = None
         try:
             conn = lease.connection
             yield conn
             if batch.final:
-                await conn.execute(_COMMIT_POSITION, [str(self._end(batch)), batch.commit_time])
+                end = self._end(batch)
+                # From here on, an abort of this transaction may advance the origin.
+                self._unsettled = (xid, self._stored or LSN(0), end)
+                await conn.execute(_COMMIT_POSITION, [str(end), batch.commit_time])
                 await conn.execute("COMMIT")
-                self._stored = self._end(batch)
+                self._unsettled = None
+                self._stored = end
                 self.applied += 1
         except BaseException:
             self._stored = None
@@ -370,7 +474,7 @@ class ExactlyOnce:
         if batch.final:
             await _give_back(lease, self.origin)
         else:
-            self._open, self._open_key = lease, key
+            self._open, self._open_key, self._open_xid = lease, key, xid
 
     async def record(self, lsn: LSN) -> bool:
         """Store ``lsn`` (a position the reader acknowledges without a batch) if it is time.
@@ -418,25 +522,27 @@ class ExactlyOnce:
                 await conn.execute(_ENSURE, {"o": self.origin})
             self._created = True
 
-    async def _begin(self) -> Lease:
-        """A leased connection, bound to the origin, inside BEGIN."""
+    async def _begin(self) -> tuple[Lease, str]:
+        """A leased connection inside BEGIN, bound to the origin, and its transaction's xid."""
         lease = await acquire(self.pool)
         try:
             conn = lease.connection
             await self._ensure(conn)
+            await conn.execute("BEGIN")
             try:
-                await conn.execute(_SETUP, [self.origin])
+                cur = await conn.execute(_SETUP, [self.origin])
             except pg_errors.ObjectInUse as exc:
                 raise OriginInUse(self.origin, exc.diag.message_primary or str(exc)) from None
-            await conn.execute("BEGIN")
+            row = await cur.fetchone()
+            assert row is not None
         except BaseException:
             await _give_back(lease, self.origin)
             raise
-        return lease
+        return lease, str(row[1])
 
     async def _record(self, lsn: LSN, commit_time: Any) -> None:
         """Store ``lsn`` in a transaction of its own (no writes: only the position)."""
-        lease = await self._begin()
+        lease, _xid = await self._begin()
         try:
             conn = lease.connection
             await conn.execute(_COMMIT_POSITION, [str(lsn), commit_time])

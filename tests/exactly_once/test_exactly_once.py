@@ -317,3 +317,61 @@ async def test_writes_through_the_exactly_once_path_are_tagged_with_the_origin(
         await wal_reader.unsubscribe(watch)
         drop_slot(module_dsn, slot)
     assert [b.origin for b in watcher.batches] == [origin, origin, None]
+
+
+class _FailsAtCommitOnce(Copier):
+    """Also writes a row into ``table`` on each first attempt: its COMMIT then fails.
+
+    ``guard`` breaks a deferred unique constraint; ``doomed`` fires a deferred
+    trigger that terminates its own backend (as a fast shutdown does).  Either
+    way the target transaction aborts at COMMIT, after the source position was
+    set up for it (``pg_replication_origin_xact_setup``): PostgreSQL 18 writes
+    that position into the abort record and advances the origin on abort too.
+    """
+
+    def __init__(self, *args: Any, table: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.doom = table
+        self.failed: set[Any] = set()
+
+    async def apply(self, conn: Any, changes: ChangeBatch) -> None:
+        await super().apply(conn, changes)
+        if changes.xid not in self.failed:
+            self.failed.add(changes.xid)
+            await conn.execute(f"INSERT INTO {self.doom} (k) VALUES (1)")
+
+
+@pytest.mark.parametrize("table", ["guard", "doomed"])
+async def test_a_target_commit_that_fails_does_not_mark_its_transaction_applied(
+    module_dsn: str,
+    target_dsn: str,
+    tables: str,
+    target_pool: pool.Pool,
+    readers: Ref,
+    table: str,
+) -> None:
+    await execute(
+        target_dsn,
+        "DROP TABLE IF EXISTS guard, doomed",
+        "CREATE TABLE guard (k int UNIQUE DEFERRABLE INITIALLY DEFERRED)",
+        "INSERT INTO guard VALUES (1)",
+        "CREATE TABLE doomed (k int)",
+        "CREATE OR REPLACE FUNCTION doom() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NULL; END $$",
+        "CREATE CONSTRAINT TRIGGER doom AFTER INSERT ON doomed DEFERRABLE INITIALLY DEFERRED "
+        "FOR EACH ROW EXECUTE FUNCTION doom()",
+    )
+    copier = _FailsAtCommitOnce("target", unique("eo"), table=table)
+    slot = unique("eo")
+    ref = await wal_reader.subscribe(copier, module_dsn, slot, [tables], PERSISTENT)
+    try:
+        await insert(module_dsn, 3, transactions=2)
+        await wait_applied(copier, module_dsn, target_dsn)
+        result = await counts(module_dsn, target_dsn)
+    finally:
+        await wal_reader.unsubscribe(ref)
+        drop_slot(module_dsn, slot)
+    assert len(copier.failed) == 2 and copier.stops >= 2
+    assert result == {"committed": 6, "applied": 6, "duplicates": 0, "lost": 0, "unknown": 0}
+    # Each transaction failed at COMMIT once, then was applied: none skipped as a duplicate.
+    assert copier.exactly_once.duplicates == 0
