@@ -8,6 +8,7 @@ the suite has always used are thin aliases of the plugin's:
 ``pg_server`` is the :class:`otpy.testing.PostgresServer` itself, for tests that
 stop or restart it; such tests are skipped against an external server.
 ``module_dsn`` is a database of the test module's own, for isolation.
+``readers`` is a WAL readers supervisor under the default name, for one test.
 
 Servers differ (PostgreSQL 15 from Debian, 18 from the embedded wheel, which
 has no XML support): ``@pytest.mark.requires("xml", "hstore", ...)`` skips a
@@ -19,10 +20,15 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
+import trio
 
+from otpy import DynamicSupervisor, Ref
+from otpy import start as start_actor
+from otpy.pg import wal_reader
 from otpy.testing import PostgresServer
 
 # tests/kit runs small user projects through pytest with this fixture.  (The
@@ -127,3 +133,16 @@ def own_server(pg_server: PostgresServer | None) -> PostgresServer:
 def module_dsn(otpy_module_dsn: str) -> str:
     """DSN of a fresh database of the test module's own, dropped afterwards."""
     return otpy_module_dsn
+
+
+@pytest.fixture
+async def readers() -> AsyncIterator[Ref]:
+    """A WAL readers supervisor registered under the default name, for one test."""
+    async with trio.open_nursery() as nursery:
+        sup = await start_actor(
+            nursery,
+            DynamicSupervisor(intensity=1000, period=60),
+            name=wal_reader.READERS_SUPERVISOR,
+        )
+        yield sup
+        nursery.cancel_scope.cancel()

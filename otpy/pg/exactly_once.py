@@ -84,6 +84,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 import trio
 from psycopg import errors as pg_errors
+from psycopg import sql
 
 from otpy.pg.pool import Lease, Pool, PoolError, acquire
 from otpy.pg.replication.changes import ChangeBatch
@@ -140,13 +141,26 @@ _RESET = "SELECT pg_catalog.pg_replication_origin_session_reset()"
 # The position goes into this transaction's commit record; an xid is forced so
 # that a transaction without writes still commits one; ``off`` would let a target
 # crash lose a commit whose source position was already acknowledged.
-_COMMIT_POSITION = (
-    "SELECT pg_catalog.pg_replication_origin_xact_setup(%s::pg_lsn, "
-    "coalesce(%s::timestamptz, now())), pg_catalog.pg_current_xact_id(), "
+_COMMIT_POSITION = sql.SQL(
+    "SELECT pg_catalog.pg_replication_origin_xact_setup({}::pg_lsn, "
+    "coalesce({}::timestamptz, now())), "
     "pg_catalog.set_config('synchronous_commit', CASE "
     "pg_catalog.current_setting('synchronous_commit') WHEN 'off' THEN 'local' "
-    "ELSE pg_catalog.current_setting('synchronous_commit') END, true)"
+    "ELSE pg_catalog.current_setting('synchronous_commit') END, true); COMMIT"
 )
+
+
+async def _commit_at(conn: TrioConnection[TupleRow], lsn: LSN, commit_time: Any) -> None:
+    """Set the origin position and COMMIT in *one* message (simple query protocol).
+
+    On PostgreSQL 18 an abort after ``xact_setup`` still advances the origin.
+    Sent as two statements, a client that dies between them leaves the server
+    to abort a transaction that already carries the position, with no one to
+    settle it; in one message the server runs both whatever becomes of the
+    client.  A COMMIT that fails (a deferred constraint) is settled by
+    ``pg_xact_status`` (:meth:`ExactlyOnce.position`).
+    """
+    await conn.execute(_COMMIT_POSITION.format(sql.Literal(str(lsn)), sql.Literal(commit_time)))
 
 
 class ExactlyOnceError(ReplicationError):
@@ -462,8 +476,7 @@ class ExactlyOnce:
                 end = self._end(batch)
                 # From here on, an abort of this transaction may advance the origin.
                 self._unsettled = (xid, self._stored or LSN(0), end)
-                await conn.execute(_COMMIT_POSITION, [str(end), batch.commit_time])
-                await conn.execute("COMMIT")
+                await _commit_at(conn, end, batch.commit_time)
                 self._unsettled = None
                 self._stored = end
                 self.applied += 1
@@ -545,8 +558,7 @@ class ExactlyOnce:
         lease, _xid = await self._begin()
         try:
             conn = lease.connection
-            await conn.execute(_COMMIT_POSITION, [str(lsn), commit_time])
-            await conn.execute("COMMIT")
+            await _commit_at(conn, lsn, commit_time)
         except BaseException:
             self._stored = None
             await _give_back(lease, self.origin)

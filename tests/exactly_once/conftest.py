@@ -14,11 +14,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import trio
 
-from otpy import DynamicSupervisor, Ref
-from otpy import start as start_actor
-from otpy.pg import pool, wal_reader
+from otpy.pg import pool
 from otpy.pg.config import DatabaseConfig, PoolConfig
 from otpy.testing import create_database, drop_database
 
@@ -26,19 +23,6 @@ from otpy.testing import create_database, drop_database
 _WAL_READER_TESTS = str(Path(__file__).resolve().parents[1] / "wal_reader")
 if _WAL_READER_TESTS not in sys.path:
     sys.path.insert(0, _WAL_READER_TESTS)
-
-
-@pytest.fixture
-async def readers() -> AsyncIterator[Ref]:
-    """A WAL readers supervisor registered under the default name, for one test."""
-    async with trio.open_nursery() as nursery:
-        sup = await start_actor(
-            nursery,
-            DynamicSupervisor(intensity=1000, period=60),
-            name=wal_reader.READERS_SUPERVISOR,
-        )
-        yield sup
-        nursery.cancel_scope.cancel()
 
 
 @pytest.fixture(scope="module")

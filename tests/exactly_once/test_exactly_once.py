@@ -8,11 +8,13 @@ transaction applied twice shows as duplicate rows.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 from eo_helpers import FAST, Copier, counts, wait_applied
+from psycopg import pq
 from wr_helpers import Recorder, drop_slot, execute, published_table, query, unique
 
 from otpy import Ref
@@ -375,3 +377,34 @@ async def test_a_target_commit_that_fails_does_not_mark_its_transaction_applied(
     assert result == {"committed": 6, "applied": 6, "duplicates": 0, "lost": 0, "unknown": 0}
     # Each transaction failed at COMMIT once, then was applied: none skipped as a duplicate.
     assert copier.exactly_once.duplicates == 0
+
+
+async def test_the_position_and_the_commit_go_to_the_server_in_one_message(
+    target_pool: pool.Pool, tmp_path: Path
+) -> None:
+    """No client death can fall between them (an abort there advances the origin on 18)."""
+    eo = ExactlyOnce("target", unique("eo"))
+    batch = ChangeBatch(
+        [],
+        final=True,
+        chunk=0,
+        xid=7,
+        commit_lsn=LSN(0x1000),
+        end_lsn=LSN(0x1010),
+        commit_time=None,
+    )
+    opened = eo.transaction(batch)
+    conn = await opened.__aenter__()
+    assert conn is not None
+    trace = tmp_path / "trace"
+    with trace.open("w") as f:
+        conn.pgconn.trace(f.fileno())
+        conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+        try:
+            await opened.__aexit__(None, None, None)
+        finally:
+            conn.pgconn.untrace()
+    sent = [line for line in trace.read_text().splitlines() if line.startswith("F\t")]
+    setups = [line for line in sent if "pg_replication_origin_xact_setup" in line]
+    assert len(setups) == 1 and "\tQuery\t" in setups[0] and "COMMIT" in setups[0], sent
+    assert await eo.position() == LSN(0x1010)

@@ -7,35 +7,17 @@ reader and pool tests are reused (their folders are put on ``sys.path``).
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import trio
 from psycopg.conninfo import conninfo_to_dict
 
-from otpy import DynamicSupervisor, Ref
-from otpy import start as start_actor
-from otpy.pg import wal_reader
 from otpy.pg.config import DatabaseConfig, Secret
 
 _TESTS = Path(__file__).resolve().parent.parent
 for folder in ("wal_reader", "pool"):
     if str(_TESTS / folder) not in sys.path:
         sys.path.insert(0, str(_TESTS / folder))
-
-
-@pytest.fixture
-async def readers() -> AsyncIterator[Ref]:
-    """A WAL readers supervisor registered under the default name, for one test."""
-    async with trio.open_nursery() as nursery:
-        sup = await start_actor(
-            nursery,
-            DynamicSupervisor(intensity=1000, period=60),
-            name=wal_reader.READERS_SUPERVISOR,
-        )
-        yield sup
-        nursery.cancel_scope.cancel()
 
 
 @pytest.fixture

@@ -11,17 +11,15 @@ from __future__ import annotations
 import logging
 import socket
 import traceback
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-import trio
 from psycopg.conninfo import conninfo_to_dict
 
-from otpy import DynamicSupervisor, Ref
-from otpy import start as start_actor
+from otpy import Ref
 from otpy._util import raise_unwrapped
 from otpy.pg import pool, wal_reader
 from otpy.pg.config import ConnectorConfig, DatabaseConfig, PoolConfig, Secret, redact
@@ -165,19 +163,6 @@ async def test_open_pool_never_shows_the_password(caplog: pytest.LogCaptureFixtu
             pass  # pragma: no cover - the pool cannot open
     assert_hidden(info.value, caplog)
     assert SECRET not in repr(db) and SECRET not in db.describe()
-
-
-@pytest.fixture
-async def readers() -> AsyncIterator[Ref]:
-    """A WAL readers supervisor registered under the default name."""
-    async with trio.open_nursery() as nursery:
-        sup = await start_actor(
-            nursery,
-            DynamicSupervisor(intensity=1000, period=60),
-            name=wal_reader.READERS_SUPERVISOR,
-        )
-        yield sup
-        nursery.cancel_scope.cancel()
 
 
 class _Handler(wal_reader.ReplicationHandler):

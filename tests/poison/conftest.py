@@ -11,28 +11,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import trio
 
-from otpy import DynamicSupervisor, Ref
-from otpy import start as start_actor
-from otpy.pg import pool, wal_reader
+from otpy.pg import pool
 from otpy.pg.config import DatabaseConfig, PoolConfig
 
 # The WAL reader tests' helpers (recording handler, SQL helpers), shared, not copied.
 sys.path.insert(0, str(Path(__file__).parent.parent / "wal_reader"))
-
-
-@pytest.fixture
-async def readers() -> AsyncIterator[Ref]:
-    """A WAL readers supervisor registered under the default name, for one test."""
-    async with trio.open_nursery() as nursery:
-        sup = await start_actor(
-            nursery,
-            DynamicSupervisor(intensity=1000, period=60),
-            name=wal_reader.READERS_SUPERVISOR,
-        )
-        yield sup
-        nursery.cancel_scope.cancel()
 
 
 @pytest.fixture
