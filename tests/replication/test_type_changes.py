@@ -11,10 +11,9 @@ server, in text and binary pgoutput modes.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,21 +45,6 @@ from wr_helpers import (  # noqa: E402
     execute,
     unique,
 )
-
-
-def _readers_fixture() -> Callable[..., Any]:
-    """The ``readers`` fixture of the WAL reader tests (a readers supervisor per test)."""
-    spec = importlib.util.spec_from_file_location(
-        "_wal_reader_conftest", _WAL_READER_TESTS / "conftest.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    fixture: Callable[..., Any] = module.readers
-    return fixture
-
-
-readers = _readers_fixture()
 
 MODES = ["text", "binary"]
 #: A text field that record_out must quote and escape.
