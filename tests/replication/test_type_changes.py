@@ -99,6 +99,28 @@ def data_of(rec: Recorder, table: str) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- reader, live ALTER
 
 
+async def stream_across_alter(
+    dsn: str, mode: str, table: str, setup: list[str], before: str, alter: list[str]
+) -> Recorder:
+    """Run ``setup``, publish ``table`` and stream ``before`` then ``alter`` (an ALTER + a row).
+
+    Returns the recorder once both changes were handled, the reader stopped:
+    the pattern of every test here that decodes rows across a type change.
+    """
+    create(dsn, *setup)
+    create_publication(dsn, f"{table}_pub", [table])
+    rec = Recorder()
+    ref, _ = await subscribe(dsn, rec, f"{table}_pub", mode)
+    try:
+        await execute(dsn, before)
+        await rec.wait_changes(1)
+        await execute(dsn, *alter)
+        await rec.wait_changes(2)
+    finally:
+        await wal_reader.unsubscribe(ref)
+    return rec
+
+
 async def test_a_label_added_to_an_enum_while_the_reader_runs_decodes_as_the_enum(
     module_dsn: str, readers: Ref, mode: str
 ) -> None:
@@ -171,26 +193,21 @@ async def test_a_domain_over_an_enum_that_gained_a_label_decodes_as_the_enum(
     module_dsn: str, readers: Ref, mode: str
 ) -> None:
     kind, dom, table = unique("ty_denum"), unique("ty_dom"), unique("ty_dom_t")
-    create(
+    rec = await stream_across_alter(
         module_dsn,
-        f"CREATE TYPE {kind} AS ENUM ('a')",
-        f"CREATE DOMAIN {dom} AS {kind}",
-        f"CREATE TABLE {table} (id int PRIMARY KEY, v {dom})",
-    )
-    create_publication(module_dsn, f"{table}_pub", [table])
-    rec = Recorder()
-    ref, _ = await subscribe(module_dsn, rec, f"{table}_pub", mode)
-    try:
-        await execute(module_dsn, f"INSERT INTO {table} VALUES (1, 'a')")
-        await rec.wait_changes(1)
-        await execute(
-            module_dsn,
+        mode,
+        table,
+        [
+            f"CREATE TYPE {kind} AS ENUM ('a')",
+            f"CREATE DOMAIN {dom} AS {kind}",
+            f"CREATE TABLE {table} (id int PRIMARY KEY, v {dom})",
+        ],
+        f"INSERT INTO {table} VALUES (1, 'a')",
+        [
             f"ALTER TYPE {kind} ADD VALUE 'z'",
             f"INSERT INTO {table} VALUES (2, 'z')",
-        )
-        await rec.wait_changes(2)
-    finally:
-        await wal_reader.unsubscribe(ref)
+        ],
+    )
     rows = selected(module_dsn, f"SELECT id, v FROM {table} ORDER BY id", (EnumInfo, kind))
     got = data_of(rec, table)
     assert got[0]["v"].name == "a"  # decoded before the ALTER, with the enum of labels (a)
@@ -202,26 +219,21 @@ async def test_a_composite_whose_enum_field_gained_a_label_decodes_as_select_giv
     module_dsn: str, readers: Ref, mode: str
 ) -> None:
     kind, comp, table = unique("ty_fe"), unique("ty_fc"), unique("ty_fc_t")
-    create(
+    rec = await stream_across_alter(
         module_dsn,
-        f"CREATE TYPE {kind} AS ENUM ('a')",
-        f"CREATE TYPE {comp} AS (x int, e {kind})",
-        f"CREATE TABLE {table} (id int PRIMARY KEY, v {comp})",
-    )
-    create_publication(module_dsn, f"{table}_pub", [table])
-    rec = Recorder()
-    ref, _ = await subscribe(module_dsn, rec, f"{table}_pub", mode)
-    try:
-        await execute(module_dsn, f"INSERT INTO {table} VALUES (1, ROW(1, 'a'))")
-        await rec.wait_changes(1)
-        await execute(
-            module_dsn,
+        mode,
+        table,
+        [
+            f"CREATE TYPE {kind} AS ENUM ('a')",
+            f"CREATE TYPE {comp} AS (x int, e {kind})",
+            f"CREATE TABLE {table} (id int PRIMARY KEY, v {comp})",
+        ],
+        f"INSERT INTO {table} VALUES (1, ROW(1, 'a'))",
+        [
             f"ALTER TYPE {kind} ADD VALUE 'new'",
             f"INSERT INTO {table} VALUES (2, ROW(2, 'new'))",
-        )
-        await rec.wait_changes(2)
-    finally:
-        await wal_reader.unsubscribe(ref)
+        ],
+    )
     rows = selected(
         module_dsn,
         f"SELECT id, v FROM {table} ORDER BY id",
@@ -238,25 +250,20 @@ async def test_an_attribute_dropped_from_a_composite_while_the_reader_runs_is_go
     module_dsn: str, readers: Ref, mode: str
 ) -> None:
     comp, table = unique("ty_drop"), unique("ty_drop_t")
-    create(
+    rec = await stream_across_alter(
         module_dsn,
-        f"CREATE TYPE {comp} AS (x int, gone text, y int)",
-        f"CREATE TABLE {table} (id int PRIMARY KEY, v {comp})",
-    )
-    create_publication(module_dsn, f"{table}_pub", [table])
-    rec = Recorder()
-    ref, _ = await subscribe(module_dsn, rec, f"{table}_pub", mode)
-    try:
-        await execute(module_dsn, f"INSERT INTO {table} VALUES (1, ROW(1, 'g', 2))")
-        await rec.wait_changes(1)
-        await execute(
-            module_dsn,
+        mode,
+        table,
+        [
+            f"CREATE TYPE {comp} AS (x int, gone text, y int)",
+            f"CREATE TABLE {table} (id int PRIMARY KEY, v {comp})",
+        ],
+        f"INSERT INTO {table} VALUES (1, ROW(1, 'g', 2))",
+        [
             f"ALTER TYPE {comp} DROP ATTRIBUTE gone",
             f"INSERT INTO {table} VALUES (2, ROW(3, 4))",
-        )
-        await rec.wait_changes(2)
-    finally:
-        await wal_reader.unsubscribe(ref)
+        ],
+    )
     rows = selected(module_dsn, f"SELECT id, v FROM {table} ORDER BY id", (CompositeInfo, comp))
     got = data_of(rec, table)
     assert got[0]["v"] == (1, "g", 2)
@@ -268,26 +275,21 @@ async def test_a_domain_over_a_composite_that_gained_an_attribute_decodes_as_the
     module_dsn: str, readers: Ref, mode: str
 ) -> None:
     comp, dom, table = unique("ty_dcomp"), unique("ty_dcdom"), unique("ty_dcomp_t")
-    create(
+    rec = await stream_across_alter(
         module_dsn,
-        f"CREATE TYPE {comp} AS (x int)",
-        f"CREATE DOMAIN {dom} AS {comp}",
-        f"CREATE TABLE {table} (id int PRIMARY KEY, v {dom}, vs {dom}[])",
-    )
-    create_publication(module_dsn, f"{table}_pub", [table])
-    rec = Recorder()
-    ref, _ = await subscribe(module_dsn, rec, f"{table}_pub", mode)
-    try:
-        await execute(module_dsn, f"INSERT INTO {table} VALUES (1, ROW(1), ARRAY[ROW(1)::{dom}])")
-        await rec.wait_changes(1)
-        await execute(
-            module_dsn,
+        mode,
+        table,
+        [
+            f"CREATE TYPE {comp} AS (x int)",
+            f"CREATE DOMAIN {dom} AS {comp}",
+            f"CREATE TABLE {table} (id int PRIMARY KEY, v {dom}, vs {dom}[])",
+        ],
+        f"INSERT INTO {table} VALUES (1, ROW(1), ARRAY[ROW(1)::{dom}])",
+        [
             f"ALTER TYPE {comp} ADD ATTRIBUTE y text",
             f"INSERT INTO {table} VALUES (2, ROW(2, 'b'), ARRAY[ROW(2, 'b')::{dom}])",
-        )
-        await rec.wait_changes(2)
-    finally:
-        await wal_reader.unsubscribe(ref)
+        ],
+    )
     rows = selected(module_dsn, f"SELECT id, v, vs FROM {table} ORDER BY id", (CompositeInfo, comp))
     got = data_of(rec, table)
     assert got[0]["v"].x == 1
@@ -377,26 +379,21 @@ async def test_a_renamed_attribute_is_picked_up_when_pgoutput_sends_the_table_ag
 ) -> None:
     """No value is refused after RENAME ATTRIBUTE; a re-sent Relation (ALTER TABLE) refreshes."""
     comp, table = unique("ty_ren_at"), unique("ty_ren_at_t")
-    create(
+    rec = await stream_across_alter(
         module_dsn,
-        f"CREATE TYPE {comp} AS (x int, old_name text)",
-        f"CREATE TABLE {table} (id int PRIMARY KEY, v {comp})",
-    )
-    create_publication(module_dsn, f"{table}_pub", [table])
-    rec = Recorder()
-    ref, _ = await subscribe(module_dsn, rec, f"{table}_pub", mode)
-    try:
-        await execute(module_dsn, f"INSERT INTO {table} VALUES (1, ROW(1, 'a'))")
-        await rec.wait_changes(1)
-        await execute(
-            module_dsn,
+        mode,
+        table,
+        [
+            f"CREATE TYPE {comp} AS (x int, old_name text)",
+            f"CREATE TABLE {table} (id int PRIMARY KEY, v {comp})",
+        ],
+        f"INSERT INTO {table} VALUES (1, ROW(1, 'a'))",
+        [
             f"ALTER TYPE {comp} RENAME ATTRIBUTE old_name TO new_name",
             f"ALTER TABLE {table} ADD COLUMN note text",
             f"INSERT INTO {table} VALUES (2, ROW(2, 'b'), 'n')",
-        )
-        await rec.wait_changes(2)
-    finally:
-        await wal_reader.unsubscribe(ref)
+        ],
+    )
     rows = selected(
         module_dsn, f"SELECT id, v, note FROM {table} ORDER BY id", (CompositeInfo, comp)
     )
