@@ -1,6 +1,7 @@
 """Small mechanisms the runtime and the connector share (internal, but meant for reuse).
 
-* :func:`unwrap_group` / :func:`raise_unwrapped`: turn the exception group a
+* :func:`unwrap_group` / :func:`raise_unwrapped` / :func:`split_cancelled` /
+  :func:`only_cancelled`: the one home for exception-group handling.  Turn the exception group a
   trio nursery raises back into the one exception the caller's code raised, so
   ``except ValueError`` works around any ``async with`` that wraps a nursery.
   trio's own ``_util.raise_single_exception_from_group`` is private, and it
@@ -29,7 +30,9 @@ __all__ = [
     "check_int",
     "check_number",
     "check_timeout",
+    "only_cancelled",
     "raise_unwrapped",
+    "split_cancelled",
     "unwrap_group",
 ]
 
@@ -59,6 +62,27 @@ def unwrap_group(exc: BaseException) -> BaseException:
             return exc
         exc = rest.exceptions[0]
     return exc
+
+
+def split_cancelled(exc: BaseException) -> tuple[BaseException | None, BaseException | None]:
+    """Split ``exc`` into (its cancellation part, everything else unwrapped).
+
+    An actor that ends needs both answers: whether it was cancelled (killed or
+    shut down from outside) and which real error, if any, ended it.  The
+    second part goes through :func:`unwrap_group`, so a single error raised in
+    a nursery is reported as itself.
+    """
+    if isinstance(exc, trio.Cancelled):
+        return exc, None
+    if isinstance(exc, BaseExceptionGroup):
+        cancelled, rest = exc.split(trio.Cancelled)
+        return cancelled, None if rest is None else unwrap_group(rest)
+    return None, exc
+
+
+def only_cancelled(exc: BaseException) -> bool:
+    """Whether ``exc`` is a cancellation, alone or a group of cancellations only."""
+    return split_cancelled(exc)[1] is None
 
 
 def raise_unwrapped(group: BaseException) -> NoReturn:

@@ -12,7 +12,9 @@ from otpy._util import (
     check_int,
     check_number,
     check_timeout,
+    only_cancelled,
     raise_unwrapped,
+    split_cancelled,
     unwrap_group,
 )
 from otpy.errors import InvalidArgument
@@ -89,3 +91,45 @@ def test_option_checks_name_the_option_and_refuse_nan_bool_and_strings() -> None
     assert check_bool("b", False) is False
     with pytest.raises(InvalidArgument, match="'false'"):
         check_bool("b", "false")
+
+
+async def test_split_cancelled_separates_a_cancellation_from_the_real_error() -> None:
+    caught: list[BaseException] = []
+
+    async def boom() -> None:
+        raise ValueError("real")
+
+    with trio.CancelScope() as outer:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(boom)
+                outer.cancel()
+                await trio.sleep_forever()
+        except BaseException as exc:
+            caught.append(exc)
+            # the group holds a real error: not re-raised, so it does not fail the test
+    (error,) = caught
+    cancelled, rest = split_cancelled(error)
+    assert cancelled is not None
+    assert isinstance(rest, ValueError)
+    assert str(rest) == "real"
+    assert not only_cancelled(error)
+
+
+async def test_only_cancelled_is_true_for_a_group_of_cancellations() -> None:
+    caught: list[BaseException] = []
+    with trio.CancelScope() as outer:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.sleep_forever)
+                outer.cancel()
+                await trio.sleep_forever()
+        except BaseException as exc:
+            caught.append(exc)
+            raise
+    (error,) = caught
+    assert only_cancelled(error)
+    assert split_cancelled(error)[1] is None
+    plain = ValueError("plain")
+    assert split_cancelled(plain) == (None, plain)
+    assert not only_cancelled(plain)
