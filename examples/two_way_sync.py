@@ -144,12 +144,6 @@ async def main(dsn: str, *, rows: int = 5, loop_prevention: bool = True) -> Sync
                 "WHERE slot_name = %s",
                 [slot],
             )
-        for *_, origin in DIRECTIONS:
-            await admin.execute(
-                "SELECT pg_replication_origin_drop(%s) "
-                "WHERE pg_replication_origin_oid(%s) IS NOT NULL",
-                [origin, origin],
-            )
         options = reader_options(admin.info.server_version, loop_prevention=loop_prevention)
     progress = Progress()
     handlers = {
@@ -159,6 +153,8 @@ async def main(dsn: str, *, rows: int = 5, loop_prevention: bool = True) -> Sync
     database = DatabaseConfig.from_dsn("two_way_db", dsn)
     config = PoolConfig(name=POOL, database="two_way_db", min_size=1, max_size=4)
     async with pool.open_pool(POOL, config, database), trio.open_nursery() as nursery:
+        for handler in handlers.values():  # a fresh start: no position from an earlier run
+            await handler.exactly_once.forget()
         await otpy.start(nursery, otpy.DynamicSupervisor(), name=wal_reader.READERS_SUPERVISOR)
         subscriptions = [
             await wal_reader.subscribe(handlers[slot], dsn, slot, [publication], options)
@@ -189,10 +185,11 @@ async def main(dsn: str, *, rows: int = 5, loop_prevention: bool = True) -> Sync
             for sub in subscriptions:
                 await wal_reader.unsubscribe(sub)
             async with pool.connection(POOL) as conn:
-                for slot, *_, origin in DIRECTIONS:
+                for slot, *_ in DIRECTIONS:
                     await conn.execute("SELECT pg_drop_replication_slot(%s)", [slot])
-                    # An origin holds a server slot (max_active_replication_origins).
-                    await conn.execute("SELECT pg_replication_origin_drop(%s)", [origin])
+            # An origin holds a server slot (max_active_replication_origins).
+            for handler in handlers.values():
+                await handler.exactly_once.forget()
         nursery.cancel_scope.cancel()
     report = SyncReport(
         rows_a=rows_a,

@@ -17,33 +17,37 @@ skipping, on redelivery, what is at or below the stored position::
 
 Design choices, and why:
 
-* **Replication origins, not a progress table.**  Each applied transaction
-  runs in a target session bound to a replication origin
-  (``pg_replication_origin_session_setup``) and calls
-  ``pg_replication_origin_xact_setup(end_lsn, commit_time)`` before COMMIT:
-  PostgreSQL writes the position into the commit record itself, so writes and
-  position are one atomic, crash-safe step (what logical replication's apply
-  workers and pgcopydb do).  A progress table would work on any target too,
-  but origins also *tag* the writes, which is what loop prevention needs
-  (pgoutput sends an Origin message for them; PostgreSQL 16's ``origin =
-  none`` drops them), and holding the origin in a session is a
-  single-writer lock for free: a second applier fails instead of
-  interleaving.  Cost: ``pg_replication_origin_*`` functions are for
+* **The position is a row, committed with the writes.**  Each applied
+  transaction updates its origin's row in a progress table
+  (``otpy_exactly_once_progress`` by default: ``origin``, ``position``) in
+  the same target transaction as the writes, so writes and position commit
+  or abort together, whatever fails: a deferred constraint refusing the
+  COMMIT, a backend terminated before it committed, the applier process
+  dying at any instant.  The row is locked (``SELECT ... FOR UPDATE``) when
+  the target transaction begins and the skip decision is taken again under
+  that lock, so a transaction whose outcome this process never learnt
+  (its COMMIT's answer was lost) is seen committed or not before anything
+  is applied twice.
+* **Replication origins tag the writes, they do not store the position.**
+  The target session is bound to a replication origin
+  (``pg_replication_origin_session_setup``), so its commits carry the
+  origin: pgoutput sends an Origin message for them (loop prevention,
+  PostgreSQL 16's ``origin = none``), and an origin admits one writing
+  session at a time, a single-writer lock for free: a second applier fails
+  (:class:`OriginInUse`) instead of interleaving.  The origin's own progress
+  (``pg_replication_origin_xact_setup``) was the stored position until it
+  proved unsound: on PostgreSQL 18 an ABORT record carries it too and
+  advances the origin, so a target transaction that failed at COMMIT made
+  its source transaction look applied.  That could only be settled in the
+  memory of the process that saw the failure; a transactional row needs no
+  settling.  A position stored by an earlier otpy in the origin seeds the
+  row the first time.  Cost: ``pg_replication_origin_*`` functions are for
   superusers unless granted (``GRANT EXECUTE ON FUNCTION
   pg_replication_origin_session_setup(text) TO app`` and likewise for
   ``pg_replication_origin_create(text)``, ``_oid(text)``,
-  ``_progress(text, boolean)``, ``_xact_setup(pg_lsn, timestamptz)``,
-  ``_session_reset()``, ``_advance(text, pg_lsn)``).
-* **A failed final COMMIT is settled before the position is trusted again.**
-  On recent PostgreSQL (seen on 18, not on 15) an ABORT record carries the
-  ``xact_setup`` position too and advances the origin, so a target
-  transaction that aborts after it (a deferred constraint failing at
-  COMMIT, its backend terminated by a fast shutdown) would make its source
-  transaction look applied: skipped when redelivered, lost.  The xid is
-  taken at BEGIN; after such a failure ``pg_xact_status`` decides:
-  committed, or aborted (the origin is moved back with
-  ``pg_replication_origin_advance``), or still in progress
-  (:class:`CommitOutcomeUnknown`, checked again at the next start).
+  ``_progress(text, boolean)``, ``_session_reset()``), and the applier role
+  needs the progress table (created when missing, or by an administrator:
+  ``docs/delivery.md`` has the DDL).
 * **The stored position is the source commit's end LSN**, as the reader
   acknowledges it; a batch is already applied when its ``commit_lsn`` is
   below the stored position (a later transaction's commit record starts at or
@@ -98,8 +102,8 @@ if TYPE_CHECKING:
     from otpy.pg.connection import TrioConnection
 
 __all__ = [
+    "DEFAULT_PROGRESS_TABLE",
     "MISMATCH_STRATEGIES",
-    "CommitOutcomeUnknown",
     "ExactlyOnce",
     "ExactlyOnceError",
     "ExactlyOnceHandler",
@@ -115,76 +119,48 @@ logger = logging.getLogger("otpy.pg.exactly_once")
 #: slot's position (for targets that are resynchronised by other means).
 MISMATCH_STRATEGIES = ("fail", "trust_slot")
 
-_ENSURE = (
+DEFAULT_PROGRESS_TABLE = "otpy_exactly_once_progress"
+"""Where positions are stored in the target unless ``progress_table`` names another table."""
+
+_ENSURE_ORIGIN = (
     "SELECT pg_catalog.pg_replication_origin_create(%(o)s) "
     "WHERE pg_catalog.pg_replication_origin_oid(%(o)s) IS NULL"
 )
-_POSITION = (
-    "SELECT pg_catalog.pg_replication_origin_progress(%(o)s, true)::text "
+_CREATE_TABLE = (
+    "CREATE TABLE IF NOT EXISTS {} (origin text PRIMARY KEY, position pg_lsn NOT NULL, "
+    "updated_at timestamptz NOT NULL DEFAULT now())"
+)
+# The first time: a position stored by an earlier otpy in the origin itself.
+_SEED = (
+    "INSERT INTO {} (origin, position) SELECT %(o)s, coalesce("
+    "pg_catalog.pg_replication_origin_progress(%(o)s, true), '0/0') ON CONFLICT DO NOTHING"
+)
+_POSITION = "SELECT position::text FROM {} WHERE origin = %(o)s"
+_FORGET = "DELETE FROM {} WHERE origin = %(o)s"
+_DROP_ORIGIN = (
+    "SELECT pg_catalog.pg_replication_origin_drop(%(o)s) "
     "WHERE pg_catalog.pg_replication_origin_oid(%(o)s) IS NOT NULL"
 )
-# Inside BEGIN: the xid is taken up front so that the outcome of the commit can be
-# checked afterwards (pg_xact_status) when the COMMIT fails or its answer is lost.
-_SETUP = (
-    "SELECT pg_catalog.pg_replication_origin_session_setup(%s), "
-    "pg_catalog.pg_current_xact_id()::text"
-)
-_STATUS = "SELECT pg_catalog.pg_xact_status(%s::xid8)"
-# Moves the origin back; the forced xid and synchronous_commit make the commit of
-# this statement flush the (non-transactional) origin record before the answer.
-_REWIND = (
-    "SELECT pg_catalog.pg_replication_origin_advance(%s, %s::pg_lsn), "
-    "pg_catalog.pg_current_xact_id(), "
-    "pg_catalog.set_config('synchronous_commit', 'local', true)"
+# One message: BEGIN, bind the origin (tags the writes, one writer), and lock the
+# position row: the skip decision is taken again under this lock.
+_BEGIN = sql.SQL(
+    "BEGIN; SELECT pg_catalog.pg_replication_origin_session_setup({o}); "
+    "SELECT position::text FROM {t} WHERE origin = {o} FOR UPDATE"
 )
 _RESET = "SELECT pg_catalog.pg_replication_origin_session_reset()"
-# The position goes into this transaction's commit record; an xid is forced so
-# that a transaction without writes still commits one; ``off`` would let a target
-# crash lose a commit whose source position was already acknowledged.
+# One message: store the position and COMMIT (a round trip saved).  ``off`` would
+# let a target crash lose a commit whose source position was already acknowledged.
 _COMMIT_POSITION = sql.SQL(
-    "SELECT pg_catalog.pg_replication_origin_xact_setup({}::pg_lsn, "
-    "coalesce({}::timestamptz, now())), "
-    "pg_catalog.set_config('synchronous_commit', CASE "
+    "UPDATE {t} SET position = greatest(position, {lsn}::pg_lsn), updated_at = now() "
+    "WHERE origin = {o}; "
+    "SELECT pg_catalog.set_config('synchronous_commit', CASE "
     "pg_catalog.current_setting('synchronous_commit') WHEN 'off' THEN 'local' "
     "ELSE pg_catalog.current_setting('synchronous_commit') END, true); COMMIT"
 )
 
 
-async def _commit_at(conn: TrioConnection[TupleRow], lsn: LSN, commit_time: Any) -> None:
-    """Set the origin position and COMMIT in *one* message (simple query protocol).
-
-    On PostgreSQL 18 an abort after ``xact_setup`` still advances the origin.
-    Sent as two statements, a client that dies between them leaves the server
-    to abort a transaction that already carries the position, with no one to
-    settle it; in one message the server runs both whatever becomes of the
-    client.  A COMMIT that fails (a deferred constraint) is settled by
-    ``pg_xact_status`` (:meth:`ExactlyOnce.position`).
-    """
-    await conn.execute(_COMMIT_POSITION.format(sql.Literal(str(lsn)), sql.Literal(commit_time)))
-
-
 class ExactlyOnceError(ReplicationError):
     """A misuse of the exactly-once path (what was wrong and what to do is in the message)."""
-
-
-class CommitOutcomeUnknown(ExactlyOnceError):
-    """A failed target commit is still in progress on the target: its outcome is not known yet.
-
-    Raised when the stored position is read again after a COMMIT failed or
-    lost its answer while the target still runs that transaction (its
-    connection has not been noticed gone yet).  Nothing to do: the reader
-    restarts and checks again; the position is trusted only once PostgreSQL
-    says whether that transaction committed.
-    """
-
-    def __init__(self, origin: str, xid: str) -> None:
-        super().__init__(
-            f"replication origin {origin!r}: target transaction {xid} is still in progress "
-            f"after its COMMIT failed; its outcome decides the stored position, so the "
-            f"reader will check again when it restarts"
-        )
-        self.origin = origin
-        self.xid = xid
 
 
 class OriginInUse(ExactlyOnceError):
@@ -212,27 +188,41 @@ class PositionMismatch(ChangesLost):
     the slot was dropped and recreated, another consumer read it, or the
     target was restored from an older backup.  They cannot be streamed
     again.  What to do: resynchronise the target from the source tables,
-    then either drop the origin (``SELECT pg_replication_origin_drop(...)`` on
-    the target: a fresh start) or start once with ``on_mismatch="trust_slot"``.
+    then either start fresh (:meth:`ExactlyOnce.forget`, or ``DELETE FROM
+    otpy_exactly_once_progress WHERE origin = ...`` on the target) or start
+    once with ``on_mismatch="trust_slot"``.
 
     Attributes:
-        origin: the target's replication origin.
+        origin: the target's replication origin (the key of its progress row).
         stored: the position stored in the target.
         confirmed: the slot's confirmed flush position.
     """
 
-    def __init__(self, slot: str, origin: str, stored: LSN, confirmed: LSN) -> None:
+    def __init__(
+        self,
+        slot: str,
+        origin: str,
+        stored: LSN,
+        confirmed: LSN,
+        table: str = DEFAULT_PROGRESS_TABLE,
+    ) -> None:
         super().__init__(
             slot,
-            f"slot {slot!r} starts at {confirmed} but the target (replication origin "
-            f"{origin!r}) applied up to {stored} only: changes between were acknowledged "
+            f"slot {slot!r} starts at {confirmed} but the target (origin {origin!r}) "
+            f"applied up to {stored} only: changes between were acknowledged "
             f"without being applied (slot recreated, read by someone else, or target "
-            f"restored). Resynchronise the target, then drop the origin or start once "
+            f"restored). Resynchronise the target, then delete its row "
+            f"(DELETE FROM {table} WHERE origin = {_quoted(origin)}) or start once "
             f"with on_mismatch='trust_slot'",
         )
         self.origin = origin
         self.stored = stored
         self.confirmed = confirmed
+
+
+def _quoted(text: str) -> str:
+    """``text`` as an SQL string literal, for a statement shown in a message."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _is_message(batch: ChangeBatch) -> bool:
@@ -251,13 +241,16 @@ class ExactlyOnce:
     Args:
         pool: the target pool (a name or a :class:`~otpy.pg.pool.Pool`).
         origin: the replication origin in the target (created when missing);
-            one per subscription, e.g. the slot name.
+            one per subscription, e.g. the slot name.  It also keys the row
+            of the progress table that holds the stored position.
         on_mismatch: see :data:`MISMATCH_STRATEGIES`.
         skip_replicated: skip source transactions that a replication origin
             wrote (``batch.origin`` set), i.e. that were themselves
             replicated: the client-side ``origin = none`` that stops loops in
             two-way sync on PostgreSQL < 16.
         progress_interval: seconds between two records of idle positions.
+        progress_table: the target table of stored positions, ``"table"`` or
+            ``"schema.table"`` (created when missing; see :data:`DEFAULT_PROGRESS_TABLE`).
     """
 
     def __init__(
@@ -268,6 +261,7 @@ class ExactlyOnce:
         on_mismatch: str = "fail",
         skip_replicated: bool = False,
         progress_interval: float = 1.0,
+        progress_table: str = DEFAULT_PROGRESS_TABLE,
     ) -> None:
         if not isinstance(origin, str) or not origin or len(origin) > 512:
             raise ExactlyOnceError(f"origin: expected a non-empty name, got {origin!r}")
@@ -294,22 +288,19 @@ class ExactlyOnce:
         self.on_mismatch = on_mismatch
         self.skip_replicated = skip_replicated
         self.progress_interval = float(progress_interval)
+        self.progress_table = progress_table
+        self._table = _table_name(progress_table)
         #: Source transactions applied / skipped as already applied / skipped as replicated.
         self.applied = 0
         self.duplicates = 0
         self.replicated = 0
-        # The stored position as last read or committed; None = read it again
-        # (after any error, whose commit outcome may be unknown).
+        # The stored position as last read or committed (never ahead of the row);
+        # None = read it again (after any error, whose commit outcome may be unknown).
         self._stored: LSN | None = None
-        self._created = False
+        self._ensured = False
         # The target transaction held open across the chunks of a large source one.
         self._open: Lease | None = None
         self._open_key: tuple[LSN, int] = (LSN(0), -1)
-        self._open_xid = ""
-        # A final commit that failed after its position was set up: (xid, position
-        # before, position it set).  PostgreSQL (18; not 15) advances the origin on ABORT
-        # too, so until that xid is known committed the stored position may lie.
-        self._unsettled: tuple[str, LSN, LSN] | None = None
         self._last_progress = -math.inf
 
     def __repr__(self) -> str:
@@ -321,64 +312,18 @@ class ExactlyOnce:
         """The source position stored in the target (end of the last applied commit), or None.
 
         None means nothing was ever applied under this origin (a fresh target).
+        A target transaction still committing is not waited for: what it
+        stores is seen (under the row lock) before anything is applied again.
         """
         lease = await acquire(self.pool)
         try:
             conn = lease.connection
             await self._ensure(conn)
-            await self._settle(conn)
-            return await _read_position(conn, self.origin)
+            cur = await conn.execute(sql.SQL(_POSITION).format(self._table), {"o": self.origin})
+            row = await cur.fetchone()
+            return _position(row)
         finally:
             await lease.release()
-
-    async def _settle(self, conn: TrioConnection[TupleRow]) -> None:
-        """Undo the origin advance of a failed final commit, once its abort is certain.
-
-        ``pg_replication_origin_xact_setup`` sets the position for the
-        transaction's *end*, whichever it is: on recent PostgreSQL (18, not 15) an
-        ABORT record carries it too and advances the origin (the server aborts
-        by itself when the COMMIT fails, e.g. a deferred constraint, or when its
-        backend is terminated before it committed).  The source transaction
-        would then look applied and be skipped when redelivered: lost.  So a
-        failed commit is remembered, and before the position is trusted again
-        PostgreSQL is asked what became of its xid: committed (the position is
-        right), aborted (the position is moved back, if nothing moved it since),
-        or still in progress (:class:`CommitOutcomeUnknown`).
-
-        Raises:
-            CommitOutcomeUnknown: the transaction is still in progress.
-            OriginInUse: the failed transaction's backend still holds the origin.
-        """
-        unsettled = self._unsettled
-        if unsettled is None:
-            return
-        xid, before, end = unsettled
-        try:
-            cur = await conn.execute(_STATUS, [xid])
-            row = await cur.fetchone()
-            status = None if row is None else row[0]
-        except pg_errors.InvalidParameterValue:
-            # "in the future": a target crash lost every WAL record of that xid,
-            # its abort included, so it cannot have moved the origin.
-            status = None
-        if status == "in progress":
-            raise CommitOutcomeUnknown(self.origin, xid)
-        if status == "aborted" and await _read_position(conn, self.origin) == end:
-            try:
-                await conn.execute(_REWIND, [self.origin, str(before)])
-            except pg_errors.ObjectInUse as exc:  # its backend has not let go yet
-                raise OriginInUse(self.origin, exc.diag.message_primary or str(exc)) from None
-            logger.warning(
-                "replication origin %s: the target transaction %s that was to store %s "
-                "aborted but advanced the origin; moved it back to %s so that its source "
-                "transaction is applied when redelivered",
-                self.origin,
-                xid,
-                end,
-                before,
-                extra={"event": "exactly_once_rewind", "origin": self.origin},
-            )
-        self._unsettled = None
 
     async def check_start(self, slot: str, confirmed: LSN) -> None:
         """Compare the slot's confirmed position with the stored one before streaming.
@@ -406,7 +351,7 @@ class ExactlyOnce:
                     extra={"event": "exactly_once_replay", "slot": slot, "origin": self.origin},
                 )
             return
-        error = PositionMismatch(slot, self.origin, stored, confirmed)
+        error = PositionMismatch(slot, self.origin, stored, confirmed, self.progress_table)
         if self.on_mismatch == "fail":
             raise error
         logger.error(
@@ -414,7 +359,7 @@ class ExactlyOnce:
             error,
             extra={"event": "exactly_once_mismatch", "slot": slot, "origin": self.origin},
         )
-        await self._record(confirmed, None)
+        await self._record(confirmed)
 
     def is_applied(self, batch: ChangeBatch) -> bool:
         """Whether ``batch`` is at or below the stored position (known since the last read)."""
@@ -446,13 +391,14 @@ class ExactlyOnce:
             await self.abort()
         if self._stored is None:
             self._stored = await self.position()
-        if self.is_applied(batch) or (self.skip_replicated and batch.origin is not None):
-            if self.is_applied(batch):
-                self.duplicates += batch.final
-            else:
-                self.replicated += batch.final
-                if batch.final:
-                    await self._record(self._end(batch), batch.commit_time)
+        if self.skip_replicated and batch.origin is not None and not self.is_applied(batch):
+            self.replicated += batch.final
+            if batch.final:
+                await self._record(self._end(batch))
+            yield None
+            return
+        if self.is_applied(batch):
+            self.duplicates += batch.final
             yield None
             return
         lease = self._open
@@ -465,19 +411,22 @@ class ExactlyOnce:
                     f"arrived without its previous chunks: deliver every batch through "
                     f"transaction(), in order"
                 )
-            xid = self._open_xid
         else:
-            lease, xid = await self._begin()
+            lease = await self._begin()
+            if self.is_applied(batch):
+                # Under the row lock: a commit whose answer this process never
+                # got (or another applier's) stored it after all.
+                await _give_back(lease, self.origin)
+                self.duplicates += batch.final
+                yield None
+                return
         self._open = None
         try:
             conn = lease.connection
             yield conn
             if batch.final:
                 end = self._end(batch)
-                # From here on, an abort of this transaction may advance the origin.
-                self._unsettled = (xid, self._stored or LSN(0), end)
-                await _commit_at(conn, end, batch.commit_time)
-                self._unsettled = None
+                await self._commit_at(conn, end)
                 self._stored = end
                 self.applied += 1
         except BaseException:
@@ -487,7 +436,7 @@ class ExactlyOnce:
         if batch.final:
             await _give_back(lease, self.origin)
         else:
-            self._open, self._open_key, self._open_xid = lease, key, xid
+            self._open, self._open_key = lease, key
 
     async def record(self, lsn: LSN) -> bool:
         """Store ``lsn`` (a position the reader acknowledges without a batch) if it is time.
@@ -506,7 +455,7 @@ class ExactlyOnce:
         now = trio.current_time()
         if now - self._last_progress < self.progress_interval:
             return False
-        await self._record(lsn, None)
+        await self._record(lsn)
         self._last_progress = now
         return True
 
@@ -521,6 +470,26 @@ class ExactlyOnce:
             self._stored = None
             await _give_back(lease, self.origin)
 
+    async def forget(self) -> None:
+        """Delete the stored position and drop the origin in the target: a fresh start.
+
+        For retiring a pipeline (an origin holds one of the target's
+        ``max_active_replication_origins``), or for starting over after the
+        target was resynchronised following a :class:`PositionMismatch`.
+        Call it while no reader delivers to this instance.
+        """
+        await self.abort()
+        lease = await acquire(self.pool)
+        try:
+            conn = lease.connection
+            with contextlib.suppress(pg_errors.UndefinedTable):
+                await conn.execute(sql.SQL(_FORGET).format(self._table), {"o": self.origin})
+            await conn.execute(_DROP_ORIGIN, {"o": self.origin})
+        finally:
+            await lease.release()
+        self._ensured = False
+        self._stored = None
+
     # ------------------------------------------------------------------ helpers
 
     @staticmethod
@@ -529,52 +498,88 @@ class ExactlyOnce:
         return LSN(batch.end_lsn + 1) if _is_message(batch) else batch.end_lsn
 
     async def _ensure(self, conn: TrioConnection[TupleRow]) -> None:
-        """Create the origin once, if missing (a concurrent creation is fine)."""
-        if not self._created:
-            with contextlib.suppress(pg_errors.UniqueViolation):
-                await conn.execute(_ENSURE, {"o": self.origin})
-            self._created = True
+        """Create the origin, the progress table and the origin's row once, if missing.
 
-    async def _begin(self) -> tuple[Lease, str]:
-        """A leased connection inside BEGIN, bound to the origin, and its transaction's xid."""
+        Concurrent creations by two processes are fine (the loser's
+        ``UniqueViolation`` is ignored).
+
+        Raises:
+            ExactlyOnceError: the role may not create the progress table.
+        """
+        if self._ensured:
+            return
+        with contextlib.suppress(pg_errors.UniqueViolation):
+            await conn.execute(_ENSURE_ORIGIN, {"o": self.origin})
+        try:
+            with contextlib.suppress(pg_errors.UniqueViolation):
+                await conn.execute(sql.SQL(_CREATE_TABLE).format(self._table))
+        except pg_errors.InsufficientPrivilege as exc:
+            raise ExactlyOnceError(
+                f"progress table {self.progress_table!r}: the role may not create it "
+                f"({exc.diag.message_primary}); create it once as its owner "
+                f"(docs/delivery.md, 'Privileges') or name another with progress_table="
+            ) from None
+        await conn.execute(sql.SQL(_SEED).format(self._table), {"o": self.origin})
+        self._ensured = True
+
+    async def _begin(self) -> Lease:
+        """A leased connection inside BEGIN, bound to the origin, its position row locked.
+
+        ``self._stored`` is refreshed from the locked row: the skip decision
+        is taken again against it.
+        """
         lease = await acquire(self.pool)
         try:
             conn = lease.connection
             await self._ensure(conn)
-            await conn.execute("BEGIN")
+            begin = _BEGIN.format(o=sql.Literal(self.origin), t=self._table)
             try:
-                cur = await conn.execute(_SETUP, [self.origin])
+                cur = await conn.execute(begin)
             except pg_errors.ObjectInUse as exc:
                 raise OriginInUse(self.origin, exc.diag.message_primary or str(exc)) from None
-            row = await cur.fetchone()
-            assert row is not None
-        except BaseException:
-            await _give_back(lease, self.origin)
-            raise
-        return lease, str(row[1])
-
-    async def _record(self, lsn: LSN, commit_time: Any) -> None:
-        """Store ``lsn`` in a transaction of its own (no writes: only the position)."""
-        lease, _xid = await self._begin()
-        try:
-            conn = lease.connection
-            await _commit_at(conn, lsn, commit_time)
+            while cur.nextset():  # BEGIN, the origin set-up, then the position
+                pass
+            self._stored = _position(await cur.fetchone())
         except BaseException:
             self._stored = None
             await _give_back(lease, self.origin)
             raise
-        # PostgreSQL never moves an origin back: neither does the cache.
+        return lease
+
+    async def _commit_at(self, conn: TrioConnection[TupleRow], lsn: LSN) -> None:
+        """Store ``lsn`` in the locked row and COMMIT, in one message (one round trip)."""
+        literal = sql.Literal(str(lsn))
+        await conn.execute(
+            _COMMIT_POSITION.format(t=self._table, lsn=literal, o=sql.Literal(self.origin))
+        )
+
+    async def _record(self, lsn: LSN) -> None:
+        """Store ``lsn`` in a transaction of its own (no writes: only the position)."""
+        lease = await self._begin()
+        try:
+            await self._commit_at(lease.connection, lsn)
+        except BaseException:
+            self._stored = None
+            await _give_back(lease, self.origin)
+            raise
+        # The row never moves back (greatest()): neither does the cache.
         self._stored = lsn if self._stored is None else max(self._stored, lsn)
         await _give_back(lease, self.origin)
 
 
-async def _read_position(conn: TrioConnection[TupleRow], origin: str) -> LSN | None:
-    cur = await conn.execute(_POSITION, {"o": origin})
-    row = await cur.fetchone()
+def _table_name(name: str) -> sql.Identifier:
+    """``"table"`` or ``"schema.table"`` as an identifier, refusing anything else."""
+    parts = name.split(".") if isinstance(name, str) else []
+    if not 1 <= len(parts) <= 2 or not all(parts):
+        raise ExactlyOnceError(f"progress_table: expected 'table' or 'schema.table', got {name!r}")
+    return sql.Identifier(*parts)
+
+
+def _position(row: Any) -> LSN | None:
+    """A stored position from its row; None for no row or ``0/0`` (nothing applied yet)."""
     if row is None or row[0] is None:
         return None
-    position = LSN.parse(row[0])
-    return position or None
+    return LSN.parse(row[0]) or None
 
 
 async def _give_back(lease: Lease, origin: str) -> None:
@@ -624,6 +629,7 @@ class ExactlyOnceHandler(ReplicationHandler):
         on_mismatch: str = "fail",
         skip_replicated: bool = False,
         progress_interval: float = 1.0,
+        progress_table: str = DEFAULT_PROGRESS_TABLE,
     ) -> None:
         if type(self).apply is ExactlyOnceHandler.apply:
             raise InvalidHandler(
@@ -636,6 +642,7 @@ class ExactlyOnceHandler(ReplicationHandler):
             on_mismatch=on_mismatch,
             skip_replicated=skip_replicated,
             progress_interval=progress_interval,
+            progress_table=progress_table,
         )
 
     async def apply(self, conn: TrioConnection[TupleRow], changes: ChangeBatch) -> None:

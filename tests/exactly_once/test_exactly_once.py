@@ -15,11 +15,13 @@ import pytest
 import trio
 from eo_helpers import FAST, Copier, counts, wait_applied
 from psycopg import pq
+from psycopg.errors import UniqueViolation
 from wr_helpers import Recorder, drop_slot, execute, published_table, query, unique
 
 from otpy import Ref
 from otpy.pg import pool, wal_reader
 from otpy.pg.exactly_once import (
+    DEFAULT_PROGRESS_TABLE,
     ExactlyOnce,
     ExactlyOnceError,
     ExactlyOnceHandler,
@@ -379,21 +381,24 @@ async def test_a_target_commit_that_fails_does_not_mark_its_transaction_applied(
     assert copier.exactly_once.duplicates == 0
 
 
-async def test_the_position_and_the_commit_go_to_the_server_in_one_message(
-    target_pool: pool.Pool, tmp_path: Path
-) -> None:
-    """No client death can fall between them (an abort there advances the origin on 18)."""
-    eo = ExactlyOnce("target", unique("eo"))
-    batch = ChangeBatch(
+def _batch(commit: int, xid: int = 7) -> ChangeBatch:
+    return ChangeBatch(
         [],
         final=True,
         chunk=0,
-        xid=7,
-        commit_lsn=LSN(0x1000),
-        end_lsn=LSN(0x1010),
+        xid=xid,
+        commit_lsn=LSN(commit),
+        end_lsn=LSN(commit + 0x10),
         commit_time=None,
     )
-    opened = eo.transaction(batch)
+
+
+async def test_the_position_and_the_commit_go_to_the_server_in_one_message(
+    target_pool: pool.Pool, tmp_path: Path
+) -> None:
+    """One round trip for both: the position row is updated in the COMMIT's own message."""
+    eo = ExactlyOnce("target", unique("eo"))
+    opened = eo.transaction(_batch(0x1000))
     conn = await opened.__aenter__()
     assert conn is not None
     trace = tmp_path / "trace"
@@ -405,6 +410,104 @@ async def test_the_position_and_the_commit_go_to_the_server_in_one_message(
         finally:
             conn.pgconn.untrace()
     sent = [line for line in trace.read_text().splitlines() if line.startswith("F\t")]
-    setups = [line for line in sent if "pg_replication_origin_xact_setup" in line]
-    assert len(setups) == 1 and "\tQuery\t" in setups[0] and "COMMIT" in setups[0], sent
+    stores = [line for line in sent if DEFAULT_PROGRESS_TABLE in line]
+    assert len(stores) == 1 and "\tQuery\t" in stores[0] and "COMMIT" in stores[0], sent
     assert await eo.position() == LSN(0x1010)
+
+
+async def test_a_commit_the_target_refuses_leaves_the_stored_position_for_a_new_process(
+    target_dsn: str, target_pool: pool.Pool
+) -> None:
+    """The position is a row: an aborted COMMIT cannot move it, whatever the process knew.
+
+    A deferred constraint fails at COMMIT.  A *fresh* instance (a restarted
+    process, with no memory of that failure) must still read the position
+    before it and apply the transaction when it comes again.  (With the
+    position kept in the replication origin, PostgreSQL 18 advanced it on the
+    abort, and only the failed process's memory could undo that.)
+    """
+    await execute(
+        target_dsn,
+        "DROP TABLE IF EXISTS refuse",
+        "CREATE TABLE refuse (k int UNIQUE DEFERRABLE INITIALLY DEFERRED)",
+        "INSERT INTO refuse VALUES (1)",
+    )
+    origin = unique("eo")
+    first = ExactlyOnce("target", origin)
+    async with first.transaction(_batch(0x900)) as conn:
+        assert conn is not None
+    with pytest.raises(UniqueViolation):
+        async with first.transaction(_batch(0x1000, xid=8)) as conn:
+            assert conn is not None
+            await conn.execute("INSERT INTO refuse VALUES (1)")
+    restarted = ExactlyOnce("target", origin)
+    assert await restarted.position() == LSN(0x910)
+    async with restarted.transaction(_batch(0x1000, xid=8)) as conn:
+        assert conn is not None, "the refused transaction was skipped as if applied"
+    assert await restarted.position() == LSN(0x1010)
+    assert restarted.applied == 1 and restarted.duplicates == 0
+
+
+async def test_a_commit_stored_by_another_session_is_seen_under_the_row_lock(
+    target_pool: pool.Pool,
+) -> None:
+    """The skip decision is taken again when the row is locked, not from a stale cache.
+
+    ``stale`` read the position before ``other`` committed the same source
+    transaction (what a process sees when its COMMIT's answer was lost and it
+    asks again): it must skip the transaction, not apply it twice.
+    """
+    origin = unique("eo")
+    stale = ExactlyOnce("target", origin)
+    other = ExactlyOnce("target", origin)
+    async with stale.transaction(_batch(0x1000)) as conn:
+        assert conn is not None
+    async with other.transaction(_batch(0x2000)) as conn:
+        assert conn is not None
+    # stale's last known position is 0/1010: only the locked row says 0/2010.
+    async with stale.transaction(_batch(0x2000)) as conn:
+        assert conn is None, "applied twice: the decision used the stale position"
+    assert stale.duplicates == 1 and stale.applied == 1
+    assert await stale.position() == LSN(0x2010)
+
+
+async def test_a_position_stored_in_the_origin_by_an_earlier_otpy_seeds_the_row(
+    target_dsn: str, target_pool: pool.Pool
+) -> None:
+    origin = unique("eo")
+    table = unique("progress")
+    await execute(
+        target_dsn,
+        f"SELECT pg_replication_origin_create('{origin}')",
+        f"SELECT pg_replication_origin_advance('{origin}', '0/5000')",
+    )
+    eo = ExactlyOnce("target", origin, progress_table=f"public.{table}")
+    assert await eo.position() == LSN(0x5000)
+    async with eo.transaction(_batch(0x4000)) as conn:
+        assert conn is None
+    rows = await query(target_dsn, f"SELECT origin, position::text FROM {table}")
+    assert rows == [(origin, "0/5000")]
+
+
+@pytest.mark.parametrize("name", ["", "a.b.c", ".t", "s.", 7])
+def test_a_bad_progress_table_name_is_refused(name: Any) -> None:
+    with pytest.raises(ExactlyOnceError, match="progress_table"):
+        ExactlyOnce("target", "o", progress_table=name)
+
+
+async def test_forget_starts_the_pipeline_afresh_in_the_target(
+    target_dsn: str, target_pool: pool.Pool
+) -> None:
+    origin = unique("eo")
+    eo = ExactlyOnce("target", origin)
+    async with eo.transaction(_batch(0x3000)) as conn:
+        assert conn is not None
+    assert await eo.position() == LSN(0x3010)
+    await eo.forget()
+    origins = await query(
+        target_dsn, "SELECT count(*) FROM pg_replication_origin WHERE roname = %s", [origin]
+    )
+    assert origins == [(0,)]
+    assert await ExactlyOnce("target", origin).position() is None
+    async with eo.transaction(_batch(0x3000)) as conn:  # applied again: nothing is stored
+        assert conn is not None
