@@ -90,6 +90,7 @@ import trio
 from psycopg import errors as pg_errors
 from psycopg import sql
 
+from otpy.pg.dead_letters import DeadLetter
 from otpy.pg.pool import Lease, Pool, PoolError, acquire
 from otpy.pg.replication.changes import ChangeBatch
 from otpy.pg.replication.errors import ChangesLost, InvalidHandler, ReplicationError
@@ -137,25 +138,36 @@ _SEED = (
 )
 _POSITION = "SELECT position::text FROM {} WHERE origin = %(o)s"
 _FORGET = "DELETE FROM {} WHERE origin = %(o)s"
+# COMMIT with at least ``synchronous_commit = local``: ``off`` would let a target
+# crash lose a commit whose source position was already acknowledged.
+_SYNC_COMMIT = (
+    "SELECT pg_catalog.set_config('synchronous_commit', CASE "
+    "pg_catalog.current_setting('synchronous_commit') WHEN 'off' THEN 'local' "
+    "ELSE pg_catalog.current_setting('synchronous_commit') END, true); COMMIT"
+)
+_COMMIT = sql.SQL(_SYNC_COMMIT)
 _DROP_ORIGIN = (
     "SELECT pg_catalog.pg_replication_origin_drop(%(o)s) "
     "WHERE pg_catalog.pg_replication_origin_oid(%(o)s) IS NOT NULL"
 )
 # One message: BEGIN, bind the origin (tags the writes, one writer), and lock the
 # position row: the skip decision is taken again under this lock.
-_BEGIN = sql.SQL(
-    "BEGIN; SELECT pg_catalog.pg_replication_origin_session_setup({o}); "
-    "SELECT position::text FROM {t} WHERE origin = {o} FOR UPDATE"
+_BEGIN = sql.SQL("BEGIN; SELECT pg_catalog.pg_replication_origin_session_setup({o}); {lock}")
+_LOCK_POSITION = sql.SQL("SELECT position::text FROM {t} WHERE origin = {o} FOR UPDATE")
+# A replayed dead letter: claimed by its row, in the transaction that applies it.
+_CLAIM_REPLAY = sql.SQL(
+    "INSERT INTO {t} (origin, commit_lsn) VALUES ({o}, {lsn}::pg_lsn) "
+    "ON CONFLICT DO NOTHING RETURNING 1"
+)
+_CREATE_REPLAYED = (
+    "CREATE TABLE IF NOT EXISTS {} (origin text, commit_lsn pg_lsn, "
+    "replayed_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (origin, commit_lsn))"
 )
 _RESET = "SELECT pg_catalog.pg_replication_origin_session_reset()"
-# One message: store the position and COMMIT (a round trip saved).  ``off`` would
-# let a target crash lose a commit whose source position was already acknowledged.
+# One message: store the position and COMMIT (a round trip saved).
 _COMMIT_POSITION = sql.SQL(
     "UPDATE {t} SET position = greatest(position, {lsn}::pg_lsn), updated_at = now() "
-    "WHERE origin = {o}; "
-    "SELECT pg_catalog.set_config('synchronous_commit', CASE "
-    "pg_catalog.current_setting('synchronous_commit') WHEN 'off' THEN 'local' "
-    "ELSE pg_catalog.current_setting('synchronous_commit') END, true); COMMIT"
+    "WHERE origin = {o}; " + _SYNC_COMMIT
 )
 
 
@@ -290,6 +302,8 @@ class ExactlyOnce:
         self.progress_interval = float(progress_interval)
         self.progress_table = progress_table
         self._table = _table_name(progress_table)
+        self._replayed = _table_name(progress_table + "_replayed")
+        self._replayed_ensured = False
         #: Source transactions applied / skipped as already applied / skipped as replicated.
         self.applied = 0
         self.duplicates = 0
@@ -438,6 +452,59 @@ class ExactlyOnce:
         else:
             self._open, self._open_key = lease, key
 
+    @contextlib.asynccontextmanager
+    async def replayed(self, batch: ChangeBatch) -> AsyncIterator[TrioConnection[TupleRow] | None]:
+        """Apply a parked transaction (a dead letter's batch) once, in a target transaction.
+
+        The stream's position is already past a parked transaction (the reader
+        acknowledged it when it parked it), so :meth:`transaction` would skip
+        it as applied.  Instead, the replay claims the transaction's row in
+        ``<progress_table>_replayed`` (origin, commit LSN) in the same target
+        transaction as the writes: a replay that committed but whose dead
+        letter was not removed (a crash in between) yields None when it is
+        replayed again.  The writes are tagged with the origin, like all
+        writes of this path.
+
+        Raises:
+            OriginInUse: another session holds the origin.
+        """
+        lease = await acquire(self.pool)
+        try:
+            await self._ensure_replayed(lease.connection)
+        finally:
+            await lease.release()
+        claim = _CLAIM_REPLAY.format(
+            t=self._replayed, o=sql.Literal(self.origin), lsn=sql.Literal(str(batch.commit_lsn))
+        )
+        lease, row = await self._begin_with(claim)
+        if row is None:
+            await _give_back(lease, self.origin)
+            self.duplicates += 1
+            yield None
+            return
+        try:
+            conn = lease.connection
+            yield conn
+            await conn.execute(_COMMIT)
+            self.applied += 1
+        finally:
+            await _give_back(lease, self.origin)
+
+    async def _ensure_replayed(self, conn: TrioConnection[TupleRow]) -> None:
+        """Create ``<progress_table>_replayed`` once, if missing (only replays need it)."""
+        if self._replayed_ensured:
+            return
+        try:
+            with contextlib.suppress(pg_errors.UniqueViolation):
+                await conn.execute(sql.SQL(_CREATE_REPLAYED).format(self._replayed))
+        except pg_errors.InsufficientPrivilege as exc:
+            raise ExactlyOnceError(
+                f"table {self.progress_table}_replayed: the role may not create it "
+                f"({exc.diag.message_primary}); create it once as its owner "
+                f"(docs/delivery.md, 'Privileges')"
+            ) from None
+        self._replayed_ensured = True
+
     async def record(self, lsn: LSN) -> bool:
         """Store ``lsn`` (a position the reader acknowledges without a batch) if it is time.
 
@@ -482,12 +549,13 @@ class ExactlyOnce:
         lease = await acquire(self.pool)
         try:
             conn = lease.connection
-            with contextlib.suppress(pg_errors.UndefinedTable):
-                await conn.execute(sql.SQL(_FORGET).format(self._table), {"o": self.origin})
+            for table in (self._table, self._replayed):
+                with contextlib.suppress(pg_errors.UndefinedTable):
+                    await conn.execute(sql.SQL(_FORGET).format(table), {"o": self.origin})
             await conn.execute(_DROP_ORIGIN, {"o": self.origin})
         finally:
             await lease.release()
-        self._ensured = False
+        self._ensured = self._replayed_ensured = False
         self._stored = None
 
     # ------------------------------------------------------------------ helpers
@@ -528,23 +596,35 @@ class ExactlyOnce:
         ``self._stored`` is refreshed from the locked row: the skip decision
         is taken again against it.
         """
+        lock = _LOCK_POSITION.format(o=sql.Literal(self.origin), t=self._table)
+        lease, row = await self._begin_with(lock)
+        self._stored = _position(row)
+        return lease
+
+    async def _begin_with(self, statement: sql.Composable) -> tuple[Lease, Any]:
+        """A leased connection inside BEGIN, bound to the origin, and the row ``statement`` gave.
+
+        BEGIN, the origin set-up and ``statement`` go in one message.
+
+        Raises:
+            OriginInUse: another session holds the origin.
+        """
         lease = await acquire(self.pool)
         try:
             conn = lease.connection
             await self._ensure(conn)
-            begin = _BEGIN.format(o=sql.Literal(self.origin), t=self._table)
             try:
-                cur = await conn.execute(begin)
+                cur = await conn.execute(_BEGIN.format(o=sql.Literal(self.origin), lock=statement))
             except pg_errors.ObjectInUse as exc:
                 raise OriginInUse(self.origin, exc.diag.message_primary or str(exc)) from None
-            while cur.nextset():  # BEGIN, the origin set-up, then the position
+            while cur.nextset():  # BEGIN, the origin set-up, then the statement's row
                 pass
-            self._stored = _position(await cur.fetchone())
+            row = await cur.fetchone()
         except BaseException:
             self._stored = None
             await _give_back(lease, self.origin)
             raise
-        return lease
+        return lease, row
 
     async def _commit_at(self, conn: TrioConnection[TupleRow], lsn: LSN) -> None:
         """Store ``lsn`` in the locked row and COMMIT, in one message (one round trip)."""
@@ -654,8 +734,15 @@ class ExactlyOnceHandler(ReplicationHandler):
         raise NotImplementedError
 
     async def handle_replication_data(self, ref: Any, changes: ChangeBatch) -> None:
-        """Apply ``changes`` through :meth:`apply`, unless they were applied already."""
-        async with self.exactly_once.transaction(changes) as conn:
+        """Apply ``changes`` through :meth:`apply`, unless they were applied already.
+
+        A dead letter being replayed (``ref`` is a
+        :class:`~otpy.pg.dead_letters.DeadLetter`) goes through
+        :meth:`ExactlyOnce.replayed`: the stream's position is past it.
+        """
+        eo = self.exactly_once
+        opened = eo.replayed(changes) if isinstance(ref, DeadLetter) else eo.transaction(changes)
+        async with opened as conn:
             if conn is not None:
                 await self.apply(conn, changes)
 

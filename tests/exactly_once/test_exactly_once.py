@@ -19,7 +19,7 @@ from psycopg.errors import UniqueViolation
 from wr_helpers import Recorder, drop_slot, execute, published_table, query, unique
 
 from otpy import Ref
-from otpy.pg import pool, wal_reader
+from otpy.pg import dead_letters, pool, wal_reader
 from otpy.pg.exactly_once import (
     DEFAULT_PROGRESS_TABLE,
     ExactlyOnce,
@@ -511,3 +511,53 @@ async def test_forget_starts_the_pipeline_afresh_in_the_target(
     assert await ExactlyOnce("target", origin).position() is None
     async with eo.transaction(_batch(0x3000)) as conn:  # applied again: nothing is stored
         assert conn is not None
+
+
+async def test_a_parked_transaction_is_applied_exactly_once_when_replayed(
+    module_dsn: str, target_dsn: str, tables: str, target_pool: pool.Pool, readers: Ref
+) -> None:
+    """The slot and the stored position are past a parked transaction: a replay must not skip it.
+
+    Replayed twice (a crash between the replay's commit and the removal of
+    the dead letter), it is applied once.
+    """
+    poisoned = True
+
+    def poison(batch: ChangeBatch) -> None:
+        if poisoned and any(c.data["v"] == 13 for c in batch if c.op == "insert"):
+            raise ValueError("poison")
+
+    copier = Copier("target", unique("eo"), fail_before=poison)
+    slot, letters = unique("eo"), unique("dl")
+    options = {
+        **PERSISTENT,
+        "on_failure": {"policy": "park", "max_attempts": 1, "pool": "target", "table": letters},
+    }
+    ref = await wal_reader.subscribe(copier, module_dsn, slot, [tables], options)
+    try:
+        await insert_values(module_dsn, [1], [13, 14], [2])
+        await copier.wait_for(lambda: len(copier.seen) == 2)
+        (letter,) = await dead_letters.list_parked("target", slot=slot, table=letters)
+        assert (await counts(module_dsn, target_dsn))["lost"] == 2  # parked, not applied
+        poisoned = False
+        await dead_letters.replay("target", letter.id, copier, table=letters)
+        assert await counts(module_dsn, target_dsn) == {
+            "committed": 4,
+            "applied": 4,
+            "duplicates": 0,
+            "lost": 0,
+            "unknown": 0,
+        }
+        await copier.handle_replication_data(letter, letter.batch())  # replayed again
+        assert (await counts(module_dsn, target_dsn))["duplicates"] == 0
+        assert copier.exactly_once.duplicates >= 1
+    finally:
+        await wal_reader.unsubscribe(ref)
+        drop_slot(module_dsn, slot)
+
+
+async def insert_values(dsn: str, *transactions: list[int]) -> None:
+    """One source transaction per list of ``v`` values."""
+    for values in transactions:
+        rows = ", ".join(f"({v})" for v in values)
+        await execute(dsn, f"INSERT INTO src (v) VALUES {rows}")
