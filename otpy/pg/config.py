@@ -59,6 +59,7 @@ from otpy.errors import InvalidArgument
 from otpy.pg.errors import ConfigError
 
 if TYPE_CHECKING:
+    import psycopg
     from psycopg.rows import TupleRow
 
     from otpy.pg.connection import TrioConnection
@@ -76,8 +77,10 @@ __all__ = [
     "check_seconds",
     "describe_params",
     "libpq_settings",
+    "one_line",
     "read_toml",
     "redact",
+    "redacted_error",
 ]
 
 #: Seconds per connection attempt when neither the configuration, the service
@@ -181,6 +184,26 @@ def redact(text: str, *sources: object) -> str:
     return text
 
 
+def redacted_error(ex: psycopg.Error, *sources: object) -> psycopg.Error:
+    """A psycopg error of the same class as ``ex``, its message on one line without any password.
+
+    For the errors psycopg and libpq raise on a conninfo they refuse: their
+    messages may quote the DSN whole.  Raise the result *outside* the
+    ``except`` block that caught ``ex``: raised inside, it would keep ``ex``
+    (and the DSN its message quotes) as its context.
+    """
+    return type(ex)(redact(one_line(str(ex)), *sources))
+
+
+def one_line(text: object) -> str:
+    """``text`` with every run of whitespace made one space.
+
+    libpq messages span several lines; log lines, errors and the command
+    line's one-line reports should not.
+    """
+    return " ".join(str(text).split())
+
+
 def _params_repr(params: Mapping[str, str]) -> str:
     return repr({k: _REDACTED if k in _SECRET_PARAMS else v for k, v in params.items()})
 
@@ -250,12 +273,12 @@ def libpq_settings(params: Mapping[str, Any]) -> dict[str, str]:
     try:
         conninfo = make_conninfo("", **probe)
     except psycopg.Error as ex:
-        problem = redact(_one_line(str(ex)), params)  # raised below, unchained
+        problem = redact(one_line(str(ex)), params)  # raised below, unchained
     if problem is not None:
         raise psycopg.OperationalError(problem)
     pgconn = pq.PGconn.connect_start(conninfo.encode())
     try:
-        message = _one_line(pgconn.error_message.decode("utf-8", "replace"))
+        message = one_line(pgconn.error_message.decode("utf-8", "replace"))
         options = {
             opt.keyword.decode(): opt.val.decode("utf-8", "replace")
             for opt in pgconn.info
@@ -286,11 +309,6 @@ def describe_params(params: Mapping[str, Any]) -> str:
         f"{settings.get('user') or '?'}@{host}:{settings.get('port') or '(default)'}"
         f"/{settings.get('dbname') or '?'}"
     )
-
-
-def _one_line(text: str) -> str:
-    """``text`` on one line (libpq messages span several; log lines and errors should not)."""
-    return " ".join(text.split())
 
 
 @attrs.frozen
@@ -657,7 +675,7 @@ def _database_from_dsn(
     except psycopg.Error as ex:
         # psycopg's message may quote the whole DSN, password included; and
         # raised outside the handler, the error has no context holding it.
-        problem = redact(_one_line(str(ex)), dsn)
+        problem = redact(one_line(str(ex)), dsn)
     if problem is not None:
         raise ConfigError(path, f"not a valid libpq connection string or URL: {problem}")
     entry: dict[str, Any] = {}

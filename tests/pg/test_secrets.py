@@ -23,7 +23,8 @@ from otpy import Ref
 from otpy._util import raise_unwrapped
 from otpy.pg import pool, wal_reader
 from otpy.pg.config import ConnectorConfig, DatabaseConfig, PoolConfig, Secret, redact
-from otpy.pg.connection import TrioConnection, replication_connect
+from otpy.pg.connection import TrioConnection
+from otpy.pg.copy_both import replication_connect
 from otpy.pg.errors import ConfigError
 
 SECRET = "s3cr3t-Pa55"
