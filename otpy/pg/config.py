@@ -81,6 +81,7 @@ __all__ = [
     "read_toml",
     "redact",
     "redacted_error",
+    "secrets_in",
 ]
 
 #: Seconds per connection attempt when neither the configuration, the service
@@ -139,48 +140,65 @@ _URI_USERINFO = re.compile(r"(?i)(\bpostgres(?:ql)?://[^:@/\s]*:)([^@/\s]*)(@)")
 _URI_QUERY = re.compile(r"(?i)([?&](?:ssl)?password=)([^&#\s\"']*)")
 
 
-def _secrets_in(source: object) -> set[str]:
-    """The secret values held by ``source`` (a DSN, possibly malformed, or a mapping)."""
+def secrets_in(*sources: object) -> set[str]:
+    """The secret values ``sources`` hold, for :func:`redact`.
+
+    A source is a DSN (keyword/value or URI, even malformed: the password is
+    found the way a reader would), a parameter mapping (``password``,
+    ``sslpassword``, or a ``conninfo``/``dsn`` string), or a :class:`Secret`
+    (a value known to be secret, e.g. ``$PGPASSWORD``).  Anything else holds
+    none.
+    """
     found: set[str] = set()
-    if isinstance(source, Secret):
-        found.add(source.reveal())
-    elif isinstance(source, Mapping):
-        for key, value in source.items():
-            if key in _SECRET_PARAMS and value is not None:
-                found.update(_secrets_in(value) if isinstance(value, Secret) else {str(value)})
-            elif key in ("conninfo", "dsn") and isinstance(value, str):
-                found.update(_secrets_in(value))
-    elif isinstance(source, str):
-        for match in _KEYWORD_SECRET.finditer(source):
-            raw = match[2]
-            found.add(raw)
-            if raw.startswith("'"):
-                found.add(re.sub(r"\\(.)", r"\1", raw.strip("'")))
-        for match in itertools.chain(_URI_USERINFO.finditer(source), _URI_QUERY.finditer(source)):
-            found.update((match[2], unquote(match[2])))
+    for source in sources:
+        if isinstance(source, Secret):
+            found.add(source.reveal())
+        elif isinstance(source, Mapping):
+            for key, value in source.items():
+                if key in _SECRET_PARAMS and value is not None:
+                    found.update(secrets_in(value) if isinstance(value, Secret) else {str(value)})
+                elif key in ("conninfo", "dsn") and isinstance(value, str):
+                    found.update(secrets_in(value))
+        elif isinstance(source, str):
+            for match in _KEYWORD_SECRET.finditer(source):
+                raw = match[2]
+                found.add(raw)
+                if raw.startswith("'"):
+                    found.add(re.sub(r"\\(.)", r"\1", raw.strip("'")))
+            for match in itertools.chain(
+                _URI_USERINFO.finditer(source), _URI_QUERY.finditer(source)
+            ):
+                found.update((match[2], unquote(match[2])))
     return {value for value in found if value}
 
 
-def redact(text: str, *sources: object) -> str:
+#: Secrets shorter than this are replaced only as whole words: a two-letter
+#: password would otherwise blank out every word that contains its letters.
+_SHORT_SECRET = 4
+
+
+def redact(text: str, *sources: object, marker: str = _REDACTED) -> str:
     """``text`` with every password removed, for messages, logs and reprs.
 
     psycopg and libpq quote a malformed DSN whole in their error messages
     (``invalid ... in URI: "postgresql://u:secret@[host..."``), and a traceback
     prints those messages.  Every place otpy parses a DSN or connects passes
     the message through here, with the DSN or parameters it used as
-    ``sources``: ``password=...`` / ``sslpassword=...`` values, the password of
-    a URI's user info or query string, and any secret value found in
-    ``sources`` (a DSN, even malformed, a parameter mapping or a
-    :class:`Secret`) are replaced by ``********`` wherever they occur.
+    ``sources``, and so does the command line for everything it prints:
+    ``password=...`` / ``sslpassword=...`` values, the password of a URI's
+    user info or query string, and any secret value found in ``sources``
+    (:func:`secrets_in`: a DSN, even malformed, a parameter mapping or a
+    :class:`Secret`) are replaced by ``marker`` wherever they occur (values
+    shorter than four characters only as whole words).
     """
-    secrets: set[str] = set()
-    for source in sources:
-        secrets.update(_secrets_in(source))
-    text = _KEYWORD_SECRET.sub(lambda m: m[1] + _REDACTED, text)
-    text = _URI_USERINFO.sub(lambda m: m[1] + _REDACTED + m[3], text)
-    text = _URI_QUERY.sub(lambda m: m[1] + _REDACTED, text)
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, _REDACTED)
+    text = _KEYWORD_SECRET.sub(lambda m: m[1] + marker, text)
+    text = _URI_USERINFO.sub(lambda m: m[1] + marker + m[3], text)
+    text = _URI_QUERY.sub(lambda m: m[1] + marker, text)
+    for secret in sorted(secrets_in(*sources), key=len, reverse=True):
+        if len(secret) >= _SHORT_SECRET:
+            text = text.replace(secret, marker)
+        else:
+            text = re.sub(rf"(?<!\w){re.escape(secret)}(?!\w)", marker, text)
     return text
 
 

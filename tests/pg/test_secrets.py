@@ -91,6 +91,24 @@ def test_redact_removes_passwords_from_keyword_and_uri_forms() -> None:
     assert redact(f"got {SECRET} x", f"password='{SECRET}") == "got ******** x"
 
 
+def test_redact_removes_a_short_secret_only_as_a_whole_word() -> None:
+    assert redact("pw is wrong, pwd and upwards stay", Secret("pw")) == (
+        "******** is wrong, pwd and upwards stay"
+    )
+
+
+def test_the_command_line_redacts_with_the_same_function_and_its_own_marker() -> None:
+    from otpy.cli.errors import redact as cli_redact
+    from otpy.cli.errors import secrets_of
+
+    text = f"bad dsn 'host=h password={SECRET}' and {SECRET} again"
+    assert cli_redact(text, secrets_of(f"password={SECRET}")) == (
+        redact(text, f"password={SECRET}", marker="***")
+    )
+    # A password in a DSN form is removed even when it was not named as a secret.
+    assert SECRET not in cli_redact(f"bad dsn 'host=h password={SECRET}'", [])
+
+
 @pytest.mark.parametrize("dsn", MALFORMED)
 def test_from_dsn_never_shows_the_password(dsn: str, caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(ConfigError) as info:
