@@ -30,6 +30,7 @@ import attrs
 import psycopg
 import trio
 
+from otpy._util import first_leaf, unwrap_group
 from otpy.errors import ApplicationStartError, InitError
 from otpy.pg.config import Secret, one_line, secrets_in
 from otpy.pg.config import redact as pg_redact
@@ -185,12 +186,6 @@ _RULES: Sequence[
 )
 
 
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
-    return [exc]
-
-
 def root_cause(exc: BaseException) -> BaseException:
     """The error that matters inside ``exc``: out of exception groups and start wrappers.
 
@@ -201,13 +196,13 @@ def root_cause(exc: BaseException) -> BaseException:
     """
     while True:
         if isinstance(exc, BaseExceptionGroup):
-            leaves = [leaf for leaf in _leaves(exc) if not isinstance(leaf, trio.Cancelled)]
-            interrupts = [leaf for leaf in leaves if isinstance(leaf, KeyboardInterrupt)]
-            if interrupts:  # Ctrl-C, whatever it interrupted
-                return interrupts[0]
-            if len(leaves) != 1:
-                return exc
-            exc = leaves[0]
+            interrupts, _ = exc.split(KeyboardInterrupt)
+            if interrupts is not None:  # Ctrl-C, whatever it interrupted
+                return first_leaf(interrupts)
+            single = unwrap_group(exc)
+            if isinstance(single, BaseExceptionGroup | trio.Cancelled):
+                return exc  # several errors, or cancellations only: no one error to name
+            exc = single
         elif isinstance(exc, ApplicationStartError):
             exc = exc.error
         elif isinstance(exc, InitError) and exc.reason.error is not None:
