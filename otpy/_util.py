@@ -1,9 +1,10 @@
 """Small mechanisms the runtime and the connector share (internal, but meant for reuse).
 
 * :func:`unwrap_group` / :func:`raise_unwrapped` / :func:`split_cancelled` /
-  :func:`only_cancelled`: the one home for exception-group handling.  Turn the exception group a
-  trio nursery raises back into the one exception the caller's code raised, so
-  ``except ValueError`` works around any ``async with`` that wraps a nursery.
+  :func:`only_cancelled` / :func:`first_leaf`: the one home for exception-group
+  handling.  Turn the exception group a trio nursery raises back into the one
+  exception the caller's code raised, so ``except ValueError`` works around
+  any ``async with`` that wraps a nursery.
   trio's own ``_util.raise_single_exception_from_group`` is private, and it
   raises ``AssertionError`` for several errors where we keep the group.
 * :func:`check_timeout`, :func:`check_number`, :func:`check_int`,
@@ -30,6 +31,7 @@ __all__ = [
     "check_int",
     "check_number",
     "check_timeout",
+    "first_leaf",
     "only_cancelled",
     "raise_unwrapped",
     "split_cancelled",
@@ -83,6 +85,24 @@ def split_cancelled(exc: BaseException) -> tuple[BaseException | None, BaseExcep
 def only_cancelled(exc: BaseException) -> bool:
     """Whether ``exc`` is a cancellation, alone or a group of cancellations only."""
     return split_cancelled(exc)[1] is None
+
+
+def first_leaf(exc: BaseException) -> BaseException:
+    """One exception that stands for ``exc``: its first real error, else its first cancellation.
+
+    For a group whose members are *alternatives* rather than independent
+    failures: two tasks waiting on the same socket, one for reading and one
+    for writing, both fail with ``ClosedResourceError`` when it is closed, and
+    either one says what happened.  :func:`unwrap_group` keeps such a group
+    whole (it cannot know the errors are equivalent); this picks the first
+    (nested groups flattened, cancellations only when nothing else failed).
+    """
+    cancelled, rest = split_cancelled(exc)
+    leaf = rest if rest is not None else cancelled
+    assert leaf is not None
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf
 
 
 def raise_unwrapped(group: BaseException) -> NoReturn:

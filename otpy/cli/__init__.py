@@ -51,11 +51,11 @@ from otpy.cli.errors import (
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     explain,
-    one_line,
     redact,
     root_cause,
     secrets_of,
 )
+from otpy.pg.config import one_line
 from otpy.pg.config import redact as redact_dsn
 from otpy.pg.pool.errors import PoolNotFound
 from otpy.testing import PostgresServer

@@ -23,17 +23,17 @@ Design choices, and why:
 
 from __future__ import annotations
 
-import re
 import signal
 from collections.abc import Callable, Iterable, Sequence
-from urllib.parse import unquote
 
 import attrs
 import psycopg
 import trio
-from psycopg.conninfo import conninfo_to_dict
 
+from otpy._util import first_leaf, unwrap_group
 from otpy.errors import ApplicationStartError, InitError
+from otpy.pg.config import Secret, one_line, secrets_in
+from otpy.pg.config import redact as pg_redact
 from otpy.pg.dead_letters import DeadLetterNotFound
 from otpy.pg.errors import ConfigError, ConnectError
 from otpy.pg.pool.errors import PoolNotFound, PoolOverloaded, PoolTimeout, QueryTimeout
@@ -62,7 +62,6 @@ __all__ = [
     "CliError",
     "Failure",
     "explain",
-    "one_line",
     "redact",
     "root_cause",
     "secrets_of",
@@ -110,11 +109,6 @@ class Failure:
     """One line (without the ``otpy COMMAND:`` prefix); None: say nothing (output closed)."""
     expected: bool = True
     """False for an error :func:`explain` does not know: a bug, worth a traceback."""
-
-
-def one_line(text: object) -> str:
-    """``text`` with every run of whitespace (newlines of libpq messages) made one space."""
-    return " ".join(str(text).split())
 
 
 _AUTH_FAILED = (
@@ -192,12 +186,6 @@ _RULES: Sequence[
 )
 
 
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
-    return [exc]
-
-
 def root_cause(exc: BaseException) -> BaseException:
     """The error that matters inside ``exc``: out of exception groups and start wrappers.
 
@@ -208,13 +196,13 @@ def root_cause(exc: BaseException) -> BaseException:
     """
     while True:
         if isinstance(exc, BaseExceptionGroup):
-            leaves = [leaf for leaf in _leaves(exc) if not isinstance(leaf, trio.Cancelled)]
-            interrupts = [leaf for leaf in leaves if isinstance(leaf, KeyboardInterrupt)]
-            if interrupts:  # Ctrl-C, whatever it interrupted
-                return interrupts[0]
-            if len(leaves) != 1:
-                return exc
-            exc = leaves[0]
+            interrupts, _ = exc.split(KeyboardInterrupt)
+            if interrupts is not None:  # Ctrl-C, whatever it interrupted
+                return first_leaf(interrupts)
+            single = unwrap_group(exc)
+            if isinstance(single, BaseExceptionGroup | trio.Cancelled):
+                return exc  # several errors, or cancellations only: no one error to name
+            exc = single
         elif isinstance(exc, ApplicationStartError):
             exc = exc.error
         elif isinstance(exc, InitError) and exc.reason.error is not None:
@@ -237,37 +225,25 @@ def explain(exc: BaseException) -> Failure:
     )
 
 
-_URL_PASSWORD = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#@]*?:([^@/?#]*)@")
-_KEYWORD_PASSWORD = re.compile(r"\b(?:ssl)?password\s*=\s*('(?:\\.|[^'\\])*'|\S+)")
-
-
 def secrets_of(dsn: str | None, environ: Iterable[str | None] = ()) -> list[str]:
     """The passwords in ``dsn`` (a libpq string or URL, even a malformed one), plus ``environ``.
 
-    ``environ`` is for secrets that come from elsewhere (``PGPASSWORD``).  A
-    malformed DSN cannot be parsed by libpq, so the password is also found the
-    way a reader would: ``password=...`` or ``scheme://user:PASSWORD@``.
+    ``environ`` is for secrets that come from elsewhere (``PGPASSWORD``).  The
+    DSN is read by :func:`otpy.pg.config.secrets_in`, the one place that knows
+    how a password appears in one; the result is for :func:`redact`.
     """
-    found: list[str] = [s for s in environ if s]
-    if dsn:
-        try:
-            params = conninfo_to_dict(dsn)
-        except psycopg.Error:
-            params = {}
-        found += [str(params[k]) for k in ("password", "sslpassword") if params.get(k)]
-        match = _URL_PASSWORD.match(dsn.strip())
-        if match and match.group(1):
-            found += [match.group(1), unquote(match.group(1))]
-        for value in _KEYWORD_PASSWORD.findall(dsn):
-            found += [value, value.strip("'")]
-    return sorted({s for s in found if s}, key=len, reverse=True)
+    found = {value for value in environ if value} | (secrets_in(dsn) if dsn else set())
+    return sorted(found, key=len, reverse=True)
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every secret replaced by ``***`` (short ones only as whole words)."""
-    for secret in secrets:
-        if len(secret) >= 4:
-            text = text.replace(secret, "***")
-        else:
-            text = re.sub(rf"(?<![\w]){re.escape(secret)}(?![\w])", "***", text)
-    return text
+    """``text`` with every secret, and any password a DSN in it shows, replaced by ``***``.
+
+    :func:`otpy.pg.config.redact` with the command line's marker; ``secrets``
+    are the values themselves (from :func:`secrets_of`).
+    """
+    return pg_redact(text, *map(Secret, secrets), marker=_MARKER)
+
+
+#: What the command line prints in place of a secret.
+_MARKER = "***"

@@ -59,6 +59,7 @@ from otpy.errors import InvalidArgument
 from otpy.pg.errors import ConfigError
 
 if TYPE_CHECKING:
+    import psycopg
     from psycopg.rows import TupleRow
 
     from otpy.pg.connection import TrioConnection
@@ -76,8 +77,11 @@ __all__ = [
     "check_seconds",
     "describe_params",
     "libpq_settings",
+    "one_line",
     "read_toml",
     "redact",
+    "redacted_error",
+    "secrets_in",
 ]
 
 #: Seconds per connection attempt when neither the configuration, the service
@@ -136,49 +140,86 @@ _URI_USERINFO = re.compile(r"(?i)(\bpostgres(?:ql)?://[^:@/\s]*:)([^@/\s]*)(@)")
 _URI_QUERY = re.compile(r"(?i)([?&](?:ssl)?password=)([^&#\s\"']*)")
 
 
-def _secrets_in(source: object) -> set[str]:
-    """The secret values held by ``source`` (a DSN, possibly malformed, or a mapping)."""
+def secrets_in(*sources: object) -> set[str]:
+    """The secret values ``sources`` hold, for :func:`redact`.
+
+    A source is a DSN (keyword/value or URI, even malformed: the password is
+    found the way a reader would), a parameter mapping (``password``,
+    ``sslpassword``, or a ``conninfo``/``dsn`` string), or a :class:`Secret`
+    (a value known to be secret, e.g. ``$PGPASSWORD``).  Anything else holds
+    none.
+    """
     found: set[str] = set()
-    if isinstance(source, Secret):
-        found.add(source.reveal())
-    elif isinstance(source, Mapping):
-        for key, value in source.items():
-            if key in _SECRET_PARAMS and value is not None:
-                found.update(_secrets_in(value) if isinstance(value, Secret) else {str(value)})
-            elif key in ("conninfo", "dsn") and isinstance(value, str):
-                found.update(_secrets_in(value))
-    elif isinstance(source, str):
-        for match in _KEYWORD_SECRET.finditer(source):
-            raw = match[2]
-            found.add(raw)
-            if raw.startswith("'"):
-                found.add(re.sub(r"\\(.)", r"\1", raw.strip("'")))
-        for match in itertools.chain(_URI_USERINFO.finditer(source), _URI_QUERY.finditer(source)):
-            found.update((match[2], unquote(match[2])))
+    for source in sources:
+        if isinstance(source, Secret):
+            found.add(source.reveal())
+        elif isinstance(source, Mapping):
+            for key, value in source.items():
+                if key in _SECRET_PARAMS and value is not None:
+                    found.update(secrets_in(value) if isinstance(value, Secret) else {str(value)})
+                elif key in ("conninfo", "dsn") and isinstance(value, str):
+                    found.update(secrets_in(value))
+        elif isinstance(source, str):
+            for match in _KEYWORD_SECRET.finditer(source):
+                raw = match[2]
+                found.add(raw)
+                if raw.startswith("'"):
+                    found.add(re.sub(r"\\(.)", r"\1", raw.strip("'")))
+            for match in itertools.chain(
+                _URI_USERINFO.finditer(source), _URI_QUERY.finditer(source)
+            ):
+                found.update((match[2], unquote(match[2])))
     return {value for value in found if value}
 
 
-def redact(text: str, *sources: object) -> str:
+#: Secrets shorter than this are replaced only as whole words: a two-letter
+#: password would otherwise blank out every word that contains its letters.
+_SHORT_SECRET = 4
+
+
+def redact(text: str, *sources: object, marker: str = _REDACTED) -> str:
     """``text`` with every password removed, for messages, logs and reprs.
 
     psycopg and libpq quote a malformed DSN whole in their error messages
     (``invalid ... in URI: "postgresql://u:secret@[host..."``), and a traceback
     prints those messages.  Every place otpy parses a DSN or connects passes
     the message through here, with the DSN or parameters it used as
-    ``sources``: ``password=...`` / ``sslpassword=...`` values, the password of
-    a URI's user info or query string, and any secret value found in
-    ``sources`` (a DSN, even malformed, a parameter mapping or a
-    :class:`Secret`) are replaced by ``********`` wherever they occur.
+    ``sources``, and so does the command line for everything it prints:
+    ``password=...`` / ``sslpassword=...`` values, the password of a URI's
+    user info or query string, and any secret value found in ``sources``
+    (:func:`secrets_in`: a DSN, even malformed, a parameter mapping or a
+    :class:`Secret`) are replaced by ``marker`` wherever they occur (values
+    shorter than four characters only as whole words).
     """
-    secrets: set[str] = set()
-    for source in sources:
-        secrets.update(_secrets_in(source))
-    text = _KEYWORD_SECRET.sub(lambda m: m[1] + _REDACTED, text)
-    text = _URI_USERINFO.sub(lambda m: m[1] + _REDACTED + m[3], text)
-    text = _URI_QUERY.sub(lambda m: m[1] + _REDACTED, text)
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, _REDACTED)
+    text = _KEYWORD_SECRET.sub(lambda m: m[1] + marker, text)
+    text = _URI_USERINFO.sub(lambda m: m[1] + marker + m[3], text)
+    text = _URI_QUERY.sub(lambda m: m[1] + marker, text)
+    for secret in sorted(secrets_in(*sources), key=len, reverse=True):
+        if len(secret) >= _SHORT_SECRET:
+            text = text.replace(secret, marker)
+        else:
+            text = re.sub(rf"(?<!\w){re.escape(secret)}(?!\w)", marker, text)
     return text
+
+
+def redacted_error(ex: psycopg.Error, *sources: object) -> psycopg.Error:
+    """A psycopg error of the same class as ``ex``, its message on one line without any password.
+
+    For the errors psycopg and libpq raise on a conninfo they refuse: their
+    messages may quote the DSN whole.  Raise the result *outside* the
+    ``except`` block that caught ``ex``: raised inside, it would keep ``ex``
+    (and the DSN its message quotes) as its context.
+    """
+    return type(ex)(redact(one_line(str(ex)), *sources))
+
+
+def one_line(text: object) -> str:
+    """``text`` with every run of whitespace made one space.
+
+    libpq messages span several lines; log lines, errors and the command
+    line's one-line reports should not.
+    """
+    return " ".join(str(text).split())
 
 
 def _params_repr(params: Mapping[str, str]) -> str:
@@ -250,12 +291,12 @@ def libpq_settings(params: Mapping[str, Any]) -> dict[str, str]:
     try:
         conninfo = make_conninfo("", **probe)
     except psycopg.Error as ex:
-        problem = redact(_one_line(str(ex)), params)  # raised below, unchained
+        problem = redact(one_line(str(ex)), params)  # raised below, unchained
     if problem is not None:
         raise psycopg.OperationalError(problem)
     pgconn = pq.PGconn.connect_start(conninfo.encode())
     try:
-        message = _one_line(pgconn.error_message.decode("utf-8", "replace"))
+        message = one_line(pgconn.error_message.decode("utf-8", "replace"))
         options = {
             opt.keyword.decode(): opt.val.decode("utf-8", "replace")
             for opt in pgconn.info
@@ -286,11 +327,6 @@ def describe_params(params: Mapping[str, Any]) -> str:
         f"{settings.get('user') or '?'}@{host}:{settings.get('port') or '(default)'}"
         f"/{settings.get('dbname') or '?'}"
     )
-
-
-def _one_line(text: str) -> str:
-    """``text`` on one line (libpq messages span several; log lines and errors should not)."""
-    return " ".join(text.split())
 
 
 @attrs.frozen
@@ -657,7 +693,7 @@ def _database_from_dsn(
     except psycopg.Error as ex:
         # psycopg's message may quote the whole DSN, password included; and
         # raised outside the handler, the error has no context holding it.
-        problem = redact(_one_line(str(ex)), dsn)
+        problem = redact(one_line(str(ex)), dsn)
     if problem is not None:
         raise ConfigError(path, f"not a valid libpq connection string or URL: {problem}")
     entry: dict[str, Any] = {}

@@ -1,15 +1,12 @@
 """psycopg's :class:`~psycopg.AsyncConnection`, driven by trio.
 
-psycopg 3 implements the PostgreSQL protocol as generators that never block:
-they yield "wait until the socket is readable/writable" states and are resumed
-with the readiness found.  :class:`psycopg.AsyncConnection` consumes those
-generators with asyncio; :class:`TrioConnection` consumes the very same
-generators with :func:`trio.lowlevel.wait_readable` /
-:func:`trio.lowlevel.wait_writable`, and swaps psycopg's asyncio lock for a
-:class:`trio.Lock`.  Everything built on top of the connection's ``wait`` and
-``lock`` (cursors, server-side cursors, ``transaction()``, COPY, pipeline
-mode, ``notifies()``, ``TypeInfo.fetch``, row factories, adapters) therefore
-works unchanged under trio.
+:class:`psycopg.AsyncConnection` consumes psycopg's protocol generators with
+asyncio; :class:`TrioConnection` consumes the very same generators with trio
+(:mod:`otpy.pg.waiting`), and swaps psycopg's asyncio lock for a trio lock
+(:class:`ConnectionLock`).  Everything built on top of the connection's
+``wait`` and ``lock`` (cursors, server-side cursors, ``transaction()``, COPY,
+pipeline mode, ``notifies()``, ``TypeInfo.fetch``, row factories, adapters)
+therefore works unchanged under trio.
 
 What trio needs and psycopg cannot give it:
 
@@ -20,332 +17,76 @@ What trio needs and psycopg cannot give it:
   longer than :attr:`TrioConnection.cancel_timeout`, the connection is closed.
 * **Name resolution.**  libpq resolves host names with a blocking call: hosts
   are resolved with :func:`trio.socket.getaddrinfo` first and passed to libpq
-  as ``hostaddr``.
+  as ``hostaddr`` (one attempt per host and address).
 * **Closing.**  :func:`trio.lowlevel.notify_closing` is called before libpq
   closes the socket, so a task waiting on it wakes up with
   :class:`~otpy.pg.errors.ConnectionClosedError` instead of waiting forever.
+  :meth:`TrioConnection.close_now` is the one place that closes a socket.
 
-Replication mode (``replication=database``) is supported by
-:func:`replication_connect`, :func:`start_copy_both`, :func:`wait_copy_data`
-and :func:`send_copy_data`, which drive libpq's COPY_BOTH state without
-blocking.
-
-This module is the only place in otpy that touches psycopg internals
-(``psycopg.generators``, ``psycopg.waiting``, ``psycopg._conninfo_utils``, the
-``wait``/``lock`` protocol of ``AsyncConnection``).  They are checked at import
-(:class:`~otpy.pg.errors.PsycopgCompatibilityError`); the tested range is
-:data:`TESTED_PSYCOPG`.
+Replication mode (``replication=database``) and its COPY_BOTH streaming are in
+:mod:`otpy.pg.copy_both`.  The psycopg internals used here
+(``psycopg._conninfo_utils``, the ``wait``/``lock`` protocol of
+``AsyncConnection``, ``_connect_gen``/``_cancel_gen``) are checked at import
+by :mod:`otpy.pg.compat`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import select
 import socket
-import time
-import warnings
-from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
 import trio
 from psycopg import errors as e
 from psycopg import pq
 from psycopg.abc import AdaptContext
-from psycopg.rows import AsyncRowFactory, Row, TupleRow, tuple_row
+from psycopg.rows import AsyncRowFactory, Row, tuple_row
 
-from otpy.pg.config import _one_line, libpq_settings, redact
-from otpy.pg.errors import (
-    ConnectError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    PsycopgCompatibilityError,
-    ReplicationProtocolError,
-)
+# Imported first: importing it checks the psycopg internals used below.
+import otpy.pg.compat  # noqa: F401
+
+# isort: split
+from psycopg import _conninfo_utils
+from psycopg._capabilities import capabilities
+from psycopg.conninfo import make_conninfo, timeout_from_conninfo
+
+from otpy._moved import moved_names
+from otpy.pg.config import libpq_settings, one_line, redact, redacted_error
+from otpy.pg.errors import ConnectError, ConnectTimeoutError
+from otpy.pg.waiting import WAIT_R, WAIT_W, drive, wait_conn_gen, wait_gen
 
 if TYPE_CHECKING:
     from typing import Self
 
-__all__ = [
-    "REPLICATION_SESSION_SETTINGS",
-    "TESTED_PSYCOPG",
-    "ConnectionLock",
-    "ReplicationConnection",
-    "TrioConnection",
-    "finish_copy_both",
-    "replication_connect",
-    "send_copy_data",
-    "start_copy_both",
-    "wait_copy_data",
-]
+__all__ = ["ConnectionLock", "TrioConnection"]
+
+# Names that moved to the modules cut from this one (#18): old imports keep working, with a warning.
+__getattr__ = moved_names(
+    __name__,
+    {
+        "TESTED_PSYCOPG": "otpy.pg.compat:TESTED_PSYCOPG",
+        "REPLICATION_SESSION_SETTINGS": "otpy.pg.copy_both:REPLICATION_SESSION_SETTINGS",
+        "ReplicationConnection": "otpy.pg.copy_both:ReplicationConnection",
+        "finish_copy_both": "otpy.pg.copy_both:finish_copy_both",
+        "replication_connect": "otpy.pg.copy_both:replication_connect",
+        "send_copy_data": "otpy.pg.copy_both:send_copy_data",
+        "start_copy_both": "otpy.pg.copy_both:start_copy_both",
+        "wait_copy_data": "otpy.pg.copy_both:wait_copy_data",
+    },
+)
 
 logger = logging.getLogger(__name__)
-
-#: The psycopg versions this module was tested with (a pip requirement specifier).
-#: 3.3.6 is the first release whose ``AsyncConnection.wait`` takes a ``timeout`` and
-#: raises ``_WaitTimeout`` (older ones tick with ``interval``); tested: 3.3.6, 3.3.7,
-#: 3.3.9, with both the binary and the pure-Python implementation.
-TESTED_PSYCOPG = ">=3.3.6,<3.4"
-_TESTED_MIN = (3, 3, 6)
-_TESTED_MAX_EXCLUSIVE = (3, 4)
-
-
-# --------------------------------------------------------------------------
-# psycopg internals used below: checked once, at import.
-# --------------------------------------------------------------------------
-
-
-def _check_psycopg() -> None:
-    """Fail at import, naming what is missing, if psycopg's internals changed."""
-    from psycopg import _conninfo_utils, conninfo, generators, waiting
-
-    required: list[tuple[object, str]] = [
-        (psycopg.AsyncConnection, "wait"),
-        (psycopg.AsyncConnection, "_connect_gen"),
-        (psycopg.AsyncConnection, "_cancel_gen"),
-        (psycopg.AsyncConnection, "_should_cancel"),
-        (psycopg.AsyncConnection, "_get_connection_params"),
-        (psycopg.AsyncConnection, "cancel_safe"),
-        (generators, "execute"),
-        (generators, "fetch_many"),
-        (waiting, "Wait"),
-        (waiting, "Ready"),
-        (_conninfo_utils, "split_attempts"),
-        (_conninfo_utils, "get_param"),
-        (_conninfo_utils, "get_param_def"),
-        (_conninfo_utils, "is_ip_address"),
-        (conninfo, "timeout_from_conninfo"),
-        (conninfo, "make_conninfo"),
-        (e, "_WaitTimeout"),
-        (pq.PGconn, "get_copy_data"),
-        (pq.PGconn, "put_copy_data"),
-        (pq.PGconn, "flush"),
-    ]
-    missing = [
-        f"{getattr(owner, '__name__', owner)}.{name}"
-        for owner, name in required
-        if not hasattr(owner, name)
-    ]
-    if missing:
-        raise PsycopgCompatibilityError(
-            f"psycopg {psycopg.__version__} lacks internals that otpy.pg.connection relies on "
-            f"({', '.join(missing)}); install a tested version: psycopg{TESTED_PSYCOPG}"
-        )
-    # The generator protocol: yield Wait.R/W/RW, resume with Ready flags.
-    if not (int(waiting.Wait.R) == 1 and int(waiting.Wait.W) == 2 and int(waiting.Ready.R) == 1):
-        raise PsycopgCompatibilityError(
-            f"psycopg {psycopg.__version__} changed its wait protocol; "
-            f"install a tested version: psycopg{TESTED_PSYCOPG}"
-        )
-    try:
-        version = tuple(int(part) for part in psycopg.__version__.split(".")[:3])
-    except ValueError:  # pragma: no cover - a development version string
-        version = _TESTED_MIN
-    if not (_TESTED_MIN <= version < _TESTED_MAX_EXCLUSIVE):
-        warnings.warn(
-            f"otpy.pg.connection was tested with psycopg{TESTED_PSYCOPG}, not "
-            f"{psycopg.__version__}: its internals were found, but run the test suite",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-
-
-_check_psycopg()
-
-from psycopg import _conninfo_utils, generators, waiting  # noqa: E402
-from psycopg._capabilities import capabilities  # noqa: E402
-from psycopg.conninfo import make_conninfo, timeout_from_conninfo  # noqa: E402
-
-RV = TypeVar("RV")
-
-_WAIT_R = int(waiting.Wait.R)
-_WAIT_W = int(waiting.Wait.W)
-_WAIT_RW = int(waiting.Wait.RW)
-_READY_R = int(waiting.Ready.R)
-_READY_W = int(waiting.Ready.W)
 
 _ACTIVE = pq.TransactionStatus.ACTIVE
 _UNKNOWN = pq.TransactionStatus.UNKNOWN
 _CONN_OK = pq.ConnStatus.OK
 _COPY_BOTH = pq.ExecStatus.COPY_BOTH
 
-#: How long a generator that never blocks may keep running before we let other
-#: tasks run (same rationale and value as psycopg's asyncio waiter).
-_MAX_BUSY_TIME = 0.005
-_last_yield = 0.0
-
 #: Seconds to wait for a cancelled command to end before sending the cancel again.
 _CANCEL_RETRY_INTERVAL = 0.5
-
-
-def _make_ready_function() -> Callable[[int, int], int]:
-    """Return a function telling, without blocking, which of ``wait`` is ready on ``fd``."""
-    fast = getattr(waiting, "_ready", None)
-    if callable(fast):
-        return cast(Callable[[int, int], int], fast)
-
-    def ready_poll(fileno: int, wait: int) -> int:  # pragma: no cover - psycopg < 3.3
-        poller = select.poll()
-        poller.register(
-            fileno,
-            (select.POLLIN if wait & _WAIT_R else 0) | (select.POLLOUT if wait & _WAIT_W else 0),
-        )
-        ready = 0
-        for _, events in poller.poll(0):
-            if events & select.POLLIN:
-                ready |= _READY_R
-            if events & select.POLLOUT:
-                ready |= _READY_W
-        return ready
-
-    return ready_poll
-
-
-_ready_now = _make_ready_function()
-
-
-# --------------------------------------------------------------------------
-# Waiting for psycopg generators with trio
-# --------------------------------------------------------------------------
-
-
-async def _wait_either(fileno: int) -> int:
-    """Wait until ``fileno`` is readable or writable; return the Ready flags.
-
-    trio has no single call waiting for both, so two tasks wait and the first
-    to wake cancels the other.  Only used when a generator asks for RW and the
-    socket is neither writable nor readable right now (a full send buffer),
-    which is rare: waiting for writing alone could deadlock when the server is
-    itself blocked writing results we do not read.
-    """
-    ready = 0
-
-    async def waiter(fn: Callable[[int], Any], flag: int, scope: trio.CancelScope) -> None:
-        nonlocal ready
-        await fn(fileno)
-        ready |= flag
-        scope.cancel()
-
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(waiter, trio.lowlevel.wait_readable, _READY_R, nursery.cancel_scope)
-            nursery.start_soon(waiter, trio.lowlevel.wait_writable, _READY_W, nursery.cancel_scope)
-    except BaseExceptionGroup as group:
-        # Re-raise a single exception, so that callers can catch trio.Cancelled
-        # or a closed socket exactly as for a plain wait.
-        cancelled, rest = group.split(trio.Cancelled)
-        leaf = _first_leaf(rest if rest is not None else cancelled)
-        raise leaf from None
-    return ready
-
-
-def _first_leaf(group: BaseExceptionGroup[BaseException] | None) -> BaseException:
-    assert group is not None
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
-
-
-async def _drive(gen: Any, state: int, fileno: int) -> Any:
-    """Resume ``gen`` (which just yielded ``state``) until it returns; wait with trio."""
-    global _last_yield
-    try:
-        while True:
-            if state & _WAIT_W:
-                # A socket we write to is nearly always writable: a zero-timeout
-                # poll is far cheaper than a round trip through the scheduler.
-                if time.monotonic() - _last_yield >= _MAX_BUSY_TIME:
-                    await trio.lowlevel.checkpoint()
-                    _last_yield = time.monotonic()
-                ready = _ready_now(fileno, state)
-                if not ready:
-                    if state & _WAIT_R:
-                        ready = await _wait_either(fileno)
-                    else:
-                        await trio.lowlevel.wait_writable(fileno)
-                        ready = _READY_W
-                    _last_yield = time.monotonic()
-            elif state & _WAIT_R:
-                # One scheduler pass before sleeping in epoll: other tasks run,
-                # and a reply that arrived meanwhile (common on a local server)
-                # is taken without registering the fd and going to sleep.  This
-                # measurably cuts round-trip latency (asyncio psycopg's loop
-                # also polls twice per round trip).
-                await trio.lowlevel.checkpoint()
-                if not _ready_now(fileno, _WAIT_R):
-                    await trio.lowlevel.wait_readable(fileno)
-                _last_yield = time.monotonic()
-                ready = _READY_R
-            else:
-                raise e.InternalError(f"bad poll status: {state}")
-            state = gen.send(ready)
-    except StopIteration as ex:
-        return ex.value
-    except trio.ClosedResourceError as ex:
-        raise ConnectionClosedError(
-            "the connection was closed (by another task) while this task was waiting on it"
-        ) from ex
-    except trio.BusyResourceError as ex:
-        raise e.InterfaceError(
-            "another task is already waiting on this connection's socket: use the "
-            "connection's lock (psycopg methods do) or one connection per task"
-        ) from ex
-    except OSError as ex:
-        raise ConnectionClosedError(f"connection socket closed: {ex}") from ex
-
-
-async def _wait_gen(gen: Any, fileno: int, timeout: float | None = None) -> Any:  # noqa: ASYNC109
-    """Consume a psycopg ``PQGen`` (yielding wait states) with trio; return its value.
-
-    Raises psycopg's ``_WaitTimeout`` when ``timeout`` expires (the contract of
-    ``AsyncConnection.wait``, relied upon by ``notifies(timeout=...)``).
-    """
-    global _last_yield
-    try:
-        state = next(gen)
-    except StopIteration as ex:
-        # Completed without blocking: let other tasks run now and then.
-        if time.monotonic() - _last_yield >= _MAX_BUSY_TIME:
-            await trio.lowlevel.checkpoint()
-            _last_yield = time.monotonic()
-        return ex.value
-    if timeout is None:
-        return await _drive(gen, state, fileno)
-    with trio.move_on_after(max(timeout, 0.0)):
-        # Data already waiting is processed even with a zero timeout.
-        if state & _WAIT_R and (ready := _ready_now(fileno, state)):
-            try:
-                state = gen.send(ready)
-            except StopIteration as ex:
-                return ex.value
-        return await _drive(gen, state, fileno)
-    raise e._WaitTimeout("wait timeout expired")
-
-
-async def _wait_conn_gen(gen: Any, timeout: float | None = None) -> Any:  # noqa: ASYNC109
-    """Consume a psycopg ``PQGenConn`` (yielding ``(fd, wait)``, the fd may change)."""
-    deadline = math.inf if timeout is None else trio.current_time() + timeout
-    try:
-        fileno, state = next(gen)
-        with trio.move_on_at(deadline):
-            while True:
-                if state & _WAIT_W and not state & _WAIT_R:
-                    await trio.lowlevel.wait_writable(fileno)
-                    ready = _READY_W
-                elif state & _WAIT_R and not state & _WAIT_W:
-                    await trio.lowlevel.wait_readable(fileno)
-                    ready = _READY_R
-                else:
-                    ready = _ready_now(fileno, state) or await _wait_either(fileno)
-                fileno, state = gen.send(ready)
-        raise e._WaitTimeout("wait timeout expired")
-    except StopIteration as ex:
-        return ex.value
-    except (OSError, trio.ClosedResourceError) as ex:
-        raise e.OperationalError(f"connection socket closed: {ex}") from ex
 
 
 # --------------------------------------------------------------------------
@@ -392,15 +133,6 @@ def _with_libpq_settings(params: dict[str, Any]) -> dict[str, Any]:
     settings = libpq_settings(params)
     extra = {k: settings[k] for k in _ATTEMPT_PARAMS if k not in params and settings.get(k)}
     return {**params, **extra} if extra else params
-
-
-def _redacted(ex: e.Error, *sources: object) -> e.Error:
-    """A psycopg error of the same class as ``ex``, its message without any password.
-
-    Raise it outside the ``except`` block that caught ``ex``: raised inside,
-    it would keep ``ex`` (and the DSN its message quotes) as its context.
-    """
-    return type(ex)(redact(_one_line(str(ex)), *sources))
 
 
 async def _resolve_attempts(
@@ -460,7 +192,7 @@ def _settle(pgconn: pq.abc.PGconn) -> Any:
     nulls = 0
     while pgconn.transaction_status == _ACTIVE:
         if pgconn.is_busy():
-            yield _WAIT_R
+            yield WAIT_R
             pgconn.consume_input()
             continue
         result = pgconn.get_result()
@@ -478,13 +210,13 @@ def _settle(pgconn: pq.abc.PGconn) -> Any:
                 if nbytes < 0:
                     break
                 if nbytes == 0:
-                    yield _WAIT_R
+                    yield WAIT_R
                     pgconn.consume_input()
         elif result.status == pq.ExecStatus.COPY_IN:
             while pgconn.put_copy_end(b"cancelled by the client") == 0:
-                yield _WAIT_W
+                yield WAIT_W
             while pgconn.flush() == 1:
-                yield _WAIT_W
+                yield WAIT_W
         elif result.status == _COPY_BOTH:
             raise e.InternalError("cannot leave COPY_BOTH mode")
 
@@ -617,7 +349,7 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
         except e.Error as ex:
             # psycopg's and libpq's messages may quote the DSN, password
             # included: raised outside the handler, unchained from the original.
-            problem = _redacted(ex, *secrets)
+            problem = redacted_error(ex, *secrets)
         if problem is not None:
             raise problem
         timeouts = 0
@@ -628,12 +360,12 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
             logger.debug("connection attempt: %s", descr)
             try:
                 gen = cls._connect_gen(make_conninfo("", **attempt))
-                rv = cast("Self", await _wait_conn_gen(gen, timeout=timeout or None))
+                rv = cast("Self", await wait_conn_gen(gen, timeout=timeout or None))
             except e._WaitTimeout:
                 timeouts += 1
                 failures.append((descr, f"timed out after {timeout}s (connect_timeout)"))
             except e.Error as ex:
-                failures.append((descr, redact(_one_line(str(ex)), *secrets)))
+                failures.append((descr, redact(one_line(str(ex)), *secrets)))
             else:
                 logger.debug("connection succeeded: %s", descr)
                 break
@@ -676,7 +408,7 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
         if trio.current_effective_deadline() == -math.inf:
             return await self._run_while_cancelled(gen, fileno)
         try:
-            return await _wait_gen(gen, fileno, timeout)
+            return await wait_gen(gen, fileno, timeout)
         except (trio.Cancelled, KeyboardInterrupt):
             with trio.CancelScope(shield=True):
                 await self._recover_interrupted(gen, fileno)
@@ -699,7 +431,7 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
                     gen.close()  # nothing in flight: just stop waiting
                 else:
                     with trio.move_on_after(self.cancel_timeout) as timeout_scope:
-                        await _drive(gen, state, fileno)
+                        await drive(gen, state, fileno)
                     if timeout_scope.cancelled_caught:
                         self._close_unusable(
                             "a command run while the task was cancelled did not finish"
@@ -735,7 +467,7 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
                     logger.warning("query cancellation request failed: %s", ex)
                 with trio.move_on_after(_CANCEL_RETRY_INTERVAL):
                     try:
-                        await _wait_gen(gen, fileno)
+                        await wait_gen(gen, fileno)
                     except e.QueryCanceled:
                         pass  # the expected outcome
                     except e.Error as ex:
@@ -745,7 +477,7 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
             # then ends the copy with an error): consume whatever is pending.
             if pgconn.status == _CONN_OK and pgconn.transaction_status == _ACTIVE:
                 try:
-                    await _wait_gen(_settle(pgconn), fileno)
+                    await wait_gen(_settle(pgconn), fileno)
                 except e.Error as ex:
                     logger.debug("error settling a cancelled command: %r", ex)
         if scope.cancelled_caught:
@@ -758,7 +490,7 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
     async def _send_cancel(self) -> None:
         """Ask the server to cancel the running command, without blocking trio."""
         if capabilities.has_cancel_safe():
-            await _wait_conn_gen(self._cancel_gen())
+            await wait_conn_gen(self._cancel_gen())
         else:  # pragma: no cover - libpq < 17: the blocking PQcancel, in a thread
             cancel = self.pgconn.get_cancel()
             await trio.to_thread.run_sync(cancel.cancel)
@@ -767,10 +499,25 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
         logger.warning("closing PostgreSQL connection: %s", reason)
         # Not through close(): `_closed` stays as it is, so `broken` is True
         # (unless another task did close() it meanwhile) and users can tell.
-        self._finish()
+        self.close_now()
 
-    def _finish(self) -> None:
-        """Close the socket, waking any task waiting on it first."""
+    def close_now(self) -> None:
+        """Close the socket at once, synchronously, with no round trip to the server.
+
+        The one way otpy closes a connection's socket (:meth:`close` ends
+        with it too).  For code that cannot wait: a replication session whose
+        reader is being killed, a leftover session holding a slot, a command
+        that could not be cancelled.  Tasks waiting on the socket wake up with
+        :class:`~otpy.pg.errors.ConnectionClosedError`
+        (:func:`trio.lowlevel.notify_closing` is called before libpq closes
+        it); the server sees the connection drop and ends its backend.
+
+        Unlike :meth:`close`, the connection is not marked as closed by its
+        owner: ``broken`` is True afterwards, which is what it is.  Does
+        nothing on a closed connection.
+        """
+        if self.closed:
+            return
         fileno = _socket_or_none(self.pgconn)
         if fileno is not None:
             trio.lowlevel.notify_closing(fileno)
@@ -818,7 +565,7 @@ class TrioConnection(psycopg.AsyncConnection[Row]):
         if self.closed:
             return
         self._closed = True
-        self._finish()
+        self.close_now()
         await trio.lowlevel.cancel_shielded_checkpoint()
 
 
@@ -827,226 +574,3 @@ def _socket_or_none(self: pq.abc.PGconn) -> int | None:
         return self.socket
     except e.OperationalError:
         return None
-
-
-# --------------------------------------------------------------------------
-# Replication mode
-# --------------------------------------------------------------------------
-
-#: Settings pinned on every replication connection.  The walsender formats
-#: text-mode pgoutput values with its session's DateStyle, IntervalStyle and
-#: TimeZone; psycopg's loaders (and the value decoder) rely on these.
-REPLICATION_SESSION_SETTINGS: dict[str, str] = {
-    "DateStyle": "ISO,MDY",
-    "IntervalStyle": "postgres",
-    "TimeZone": "UTC",
-    "client_encoding": "UTF8",
-}
-
-
-def _replication_options(user_options: str | None) -> str:
-    pinned = " ".join(f"-c {name}={value}" for name, value in REPLICATION_SESSION_SETTINGS.items())
-    # libpq applies options left to right: ours come last so that they win.
-    return f"{user_options} {pinned}" if user_options else pinned
-
-
-class ReplicationConnection(TrioConnection[TupleRow]):
-    """A :class:`TrioConnection` opened with ``replication=database``.
-
-    Made by :func:`replication_connect`.  Leaving ``async with`` only closes
-    it: there is no transaction to commit on a walsender session, and once
-    streaming has started no command can be sent (a ``COMMIT`` would fail with
-    "another command is already in progress").
-    """
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-
-async def replication_connect(conninfo: str = "", **kwargs: Any) -> ReplicationConnection:
-    """Open a logical replication connection (``replication=database``).
-
-    The connection is in autocommit mode with prepared statements disabled,
-    because a walsender accepts only the simple query protocol: run replication
-    commands with ``await conn.execute("IDENTIFY_SYSTEM")`` (no parameters;
-    quote identifiers with :class:`psycopg.sql.Identifier`).  DateStyle,
-    IntervalStyle, TimeZone and client_encoding are pinned through the
-    ``options`` parameter (:data:`REPLICATION_SESSION_SETTINGS`), after any
-    options given by the caller.
-
-    Start streaming with :func:`start_copy_both`, then use
-    :func:`wait_copy_data` and :func:`send_copy_data`.
-    """
-    from psycopg.conninfo import conninfo_to_dict
-
-    problem: e.Error | None = None
-    try:
-        params = conninfo_to_dict(conninfo, **kwargs)
-        params["replication"] = "database"
-        params["options"] = _replication_options(cast("str | None", params.get("options")))
-        dsn = make_conninfo("", **params)
-    except e.Error as ex:
-        problem = _redacted(ex, conninfo, kwargs)  # raised below, unchained
-    if problem is not None:
-        raise problem
-    return await ReplicationConnection.connect(dsn, autocommit=True, prepare_threshold=None)
-
-
-async def start_copy_both(conn: TrioConnection[Any], command: str | bytes) -> None:
-    """Send ``START_REPLICATION ...`` (simple protocol) and enter COPY_BOTH mode.
-
-    ``command`` is the complete replication command, already quoted.  Returns
-    once the server has accepted it; the connection then carries only copy
-    data, driven by :func:`wait_copy_data` and :func:`send_copy_data`, until it
-    is closed.
-
-    Raises:
-        psycopg.Error: the server rejected the command (e.g. unknown slot).
-        ReplicationProtocolError: the server did not switch to COPY_BOTH.
-    """
-    data = command.encode(conn.pgconn._encoding) if isinstance(command, str) else command
-    async with conn.lock:
-        conn._check_connection_ok()
-        conn.pgconn.send_query(data)
-        results = await conn.wait(generators.execute(conn.pgconn))
-    last = results[-1] if results else None
-    if last is None:
-        raise ReplicationProtocolError("the server sent no result for the replication command")
-    if last.status == pq.ExecStatus.FATAL_ERROR:
-        raise e.error_from_result(last, encoding=conn.pgconn._encoding)
-    if last.status != _COPY_BOTH:
-        raise ReplicationProtocolError(
-            f"the replication command returned {pq.ExecStatus(last.status).name}, not "
-            f"COPY_BOTH: use conn.execute() for commands that do not stream"
-        )
-
-
-async def wait_copy_data(conn: TrioConnection[Any]) -> bytes | None:
-    """Return the next COPY_BOTH message from the server, waiting with trio.
-
-    Returns the raw message (``b"w"`` XLogData, ``b"k"`` keepalive, ...), or
-    ``None`` when the server ended the stream normally.  One task at a time may
-    wait for data; another task may concurrently use :func:`send_copy_data`
-    (this is what lets a reader answer keepalives while a handler runs).  No
-    lock is taken: nothing else may use the connection while it streams.
-
-    Raises:
-        ConnectionClosedError: the connection was lost or closed.
-        psycopg.Error: the server ended the stream with an error (e.g. the
-            backend was terminated or the slot dropped).
-        ReplicationProtocolError: the connection is not in COPY_BOTH mode.
-    """
-    pgconn = conn.pgconn
-    while True:
-        if pgconn.status != _CONN_OK:
-            raise ConnectionClosedError("the replication connection is closed")
-        try:
-            nbytes, data = pgconn.get_copy_data(1)
-        except e.OperationalError as ex:
-            # psycopg raises for libpq's -2: connection lost, or not in COPY mode.
-            raise _copy_read_error(pgconn, str(ex)) from None
-        if nbytes > 0:
-            await _busy_checkpoint()
-            return bytes(data)
-        if nbytes == 0:
-            try:
-                await trio.lowlevel.wait_readable(pgconn.socket)
-            except trio.ClosedResourceError as ex:
-                raise ConnectionClosedError("the replication connection was closed") from ex
-            except trio.BusyResourceError as ex:
-                raise e.InterfaceError(
-                    "another task is already waiting for copy data on this connection"
-                ) from ex
-            try:
-                pgconn.consume_input()
-            except e.OperationalError as ex:
-                raise ConnectionClosedError(f"replication connection lost: {ex}") from None
-            continue
-        if nbytes == -1:
-            await finish_copy_both(conn)
-            return None
-        # -2: libpq error (connection lost, or not in COPY mode).
-        raise _copy_read_error(pgconn, _pq_error(pgconn))
-
-
-def _copy_read_error(pgconn: pq.abc.PGconn, message: str) -> e.OperationalError:
-    """The error for a failed read of copy data: the connection lost, or not in COPY mode."""
-    if pgconn.status != _CONN_OK:
-        return ConnectionClosedError(f"replication connection lost: {message}")
-    return ReplicationProtocolError(
-        f"cannot read copy data (is START_REPLICATION running?): {message}"
-    )
-
-
-async def _busy_checkpoint() -> None:
-    """A cancellation point that also lets other tasks run if we have not for a while.
-
-    A stream whose frames are always already buffered would otherwise never
-    yield to the scheduler and starve every other task.
-    """
-    global _last_yield
-    if time.monotonic() - _last_yield >= _MAX_BUSY_TIME:
-        await trio.lowlevel.checkpoint()
-        _last_yield = time.monotonic()
-    else:
-        await trio.lowlevel.checkpoint_if_cancelled()
-
-
-async def finish_copy_both(conn: TrioConnection[Any]) -> None:
-    """Collect the server's final result after ``get_copy_data`` reported the end (-1).
-
-    :func:`wait_copy_data` calls it itself; a reader that takes already
-    buffered messages straight from ``conn.pgconn.get_copy_data(1)`` (to
-    avoid a scheduler pass per message) calls it when that returns -1.
-
-    Raises:
-        psycopg.Error: the server ended the stream with an error (e.g. the
-            slot was dropped, or the walsender was terminated).
-    """
-    results = await _wait_gen(generators.fetch_many(conn.pgconn), conn.pgconn.socket)
-    for result in results:
-        if result.status == pq.ExecStatus.FATAL_ERROR:
-            raise e.error_from_result(result, encoding=conn.pgconn._encoding)
-
-
-async def send_copy_data(conn: TrioConnection[Any], data: bytes) -> None:
-    """Send one COPY_BOTH message (e.g. a standby status update) and flush it.
-
-    Waits with trio while the socket is not writable.  Safe to call while
-    another task waits in :func:`wait_copy_data`.
-
-    Raises:
-        ConnectionClosedError: the connection was lost or closed.
-    """
-    await trio.lowlevel.checkpoint_if_cancelled()
-    pgconn = conn.pgconn
-    try:
-        while True:
-            if pgconn.status != _CONN_OK:
-                raise ConnectionClosedError("the replication connection is closed")
-            sent = pgconn.put_copy_data(data)
-            if sent == 1:
-                break
-            if sent < 0:
-                raise ConnectionClosedError(f"cannot send copy data: {_pq_error(pgconn)}")
-            await trio.lowlevel.wait_writable(pgconn.socket)
-        while (flushed := pgconn.flush()) == 1:
-            await trio.lowlevel.wait_writable(pgconn.socket)
-        if flushed < 0:
-            raise ConnectionClosedError(f"cannot send copy data: {_pq_error(pgconn)}")
-    except e.OperationalError as ex:
-        if isinstance(ex, ConnectionClosedError):
-            raise
-        raise ConnectionClosedError(f"cannot send copy data: {ex}") from ex
-    except trio.ClosedResourceError as ex:
-        raise ConnectionClosedError("the replication connection was closed") from ex
-    await trio.lowlevel.cancel_shielded_checkpoint()
-
-
-def _pq_error(pgconn: pq.abc.PGconn) -> str:
-    return _one_line(pgconn.get_error_message(pgconn._encoding)) or "unknown libpq error"

@@ -81,7 +81,8 @@ from psycopg import errors as pg_errors
 from psycopg import pq, sql
 
 from otpy._util import raise_unwrapped
-from otpy.pg.connection import REPLICATION_SESSION_SETTINGS, TrioConnection, finish_copy_both
+from otpy.pg.connection import TrioConnection
+from otpy.pg.copy_both import REPLICATION_SESSION_SETTINGS, finish_copy_both
 from otpy.pg.replication.changes import Change, ChangeBatch
 from otpy.pg.replication.errors import ReplicationError, SlotInUse
 from otpy.pg.replication.lsn import LSN

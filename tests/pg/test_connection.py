@@ -6,7 +6,6 @@ throw-away server, in a database of this module's own (``module_dsn``).
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import itertools
 import math
@@ -350,6 +349,41 @@ async def test_close_wakes_a_task_waiting_on_the_connection(conn: TrioConnection
         await conn.execute("SELECT 1")
 
 
+async def test_close_now_drops_the_connection_at_once_and_wakes_its_waiter(
+    conn: TrioConnection[Any],
+) -> None:
+    errors: list[BaseException] = []
+
+    async def query() -> None:
+        try:
+            await conn.execute("SELECT pg_sleep(30)")
+        except Exception as exc:
+            errors.append(exc)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(query)
+            await trio.testing.wait_all_tasks_blocked()  # the query is sent and waiting
+            conn.close_now()  # synchronous: no round trip, no checkpoint
+            assert conn.closed
+    assert len(errors) == 1 and isinstance(errors[0], ConnectionClosedError)
+    assert conn.broken  # closed without close(): its owner can tell
+    conn.close_now()  # closing again does nothing
+    with pytest.raises(psycopg.OperationalError, match="the connection is closed"):
+        await conn.execute("SELECT 1")
+
+
+def test_the_replication_helpers_old_import_path_warns_and_still_works() -> None:
+    from otpy.pg import connection, copy_both
+
+    for name in copy_both.__all__:
+        with pytest.warns(DeprecationWarning, match=rf"otpy\.pg\.copy_both\.{name}"):
+            assert getattr(connection, name) is getattr(copy_both, name)
+    with pytest.warns(DeprecationWarning, match=r"otpy\.pg\.compat\.TESTED_PSYCOPG"):
+        from otpy.pg.connection import TESTED_PSYCOPG
+    assert TESTED_PSYCOPG == ">=3.3.6,<3.4"
+
+
 async def test_terminated_backend_says_so(
     conn: TrioConnection[Any], other: TrioConnection[Any]
 ) -> None:
@@ -503,27 +537,6 @@ async def test_cancel_during_copy_out(conn: TrioConnection[Any]) -> None:
     assert await (await conn.execute("SELECT 4")).fetchone() == (4,)
 
 
-def test_missing_psycopg_internals_fail_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
-    from psycopg._connection_base import BaseConnection
-
-    from otpy.pg import connection
-    from otpy.pg.errors import PsycopgCompatibilityError
-
-    monkeypatch.delattr(BaseConnection, "_cancel_gen")
-    with pytest.raises(PsycopgCompatibilityError, match=r"AsyncConnection\._cancel_gen") as info:
-        connection._check_psycopg()
-    assert connection.TESTED_PSYCOPG in str(info.value)
-    assert isinstance(info.value, ImportError)
-
-
-def test_untested_psycopg_version_warns(monkeypatch: pytest.MonkeyPatch) -> None:
-    from otpy.pg import connection
-
-    monkeypatch.setattr(psycopg, "__version__", "3.9.0")
-    with pytest.warns(RuntimeWarning, match=r"tested with psycopg>=3\.3\.6,<3\.4"):
-        connection._check_psycopg()
-
-
 async def test_cancel_in_the_middle_of_copy_in(conn: TrioConnection[Any]) -> None:
     await conn.execute("CREATE TABLE copy_cancelled (v int)")
     with trio.move_on_after(0.2) as scope:
@@ -566,10 +579,10 @@ async def test_async_with_block_left_by_cancellation_closes(module_dsn: str) -> 
 async def test_large_copy_and_pipeline_wait_for_a_writable_socket(
     conn: TrioConnection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from otpy.pg import connection
+    from otpy.pg import waiting
 
     calls = {"either": 0, "writable": 0}
-    real_either, real_writable = connection._wait_either, trio.lowlevel.wait_writable
+    real_either, real_writable = waiting.wait_either, trio.lowlevel.wait_writable
 
     async def counting_either(fileno: int) -> int:
         calls["either"] += 1
@@ -579,7 +592,7 @@ async def test_large_copy_and_pipeline_wait_for_a_writable_socket(
         calls["writable"] += 1
         await real_writable(fd)
 
-    monkeypatch.setattr(connection, "_wait_either", counting_either)
+    monkeypatch.setattr(waiting, "wait_either", counting_either)
     monkeypatch.setattr(trio.lowlevel, "wait_writable", counting_writable)
 
     await conn.execute("CREATE TABLE big_items (id int, payload text)")
@@ -602,63 +615,6 @@ async def test_large_copy_and_pipeline_wait_for_a_writable_socket(
                 break
     assert lengths == [100_000] * 300
     assert calls["writable"] + calls["either"] > 0, "the socket never filled up"
-
-
-async def test_wait_for_readable_or_writable_wakes_on_either() -> None:
-    """The RW wait used when a full send buffer meets pending results (hard to force via SQL)."""
-    from otpy.pg.connection import _wait_either
-
-    a, b = socket.socketpair()
-    try:
-        a.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            while True:  # fill a's send buffer: a is now neither writable nor readable
-                a.send(b"x" * 65536)
-        results: list[int] = []
-
-        async def waiter() -> None:
-            results.append(await _wait_either(a.fileno()))
-
-        with trio.fail_after(5):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(waiter)
-                await trio.testing.wait_all_tasks_blocked()
-                assert results == []
-                b.send(b"reply")  # a becomes readable
-        assert results == [1]  # Ready.R
-
-        a.recv(16)
-        with trio.fail_after(5):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(waiter)
-                await trio.testing.wait_all_tasks_blocked()
-                b.setblocking(False)
-                with contextlib.suppress(BlockingIOError):
-                    while True:  # drain: a becomes writable
-                        b.recv(1 << 20)
-        assert results[1] == 2  # Ready.W
-
-        a.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            while True:  # full again
-                a.send(b"x" * 65536)
-        caught: list[BaseException] = []
-
-        async def closer() -> None:
-            await trio.testing.wait_all_tasks_blocked()
-            trio.lowlevel.notify_closing(a.fileno())
-
-        with trio.fail_after(5):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(closer)
-                try:
-                    await _wait_either(a.fileno())
-                except trio.ClosedResourceError as exc:  # a single exception, not a group
-                    caught.append(exc)
-        assert len(caught) == 1
-    finally:
-        a.close()
-        b.close()
 
 
 async def test_cancelled_notifies_leaves_the_connection_usable(

@@ -15,7 +15,8 @@ import pytest
 import trio
 import trio.testing
 
-from otpy.pg.connection import TrioConnection, replication_connect, wait_copy_data
+from otpy.pg.connection import TrioConnection
+from otpy.pg.copy_both import replication_connect, wait_copy_data
 from otpy.pg.errors import ConnectError, ConnectionClosedError
 from otpy.testing import PostgresServer
 
@@ -84,7 +85,7 @@ async def test_connect_while_stopped_then_after_restart(server: PostgresServer) 
 
 
 async def test_replication_stream_when_server_stops(server: PostgresServer) -> None:
-    from otpy.pg.connection import start_copy_both
+    from otpy.pg.copy_both import start_copy_both
 
     async with await replication_connect(server.dsn) as repl:
         await repl.execute('CREATE_REPLICATION_SLOT "otpy_stop" TEMPORARY LOGICAL pgoutput')

@@ -23,7 +23,8 @@ from otpy import Ref
 from otpy._util import raise_unwrapped
 from otpy.pg import pool, wal_reader
 from otpy.pg.config import ConnectorConfig, DatabaseConfig, PoolConfig, Secret, redact
-from otpy.pg.connection import TrioConnection, replication_connect
+from otpy.pg.connection import TrioConnection
+from otpy.pg.copy_both import replication_connect
 from otpy.pg.errors import ConfigError
 
 SECRET = "s3cr3t-Pa55"
@@ -88,6 +89,24 @@ def test_redact_removes_passwords_from_keyword_and_uri_forms() -> None:
     assert redact(f'bad value "{SECRET}"', {"password": SECRET}) == 'bad value "********"'
     assert redact(f"({SECRET})", Secret(SECRET)) == "(********)"
     assert redact(f"got {SECRET} x", f"password='{SECRET}") == "got ******** x"
+
+
+def test_redact_removes_a_short_secret_only_as_a_whole_word() -> None:
+    assert redact("pw is wrong, pwd and upwards stay", Secret("pw")) == (
+        "******** is wrong, pwd and upwards stay"
+    )
+
+
+def test_the_command_line_redacts_with_the_same_function_and_its_own_marker() -> None:
+    from otpy.cli.errors import redact as cli_redact
+    from otpy.cli.errors import secrets_of
+
+    text = f"bad dsn 'host=h password={SECRET}' and {SECRET} again"
+    assert cli_redact(text, secrets_of(f"password={SECRET}")) == (
+        redact(text, f"password={SECRET}", marker="***")
+    )
+    # A password in a DSN form is removed even when it was not named as a secret.
+    assert SECRET not in cli_redact(f"bad dsn 'host=h password={SECRET}'", [])
 
 
 @pytest.mark.parametrize("dsn", MALFORMED)

@@ -26,7 +26,7 @@ from wr_helpers import (
 
 from otpy import Ref
 from otpy.pg import wal_reader
-from otpy.pg.connection import replication_connect, start_copy_both
+from otpy.pg.copy_both import replication_connect, start_copy_both
 from otpy.pg.wal_reader import (
     UNCHANGED_TOAST,
     AlreadySubscribed,

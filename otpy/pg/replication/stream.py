@@ -29,7 +29,6 @@ the handler loop first and is acknowledged only once the handler recorded it.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import weakref
 from collections.abc import Awaitable, Callable
@@ -39,9 +38,9 @@ import psycopg
 import trio
 from psycopg import errors as pg_errors
 
-from otpy.pg.connection import (
+from otpy.pg.connection import TrioConnection
+from otpy.pg.copy_both import (
     ReplicationConnection,
-    TrioConnection,
     finish_copy_both,
     replication_connect,
     send_copy_data,
@@ -584,8 +583,4 @@ def _progress_batch(lsn: LSN) -> ChangeBatch:
 
 def _hard_close(conn: TrioConnection[Any]) -> None:
     """Close a connection at once, synchronously, waking tasks that wait on its socket."""
-    if conn.closed:
-        return
-    with contextlib.suppress(psycopg.Error, OSError):
-        trio.lowlevel.notify_closing(conn.pgconn.socket)
-    conn.pgconn.finish()
+    conn.close_now()

@@ -4,8 +4,15 @@ The replication connection cannot run these queries (a ``replication=database``
 session accepts only simple queries, and the walsender is busy streaming), so
 they run on a *normal* connection to the same database.  Both a blocking
 version (psycopg ``Connection``) and an awaitable one (psycopg
-``AsyncConnection``, including otpy's trio connection) are provided; they
-share all logic except the I/O.
+``AsyncConnection``, including otpy's trio connection) are provided.
+
+The protocol is written once, as psycopg writes its own (``psycopg.generators``):
+:func:`resolve_missing_types` is a generator that *yields* the queries it
+needs (:class:`DescribeTypes`, :class:`FetchInfo`) and is *sent* their
+answers; it does no I/O.  :func:`fetch_missing_types` and
+:func:`afetch_missing_types` are its two drivers, a few lines each, which run
+each query on a blocking or an async connection.  The rules below are thus
+the same for both by construction, and testable without a server.
 
 Resolution per OID, from ``pg_type``:
 
@@ -31,9 +38,10 @@ types were fetched again once the attempt is over, whether it succeeded or not.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from typing import Any
 
+import attrs
 from psycopg import AsyncConnection, Connection, sql
 from psycopg.pq import Format
 from psycopg.types import TypeInfo
@@ -44,7 +52,15 @@ from psycopg.types.range import RangeInfo
 
 from .values import FIRST_NORMAL_OID, ValueDecoder
 
-__all__ = ["TYPE_QUERY", "afetch_missing_types", "fetch_missing_types"]
+__all__ = [
+    "TYPE_QUERY",
+    "DescribeTypes",
+    "FetchInfo",
+    "TypeQuery",
+    "afetch_missing_types",
+    "fetch_missing_types",
+    "resolve_missing_types",
+]
 
 #: Describes the given type OIDs (one array parameter).
 TYPE_QUERY = """\
@@ -149,8 +165,42 @@ def _register(decoder: ValueDecoder, oid: int, info: TypeInfo | None) -> None:
         decoder.register_type(info)
 
 
-def fetch_missing_types(conn: Connection[Any], decoder: ValueDecoder) -> None:
-    """Resolve :meth:`ValueDecoder.missing_types` with a blocking psycopg connection."""
+@attrs.frozen
+class DescribeTypes:
+    """A query of :func:`resolve_missing_types`: run :data:`TYPE_QUERY` for ``oids``.
+
+    Its answer is the list of the query's rows.
+    """
+
+    oids: list[int]
+
+
+@attrs.frozen
+class FetchInfo:
+    """A query of :func:`resolve_missing_types`: fetch the catalog information of one type.
+
+    Its answer is ``info_class.fetch(conn, name)``: the info, or ``None`` when
+    the type is gone.
+    """
+
+    info_class: type[TypeInfo]
+    name: sql.Identifier
+
+
+#: What :func:`resolve_missing_types` yields.
+TypeQuery = DescribeTypes | FetchInfo
+
+
+def resolve_missing_types(decoder: ValueDecoder) -> Generator[TypeQuery, Any, None]:
+    """Resolve :meth:`ValueDecoder.missing_types`: the protocol, without I/O.
+
+    Yields the queries to run (:class:`DescribeTypes`, :class:`FetchInfo`) and
+    expects each one's answer to be sent back; registers what it learns on
+    ``decoder`` as it goes.  Whichever way it ends (done, an error thrown in, or
+    closed by its driver), ``decoder`` is told which types were fetched again
+    (:meth:`ValueDecoder.refreshed`).  Drive it with :func:`fetch_missing_types`
+    or :func:`afetch_missing_types`.
+    """
     stale = decoder.stale_types()
     forced, wanted, refreshed = set(stale), set(decoder.missing_types()), set(stale)
     domains: list[_Domain] = []
@@ -160,10 +210,11 @@ def fetch_missing_types(conn: Connection[Any], decoder: ValueDecoder) -> None:
             if not wanted:
                 break
             refreshed |= wanted & forced
-            rows = conn.execute(TYPE_QUERY, [sorted(wanted)]).fetchall()
+            rows = yield DescribeTypes(sorted(wanted))
             fetch, wanted = _plan(decoder, rows, wanted, domains, forced)
             for oid, cls, ident in fetch:
-                _register_fetched(decoder, oid, cls.fetch(conn, ident), forced, wanted)
+                info = yield FetchInfo(cls, ident)
+                _register_fetched(decoder, oid, info, forced, wanted)
             _register_domains(decoder, domains, final=False)
             forced.difference_update(row[0] for row in rows)  # refreshed once is enough
         _register_domains(decoder, domains, final=True)
@@ -171,28 +222,38 @@ def fetch_missing_types(conn: Connection[Any], decoder: ValueDecoder) -> None:
             decoder.give_up(oid)
     finally:
         decoder.refreshed(refreshed)
+
+
+def fetch_missing_types(conn: Connection[Any], decoder: ValueDecoder) -> None:
+    """Resolve :meth:`ValueDecoder.missing_types` with a blocking psycopg connection."""
+    protocol = resolve_missing_types(decoder)
+    try:
+        query = next(protocol)
+        while True:
+            if isinstance(query, DescribeTypes):
+                answer: Any = conn.execute(TYPE_QUERY, [query.oids]).fetchall()
+            else:
+                answer = query.info_class.fetch(conn, query.name)
+            query = protocol.send(answer)
+    except StopIteration:
+        pass
+    finally:
+        protocol.close()  # after a failed query: the protocol's clean-up runs now
 
 
 async def afetch_missing_types(conn: AsyncConnection[Any], decoder: ValueDecoder) -> None:
     """Resolve :meth:`ValueDecoder.missing_types` with an async psycopg connection."""
-    stale = decoder.stale_types()
-    forced, wanted, refreshed = set(stale), set(decoder.missing_types()), set(stale)
-    domains: list[_Domain] = []
+    protocol = resolve_missing_types(decoder)
     try:
-        for _ in range(_MAX_ROUNDS):
-            wanted = _unknown(decoder, wanted, forced)
-            if not wanted:
-                break
-            refreshed |= wanted & forced
-            cursor = await conn.execute(TYPE_QUERY, [sorted(wanted)])
-            rows = await cursor.fetchall()
-            fetch, wanted = _plan(decoder, rows, wanted, domains, forced)
-            for oid, cls, ident in fetch:
-                _register_fetched(decoder, oid, await cls.fetch(conn, ident), forced, wanted)
-            _register_domains(decoder, domains, final=False)
-            forced.difference_update(row[0] for row in rows)  # refreshed once is enough
-        _register_domains(decoder, domains, final=True)
-        for oid in wanted:
-            decoder.give_up(oid)
+        query = next(protocol)
+        while True:
+            if isinstance(query, DescribeTypes):
+                cursor = await conn.execute(TYPE_QUERY, [query.oids])
+                answer: Any = await cursor.fetchall()
+            else:
+                answer = await query.info_class.fetch(conn, query.name)
+            query = protocol.send(answer)
+    except StopIteration:
+        pass
     finally:
-        decoder.refreshed(refreshed)
+        protocol.close()  # after a failed query: the protocol's clean-up runs now

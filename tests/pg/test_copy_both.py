@@ -16,9 +16,9 @@ import trio
 import trio.testing
 from psycopg import sql
 
-from otpy.pg.connection import (
+from otpy.pg.connection import TrioConnection
+from otpy.pg.copy_both import (
     REPLICATION_SESSION_SETTINGS,
-    TrioConnection,
     replication_connect,
     send_copy_data,
     start_copy_both,
