@@ -38,17 +38,17 @@ the connection replaced.
 
 Where things are (this module only re-exports them):
 
-* :mod:`~otpy.pg.pool.checkout`: :func:`connection`, :func:`transaction`,
-  :func:`query`, :func:`acquire` and the objects they return;
-* :mod:`~otpy.pg.pool.handle`: :class:`Pool`, :func:`open_pool`,
-  :func:`stats`, :func:`wait_ready`;
-* :mod:`~otpy.pg.pool.manager`: the pool's supervision tree,
-  :func:`pool_spec`, :func:`pool_key`; :mod:`~otpy.pg.pool.worker`: one
-  actor per connection; :mod:`~otpy.pg.pool.box`: what they share;
-* :mod:`~otpy.pg.pool.core`: the pool's state and the synchronous
-  checkout/checkin (the design of the hot path);
-* :mod:`~otpy.pg.pool.types`: :class:`QueryResult`, :class:`PoolStats`;
-  :mod:`~otpy.pg.pool.errors`: the errors.
+* :mod:`otpy.pg.pool.checkout`: :func:`connection`, :func:`transaction`,
+  :func:`query`, :func:`acquire` and the objects they return; the
+  :class:`Pool` handle, :func:`stats`, :func:`wait_ready`;
+* :mod:`otpy.pg.pool.standalone`: :func:`open_pool`, a pool for one block;
+* :mod:`otpy.pg.pool.manager`: the pool's supervision tree, :func:`pool_spec`,
+  :func:`pool_key`; ``otpy.pg.pool.worker``: one actor per connection;
+  ``otpy.pg.pool.box``: what the manager and the workers share;
+* ``otpy.pg.pool.core``: the pool's state and the synchronous checkout and
+  check-in (the design of the hot path is in its docstring);
+* :mod:`otpy.pg.pool.types`: :class:`QueryResult`, :class:`PoolStats`;
+  :mod:`otpy.pg.pool.errors`: the errors.
 
 See ``docs/pools.md`` for the design and the measurements behind it.
 """
@@ -58,12 +58,15 @@ from __future__ import annotations
 from otpy._moved import moved_names
 from otpy.pg.pool.checkout import (
     Lease,
+    Pool,
     PooledConnection,
     PooledTransaction,
     acquire,
     connection,
     query,
+    stats,
     transaction,
+    wait_ready,
 )
 from otpy.pg.pool.errors import (
     PoolClosed,
@@ -74,8 +77,8 @@ from otpy.pg.pool.errors import (
     PoolUnavailable,
     QueryTimeout,
 )
-from otpy.pg.pool.handle import Pool, open_pool, stats, wait_ready
 from otpy.pg.pool.manager import pool_key, pool_spec
+from otpy.pg.pool.standalone import open_pool
 from otpy.pg.pool.types import PoolStats, QueryResult
 
 __all__ = [

@@ -1,12 +1,12 @@
-"""Checking connections out and in: the four ways a caller borrows a connection.
+"""Using a running pool: borrowing its connections, the :class:`Pool` handle, its statistics.
 
 :func:`connection` and :func:`transaction` (``async with``), :func:`query`
 (one statement) and :func:`acquire` (a :class:`Lease`, released by hand) all
-do the same three things: find the pool's :class:`~otpy.pg.pool.core.PoolCore`
-by name (or through a :class:`~otpy.pg.pool.handle.Pool` handle), take a
-connection (``checkpoint_if_cancelled``, then ``checkout_nowait``, queueing
-with ``enqueue`` only when nothing is idle), and give it back with
-``PoolCore.checkin`` (closing it when its pool is gone).
+do the same three things: find the pool's state (a
+:class:`~otpy.pg.pool.core.PoolCore`) by name or through a :class:`Pool`
+handle, take a connection (``checkpoint_if_cancelled``, then
+``checkout_nowait``, queueing with ``enqueue`` only when nothing is idle),
+and give it back with ``PoolCore.checkin`` (closing it when its pool is gone).
 
 Design, and why:
 
@@ -20,12 +20,17 @@ Design, and why:
   ``asynccontextmanager`` generator, and its ``__aexit__`` a plain function
   returning a ready awaitable when the check-in is clean (no coroutine).
 * Nothing here does I/O on a clean return: ``checkin`` decides locally; a
-  dirty connection goes to its worker (see :mod:`otpy.pg.pool.worker`).
+  dirty connection goes to its worker (see ``otpy.pg.pool.worker``).
+* :class:`Pool` lives here, not in a module of its own: the functions accept
+  a handle and the handle's methods are the functions, so apart they would
+  import each other.  A pool is found by its registered name (see
+  :mod:`otpy.pg.pool.manager`); the handle is a name plus a cached lookup
+  that follows the pool across manager restarts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -35,19 +40,20 @@ from psycopg import sql as _sql
 from psycopg.abc import Params
 
 from otpy.pg.config import check_seconds
+from otpy.pg.errors import ConfigError
 from otpy.pg.pool.core import PoolCore, Slot
-from otpy.pg.pool.errors import PoolError, QueryTimeout
+from otpy.pg.pool.errors import PoolError, PoolNotFound, PoolTimeout, QueryTimeout
 from otpy.pg.pool.manager import lookup
-from otpy.pg.pool.types import QueryResult
+from otpy.pg.pool.types import PoolStats, QueryResult
 
 if TYPE_CHECKING:
     from psycopg.rows import TupleRow
 
     from otpy.pg.connection import TrioConnection
-    from otpy.pg.pool.handle import Pool
 
 __all__ = [
     "Lease",
+    "Pool",
     "PooledConnection",
     "PooledTransaction",
     "Query",
@@ -55,7 +61,9 @@ __all__ = [
     "connection",
     "core_of",
     "query",
+    "stats",
     "transaction",
+    "wait_ready",
 ]
 
 Query = str | bytes | _sql.SQL | _sql.Composed
@@ -65,21 +73,15 @@ Query = str | bytes | _sql.SQL | _sql.Composed
 def core_of(pool: str | Pool) -> PoolCore:
     """The state of the running pool named by ``pool`` (a name or a :class:`Pool` handle).
 
-    A handle is recognised by its ``_resolve`` method rather than by
-    ``isinstance``: :mod:`otpy.pg.pool.handle` builds on this module, and
-    importing it back here would make the two import each other.
-
     Raises:
         PoolNotFound: no pool of that name runs.
         TypeError: ``pool`` is neither a name nor a handle.
     """
     if type(pool) is str:
         return lookup(pool)
-    resolve = getattr(pool, "_resolve", None)
-    if resolve is None:
-        raise TypeError(f"expected a pool name or a Pool, got {pool!r}")
-    core: PoolCore = resolve()
-    return core
+    if isinstance(pool, Pool):
+        return pool._resolve()
+    raise TypeError(f"expected a pool name or a Pool, got {pool!r}")
 
 
 async def _checkin(core: PoolCore, slot: Slot) -> None:
@@ -337,3 +339,148 @@ async def acquire(pool: str | Pool, *, timeout: float | None = None) -> Lease:  
     check_seconds(timeout, "acquire(timeout)", optional=True)
     core = core_of(pool)
     return Lease(core, await core.checkout(timeout))
+
+
+def stats(pool: str | Pool) -> PoolStats:
+    """A snapshot of the pool's sizes and counters (no I/O, no message)."""
+    return core_of(pool).stats()
+
+
+async def wait_ready(
+    pool: str | Pool,
+    *,
+    connections: int | None = None,
+    timeout: float | None = None,  # noqa: ASYNC109
+) -> PoolStats:
+    """Wait until ``connections`` (default: ``min_size``) connections are open.
+
+    Useful at start-up and in tests.
+
+    Raises:
+        PoolUnavailable: the pool cannot open connections (server unreachable).
+        PoolTimeout: not ready within ``timeout`` seconds (default: the pool's
+            ``checkout_timeout``).
+    """
+    check_seconds(timeout, "wait_ready(timeout)", optional=True)
+    if connections is not None and (
+        isinstance(connections, bool) or not isinstance(connections, int) or connections < 0
+    ):
+        raise ConfigError(
+            "wait_ready(connections)", f"expected an integer >= 0, got {connections!r}"
+        )
+    core = core_of(pool)
+    wanted = core.config.min_size if connections is None else connections
+    limit = core.config.checkout_timeout if timeout is None else timeout
+
+    def opened() -> int:
+        return len(core.slots) - core.connecting
+
+    def ready() -> bool:
+        return core.closed or core.down or opened() >= wanted
+
+    with trio.move_on_after(limit):
+        await core.wait_for(ready)
+    current = core.stats()
+    if core.closed:
+        raise core._closed_error()
+    if core.down:
+        raise core._unavailable_error()
+    if opened() < wanted:
+        raise PoolTimeout(
+            f"pool {core.name!r}: {opened()} of {wanted} connections open after {limit:g} s",
+            core.name,
+            limit,
+            current.size,
+            current.waiting,
+        )
+    return current
+
+
+class Pool:
+    """A handle on a running pool, by name (what :func:`open_pool` yields).
+
+    Its methods are the module functions with the pool filled in.  It finds
+    the pool through the registry, so it keeps working after the pool's
+    manager was restarted by its supervisor.
+    """
+
+    __slots__ = ("_core", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._core: PoolCore | None = None
+
+    def __repr__(self) -> str:
+        return f"<Pool {self.name!r}>"
+
+    def _resolve(self) -> PoolCore:
+        core = self._core
+        if core is None or core.closed:
+            core = self._core = lookup(self.name)
+        return core
+
+    def connection(
+        self,
+        *,
+        timeout: float | None = None,
+    ) -> PooledConnection:
+        """See :func:`connection`."""
+        return PooledConnection(self, timeout)
+
+    def transaction(
+        self,
+        *,
+        timeout: float | None = None,
+    ) -> PooledTransaction:
+        """See :func:`transaction`."""
+        return PooledTransaction(self, timeout)
+
+    async def query(
+        self,
+        sql: Query,
+        params: Params | None = None,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        checkout_timeout: float | None = None,
+    ) -> QueryResult:
+        """See :func:`query`."""
+        return await query(self, sql, params, timeout=timeout, checkout_timeout=checkout_timeout)
+
+    async def acquire(self, *, timeout: float | None = None) -> Lease:  # noqa: ASYNC109
+        """See :func:`acquire`."""
+        return await acquire(self, timeout=timeout)
+
+    def stats(self) -> PoolStats:
+        """See :func:`stats`."""
+        return self._resolve().stats()
+
+    async def wait_ready(
+        self,
+        *,
+        connections: int | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> PoolStats:
+        """See :func:`wait_ready`."""
+        return await wait_ready(self, connections=connections, timeout=timeout)
+
+    async def wait_for(self, predicate: Callable[[PoolStats], object]) -> None:
+        """Wait until ``predicate(stats)`` is true, re-checked on every change of the pool.
+
+        For tests and operational scripts ("until the pool has refilled");
+        wrap it in ``trio.fail_after``.  Follows the pool across manager restarts.
+        """
+        while True:
+            try:
+                core = self._resolve()
+            except PoolNotFound:
+                await trio.sleep(0.01)
+                continue
+            if predicate(core.stats()):
+                return
+
+            def satisfied(core: PoolCore = core) -> bool:
+                return core.closed or bool(predicate(core.stats()))
+
+            await core.wait_for(satisfied)
+            if not core.closed:
+                return
