@@ -62,6 +62,13 @@ logger = logging.getLogger("otpy.pg.pool")
 
 _IDLE_TX: Final = pq.TransactionStatus.IDLE
 
+# trio's functions of the hot path, bound once: ``trio.lowlevel.x`` costs two
+# attribute lookups per call, and a queued checkout makes three such calls.
+_current_task: Final = trio.lowlevel.current_task
+_reschedule: Final = trio.lowlevel.reschedule
+_wait_task_rescheduled: Final = trio.lowlevel.wait_task_rescheduled
+_Value: Final = outcome.Value
+
 #: Fraction by which ``max_lifetime`` and ``max_idle`` are shortened at random
 #: per connection, so that connections opened together are not all replaced
 #: (or closed) in the same instant.
@@ -250,7 +257,7 @@ class PoolCore:
         if idle:
             slot = idle.popitem()[0]
             slot.state = SlotState.IN_USE
-            slot.holder = trio.lowlevel.current_task()
+            slot.holder = _current_task()
             self.checkouts += 1
             if self.timing:
                 slot.taken_at = self._now()
@@ -314,7 +321,7 @@ class PoolCore:
             self._record_wait(waiter)
             if self.timing:
                 slot.taken_at = self._now()
-            trio.lowlevel.reschedule(waiter.task, outcome.Value(slot))
+            _reschedule(waiter.task, _Value(slot))
         else:
             slot.state = SlotState.IDLE
             if not keep_idle_since:
@@ -368,7 +375,7 @@ class PoolCore:
         if limit <= 0:
             raise self._timeout_error(limit)
         start = self._now()
-        waiter = _Waiter(trio.lowlevel.current_task(), start, self)
+        waiter = _Waiter(_current_task(), start, self)
         waiters[waiter] = None
         waiter.bucket = self.deadlines.add(waiter, limit, start)
         if len(self.slots) + self.pending_grow < self.config.max_size:
@@ -376,7 +383,7 @@ class PoolCore:
         if self._changed is not None:
             self._notify()
         # Awaited by the caller at once (see the docstring).
-        parked: Awaitable[Slot] = trio.lowlevel.wait_task_rescheduled(waiter.abort)  # noqa: ASYNC105
+        parked: Awaitable[Slot] = _wait_task_rescheduled(waiter.abort)
         return parked
 
     def _record_wait(self, waiter: _Waiter) -> None:
