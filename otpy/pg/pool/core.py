@@ -16,8 +16,9 @@ round trip.  That is what makes the hot path cheap:
   task and outside the manager;
 * ``checkout``: nothing idle -> queue a waiter (FIFO) and park the task.  A
   waiter leaves the queue atomically when it is cancelled or expires
-  (``wait_task_rescheduled``'s abort callback, a single timer task for the
-  deadlines), so a connection is never handed to a caller that gave up.
+  (``wait_task_rescheduled``'s abort callback; the pool's
+  :class:`~otpy._deadlines.Deadlines` queue, one timer task for all the
+  waiters' deadlines), so a connection is never handed to a caller that gave up.
 
 Waiters are served by :meth:`PoolCore.put`, the single place a connection
 becomes available: a check-in, a reconnection, a finished reset or health
@@ -32,13 +33,14 @@ import math
 import random
 import traceback
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, NoReturn, Protocol
 
 import outcome
 import trio
 from psycopg import pq
 from psycopg.rows import tuple_row
 
+from otpy._deadlines import Bucket, Deadlines
 from otpy.pg.config import DatabaseConfig, PoolConfig
 from otpy.pg.pool.errors import (
     PoolClosed,
@@ -59,6 +61,13 @@ __all__ = ["PoolCore", "Slot", "SlotOwner", "SlotState"]
 logger = logging.getLogger("otpy.pg.pool")
 
 _IDLE_TX: Final = pq.TransactionStatus.IDLE
+
+# trio's functions of the hot path, bound once: ``trio.lowlevel.x`` costs two
+# attribute lookups per call, and a queued checkout makes three such calls.
+_current_task: Final = trio.lowlevel.current_task
+_reschedule: Final = trio.lowlevel.reschedule
+_wait_task_rescheduled: Final = trio.lowlevel.wait_task_rescheduled
+_Value: Final = outcome.Value
 
 #: Fraction by which ``max_lifetime`` and ``max_idle`` are shortened at random
 #: per connection, so that connections opened together are not all replaced
@@ -135,21 +144,27 @@ class Slot:
 
 
 class _Waiter:
-    __slots__ = ("core", "deadline", "start", "task", "timeout")
+    """A caller queued for a connection.
 
-    def __init__(
-        self, task: trio.lowlevel.Task, start: float, timeout: float, core: PoolCore
-    ) -> None:
+    ``bucket`` is where the pool's :class:`~otpy._deadlines.Deadlines` filed
+    its deadline: whoever takes the waiter out of the queue (served,
+    cancelled, failed) drops it from there too, in O(1).
+    """
+
+    __slots__ = ("bucket", "core", "start", "task")
+
+    bucket: Bucket[_Waiter]
+
+    def __init__(self, task: trio.lowlevel.Task, start: float, core: PoolCore) -> None:
         self.task = task
         self.start = start
-        self.deadline = start + timeout
-        self.timeout = timeout
         self.core = core
 
     def abort(self, _: Any) -> trio.lowlevel.Abort:
         """The waiting task was cancelled: leave the queue (atomically, so never served)."""
         core = self.core
         if core.waiters.pop(self, 0) is None:
+            self.bucket.pop(self, None)
             core.cancelled_waits += 1
             if core._changed is not None:
                 core._notify()
@@ -167,8 +182,9 @@ class PoolCore:
 
     Created by the pool manager; its methods are called from callers' tasks
     (checkout/checkin), from workers (connection life cycle) and from the
-    manager's timer task (waiter deadlines).  None of them blocks except
-    :meth:`checkout` (parks the calling task) and :meth:`run_timer`.
+    manager's timer task (waiter deadlines, :meth:`run_timer`).  None of
+    them blocks except :meth:`checkout` (parks the calling task) and
+    :meth:`run_timer`.
     """
 
     def __init__(
@@ -195,12 +211,12 @@ class PoolCore:
         self.last_error: str | None = None
         self.pending_grow = 0
         self.connecting = 0
-        self._timer_scope: trio.CancelScope | None = None
-        self._wake_at = math.inf
         self._changed: trio.Event | None = None
         # The run's clock, read directly: trio.current_time() costs three
         # times as much, and the queued path reads the time twice per checkout.
         self._now: Callable[[], float] = trio.lowlevel.current_clock().current_time
+        #: The waiters' deadlines, expired by :meth:`run_timer` (FIFO per timeout).
+        self.deadlines: Deadlines[_Waiter] = Deadlines(self._expire, self._now)
         # counters
         self.checkouts = 0
         self.waited_checkouts = 0
@@ -241,7 +257,7 @@ class PoolCore:
         if idle:
             slot = idle.popitem()[0]
             slot.state = SlotState.IN_USE
-            slot.holder = trio.lowlevel.current_task()
+            slot.holder = _current_task()
             self.checkouts += 1
             if self.timing:
                 slot.taken_at = self._now()
@@ -298,13 +314,14 @@ class PoolCore:
         if waiters:
             waiter = next(iter(waiters))
             del waiters[waiter]
+            waiter.bucket.pop(waiter, None)
             slot.state = SlotState.IN_USE
             slot.holder = waiter.task
             self.checkouts += 1
             self._record_wait(waiter)
             if self.timing:
                 slot.taken_at = self._now()
-            trio.lowlevel.reschedule(waiter.task, outcome.Value(slot))
+            _reschedule(waiter.task, _Value(slot))
         else:
             slot.state = SlotState.IDLE
             if not keep_idle_since:
@@ -358,16 +375,15 @@ class PoolCore:
         if limit <= 0:
             raise self._timeout_error(limit)
         start = self._now()
-        waiter = _Waiter(trio.lowlevel.current_task(), start, limit, self)
+        waiter = _Waiter(_current_task(), start, self)
         waiters[waiter] = None
-        if waiter.deadline < self._wake_at:
-            self._arm(waiter.deadline)
+        waiter.bucket = self.deadlines.add(waiter, limit, start)
         if len(self.slots) + self.pending_grow < self.config.max_size:
             self._maybe_grow()
         if self._changed is not None:
             self._notify()
         # Awaited by the caller at once (see the docstring).
-        parked: Awaitable[Slot] = trio.lowlevel.wait_task_rescheduled(waiter.abort)  # noqa: ASYNC105
+        parked: Awaitable[Slot] = _wait_task_rescheduled(waiter.abort)
         return parked
 
     def _record_wait(self, waiter: _Waiter) -> None:
@@ -432,11 +448,6 @@ class PoolCore:
             len(self.waiters),
         )
 
-    def _arm(self, deadline: float) -> None:
-        self._wake_at = deadline
-        if self._timer_scope is not None:
-            self._timer_scope.deadline = deadline
-
     def _maybe_grow(self) -> None:
         """Ask the manager for an on-demand connection if queued callers outnumber openings."""
         if self._request_grow is not None and len(self.waiters) > (
@@ -445,34 +456,23 @@ class PoolCore:
             self.pending_grow += 1
             self._request_grow()
 
-    async def run_timer(self) -> None:
+    async def run_timer(self) -> NoReturn:
         """Expire waiters whose deadline passed; runs in the manager for the pool's life.
 
-        One task for all deadlines instead of a cancel scope per waiter: the
-        queue is FIFO and most callers use the same timeout, so the earliest
-        deadline is nearly always at the head, and the timer wakes about once
-        per timeout period under a steady load.
+        One task for all deadlines (:class:`~otpy._deadlines.Deadlines`)
+        instead of a cancel scope per waiter: the queue is FIFO and most
+        callers use the same timeout, so the earliest deadline is nearly
+        always at the head, and the timer wakes about once per timeout period
+        under a steady load.
         """
-        while True:
-            with trio.CancelScope(deadline=self._wake_at) as scope:
-                self._timer_scope = scope
-                await trio.sleep_forever()
-            self._timer_scope = None
-            now = self._now()
-            wake_at = math.inf
-            expired: list[_Waiter] = []
-            for waiter in self.waiters:
-                if waiter.deadline <= now:
-                    expired.append(waiter)
-                elif waiter.deadline < wake_at:
-                    wake_at = waiter.deadline
-            for waiter in expired:
-                del self.waiters[waiter]
-                error = self._timeout_error(waiter.timeout)
-                trio.lowlevel.reschedule(waiter.task, outcome.Error(error))
-            self._wake_at = wake_at
-            if expired:
-                self._notify()
+        await self.deadlines.run()
+
+    def _expire(self, waiter: _Waiter, timeout: float) -> None:
+        """``waiter`` queued ``timeout`` seconds without a connection: fail it with PoolTimeout."""
+        if self.waiters.pop(waiter, 0) is None:
+            error = self._timeout_error(timeout)
+            trio.lowlevel.reschedule(waiter.task, outcome.Error(error))
+            self._notify()
 
     # -- worker side ----------------------------------------------------------------
 
@@ -513,6 +513,7 @@ class PoolCore:
                 waiters = list(self.waiters)
                 self.waiters.clear()
                 for waiter in waiters:
+                    waiter.bucket.pop(waiter, None)
                     self.unavailable += 1
                     trio.lowlevel.reschedule(waiter.task, outcome.Error(self._unavailable_error()))
         self._notify()
@@ -644,6 +645,7 @@ class PoolCore:
         waiters = list(self.waiters)
         self.waiters.clear()
         for waiter in waiters:
+            waiter.bucket.pop(waiter, None)
             trio.lowlevel.reschedule(waiter.task, outcome.Error(self._closed_error()))
         self._notify()
 

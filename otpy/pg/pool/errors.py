@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import psycopg
 
+from otpy._moved import moved_names
 from otpy.pg.errors import PgConnectorError
 
 __all__ = [
@@ -27,7 +28,6 @@ __all__ = [
     "PoolTimeout",
     "PoolUnavailable",
     "QueryTimeout",
-    "TooManyWaiters",
 ]
 
 
@@ -99,10 +99,6 @@ class PoolOverloaded(PoolError):
         self.max_waiting = max_waiting
 
 
-TooManyWaiters = PoolOverloaded
-"""Alias of :class:`PoolOverloaded`, for readers who look for the cause rather than the effect."""
-
-
 class PoolUnavailable(PoolError, psycopg.OperationalError):
     """The pool has no connection and its last attempt to open one failed.
 
@@ -127,3 +123,7 @@ class QueryTimeout(PoolError, TimeoutError):
     The query was cancelled on the server (the connection stays usable) and
     the connection went back to the pool.
     """
+
+
+# One spelling per name: ``TooManyWaiters`` was an alias of PoolOverloaded.
+__getattr__ = moved_names(__name__, {"TooManyWaiters": "otpy.pg.pool.errors:PoolOverloaded"})

@@ -31,7 +31,6 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
-import attrs
 import trio
 
 from otpy._util import raise_unwrapped
@@ -43,6 +42,7 @@ from otpy.gen_server import GenServer, cast
 from otpy.gen_server import start as start_actor
 from otpy.gen_server import stop as stop_actor
 from otpy.pg.config import DatabaseConfig, PoolConfig, check_bool, check_seconds
+from otpy.pg.pool.box import PoolBox
 from otpy.pg.pool.core import PoolCore
 from otpy.pg.pool.errors import PoolNotFound
 from otpy.pg.pool.worker import ConnectionWorker
@@ -51,7 +51,6 @@ from otpy.supervisor import Strategy, Supervisor, start_child
 
 __all__ = [
     "LEAK_CHECK_INTERVAL",
-    "PoolBox",
     "PoolManager",
     "lookup",
     "make_pool_supervisor",
@@ -117,25 +116,6 @@ def lookup(name: str) -> PoolCore:
         f"supervisor with pool_spec(); check otpy.use_registry if it runs elsewhere)",
         name,
     )
-
-
-@attrs.define(eq=False)
-class PoolBox:
-    """What the members of one pool tree share: its configuration and current manager.
-
-    Created afresh each time the pool's supervisor starts; the manager puts
-    its :class:`PoolCore` here and the workers started after it pick it up.
-    """
-
-    name: str
-    pool: PoolConfig
-    database: DatabaseConfig
-    leak_check_interval: float | None = LEAK_CHECK_INTERVAL
-    timing: bool = True
-    hold_warning: float | None = None
-    core: PoolCore | None = None
-    manager: Ref | None = None
-    ephemeral: Ref | None = None
 
 
 class _Grow:

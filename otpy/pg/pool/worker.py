@@ -34,12 +34,11 @@ from psycopg.rows import tuple_row
 from otpy.actor import NORMAL
 from otpy.gen_server import GenServer
 from otpy.pg.connection import TrioConnection
+from otpy.pg.pool.box import PoolBox
 from otpy.pg.pool.core import Slot, SlotState
 
 if TYPE_CHECKING:
     from psycopg.rows import TupleRow
-
-    from otpy.pg.pool.manager import PoolBox
 
 __all__ = ["ConnectionWorker"]
 

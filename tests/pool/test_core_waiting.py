@@ -63,7 +63,8 @@ async def test_too_many_waiters_are_refused_at_once(db: DatabaseConfig) -> None:
             await waiting(p, 2)
             with pytest.raises(pool.PoolOverloaded, match="max_waiting=2") as info:
                 await pool.query("p", "SELECT 1")
-            assert pool.TooManyWaiters is pool.PoolOverloaded
+            with pytest.warns(DeprecationWarning, match="TooManyWaiters"):
+                assert pool.TooManyWaiters is pool.PoolOverloaded
             assert (info.value.waiting, info.value.max_waiting) == (2, 2)
             await lease.release()
         assert p.stats().overloaded == 1
