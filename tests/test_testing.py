@@ -13,9 +13,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from otpy import testing
+from otpy.pg import testing
 from otpy.pg.replication import lsn
-from otpy.testing import PostgresNotFoundError, PostgresServer, create_database, find_bindir
+from otpy.pg.testing import PostgresNotFoundError, PostgresServer, create_database, find_bindir
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -113,7 +113,7 @@ def test_create_database_isolates(pg_dsn: str) -> None:
 _AS_USER_SCRIPT = """
 import os, pwd, sys
 import psycopg
-from otpy.testing import PostgresServer
+from otpy.pg.testing import PostgresServer
 # Drop root after the imports (the interpreter lives under /root, unreadable to others).
 user = pwd.getpwnam("postgres")
 os.setgroups([])

@@ -126,7 +126,7 @@ DEFAULT_SETTINGS: Mapping[str, str] = {
 
 
 class TestingError(Exception):
-    """Base class of the errors raised by :mod:`otpy.testing`."""
+    """Base class of the errors raised by :mod:`otpy.pg.testing`."""
 
     __test__ = False  # not a pytest test class, despite the name
 
@@ -761,7 +761,7 @@ async def wait_caught_up(
     from otpy.pg.replication.lsn import LSN
 
     kwargs = dict(subscription.connect_kwargs)
-    kwargs.setdefault("application_name", "otpy.testing:wait_caught_up")
+    kwargs.setdefault("application_name", "otpy.pg.testing:wait_caught_up")
     async with await TrioConnection.connect(autocommit=True, **kwargs) as conn:
         cursor = await conn.execute("SELECT pg_catalog.pg_current_wal_insert_lsn()::text")
         row = await cursor.fetchone()
@@ -771,7 +771,7 @@ async def wait_caught_up(
             await conn.execute("SET LOCAL synchronous_commit = on")
             await conn.execute(
                 "SELECT pg_catalog.pg_logical_emit_message(false, %s, %s)",
-                (CAUGHT_UP_PREFIX, "otpy.testing caught-up"),
+                (CAUGHT_UP_PREFIX, "otpy.pg.testing caught-up"),
             )
             await conn.execute("SELECT pg_catalog.pg_current_xact_id()")  # a commit to flush
     with trio.move_on_after(within):
