@@ -39,7 +39,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "otpy"
 
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    # 1. One home per mechanism: deadlines, exception groups, moved names, runtime errors.
     ("shared mechanisms", ("otpy._util", "otpy._deadlines", "otpy._moved", "otpy.errors")),
+    # 2. The OTP runtime on trio; it knows nothing of PostgreSQL. Face: otpy/__init__.py.
     (
         "runtime",
         (
@@ -55,6 +57,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "otpy.logs",
         ),
     ),
+    # 3. psycopg on trio: errors, config, version check, waits, the connection, COPY_BOTH.
     (
         "pg base",
         (
@@ -67,9 +70,13 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "otpy.pg.copy_both",
         ),
     ),
+    # 4. pgoutput and value decoding: bytes in, values out, no I/O (check c).
     ("pure replication decoding", ("otpy.pg.replication.*",)),
+    # 5. Pool manager, workers and the checkout API.
     ("pools", ("otpy.pg.pool.*",)),
+    # 6. The WAL reader and its I/O: stream, slots, type fetching, snapshots, dead letters.
     ("WAL readers", ("otpy.pg.wal_reader.*",)),
+    # 7. What is built from pools and readers: exactly-once, health, metrics, the app, testing.
     (
         "pg services",
         (
@@ -80,6 +87,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "otpy.pg.testing",
         ),
     ),
+    # 8. What users run: the pytest plugin and the command line.
     ("entry points", ("otpy.pytest_plugin", "otpy.cli.*")),
 )
 """The layers, lowest first (issue #18's map): a module imports only from its layer or below.
