@@ -174,8 +174,7 @@ KNOWN_VIOLATIONS: set[str] = {
     "layer: otpy.pg.dead_letters is in no layer of LAYERS",
     "layer: otpy.pg.reader_metrics is in no layer of LAYERS",
     "layer: otpy.pg.snapshot is in no layer of LAYERS",
-    # No owner in #18 (lead): the stream (moving to otpy.pg.wal_reader.stream with
-    # import-line edits only) reads the XLogData tag that protocol keeps private.
+    # reader: the stream reads the XLogData header through a public protocol name.
     "private: otpy.pg.replication.stream imports otpy.pg.replication.protocol._XLOG",
 }
 
