@@ -34,7 +34,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from otpy.pg.connection import TrioConnection
-from otpy.testing import PostgresServer
+from otpy.pg.testing import PostgresServer
 
 FETCH_QUERY = "SELECT g, 'row number ' || g FROM generate_series(1, 1000) g"
 

@@ -38,7 +38,7 @@ from typing import Any
 import psycopg
 
 from otpy.pg.replication import ValueDecoder, pgoutput
-from otpy.testing import PostgresServer, interpreted_module
+from otpy.pg.testing import PostgresServer, interpreted_module
 
 HERE = Path(__file__).resolve().parent
 PYPGOUTPUT_VENV = HERE / ".venvs" / "pypgoutput"

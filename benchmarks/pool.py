@@ -71,7 +71,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from otpy.pg import pool as otpy_pool
 from otpy.pg.config import DatabaseConfig, PoolConfig, Secret
 from otpy.pg.connection import TrioConnection
-from otpy.testing import PostgresServer
+from otpy.pg.testing import PostgresServer
 
 CONNECTIONS = 8
 TASKS = {"select": 32, "insert": 32, "transaction": 128, "fetch100": 128}

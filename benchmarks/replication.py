@@ -62,7 +62,7 @@ from otpy import start as start_actor  # noqa: E402
 from otpy.pg import wal_reader  # noqa: E402
 from otpy.pg.connection import TrioConnection  # noqa: E402
 from otpy.pg.replication import pgoutput  # noqa: E402
-from otpy.testing import PostgresServer, find_bindir  # noqa: E402
+from otpy.pg.testing import PostgresServer, find_bindir  # noqa: E402
 
 PEER_VENV = ROOT / "benchmarks" / ".venvs" / "peer"
 PEER_SCRIPT = ROOT / "benchmarks" / "replication_peer.py"

@@ -50,7 +50,7 @@ from replication import (
 )
 
 from otpy.pg.replication.pgoutput import is_compiled
-from otpy.testing import PostgresServer
+from otpy.pg.testing import PostgresServer
 
 PUB = "bench_wide_pub"
 SETUP = [

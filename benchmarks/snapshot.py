@@ -45,7 +45,7 @@ from otpy import DynamicSupervisor
 from otpy import start as start_actor
 from otpy.pg import wal_reader
 from otpy.pg.replication.changes import Change
-from otpy.testing import PostgresServer, find_bindir
+from otpy.pg.testing import PostgresServer, find_bindir
 
 TYPES = ["int4", "int4", "text", "float8", "timestamptz"]
 

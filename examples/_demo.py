@@ -9,7 +9,7 @@ ways:
   ``PGDATABASE``...), and :func:`application` makes the example an
   :class:`otpy.Application` that does its work once, then stops;
 * ``python EXAMPLE.py [--dsn DSN]``: without ``--dsn`` a throw-away PostgreSQL
-  is started with :class:`otpy.testing.PostgresServer` (``wal_level=logical``,
+  is started with :class:`otpy.pg.testing.PostgresServer` (``wal_level=logical``,
   removed on exit), so the examples run on a fresh machine with nothing but
   the PostgreSQL binaries.
 """
@@ -25,7 +25,7 @@ from typing import Any
 from psycopg.conninfo import conninfo_to_dict
 
 import otpy
-from otpy.testing import PostgresServer
+from otpy.pg.testing import PostgresServer
 
 __all__ = [
     "application",

@@ -14,7 +14,7 @@ entry point: no ``conftest.py`` line is needed.  A test asks for what it uses::
 The fixtures, from the server up (scopes in brackets):
 
 ``otpy_pg_server`` [session]
-    The throw-away :class:`~otpy.testing.PostgresServer` (the embedded server
+    The throw-away :class:`~otpy.pg.testing.PostgresServer` (the embedded server
     by default; ``$OTPY_PG_BINDIR`` chooses another), or ``None`` when
     ``$OTPY_TEST_DSN`` points the run at an existing server.
 ``otpy_pg_dsn`` [session]
@@ -39,7 +39,7 @@ The fixtures, from the server up (scopes in brackets):
     WAL readers' supervisor ready for ``wal_reader.subscribe``); stopped after
     the test.  Yields the :class:`~otpy.application.System`.
 
-:func:`otpy.testing.wait_caught_up` waits until a reader has handled
+:func:`otpy.pg.testing.wait_caught_up` waits until a reader has handled
 everything committed so far.
 
 Why template databases and not a rolled-back transaction per test (the
@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from otpy.testing import (
+from otpy.pg.testing import (
     PostgresServer,
     Schema,
     TestingError,
@@ -154,7 +154,7 @@ def otpy_template(otpy_pg_dsn: str, otpy_schema: Schema) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def _otpy_copy_strategy(otpy_pg_dsn: str) -> str | None:
-    """How the server copies the template fastest (:func:`otpy.testing.copy_strategy`)."""
+    """How the server copies the template fastest (:func:`otpy.pg.testing.copy_strategy`)."""
     return copy_strategy(otpy_pg_dsn)
 
 

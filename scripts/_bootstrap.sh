@@ -51,7 +51,7 @@ ensure_venv() {
 check_postgres() {  # exits non-zero with find_bindir's message (no traceback) when not found
     "$VENV/bin/python" -c '
 import sys
-from otpy.testing import TestingError, find_bindir
+from otpy.pg.testing import TestingError, find_bindir
 try:
     find_bindir()
 except TestingError as exc:

@@ -5,7 +5,7 @@ through its ``pytest11`` entry point, so every run exercises it); the names
 the suite has always used are thin aliases of the plugin's:
 
 ``pg_dsn`` is the superuser DSN of that server (or of ``$OTPY_TEST_DSN``).
-``pg_server`` is the :class:`otpy.testing.PostgresServer` itself, for tests that
+``pg_server`` is the :class:`otpy.pg.testing.PostgresServer` itself, for tests that
 stop or restart it; such tests are skipped against an external server.
 ``module_dsn`` is a database of the test module's own, for isolation.
 ``readers`` is a WAL readers supervisor under the default name, for one test.
@@ -29,7 +29,7 @@ import trio
 from otpy import DynamicSupervisor, Ref
 from otpy import start as start_actor
 from otpy.pg import wal_reader
-from otpy.testing import PostgresServer
+from otpy.pg.testing import PostgresServer
 
 # tests/kit runs small user projects through pytest with this fixture.  (The
 # otpy plugin itself must not be named here: it comes from its entry point.)

@@ -58,7 +58,7 @@ from otpy.cli.errors import (
 from otpy.pg.config import one_line
 from otpy.pg.config import redact as redact_dsn
 from otpy.pg.pool.errors import PoolNotFound
-from otpy.testing import PostgresServer
+from otpy.pg.testing import PostgresServer
 
 __all__ = [
     "EXIT_CONFIG",

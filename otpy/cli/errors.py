@@ -46,7 +46,7 @@ from otpy.pg.replication.errors import (
     SlotInUse,
     SlotMismatch,
 )
-from otpy.testing import TestingError
+from otpy.pg.testing import TestingError
 
 __all__ = [
     "EXIT_CONFIG",

@@ -33,7 +33,7 @@ from otpy.cli import (
     EXIT_USAGE,
     main,
 )
-from otpy.testing import PostgresNotFoundError, PostgresServer
+from otpy.pg.testing import PostgresNotFoundError, PostgresServer
 
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "pw-Zx81-never-shown"

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from otpy.testing import external_dsn
+from otpy.pg.testing import external_dsn
 
 REPO = Path(__file__).resolve().parents[2]
 PAGES = [REPO / "README.md", REPO / "examples" / "README.md", *sorted((REPO / "docs").glob("*.md"))]

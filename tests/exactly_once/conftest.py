@@ -17,7 +17,7 @@ import pytest
 
 from otpy.pg import pool
 from otpy.pg.config import DatabaseConfig, PoolConfig
-from otpy.testing import create_database, drop_database
+from otpy.pg.testing import create_database, drop_database
 
 # The WAL reader tests' helpers (workloads, slot helpers, delivery checks).
 _WAL_READER_TESTS = str(Path(__file__).resolve().parents[1] / "wal_reader")

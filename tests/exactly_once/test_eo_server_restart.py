@@ -17,7 +17,7 @@ from wr_helpers import drop_slot, execute, published_table, run_workload, unique
 
 from otpy import Ref
 from otpy.pg import pool, wal_reader
-from otpy.testing import PostgresServer
+from otpy.pg.testing import PostgresServer
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ import user_service
 
 from otpy.errors import GaveUp
 from otpy.pg.connection import TrioConnection
-from otpy.testing import external_dsn
+from otpy.pg.testing import external_dsn
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -31,7 +31,7 @@ from collections.abc import Callable
 import psycopg
 from psycopg import sql
 
-from otpy.testing import PostgresServer, create_database, create_template, drop_database
+from otpy.pg.testing import PostgresServer, create_database, create_template, drop_database
 
 SCHEMA = [
     stmt

@@ -18,7 +18,7 @@ import trio.testing
 from otpy.pg.connection import TrioConnection
 from otpy.pg.copy_both import replication_connect, wait_copy_data
 from otpy.pg.errors import ConnectError, ConnectionClosedError
-from otpy.testing import PostgresServer
+from otpy.pg.testing import PostgresServer
 
 
 @pytest.fixture

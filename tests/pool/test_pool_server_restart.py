@@ -12,7 +12,7 @@ from pool_helpers import pool_config
 
 from otpy.pg import pool
 from otpy.pg.config import Backoff, DatabaseConfig
-from otpy.testing import PostgresServer
+from otpy.pg.testing import PostgresServer
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ if _HERE not in sys.path:
 
 from pgcapture import Capture  # noqa: E402
 
-from otpy.testing import PostgresServer  # noqa: E402
+from otpy.pg.testing import PostgresServer  # noqa: E402
 
 
 @pytest.fixture

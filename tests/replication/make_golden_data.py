@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE))
 from pgcapture import Capture, execute  # noqa: E402
 
 from otpy.pg.replication import PgOutputDecoder  # noqa: E402
-from otpy.testing import PostgresServer  # noqa: E402
+from otpy.pg.testing import PostgresServer  # noqa: E402
 
 OPTION_SETS = {
     "v1_text": dict(proto=1),

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from pgoutput_strategies import in_stream_for, messages, mutate
 
 from otpy.pg.replication import DecodeError, PgOutputMessage, encode_message, pgoutput
-from otpy.testing import interpreted_module
+from otpy.pg.testing import interpreted_module
 
 DATA = Path(__file__).resolve().parent / "data"
 CORPUS = [

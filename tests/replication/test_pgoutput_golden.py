@@ -48,7 +48,7 @@ from otpy.pg.replication import (
     decode_message,
     encode_message,
 )
-from otpy.testing import PostgresServer, create_database, drop_database
+from otpy.pg.testing import PostgresServer, create_database, drop_database
 
 CaptureFactory = Callable[..., Capture]
 ALL_MODES = [(proto, binary) for proto in (1, 2, 3) for binary in (False, True)]

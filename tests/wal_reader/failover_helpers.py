@@ -1,6 +1,6 @@
 """A primary and a physical standby made with pg_basebackup, for the failover tests.
 
-Built only on :class:`otpy.testing.PostgresServer`'s public API: the standby is
+Built only on :class:`otpy.pg.testing.PostgresServer`'s public API: the standby is
 a throw-away server whose data directory is replaced by a base backup of the
 primary (taken as the server's own system user when we are root), then
 started with the standby settings.
@@ -31,7 +31,7 @@ import trio
 from psycopg.conninfo import make_conninfo
 
 from otpy.pg.connection import TrioConnection
-from otpy.testing import PostgresServer
+from otpy.pg.testing import PostgresServer
 
 #: The standby's physical slot on the primary.
 PHYSICAL_SLOT = "standby_phys"

@@ -25,8 +25,8 @@ from otpy import DynamicSupervisor
 from otpy import start as start_actor
 from otpy.pg import wal_reader
 from otpy.pg.connection import TrioConnection
+from otpy.pg.testing import external_dsn
 from otpy.pg.wal_reader import ChangeBatch, ReplicationHandler
-from otpy.testing import external_dsn
 
 pytestmark = pytest.mark.skipif(
     external_dsn() is not None, reason="needs throw-away servers (OTPY_TEST_DSN is set)"

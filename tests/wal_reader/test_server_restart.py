@@ -21,7 +21,7 @@ from wr_helpers import (
 
 from otpy import Ref
 from otpy.pg import wal_reader
-from otpy.testing import PostgresServer
+from otpy.pg.testing import PostgresServer
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ from wr_helpers import Recorder, drop_slot, execute, query, unique
 
 from otpy import Ref
 from otpy.pg import wal_reader
+from otpy.pg.testing import PostgresServer, external_dsn
 from otpy.pg.wal_reader import ChangeBatch, InvalidOptions, SlotMismatch
-from otpy.testing import PostgresServer, external_dsn
 
 
 @pytest.fixture(scope="module")

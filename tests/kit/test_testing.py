@@ -13,11 +13,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from otpy import testing
+from otpy.pg import testing
 from otpy.pg.replication import lsn
-from otpy.testing import PostgresNotFoundError, PostgresServer, create_database, find_bindir
+from otpy.pg.testing import PostgresNotFoundError, PostgresServer, create_database, find_bindir
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_session_server_accepts_connections(pg_dsn: str) -> None:
@@ -113,7 +113,7 @@ def test_create_database_isolates(pg_dsn: str) -> None:
 _AS_USER_SCRIPT = """
 import os, pwd, sys
 import psycopg
-from otpy.testing import PostgresServer
+from otpy.pg.testing import PostgresServer
 # Drop root after the imports (the interpreter lives under /root, unreadable to others).
 user = pwd.getpwnam("postgres")
 os.setgroups([])
@@ -262,3 +262,17 @@ def test_server_features_name_what_is_missing(server_features: Any) -> None:
     assert "< 99" in server_features.lacks("pg99")
     assert "no extension 'no_such_extension'" in server_features.lacks("no_such_extension")
     assert server_features.lacks("plpgsql") is None
+
+
+def test_the_old_path_otpy_testing_warns_and_is_the_same_module(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import otpy
+
+    monkeypatch.delitem(sys.modules, "otpy.testing", raising=False)
+    monkeypatch.delattr(otpy, "testing", raising=False)
+    with pytest.warns(DeprecationWarning, match=r"otpy\.testing moved to otpy\.pg\.testing") as w:
+        import otpy.testing as old
+    assert old is testing
+    assert sys.modules["otpy.testing"] is testing
+    assert w[0].filename == __file__  # the warning names the importing line, not the shim

@@ -121,7 +121,7 @@ HANDLER_TEST = """
     import pytest
     from otpy.pg import pool, wal_reader
     from otpy.pytest_plugin import TEST_DATABASE, TEST_POOL
-    from otpy.testing import wait_caught_up
+    from otpy.pg.testing import wait_caught_up
 
     class Names(wal_reader.ReplicationHandler):
         def __init__(self):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from otpy.testing import (
+from otpy.pg.testing import (
     PostgresServer,
     copy_strategy,
     create_database,

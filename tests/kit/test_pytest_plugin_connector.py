@@ -14,9 +14,9 @@ import trio
 
 from otpy.application import System
 from otpy.pg import pool, wal_reader
+from otpy.pg.testing import NotCaughtUp, wait_caught_up
 from otpy.pg.wal_reader import ChangeBatch, ReplicationHandler, StreamEnded
 from otpy.pytest_plugin import TEST_DATABASE, TEST_POOL
-from otpy.testing import NotCaughtUp, wait_caught_up
 
 _slots = itertools.count()
 
