@@ -186,7 +186,7 @@ async def test_many_call_timeouts_fire_at_their_own_deadlines(
 async def test_call_timers_forget_timeouts_no_longer_in_use(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    from otpy.gen_server import _TIMERS
+    from otpy.process import _TIMERS
 
     async with trio.open_nursery() as nursery:
         ref = await otpy.start(nursery, Counter())
@@ -194,7 +194,7 @@ async def test_call_timers_forget_timeouts_no_longer_in_use(
         for i in range(100):
             assert await otpy.call(ref, "get", timeout=1 + i / 1000) == 0
         await trio.sleep(3)
-        assert _TIMERS.get().queues == {}
+        assert _TIMERS.get()._buckets == {}
         await otpy.stop(ref)
 
 
