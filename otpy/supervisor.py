@@ -254,7 +254,7 @@ async def delete_child(sup: Any, child_id: Any) -> None:
 
 def live_supervisors() -> list[SupervisorBase]:
     """The supervisors of this process that still exist (for metrics: ``restarts``, ``label``)."""
-    return [sup for sup in _LIVE if sup._ref is not None and sup._ref.alive]
+    return [sup for sup in _LIVE if sup.running]
 
 
 class SupervisorBase(GenServer):
@@ -265,6 +265,19 @@ class SupervisorBase(GenServer):
     down.  An :class:`~otpy.Exit` from one of its children is that child's exit,
     handled once by the strategy (its ``Down`` and its ``Exit`` never count as
     two restarts); one from any other actor is logged and ignored.
+
+    Subclass surface (OTP's "Internal exports": for supervisor subclasses such
+    as :class:`Supervisor` and :class:`~otpy.DynamicSupervisor`, not for
+    application code).  A subclass keeps its children as :class:`Child`
+    records and implements the four hooks ``_children_list()`` (in start
+    order), ``_contains(child)``, ``_remove(child)`` and ``await
+    _restart(child)`` (its strategy); it may override ``_forget_stopped(child)``
+    (what a child that will not run again leaves behind), ``_child_started``
+    (called in the child's task the moment its ``init`` returned) and ``await
+    _handle_other(request)`` (requests beyond which/count/terminate, such as
+    :class:`StartChild`).  It starts children with ``await _start_child(child)``
+    (in the supervisor's loop) or ``await _launch(child, caller, event)`` (in a
+    task of its own, see :data:`INLINE_START_WAIT`).
     """
 
     trap_exits = True
@@ -285,6 +298,12 @@ class SupervisorBase(GenServer):
         _LIVE.add(self)
 
     # -- reporting ---------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """True from the start of ``init`` until the supervisor exits (read by metrics)."""
+        ref = self._ref
+        return ref is not None and ref.alive
 
     @property
     def label(self) -> str:
