@@ -26,7 +26,7 @@ Design choices, and why:
   (one per session, per device) sit idle with none of them, and every
   container an idle actor does not hold is memory and garbage-collector work
   saved a million times over.
-* The runner's hot state (:attr:`Ref.task`, :attr:`Ref.stop_reason`) is plain
+* The runner's hot state (``Ref.task``, ``Ref.stop_reason``) is plain
   attributes, read-only by convention, not properties: the message loop and
   ``call`` read them once per message, where a property call would show in a
   call round trip.
@@ -210,7 +210,7 @@ NO_MESSAGE: Final = _NoMessage()
 
 For process runners: :meth:`Ref.take` returns it when the mailbox is empty
 (the task is then parked), and a parked runner is rescheduled with it by
-:meth:`Ref.request_stop`, so that it looks at :attr:`Ref.stop_reason` again.
+:meth:`Ref.request_stop`, so that it looks at ``Ref.stop_reason`` again.
 """
 
 _NONE: frozenset[Any] = frozenset()

@@ -33,18 +33,23 @@ import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import outcome
 import trio
 
+# The module, not its names: ``otpy.gen_server.call`` & co. must reach the
+# moved-names ``__getattr__`` at the end (and warn), not a re-exported binding.
+from otpy import process
 from otpy._moved import moved_names
 from otpy._util import check_bool, check_number, check_timeout, split_cancelled
 from otpy.actor import KILLED, NO_MESSAGE, NORMAL, ExitReason, Monitor, Ref
 from otpy.child_spec import Backoff, ChildSpec, ChildType, Restart, Shutdown
 from otpy.errors import InitError, StartTimeout, UnexpectedMessage
-from otpy.process import Cast, From, Timer, link, monitor
 from otpy.registry import register
+
+if TYPE_CHECKING:
+    from otpy.process import From, Timer
 
 __all__ = [
     "NO_REPLY",
@@ -173,7 +178,7 @@ class GenServer:
         in the caller, instead of crashing the server when the timer starts.
         """
         check_number("send_after delay", delay, allow_infinity=True)
-        timer = Timer()
+        timer = process.Timer()
         dest = self.ref if target is None else target
         self.nursery.start_soon(
             timer.run, delay, dest, message, name=f"send_after({delay}, {message!r})"
@@ -182,11 +187,11 @@ class GenServer:
 
     def monitor(self, target: Any) -> Monitor:
         """Monitor ``target``; a :class:`~otpy.Down` arrives in ``handle_info`` when it exits."""
-        return monitor(target, self.ref)
+        return process.monitor(target, self.ref)
 
     def link(self, target: Any) -> None:
         """Link this server with ``target`` (see :func:`otpy.link`)."""
-        link(target, self.ref)
+        process.link(target, self.ref)
 
     @classmethod
     def child_spec(
@@ -225,6 +230,7 @@ class GenServer:
         wait = trio.lowlevel.wait_task_rescheduled
         take = ref.take
         abort = ref.abort_wait
+        call, cast = process.From, process.Cast
         while True:
             if ref.stop_reason is not None:
                 return ref.stop_reason
@@ -239,11 +245,11 @@ class GenServer:
             else:
                 await checkpoint()
             kind = type(msg)
-            if kind is From:
+            if kind is call:
                 result = await self.handle_call(msg.request, msg)
                 if result is not NO_REPLY:
                     msg.resolve(outcome.Value(result))
-            elif kind is Cast:
+            elif kind is cast:
                 await self.handle_cast(msg.request)
             else:
                 await self.handle_info(msg)
@@ -416,7 +422,7 @@ async def start_supervised(
 
     For supervisors (:mod:`otpy.supervisor`), not for application code, which
     uses :func:`start` or a supervisor's ``start_child``.  ``parent`` becomes
-    the child's :attr:`Ref.parent <otpy.Ref.parent>`; ``on_started`` runs in
+    the child's ``parent``; ``on_started`` runs in
     the child's task the moment its ``init`` returned, before anything else
     can run, so the supervisor monitors it without a window in which a crash
     would go unseen.

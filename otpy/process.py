@@ -16,7 +16,7 @@ Design, and why:
   parks on ``trio.lowlevel.wait_task_rescheduled`` until the server's runner
   resolves it.  No channel, no event, no cancel scope per call: a round trip
   is two task switches.
-* A call's timeout is a deadline in one :class:`~otpy._deadlines.Deadlines`
+* A call's timeout is a deadline in one ``otpy._deadlines.Deadlines``
   queue per trio run, enforced by one system task (``otpy call timeouts``).
   A cancel scope per call (``trio.move_on_after``) would cost about a third of
   a round trip; a deadline costs two dict operations, and a :class:`From`

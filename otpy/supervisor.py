@@ -130,8 +130,10 @@ class ChildCounts:
 
 
 @attrs.define(eq=False)
-class _Starting:
+class Starting:
     """A start running in a task of its own (dynamic children, one_for_one restarts).
+
+    For supervisor subclasses (a :class:`Child`'s ``starting``), not for application code.
 
     ``scope`` cancels it, ``caller`` gets the reply (None for a restart),
     ``done`` is set once it is over, started or not.
@@ -160,7 +162,7 @@ class Child:
     failures: int = 0
     started_at: float | None = None
     pending: int = 0
-    starting: _Starting | None = None
+    starting: Starting | None = None
 
 
 @attrs.frozen
@@ -484,14 +486,14 @@ class SupervisorBase(GenServer):
 
         Waits up to :data:`INLINE_START_WAIT` seconds for the start to finish.
         """
-        starting = _Starting(trio.CancelScope(), caller)
+        starting = Starting(trio.CancelScope(), caller)
         child.starting = starting
         child.pending = 0
         self.start_soon(self._start_in_task, child, starting, event)
         with trio.move_on_after(INLINE_START_WAIT):
             await starting.done.wait()
 
-    async def _start_in_task(self, child: Child, starting: _Starting, event: str) -> None:
+    async def _start_in_task(self, child: Child, starting: Starting, event: str) -> None:
         """The background start: reply, forget or schedule a retry once it is over."""
         error: InitError | None = None
         with starting.scope:
