@@ -54,7 +54,6 @@ __all__ = [
     "KILLED",
     "NOPROC",
     "NORMAL",
-    "NO_MESSAGE",
     "SHUTDOWN",
     "Down",
     "Exit",

@@ -14,7 +14,7 @@ restarts of the other children, ``which_children``, ``terminate_child``.  So
 the supervisor launches the start in a background task and answers the
 caller later (a deferred reply, OTP's ``{noreply, State}``), at the moment the
 child's ``init`` returned.  It does wait for the start up to
-:data:`INLINE_START_WAIT` seconds before it turns to its next message: a
+:data:`~otpy.supervisor.INLINE_START_WAIT` seconds before it turns to its next message: a
 child whose ``init`` is quick (nearly all) is then running before the
 supervisor answers anything else, exactly as with OTP's synchronous starts
 (``which_children`` right after a crash sees the restarted child); only a
@@ -30,13 +30,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from otpy._moved import moved_names
 from otpy._util import check_int
 from otpy.actor import Ref
 from otpy.errors import MaxChildren
 from otpy.gen_server import NO_REPLY
 from otpy.process import From, reply_error
 from otpy.supervisor import (
-    INLINE_START_WAIT,
     Child,
     StartChild,
     SupervisorBase,
@@ -46,7 +46,7 @@ from otpy.supervisor import (
     which_children,
 )
 
-__all__ = ["INLINE_START_WAIT", "DynamicSupervisor"]
+__all__ = ["DynamicSupervisor"]
 
 
 class DynamicSupervisor(SupervisorBase):
@@ -117,3 +117,7 @@ class DynamicSupervisor(SupervisorBase):
         self._children[child] = None
         await self._launch(child, from_, "child_started")
         return NO_REPLY
+
+
+# Defined (and documented) in otpy.supervisor; this module re-exported it.
+__getattr__ = moved_names(__name__, {"INLINE_START_WAIT": "otpy.supervisor:INLINE_START_WAIT"})
