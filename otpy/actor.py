@@ -361,13 +361,25 @@ class Ref:
         For process runners (:func:`otpy.call`), not for application code.  If
         the actor exits first, the caller fails at once with
         :class:`~otpy.errors.ActorExited` instead of waiting for its timeout.
+        Like :meth:`deliver` it does nothing for a dead actor: the caller
+        checks :attr:`alive` first, as ``call`` does, and raises that exit.
         """
+        if not self.alive:
+            return
         callers = self._callers
         if isinstance(callers, set):
             callers.add(from_)
         else:
             self._callers = {from_}
-        self.deliver(from_)
+        # deliver() inlined: a call round trip is measured, and a method layer shows in it.
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            trio.lowlevel.reschedule(waiter, outcome.Value(from_))
+        elif self._queue is not None:
+            self._queue.append(from_)
+        else:
+            self._queue = deque((from_,))
 
     def drop_call(self, from_: From) -> None:
         """Forget a caller whose call is over (answered, timed out or cancelled).
