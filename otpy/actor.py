@@ -6,9 +6,12 @@ knows nothing about GenServer protocols or supervision.  What applications
 use is the process API of :mod:`otpy.process` (``call``, ``send``,
 ``monitor``, ``link``, ...) and :class:`Ref`'s own public methods
 (``request_stop``, ``kill``, ``wait``).  The few :class:`Ref` methods marked
-"for process runners" are what :mod:`otpy.process` and :mod:`otpy.gen_server`
-need from a ref (OTP's "Internal exports"): no other module reaches into a
-ref's private members.
+"for process runners" (or "for registries") are what :mod:`otpy.process`,
+:mod:`otpy.gen_server` and :mod:`otpy.registry` need from a ref (OTP's
+"Internal exports"): no other module reaches into a ref's private members.
+The old primitives ``otpy.actor.monitor(watcher, target)``, ``demonitor``,
+``link`` and ``unlink`` are these methods now; their old names still work,
+with a ``DeprecationWarning`` pointing to :mod:`otpy.process`.
 
 Design choices, and why:
 
@@ -362,7 +365,7 @@ class Ref:
         the actor exits first, the caller fails at once with
         :class:`~otpy.errors.ActorExited` instead of waiting for its timeout.
         Like :meth:`deliver` it does nothing for a dead actor: the caller
-        checks :attr:`alive` first, as ``call`` does, and raises that exit.
+        checks ``alive`` first, as ``call`` does, and raises that exit.
         """
         if not self.alive:
             return
