@@ -83,6 +83,13 @@ class GenServer:
     trap_exits: ClassVar[bool] = False
     """Set True to receive :class:`~otpy.Exit` messages instead of dying with linked actors."""
 
+    child_type: ClassVar[ChildType] = ChildType.WORKER
+    """What :meth:`child_spec` declares this server as; supervisors set ``SUPERVISOR``.
+
+    A class attribute rather than an ``issubclass`` test against the
+    supervisor classes, which live in a layer above this module.
+    """
+
     _ref: Ref | None = None
     _nursery: trio.Nursery | None = None
 
@@ -209,15 +216,12 @@ class GenServer:
         ``id`` defaults to the registered name or the class name, so
         ``MyServer.child_spec(arg)`` is all a supervisor needs (Elixir's ``{MyServer, arg}``).
         """
-        from otpy.supervisor import SupervisorBase
-
-        kind = ChildType.SUPERVISOR if issubclass(cls, SupervisorBase) else ChildType.WORKER
         extra: dict[str, Any] = {} if shutdown is None else {"shutdown": shutdown}
         return ChildSpec(
             id=id if id is not None else (name if name is not None else cls.__name__),
             start=functools.partial(cls, *args, **kwargs),
             restart=restart,
-            type=kind,
+            type=cls.child_type,
             name=name,
             backoff=backoff,
             **extra,

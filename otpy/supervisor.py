@@ -283,6 +283,7 @@ class SupervisorBase(GenServer):
     """
 
     trap_exits = True
+    child_type = ChildType.SUPERVISOR
 
     def __init__(self, *, intensity: int = 3, period: float = 5.0) -> None:
         self.intensity = check_int("intensity", intensity)

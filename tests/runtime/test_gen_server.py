@@ -246,3 +246,10 @@ def test_the_process_api_still_imports_from_gen_server_with_a_warning() -> None:
     for name in ("reply", "reply_error", "From", "Timer", "DEFAULT_CALL_TIMEOUT"):
         with pytest.warns(DeprecationWarning, match=rf"to otpy\.process\.{name};"):
             assert getattr(otpy.gen_server, name) is getattr(otpy.process, name)
+
+
+def test_child_spec_declares_a_worker_and_a_supervisor_class_declares_a_supervisor() -> None:
+    assert Counter.child_spec().type is otpy.WORKER
+    assert otpy.Supervisor.child_spec([], id="s").type is otpy.SUPERVISOR
+    assert otpy.DynamicSupervisor.child_spec(id="d").type is otpy.SUPERVISOR
+    assert otpy.DynamicSupervisor.child_spec(id="d").shutdown is otpy.INFINITY
