@@ -42,11 +42,9 @@ from otpy.child_spec import (
     Shutdown,
 )
 from otpy.dynamic_supervisor import DynamicSupervisor
-from otpy.gen_server import (
-    NO_REPLY,
+from otpy.gen_server import NO_REPLY, GenServer, TaskServer, start
+from otpy.process import (
     From,
-    GenServer,
-    TaskServer,
     Timer,
     call,
     cast,
@@ -56,7 +54,6 @@ from otpy.gen_server import (
     reply,
     reply_error,
     send,
-    start,
     stop,
     unlink,
 )

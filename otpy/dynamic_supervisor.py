@@ -14,7 +14,7 @@ restarts of the other children, ``which_children``, ``terminate_child``.  So
 the supervisor launches the start in a background task and answers the
 caller later (a deferred reply, OTP's ``{noreply, State}``), at the moment the
 child's ``init`` returned.  It does wait for the start up to
-:data:`INLINE_START_WAIT` seconds before it turns to its next message: a
+:data:`~otpy.supervisor.INLINE_START_WAIT` seconds before it turns to its next message: a
 child whose ``init`` is quick (nearly all) is then running before the
 supervisor answers anything else, exactly as with OTP's synchronous starts
 (``which_children`` right after a crash sees the restarted child); only a
@@ -30,22 +30,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from otpy._moved import moved_names
 from otpy._util import check_int
 from otpy.actor import Ref
 from otpy.errors import MaxChildren
-from otpy.gen_server import NO_REPLY, From, reply_error
+from otpy.gen_server import NO_REPLY
+from otpy.process import From, reply_error
 from otpy.supervisor import (
-    INLINE_START_WAIT,
+    Child,
+    StartChild,
     SupervisorBase,
-    _Child,
-    _StartChild,
     count_children,
     start_child,
     terminate_child,
     which_children,
 )
 
-__all__ = ["INLINE_START_WAIT", "DynamicSupervisor"]
+__all__ = ["DynamicSupervisor"]
 
 
 class DynamicSupervisor(SupervisorBase):
@@ -71,25 +72,25 @@ class DynamicSupervisor(SupervisorBase):
         self.max_children = (
             None if max_children is None else check_int("max_children", max_children)
         )
-        self._children: dict[_Child, None] = {}
+        self._children: dict[Child, None] = {}
 
     def __repr__(self) -> str:
         return f"<DynamicSupervisor {len(self._children)} children>"
 
-    def _children_list(self) -> list[_Child]:
+    def _children_list(self) -> list[Child]:
         return list(self._children)
 
-    def _contains(self, child: _Child) -> bool:
+    def _contains(self, child: Child) -> bool:
         return child in self._children
 
-    def _remove(self, child: _Child) -> None:
+    def _remove(self, child: Child) -> None:
         self._children.pop(child, None)
 
-    def _forget_stopped(self, child: _Child) -> None:
+    def _forget_stopped(self, child: Child) -> None:
         """A dynamic supervisor forgets every child that stopped for good."""
         self._remove(child)
 
-    def _child_started(self, child: _Child, ref: Ref, event: str) -> None:
+    def _child_started(self, child: Child, ref: Ref, event: str) -> None:
         # Starts finish in any order: keep the children in the order their
         # init finished, so they stop in reverse start order.
         if child in self._children:
@@ -97,12 +98,12 @@ class DynamicSupervisor(SupervisorBase):
             self._children[child] = None
         super()._child_started(child, ref, event)
 
-    async def _restart(self, child: _Child) -> None:
+    async def _restart(self, child: Child) -> None:
         await self._launch(child, None, "child_restarted")
 
     async def handle_call(self, request: Any, from_: From) -> Any:
         """Starts are launched and answered later; other requests as any supervisor."""
-        if type(request) is not _StartChild:
+        if type(request) is not StartChild:
             return await super().handle_call(request, from_)
         if self.max_children is not None and len(self._children) >= self.max_children:
             reply_error(
@@ -112,7 +113,11 @@ class DynamicSupervisor(SupervisorBase):
                 ),
             )
             return NO_REPLY
-        child = _Child(request.spec)
+        child = Child(request.spec)
         self._children[child] = None
         await self._launch(child, from_, "child_started")
         return NO_REPLY
+
+
+# Defined (and documented) in otpy.supervisor; this module re-exported it.
+__getattr__ = moved_names(__name__, {"INLINE_START_WAIT": "otpy.supervisor:INLINE_START_WAIT"})

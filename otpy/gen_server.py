@@ -1,10 +1,13 @@
-"""GenServer: the OTP generic server as a Python behaviour class, plus the process API.
+"""GenServer: the OTP generic server as a Python behaviour class, and its runner.
 
 Subclass :class:`GenServer`, keep state on ``self``, and implement the handlers
 you need.  The server handles one message at a time, so its state needs no
 locks.  Start it with :func:`start` (standalone, in any nursery) or under a
-supervisor through a :class:`~otpy.ChildSpec`; talk to it with :func:`call`,
-:func:`cast` and :func:`send` from any trio task, actor or not.
+supervisor through a :class:`~otpy.ChildSpec`; talk to it with the process
+API of :mod:`otpy.process` (:func:`~otpy.call`, :func:`~otpy.cast`,
+:func:`~otpy.send`) from any trio task, actor or not.  This module is the
+behaviour and the task that runs it (OTP's ``gen_server.erl``); the plumbing
+it shares with any actor is in :mod:`otpy.process` (OTP's ``gen.erl``).
 
 Lifecycle of a server, and why it is shaped this way:
 
@@ -29,51 +32,33 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import math
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import outcome
 import trio
 
-from otpy import actor as _actor
-from otpy._util import check_bool, check_number, check_timeout, unwrap_group
-from otpy.actor import _CURRENT, _NONE, _WAKE, NORMAL, ExitReason, Monitor, Ref
+# The module, not its names: ``otpy.gen_server.call`` & co. must reach the
+# moved-names ``__getattr__`` at the end (and warn), not a re-exported binding.
+from otpy import process
+from otpy._moved import moved_names
+from otpy._util import check_bool, check_number, check_timeout, split_cancelled
+from otpy.actor import KILLED, NO_MESSAGE, NORMAL, ExitReason, Monitor, Ref
 from otpy.child_spec import Backoff, ChildSpec, ChildType, Restart, Shutdown
-from otpy.errors import (
-    ActorExited,
-    CallingSelf,
-    CallTimeout,
-    InitError,
-    NotAnActor,
-    StartTimeout,
-    UnexpectedMessage,
-)
-from otpy.registry import register, resolve, whereis
+from otpy.errors import InitError, StartTimeout, UnexpectedMessage
+from otpy.registry import register
+
+if TYPE_CHECKING:
+    from otpy.process import From, Timer
 
 __all__ = [
     "NO_REPLY",
-    "From",
     "GenServer",
     "TaskServer",
-    "Timer",
-    "call",
-    "cast",
-    "demonitor",
-    "link",
-    "monitor",
-    "reply",
-    "reply_error",
-    "send",
     "start",
-    "stop",
-    "unlink",
 ]
 
 logger = logging.getLogger("otpy.gen_server")
-
-DEFAULT_CALL_TIMEOUT: Final = 5.0
-"""Seconds a call waits for its reply by default (Erlang's 5000 ms)."""
 
 
 class _NoReply:
@@ -82,303 +67,14 @@ class _NoReply:
 
 
 NO_REPLY: Final = _NoReply()
-"""Return this from ``handle_call`` to reply later with :func:`reply` (``{noreply, State}``)."""
-
-
-class From:
-    """The caller of one pending call: keep it to reply later with :func:`reply`.
-
-    A reply is delivered at most once; replying to a caller that has timed out
-    or was cancelled is silently ignored (the caller has moved on).
-    """
-
-    __slots__ = ("_done", "_target", "_task", "_timers", "request")
-
-    def __init__(self, request: Any, task: trio.lowlevel.Task, target: Ref) -> None:
-        self.request = request
-        self._task = task
-        self._target = target
-        self._done = False
-        self._timers: dict[From, float] | None = None
-
-    def __repr__(self) -> str:
-        return f"<From {self._task.name} -> {self._target!r}>"
-
-    @property
-    def pending(self) -> bool:
-        """True while the caller still waits for a reply."""
-        return not self._done
-
-    def _finish(self) -> None:
-        self._done = True
-        target = self._target
-        callers = target._callers
-        if isinstance(callers, set):
-            callers.discard(self)
-            if not callers:
-                target._callers = _NONE  # an idle server holds no empty set
-        timers = self._timers
-        if timers is not None:
-            self._timers = None
-            timers.pop(self, None)
-
-    def _resolve(self, result: outcome.Outcome[Any]) -> None:
-        if self._done:
-            return
-        self._finish()
-        trio.lowlevel.reschedule(self._task, result)
-
-    def _fail(self, error: BaseException) -> None:
-        self._resolve(outcome.Error(error))
-
-    def _abort(self, _: Any) -> trio.lowlevel.Abort:
-        self._finish()
-        return trio.lowlevel.Abort.SUCCEEDED
-
-
-class _CallTimers:
-    """Call deadlines of one trio run, enforced by a single system task.
-
-    A cancel scope per call would cost a third of a call round trip.  Instead
-    every pending call with a timeout sits in an insertion-ordered dict per
-    timeout value; because the clock only moves forward, each dict is also
-    ordered by deadline, so adding and removing a call is O(1) and the timer
-    task only looks at the head of each dict.  The timer sleeps until the
-    earliest deadline it knows of and is woken (its scope's deadline moved
-    earlier) only when a new call would expire before that; in a steady stream
-    of calls with the same timeout it wakes about once per timeout period.
-    """
-
-    def __init__(self) -> None:
-        self.queues: dict[float, dict[From, float]] = {}
-        self.wake_at = math.inf
-        self.scope = trio.CancelScope()
-
-    def add(self, from_: From, timeout: float) -> None:
-        deadline = trio.current_time() + timeout
-        queue = self.queues.get(timeout)
-        if queue is None:
-            queue = self.queues[timeout] = {}
-        queue[from_] = deadline
-        from_._timers = queue
-        if deadline < self.wake_at:
-            self.wake_at = deadline
-            self.scope.deadline = deadline
-
-    async def run(self) -> None:
-        while True:
-            with self.scope:
-                await trio.sleep_forever()
-            self.scope = trio.CancelScope()
-            now = trio.current_time()
-            wake_at = math.inf
-            for timeout, queue in list(self.queues.items()):
-                while queue:
-                    from_, deadline = next(iter(queue.items()))
-                    if deadline > now:
-                        wake_at = min(wake_at, deadline)
-                        break
-                    from_._fail(CallTimeout(from_._target, from_.request, timeout))
-                if not queue:
-                    # Computed timeouts (a remaining deadline) are all distinct:
-                    # keeping their emptied queues would grow this dict forever.
-                    del self.queues[timeout]
-            self.wake_at = wake_at
-            self.scope.deadline = wake_at
-
-
-_TIMERS: trio.lowlevel.RunVar[_CallTimers] = trio.lowlevel.RunVar("otpy_call_timers")
-
-
-def _timers() -> _CallTimers:
-    try:
-        return _TIMERS.get()
-    except LookupError:
-        timers = _CallTimers()
-        _TIMERS.set(timers)
-        trio.lowlevel.spawn_system_task(timers.run, name="otpy call timeouts")
-        return timers
-
-
-class Timer:
-    """Handle of a :meth:`GenServer.send_after` timer (Erlang's TRef)."""
-
-    __slots__ = ("_fired", "_scope")
-
-    def __init__(self, scope: trio.CancelScope) -> None:
-        self._scope = scope
-        self._fired = False
-
-    def cancel(self) -> bool:
-        """Stop the timer; False if the message was already sent."""
-        if self._fired or self._scope.cancel_called:
-            return False
-        self._scope.cancel()
-        return True
-
-
-class _Cast:
-    __slots__ = ("request",)
-
-    def __init__(self, request: Any) -> None:
-        self.request = request
-
-
-def reply(from_: From, value: Any) -> None:
-    """Reply to a call deferred with :data:`NO_REPLY` (``gen_server:reply``)."""
-    from_._resolve(outcome.Value(value))
-
-
-def reply_error(from_: From, error: BaseException) -> None:
-    """Make the caller of a pending call raise ``error``, without crashing the server.
-
-    Use it for errors that belong to the caller (bad request, overload), where
-    crashing the server would be wrong.
-    """
-    from_._fail(error)
-
-
-# A per-call timeout is the gen_server:call contract, hence the noqa.
-async def call(
-    target: Any,
-    request: Any,
-    timeout: float | None = DEFAULT_CALL_TIMEOUT,  # noqa: ASYNC109
-) -> Any:
-    """Send ``request`` to a server's ``handle_call`` and wait for the reply.
-
-    ``target`` is a ref, a registered name or a ``Via``.  Raises
-    :class:`~otpy.errors.ActorExited` (with the exit reason) as soon as the
-    server dies or if it is already dead, :class:`~otpy.errors.NoProcess` for
-    an unknown name, and :class:`~otpy.errors.CallTimeout` when no reply came
-    within ``timeout`` seconds (None: wait forever).  Works from any task.
-    A ``NaN`` timeout raises :class:`~otpy.errors.InvalidArgument` (it would
-    otherwise fire at another call's deadline); a timeout <= 0 has already run
-    out, so the call raises ``CallTimeout`` at once.
-    """
-    if timeout is not None and (type(timeout) is not float or timeout != timeout):
-        # Off the fast path: ints are converted, NaN and non-numbers refused.
-        timeout = check_timeout("call timeout", timeout, allow_negative=True)
-    ref = target if type(target) is Ref else resolve(target)
-    task = trio.lowlevel.current_task()
-    if not ref.alive:
-        await trio.lowlevel.checkpoint()
-        assert ref.exit_reason is not None
-        raise ActorExited(ref, ref.exit_reason)
-    if ref._task is task:
-        raise CallingSelf(f"{ref!r} called itself from its own message loop; this would deadlock")
-    from_ = From(request, task, ref)
-    if timeout is not None and timeout != math.inf:
-        if timeout <= 0:
-            await trio.lowlevel.checkpoint()
-            raise CallTimeout(ref, request, timeout)
-        _timers().add(from_, timeout)
-    callers = ref._callers
-    if isinstance(callers, set):
-        callers.add(from_)
-    else:
-        ref._callers = {from_}
-    ref.deliver(from_)
-    return await trio.lowlevel.wait_task_rescheduled(from_._abort)
-
-
-def cast(target: Any, request: Any) -> None:
-    """Send ``request`` to a server's ``handle_cast`` without waiting (``gen_server:cast``).
-
-    Like Erlang's cast it never fails: a dead server or an unknown name drops
-    the request.  Use :func:`call` when you need to know it arrived.
-    """
-    ref = target if type(target) is Ref else whereis(target)
-    if ref is not None:
-        ref.deliver(_Cast(request))
-
-
-def send(target: Any, message: Any) -> None:
-    """Send ``message`` to an actor's ``handle_info`` (Erlang's ``!``).
-
-    Sending to a dead ref is silently dropped; an unknown *name* raises
-    :class:`~otpy.errors.NoProcess`, as ``Name ! Msg`` raises ``badarg``.
-    """
-    ref = target if type(target) is Ref else resolve(target)
-    ref.deliver(message)
-
-
-async def stop(
-    target: Any,
-    reason: ExitReason = NORMAL,
-    timeout: float | None = None,  # noqa: ASYNC109 - gen_server:stop takes a timeout too
-) -> ExitReason:
-    """Stop a server gracefully (``gen_server:stop``) and return its exit reason.
-
-    The server finishes the message it is handling, runs ``terminate(reason)``
-    and exits.  Raises :class:`~otpy.errors.CallTimeout` if it has not exited
-    within ``timeout`` seconds (it keeps stopping).  A ``NaN`` or negative
-    timeout raises :class:`~otpy.errors.InvalidArgument` before anything is stopped.
-    """
-    timeout = check_timeout("stop timeout", timeout)
-    ref = resolve(target)
-    ref.request_stop(reason)
-    if ref._task is trio.lowlevel.current_task():
-        return reason
-    if timeout is None:
-        return await ref.wait()
-    with trio.move_on_after(timeout):
-        return await ref.wait()
-    raise CallTimeout(target, "stop", timeout)
-
-
-def _watcher(watcher: Ref | None) -> Ref:
-    watcher = watcher or _CURRENT.get()
-    if watcher is None:
-        raise NotAnActor(
-            "monitor/link need an actor on the calling side; call it from a server "
-            "(or its background tasks), or wait on ref.wait() from a plain task"
-        )
-    return watcher
-
-
-def monitor(target: Any, watcher: Ref | None = None) -> Monitor:
-    """Monitor ``target``: the watcher (default: the calling actor) gets a ``Down`` on exit.
-
-    An unknown name produces an immediate ``Down`` with reason ``noproc``, as in Erlang.
-    """
-    me = _watcher(watcher)
-    ref = target if type(target) is Ref else whereis(target)
-    if ref is None:
-        ghost = Ref(f"noproc:{target!r}")
-        ghost._exit(_actor.NOPROC)
-        ref = ghost
-    return _actor.monitor(me, ref)
-
-
-def demonitor(mon: Monitor) -> bool:
-    """Cancel a monitor; False if its ``Down`` was already delivered."""
-    return _actor.demonitor(mon)
-
-
-def link(target: Any, watcher: Ref | None = None) -> None:
-    """Link the calling actor (or ``watcher``) with ``target`` both ways.
-
-    An abnormal exit of either kills the other with
-    :class:`~otpy.errors.ExitSignal` as reason, unless it sets
-    ``trap_exits = True`` and so receives an :class:`~otpy.Exit` message instead.
-    Within trio, prefer structure (a shared nursery, a supervisor) when it fits;
-    links are for actors whose lifetimes are tied but who live in different trees.
-    """
-    _actor.link(_watcher(watcher), resolve(target))
-
-
-def unlink(target: Any, watcher: Ref | None = None) -> None:
-    """Remove a link created with :func:`link`."""
-    ref = target if type(target) is Ref else whereis(target)
-    if ref is not None:
-        _actor.unlink(_watcher(watcher), ref)
+"""Return this from ``handle_call`` to reply later with :func:`~otpy.reply` (OTP's ``noreply``)."""
 
 
 class GenServer:
     """Base class of servers: override the handlers, keep state on ``self``.
 
     Handlers are coroutines and run one at a time.  ``handle_call`` returns the
-    reply (or :data:`NO_REPLY` to reply later with :func:`reply`); raising from
+    reply (or :data:`NO_REPLY` to reply later with :func:`~otpy.reply`); raising from
     any handler crashes the server, its callers get
     :class:`~otpy.errors.ActorExited` at once, and its supervisor decides what
     happens next.  Subclasses need not call ``super().__init__()``.
@@ -386,6 +82,13 @@ class GenServer:
 
     trap_exits: ClassVar[bool] = False
     """Set True to receive :class:`~otpy.Exit` messages instead of dying with linked actors."""
+
+    child_type: ClassVar[ChildType] = ChildType.WORKER
+    """What :meth:`child_spec` declares this server as; supervisors set ``SUPERVISOR``.
+
+    A class attribute rather than an ``issubclass`` test against the
+    supervisor classes, which live in a layer above this module.
+    """
 
     _ref: Ref | None = None
     _nursery: trio.Nursery | None = None
@@ -411,7 +114,7 @@ class GenServer:
         """
 
     async def handle_call(self, request: Any, from_: From) -> Any:
-        """Answer a :func:`call`; the return value is the reply.
+        """Answer a :func:`~otpy.call`; the return value is the reply.
 
         The default raises :class:`~otpy.errors.UnexpectedMessage` (crashing the
         server), like an unmatched ``handle_call`` clause.
@@ -419,11 +122,11 @@ class GenServer:
         raise UnexpectedMessage(f"{type(self).__name__} does not handle call {request!r}")
 
     async def handle_cast(self, request: Any) -> None:
-        """Handle a :func:`cast`.  The default raises :class:`~otpy.errors.UnexpectedMessage`."""
+        """Handle a :func:`~otpy.cast`; by default raise :class:`~otpy.errors.UnexpectedMessage`."""
         raise UnexpectedMessage(f"{type(self).__name__} does not handle cast {request!r}")
 
     async def handle_info(self, message: Any) -> None:
-        """Handle any other message (:func:`send`, ``Down``, ``Exit``, timers).
+        """Handle any other message (:func:`~otpy.send`, ``Down``, ``Exit``, timers).
 
         The default logs and drops it, as OTP's default does, so that a stray
         message never crashes a server.
@@ -482,27 +185,20 @@ class GenServer:
         in the caller, instead of crashing the server when the timer starts.
         """
         check_number("send_after delay", delay, allow_infinity=True)
-        timer = Timer(trio.CancelScope())
+        timer = process.Timer()
         dest = self.ref if target is None else target
-
-        async def fire() -> None:
-            with timer._scope:
-                await trio.sleep(delay)
-                timer._fired = True
-                ref = dest if type(dest) is Ref else whereis(dest)
-                if ref is not None:
-                    ref.deliver(message)
-
-        self.nursery.start_soon(fire, name=f"send_after({delay}, {message!r})")
+        self.nursery.start_soon(
+            timer.run, delay, dest, message, name=f"send_after({delay}, {message!r})"
+        )
         return timer
 
     def monitor(self, target: Any) -> Monitor:
         """Monitor ``target``; a :class:`~otpy.Down` arrives in ``handle_info`` when it exits."""
-        return monitor(target, self.ref)
+        return process.monitor(target, self.ref)
 
     def link(self, target: Any) -> None:
         """Link this server with ``target`` (see :func:`otpy.link`)."""
-        link(target, self.ref)
+        process.link(target, self.ref)
 
     @classmethod
     def child_spec(
@@ -520,15 +216,12 @@ class GenServer:
         ``id`` defaults to the registered name or the class name, so
         ``MyServer.child_spec(arg)`` is all a supervisor needs (Elixir's ``{MyServer, arg}``).
         """
-        from otpy.supervisor import SupervisorBase
-
-        kind = ChildType.SUPERVISOR if issubclass(cls, SupervisorBase) else ChildType.WORKER
         extra: dict[str, Any] = {} if shutdown is None else {"shutdown": shutdown}
         return ChildSpec(
             id=id if id is not None else (name if name is not None else cls.__name__),
             start=functools.partial(cls, *args, **kwargs),
             restart=restart,
-            type=kind,
+            type=cls.child_type,
             name=name,
             backoff=backoff,
             **extra,
@@ -538,52 +231,32 @@ class GenServer:
 
     async def _loop(self, ref: Ref) -> ExitReason:
         checkpoint = trio.lowlevel.checkpoint
-        current_task = trio.lowlevel.current_task
         wait = trio.lowlevel.wait_task_rescheduled
-        abort = ref._abort_park
+        take = ref.take
+        abort = ref.abort_wait
+        call, cast = process.From, process.Cast
         while True:
-            if ref._stop_reason is not None:
-                return ref._stop_reason
-            queue = ref._queue  # created by the first message that has to wait
-            if queue:
-                await checkpoint()
-                msg = queue.popleft()
-            else:
-                # Ref.receive inlined: one coroutine frame less per parked actor.
-                # An idle actor must not keep its last message (and a caller's
-                # From) alive, so the local is cleared before parking.
-                msg = None
-                ref._waiter = current_task()
+            if ref.stop_reason is not None:
+                return ref.stop_reason
+            # Ref.receive without its coroutine frame: one frame less per
+            # parked actor.  An idle actor must not keep its last message (and
+            # a caller's From) alive, so ``msg`` is NO_MESSAGE while parked.
+            msg = take()
+            if msg is NO_MESSAGE:
                 msg = await wait(abort)
+                if msg is NO_MESSAGE:
+                    continue  # woken by request_stop
+            else:
+                await checkpoint()
             kind = type(msg)
-            if kind is From:
+            if kind is call:
                 result = await self.handle_call(msg.request, msg)
                 if result is not NO_REPLY:
-                    msg._resolve(outcome.Value(result))
-            elif kind is _Cast:
+                    msg.resolve(outcome.Value(result))
+            elif kind is cast:
                 await self.handle_cast(msg.request)
-            elif msg is _WAKE:
-                continue
             else:
                 await self.handle_info(msg)
-
-
-def _split_cancelled(
-    exc: BaseException,
-) -> tuple[BaseException | None, BaseException | None]:
-    """Split an exception into (cancellation part, everything else), unwrapping 1-groups."""
-    if isinstance(exc, trio.Cancelled):
-        return exc, None
-    if isinstance(exc, BaseExceptionGroup):
-        cancelled, rest = exc.split(trio.Cancelled)
-        return cancelled, None if rest is None else unwrap_group(rest)
-    return None, exc
-
-
-def _is_error(exc: BaseException) -> bool:
-    if isinstance(exc, BaseExceptionGroup):
-        return all(_is_error(e) for e in exc.exceptions)
-    return isinstance(exc, Exception)
 
 
 async def _run(
@@ -618,14 +291,12 @@ async def _run(
         try:
             register(name, ref)
         except BaseException as exc:
-            ref._exit(ExitReason.crashed(exc))
+            ref.record_exit(ExitReason.crashed(exc))
             raise
-    _CURRENT.set(ref)
     started = False
     terminated = False
     crash: BaseException | None = None
-    final = _actor.KILLED
-    task = trio.lowlevel.current_task()
+    final = KILLED
     scope: trio.CancelScope | None = None
     try:
         try:
@@ -633,7 +304,7 @@ async def _run(
                 # The nursery's own cancel scope is the actor's (``kill`` cancels
                 # it): a second scope per actor would cost memory and start time.
                 scope = nursery.cancel_scope
-                ref._attach(scope, task)
+                ref.attach(scope)
                 server._nursery = nursery
                 await server.init()
                 started = True
@@ -649,26 +320,28 @@ async def _run(
                 await server.terminate(final)
                 scope.cancel()
         except BaseException as exc:
-            cancelled, crash = _split_cancelled(exc)
+            cancelled, crash = split_cancelled(exc)
             if crash is None:
                 raise
             final = ExitReason.crashed(crash)
-            if not _is_error(crash):
+            # Not an Exception (KeyboardInterrupt, SystemExit, or a group of
+            # which one is not: a group of Exceptions *is* an ExceptionGroup).
+            if not isinstance(crash, Exception):
                 raise
             if cancelled is not None:
                 raise cancelled from None
-        if ref._kill_reason is not None and (
+        if ref.kill_reason is not None and (
             crash is not None or (scope is not None and scope.cancelled_caught)
         ):
             # Killed (or killed while crashing): no terminate, as in OTP.
             if crash is None:
-                final = ref._kill_reason
+                final = ref.kill_reason
         elif started and not terminated:
             # After a crash (or a cancelled nursery): terminate runs outside the
             # nursery, in a scope of its own that a kill still cancels.
             terminated = True
             with trio.CancelScope() as scope:
-                ref._attach(scope, task)
+                ref.attach(scope)
                 try:
                     await server.terminate(final)
                 except Exception:
@@ -678,9 +351,9 @@ async def _run(
                         extra={"event": "terminate_failed", "actor": repr(ref)},
                     )
             if scope.cancelled_caught and crash is None:
-                final = ref._kill_reason or _actor.KILLED
+                final = ref.kill_reason or KILLED
     finally:
-        ref._exit(final)
+        ref.record_exit(final)
     if not started:
         raise InitError(server, final) from crash
     error = final.error  # a crash, or an ExitSignal from a linked actor
@@ -722,26 +395,26 @@ async def start(
     """
     timeout = check_timeout("start timeout", timeout)
     check_bool("link", link)
-    return await _start_within(timeout, server, nursery, _run, server, name, link, None)
+    return await _start_within(timeout, server, nursery, name, link, None)
 
 
 async def _start_within(
     timeout: float | None,  # noqa: ASYNC109 - the start timeout, applied to nursery.start
-    server: Any,
+    server: GenServer,
     nursery: trio.Nursery,
     *args: Any,
 ) -> Ref:
-    """``nursery.start(*args)``, cancelled with :class:`StartTimeout` after ``timeout`` s."""
+    """``nursery.start(_run, server, *args)``; :class:`StartTimeout` after ``timeout`` s."""
     if timeout is None:
-        ref: Ref = await nursery.start(*args)
+        ref: Ref = await nursery.start(_run, server, *args)
         return ref
     with trio.move_on_after(timeout):
-        ref = await nursery.start(*args)
+        ref = await nursery.start(_run, server, *args)
         return ref
     raise StartTimeout(server, timeout)
 
 
-async def _start_supervised(
+async def start_supervised(
     nursery: trio.Nursery,
     server: GenServer,
     name: Any,
@@ -749,10 +422,16 @@ async def _start_supervised(
     timeout: float | None = None,  # noqa: ASYNC109 - ChildSpec.start_timeout
     on_started: Callable[[Ref], None] | None = None,
 ) -> Ref:
-    """Start a supervisor's child: crashes are only reported as its exit reason."""
-    return await _start_within(
-        timeout, server, nursery, _run, server, name, False, parent, on_started
-    )
+    """Start a supervisor's child: crashes are only reported as its exit reason.
+
+    For supervisors (:mod:`otpy.supervisor`), not for application code, which
+    uses :func:`start` or a supervisor's ``start_child``.  ``parent`` becomes
+    the child's ``parent``; ``on_started`` runs in
+    the child's task the moment its ``init`` returned, before anything else
+    can run, so the supervisor monitors it without a window in which a crash
+    would go unseen.
+    """
+    return await _start_within(timeout, server, nursery, name, False, parent, on_started)
 
 
 class TaskServer(GenServer):
@@ -788,3 +467,26 @@ class TaskServer(GenServer):
     async def handle_call(self, request: Any, from_: From) -> Any:
         """A task has no request protocol: any call is unexpected (and crashes it)."""
         raise UnexpectedMessage(f"task {self!r} does not handle calls ({request!r})")
+
+
+__getattr__ = moved_names(
+    __name__,
+    {
+        name: f"otpy.process:{name}"
+        for name in (
+            "DEFAULT_CALL_TIMEOUT",
+            "From",
+            "Timer",
+            "call",
+            "cast",
+            "demonitor",
+            "link",
+            "monitor",
+            "reply",
+            "reply_error",
+            "send",
+            "stop",
+            "unlink",
+        )
+    },
+)

@@ -63,13 +63,13 @@ class Registry:
         if not ref.alive:
             raise NoProcess(name)
         self._names[name] = ref
-        ref._names = [*ref._names, (self, name)]
+        ref.add_name(self, name)
 
     def unregister(self, name: Any) -> None:
         """Remove ``name``; the actor keeps running.  No error if it is not bound."""
         ref = self._names.pop(name, None)
         if ref is not None:
-            ref._names = [(r, n) for (r, n) in ref._names if not (r is self and n == name)]
+            ref.drop_name(self, name)
 
     def whereis(self, name: Any) -> Ref | None:
         """The live actor registered as ``name``, or None."""
@@ -143,7 +143,7 @@ def register(name: Any, ref: Ref) -> None:
     registry, key = _split(name)
     registry.register(key, ref)
     if not isinstance(registry, Registry):
-        ref._names = [*ref._names, (registry, key)]
+        ref.add_name(registry, key)
 
 
 def unregister(name: Any) -> None:

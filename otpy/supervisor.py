@@ -60,17 +60,8 @@ from otpy.errors import (
     SupervisorError,
     UnexpectedMessage,
 )
-from otpy.gen_server import (
-    NO_REPLY,
-    From,
-    GenServer,
-    _start_supervised,
-    call,
-    demonitor,
-    monitor,
-    reply,
-    reply_error,
-)
+from otpy.gen_server import NO_REPLY, GenServer, start_supervised
+from otpy.process import From, call, demonitor, monitor, reply, reply_error
 
 __all__ = [
     "INLINE_START_WAIT",
@@ -139,8 +130,10 @@ class ChildCounts:
 
 
 @attrs.define(eq=False)
-class _Starting:
+class Starting:
     """A start running in a task of its own (dynamic children, one_for_one restarts).
+
+    For supervisor subclasses (a :class:`Child`'s ``starting``), not for application code.
 
     ``scope`` cancels it, ``caller`` gets the reply (None for a restart),
     ``done`` is set once it is over, started or not.
@@ -152,14 +145,24 @@ class _Starting:
 
 
 @attrs.define(eq=False)
-class _Child:
+class Child:
+    """A supervisor's record of one child: its spec and what it is doing now.
+
+    For supervisor subclasses (:class:`SupervisorBase` hooks, such as
+    :class:`~otpy.DynamicSupervisor`), not for application code, which sees
+    :class:`ChildInfo` rows.  ``ref``/``monitor`` are set while the child runs;
+    ``failures``/``started_at`` drive its backoff; ``pending`` is the token of
+    a scheduled restart (0: none); ``starting`` a start running in a task of
+    its own.
+    """
+
     spec: ChildSpec
     ref: Ref | None = None
     monitor: Monitor | None = None
     failures: int = 0
     started_at: float | None = None
     pending: int = 0
-    starting: _Starting | None = None
+    starting: Starting | None = None
 
 
 @attrs.frozen
@@ -173,7 +176,13 @@ class _Count:
 
 
 @attrs.frozen
-class _StartChild:
+class StartChild:
+    """The request :func:`start_child` sends to a supervisor.
+
+    For supervisor subclasses that handle starts themselves (a dynamic
+    supervisor answers it later), not for application code.
+    """
+
     spec: ChildSpec
 
 
@@ -194,7 +203,7 @@ class _DeleteChild:
 
 @attrs.frozen(eq=False)
 class _Retry:
-    child: _Child
+    child: Child
     token: int
 
 
@@ -221,7 +230,7 @@ async def start_child(sup: Any, spec: ChildSpec) -> Ref:
     """
     if not isinstance(spec, ChildSpec):
         raise InvalidArgument("spec", spec, "an otpy.ChildSpec")
-    result: Ref = await call(sup, _StartChild(spec), timeout=None)
+    result: Ref = await call(sup, StartChild(spec), timeout=None)
     return result
 
 
@@ -247,7 +256,7 @@ async def delete_child(sup: Any, child_id: Any) -> None:
 
 def live_supervisors() -> list[SupervisorBase]:
     """The supervisors of this process that still exist (for metrics: ``restarts``, ``label``)."""
-    return [sup for sup in _LIVE if sup._ref is not None and sup._ref.alive]
+    return [sup for sup in _LIVE if sup.running]
 
 
 class SupervisorBase(GenServer):
@@ -258,19 +267,33 @@ class SupervisorBase(GenServer):
     down.  An :class:`~otpy.Exit` from one of its children is that child's exit,
     handled once by the strategy (its ``Down`` and its ``Exit`` never count as
     two restarts); one from any other actor is logged and ignored.
+
+    Subclass surface (OTP's "Internal exports": for supervisor subclasses such
+    as :class:`Supervisor` and :class:`~otpy.DynamicSupervisor`, not for
+    application code).  A subclass keeps its children as :class:`Child`
+    records and implements the four hooks ``_children_list()`` (in start
+    order), ``_contains(child)``, ``_remove(child)`` and ``await
+    _restart(child)`` (its strategy); it may override ``_forget_stopped(child)``
+    (what a child that will not run again leaves behind), ``_child_started``
+    (called in the child's task the moment its ``init`` returned) and ``await
+    _handle_other(request)`` (requests beyond which/count/terminate, such as
+    :class:`StartChild`).  It starts children with ``await _start_child(child)``
+    (in the supervisor's loop) or ``await _launch(child, caller, event)`` (in a
+    task of its own, see :data:`INLINE_START_WAIT`).
     """
 
     trap_exits = True
+    child_type = ChildType.SUPERVISOR
 
     def __init__(self, *, intensity: int = 3, period: float = 5.0) -> None:
         self.intensity = check_int("intensity", intensity)
         self.period = check_number("period", period, strict=True)
         self._restarts: deque[float] = deque()
-        self._by_monitor: dict[Monitor, _Child] = {}
+        self._by_monitor: dict[Monitor, Child] = {}
         # The running children by ref: finding a child (an exit signal,
         # terminate_child by ref) must not scan every child, or a storm of N
         # exits under one supervisor costs N².
-        self._by_ref: dict[Ref, _Child] = {}
+        self._by_ref: dict[Ref, Child] = {}
         self._tokens = 0
         self._rng = random.Random()
         #: Restarts done since this supervisor started (read by metrics).
@@ -278,6 +301,12 @@ class SupervisorBase(GenServer):
         _LIVE.add(self)
 
     # -- reporting ---------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """True from the start of ``init`` until the supervisor exits (read by metrics)."""
+        ref = self._ref
+        return ref is not None and ref.alive
 
     @property
     def label(self) -> str:
@@ -292,7 +321,7 @@ class SupervisorBase(GenServer):
         level: int,
         event: str,
         message: str,
-        child: _Child | None,
+        child: Child | None,
         reason: ExitReason | None = None,
         ref: Ref | None = None,
         **fields: Any,
@@ -322,21 +351,21 @@ class SupervisorBase(GenServer):
 
     # -- children ----------------------------------------------------------------
 
-    def _children_list(self) -> list[_Child]:
+    def _children_list(self) -> list[Child]:
         raise NotImplementedError
 
-    def _contains(self, child: _Child) -> bool:
+    def _contains(self, child: Child) -> bool:
         raise NotImplementedError
 
-    def _remove(self, child: _Child) -> None:
+    def _remove(self, child: Child) -> None:
         raise NotImplementedError
 
-    async def _restart(self, child: _Child) -> None:
+    async def _restart(self, child: Child) -> None:
         raise NotImplementedError
 
     async def _start_child(
         self,
-        child: _Child,
+        child: Child,
         event: str = "child_started",
         *,
         returned: bool = True,
@@ -359,7 +388,7 @@ class SupervisorBase(GenServer):
                 reply(caller, ref)
 
         try:
-            ref = await _start_supervised(
+            ref = await start_supervised(
                 self.nursery,
                 child.spec.start(),
                 child.spec.name,
@@ -383,7 +412,7 @@ class SupervisorBase(GenServer):
             raise InitError(child.spec.id, reason) from exc
         return ref
 
-    def _child_started(self, child: _Child, ref: Ref, event: str) -> None:
+    def _child_started(self, child: Child, ref: Ref, event: str) -> None:
         """Book a child whose init just returned (runs in the child's task, never awaits)."""
         child.ref = ref
         self._by_ref[ref] = child
@@ -395,7 +424,7 @@ class SupervisorBase(GenServer):
             logging.INFO, event, "child {child!r} " + event[6:] + " as {ref!r}", child, None, ref
         )
 
-    async def _shutdown_child(self, child: _Child, reason: ExitReason = SHUTDOWN) -> ExitReason:
+    async def _shutdown_child(self, child: Child, reason: ExitReason = SHUTDOWN) -> ExitReason:
         """Stop one running child: graceful stop within its shutdown time, then cancel."""
         ref = child.ref
         assert ref is not None
@@ -437,7 +466,7 @@ class SupervisorBase(GenServer):
         )
         return exit_reason
 
-    async def _shutdown_running(self, children: list[_Child]) -> None:
+    async def _shutdown_running(self, children: list[Child]) -> None:
         """Stop the running members of ``children`` in reverse order."""
         for child in reversed(children):
             if child.ref is not None:
@@ -453,19 +482,19 @@ class SupervisorBase(GenServer):
             restarts.popleft()
         return len(restarts) <= self.intensity
 
-    async def _launch(self, child: _Child, caller: From | None, event: str) -> None:
+    async def _launch(self, child: Child, caller: From | None, event: str) -> None:
         """Start ``child`` in a background task; ``caller`` (if any) gets the reply.
 
         Waits up to :data:`INLINE_START_WAIT` seconds for the start to finish.
         """
-        starting = _Starting(trio.CancelScope(), caller)
+        starting = Starting(trio.CancelScope(), caller)
         child.starting = starting
         child.pending = 0
         self.start_soon(self._start_in_task, child, starting, event)
         with trio.move_on_after(INLINE_START_WAIT):
             await starting.done.wait()
 
-    async def _start_in_task(self, child: _Child, starting: _Starting, event: str) -> None:
+    async def _start_in_task(self, child: Child, starting: Starting, event: str) -> None:
         """The background start: reply, forget or schedule a retry once it is over."""
         error: InitError | None = None
         with starting.scope:
@@ -498,14 +527,14 @@ class SupervisorBase(GenServer):
         for starting in startings:
             await starting.done.wait()
 
-    async def _settle(self, child: _Child) -> None:
+    async def _settle(self, child: Child) -> None:
         """Cancel ``child``'s start in progress, if any, and wait until it is over."""
         starting = child.starting
         if starting is not None:
             starting.scope.cancel()
             await starting.done.wait()
 
-    async def _give_up(self, child: _Child) -> None:
+    async def _give_up(self, child: Child) -> None:
         self._report(
             logging.ERROR,
             "supervisor_gave_up",
@@ -521,7 +550,7 @@ class SupervisorBase(GenServer):
         await self._shutdown_running(self._children_list())
         raise error
 
-    async def _start_group(self, group: list[_Child]) -> None:
+    async def _start_group(self, group: list[Child]) -> None:
         """(Re)start the non-running members of ``group`` in order; retry later on failure."""
         for child in group:
             if child.ref is not None or not self._contains(child):
@@ -532,7 +561,7 @@ class SupervisorBase(GenServer):
                 self._schedule(child, after_run=False)
                 return
 
-    def _schedule(self, child: _Child, after_run: bool) -> None:
+    def _schedule(self, child: Child, after_run: bool) -> None:
         """Restart ``child`` later: after its backoff delay, or as the next message.
 
         ``after_run`` says the child was running (rather than failing to start):
@@ -563,16 +592,16 @@ class SupervisorBase(GenServer):
         )
         self.start_soon(self._timer, child, token, delay)
 
-    async def _timer(self, child: _Child, token: int, delay: float) -> None:
+    async def _timer(self, child: Child, token: int, delay: float) -> None:
         await trio.sleep(delay)
         self.ref.deliver(_Retry(child, token))
 
-    async def _restart_now(self, child: _Child) -> None:
+    async def _restart_now(self, child: Child) -> None:
         if not self._record_restart():
             await self._give_up(child)
         await self._restart(child)
 
-    async def _child_exited(self, child: _Child, reason: ExitReason) -> None:
+    async def _child_exited(self, child: Child, reason: ExitReason) -> None:
         if child.ref is not None:
             self._by_ref.pop(child.ref, None)
         child.ref = None
@@ -642,13 +671,13 @@ class SupervisorBase(GenServer):
             ref,
         )
 
-    def _find(self, key: Any) -> _Child:
+    def _find(self, key: Any) -> Child:
         child = self._by_ref.get(key) if type(key) is Ref else self._find_id(key)
         if child is None:
             raise ChildNotFound(f"supervisor {self.label} has no child {key!r}")
         return child
 
-    def _find_id(self, child_id: Any) -> _Child | None:
+    def _find_id(self, child_id: Any) -> Child | None:
         """The first child whose spec has ``child_id``, or None."""
         for child in self._children_list():
             if child.spec.id == child_id:
@@ -694,7 +723,7 @@ class SupervisorBase(GenServer):
             return None
         return await self._handle_other(request)
 
-    def _forget_stopped(self, child: _Child) -> None:
+    def _forget_stopped(self, child: Child) -> None:
         """Drop the spec of a stopped child that will not run again (here: a temporary one)."""
         if child.spec.restart is Restart.TEMPORARY:
             self._remove(child)
@@ -737,7 +766,7 @@ class Supervisor(SupervisorBase):
             raise InvalidArgument("strategy", strategy, f"one of {choices}") from None
         # By id, in start order: adding, finding and removing a child are
         # O(1), so a supervisor of N children is built in O(N), not O(N²).
-        self._children: dict[Hashable, _Child] = {}
+        self._children: dict[Hashable, Child] = {}
         for spec in children:
             if not isinstance(spec, ChildSpec):
                 raise InvalidArgument("children", spec, "otpy.ChildSpec values")
@@ -753,22 +782,22 @@ class Supervisor(SupervisorBase):
     def __repr__(self) -> str:
         return f"<Supervisor {self.strategy.value} {list(self._children)}>"
 
-    def _add(self, spec: ChildSpec) -> _Child:
+    def _add(self, spec: ChildSpec) -> Child:
         if spec.id in self._children:
             raise DuplicateChild(f"a child with id {spec.id!r} already exists")
-        child = self._children[spec.id] = _Child(spec)
+        child = self._children[spec.id] = Child(spec)
         return child
 
-    def _children_list(self) -> list[_Child]:
+    def _children_list(self) -> list[Child]:
         return list(self._children.values())
 
-    def _contains(self, child: _Child) -> bool:
+    def _contains(self, child: Child) -> bool:
         return self._children.get(child.spec.id) is child
 
-    def _find_id(self, child_id: Any) -> _Child | None:
+    def _find_id(self, child_id: Any) -> Child | None:
         return self._children.get(child_id)
 
-    def _remove(self, child: _Child) -> None:
+    def _remove(self, child: Child) -> None:
         if self._children.get(child.spec.id) is child:
             del self._children[child.spec.id]
 
@@ -781,7 +810,7 @@ class Supervisor(SupervisorBase):
                 await self._shutdown_running(self._children_list())
                 raise
 
-    async def _restart(self, child: _Child) -> None:
+    async def _restart(self, child: Child) -> None:
         if self.strategy is Strategy.ONE_FOR_ONE:
             # Alone in its group: restarted in the background, so a hanging
             # init does not keep the supervisor from serving other requests.
@@ -796,7 +825,7 @@ class Supervisor(SupervisorBase):
                 self._forget_stopped(other)
         await self._start_group(group)
 
-    def _find_stopped(self, key: Any) -> _Child:
+    def _find_stopped(self, key: Any) -> Child:
         child = self._find(key)
         if child.starting is not None:
             raise ChildRunning(f"child {child.spec.id!r} is restarting; terminate it first")
@@ -806,7 +835,7 @@ class Supervisor(SupervisorBase):
 
     async def _handle_other(self, request: Any) -> Any:
         kind = type(request)
-        if kind is _StartChild:
+        if kind is StartChild:
             child = self._add(request.spec)
             try:
                 return await self._start_child(child)

@@ -117,3 +117,74 @@ async def crash(sup: Any, cid: Any) -> otpy.Ref:
 
 async def running(sup: Any) -> dict[Any, otpy.Ref | None]:
     return {info.id: info.ref for info in await otpy.which_children(sup)}
+
+
+class Counter(otpy.GenServer):
+    def __init__(self, start: int = 0) -> None:
+        self.value = start
+        self.infos: list[Any] = []
+        self.terminated: list[otpy.ExitReason] = []
+        self.info_event = trio.Event()
+
+    async def handle_call(self, request: Any, from_: otpy.From) -> Any:
+        match request:
+            case "get":
+                return self.value
+            case ("add", n):
+                self.value += n
+                return self.value
+            case "crash":
+                raise ValueError("asked to crash")
+            case "stop":
+                self.stop()
+                return "stopping"
+            case ("sleep", seconds):
+                await trio.sleep(seconds)
+                return "slept"
+        return await super().handle_call(request, from_)
+
+    async def handle_cast(self, request: Any) -> None:
+        if request == "crash":
+            raise ValueError("cast crash")
+        self.value += request
+
+    async def handle_info(self, message: Any) -> None:
+        self.infos.append(message)
+        self.info_event.set()
+
+    async def terminate(self, reason: otpy.ExitReason) -> None:
+        self.terminated.append(reason)
+
+
+class Watcher(otpy.GenServer):
+    """Monitors or links on request and records what it receives."""
+
+    trap_exits = False
+
+    def __init__(self) -> None:
+        self.received: list[Any] = []
+        self.got = trio.Event()
+
+    async def handle_call(self, request: Any, from_: otpy.From) -> Any:
+        match request:
+            case ("monitor", target):
+                return self.monitor(target)
+            case ("demonitor", mon):
+                return otpy.demonitor(mon)
+            case ("link", target):
+                self.link(target)
+                return None
+            case ("unlink", target):
+                otpy.unlink(target)
+                return None
+        return None
+
+    async def handle_cast(self, request: Any) -> None:
+        if request == "crash":
+            raise LookupError("watched actor crashed")
+        if request == "exit":
+            self.stop()
+
+    async def handle_info(self, message: Any) -> None:
+        self.received.append(message)
+        self.got.set()

@@ -259,3 +259,12 @@ async def test_standalone_start_with_a_timeout(autojump_clock: trio.testing.Mock
         with pytest.raises(StartTimeout):
             await otpy.start(nursery, Hanger(gate, seen, in_init), timeout=2)
         assert seen[0].exit_reason is otpy.KILLED
+
+
+def test_inline_start_wait_has_one_home_and_the_old_path_warns() -> None:
+    import otpy.dynamic_supervisor
+    import otpy.supervisor
+
+    with pytest.warns(DeprecationWarning, match=r"moved to otpy\.supervisor\.INLINE_START_WAIT"):
+        old = otpy.dynamic_supervisor.INLINE_START_WAIT  # type: ignore[attr-defined]
+    assert old == otpy.supervisor.INLINE_START_WAIT

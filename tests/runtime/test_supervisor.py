@@ -345,19 +345,6 @@ async def test_backoff_keeps_growing_while_restarts_fail(
         await otpy.stop(sup)
 
 
-def test_backoff_delays_with_jitter_stay_in_bounds() -> None:
-    import random
-
-    backoff = otpy.Backoff(initial=0.5, maximum=8, jitter=0.25)
-    rng = random.Random(1)
-    for attempt in range(1, 12):
-        base = min(8, 0.5 * 2 ** (attempt - 1))
-        for _ in range(20):
-            assert base * 0.75 <= backoff.delay(attempt, rng) <= base * 1.25
-    with pytest.raises(ValueError):
-        otpy.Backoff(initial=2, maximum=1)
-
-
 async def test_management_calls() -> None:
     journal = Journal()
     async with trio.open_nursery() as nursery:
@@ -515,3 +502,178 @@ async def test_gave_up_message_names_the_supervisor_once() -> None:
     message = str(reason.error)
     assert message.startswith("supervisor 'root' gave up: more than 0 restarts in 5.0 s")
     assert "last crash: child 'a'" in message
+
+
+# -- supervisor decisions, on trio's MockClock (no database, no sleeps) ----------------
+
+
+@pytest.mark.trio
+async def test_intensity_zero_gives_up_at_the_first_crash(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    journal = Journal()
+    async with trio.open_nursery() as nursery:
+        sup = await otpy.start(nursery, otpy.Supervisor(three(journal), intensity=0), link=False)
+        journal.clear()
+        otpy.cast(await child_ref(sup, "b"), "crash")
+        reason = await sup.wait()
+    assert isinstance(reason.error, GaveUp)
+    assert journal.starts() == []  # not one restart
+    assert journal.stops() == ["b", "c", "a"]
+
+
+@pytest.mark.trio
+async def test_a_restart_exactly_one_period_old_no_longer_counts(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    journal = Journal()
+    async with trio.open_nursery() as nursery:
+        sup = await otpy.start(
+            nursery, otpy.Supervisor(three(journal), intensity=1, period=10), link=False
+        )
+        await crash(sup, "a")  # t=0: one restart, the most allowed
+        await trio.sleep(10)
+        await crash(sup, "a")  # t=10: the first one is exactly 10 s old and drops out
+        assert sup.alive
+        await trio.sleep(9.5)
+        otpy.cast(await child_ref(sup, "a"), "crash")  # t=19.5: two within 10 s
+        reason = await sup.wait()
+        assert isinstance(reason.error, GaveUp)
+        assert trio.current_time() == pytest.approx(19.5)
+
+
+@pytest.mark.trio
+async def test_a_transient_child_stopped_with_a_shutdown_detail_is_not_restarted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    journal = Journal()
+    spec = worker_spec("t", journal, restart=otpy.TRANSIENT)
+    async with trio.open_nursery() as nursery:
+        sup = await otpy.start(nursery, otpy.Supervisor([spec], intensity=0))
+        ref = await child_ref(sup, "t")
+        reason = await otpy.stop(ref, otpy.ExitReason.shutdown("drained"))
+        assert reason.normal
+        await otpy.count_children(sup)
+        assert (await running(sup)) == {"t": None}  # kept as a spec, not running
+        assert sup.alive  # and no restart counted against intensity 0
+        await otpy.stop(sup)
+
+
+@pytest.mark.trio
+async def test_a_transient_child_killed_from_outside_is_restarted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    journal = Journal()
+    spec = worker_spec("t", journal, restart=otpy.TRANSIENT)
+    async with trio.open_nursery() as nursery:
+        sup = await otpy.start(nursery, otpy.Supervisor([spec]))
+        ref = await child_ref(sup, "t")
+        ref.kill()
+        assert await ref.wait() is otpy.KILLED  # killed is abnormal
+        await otpy.count_children(sup)
+        now = (await running(sup))["t"]
+        assert now is not None and now is not ref and now.alive
+        await otpy.stop(sup)
+
+
+@pytest.mark.trio
+async def test_a_temporary_child_crashing_is_forgotten_and_costs_no_intensity(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    journal = Journal()
+    specs = [worker_spec("a", journal), worker_spec("temp", journal, restart=otpy.TEMPORARY)]
+    async with trio.open_nursery() as nursery:
+        sup = await otpy.start(nursery, otpy.Supervisor(specs, intensity=0))
+        journal.clear()
+        await crash(sup, "temp")
+        assert sup.alive
+        assert list(await running(sup)) == ["a"]
+        assert journal.events == [("stop", "temp")]
+        await otpy.stop(sup)
+
+
+@pytest.mark.trio
+async def test_a_temporary_child_exiting_under_one_for_all_restarts_nobody(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    journal = Journal()
+    specs = [
+        worker_spec("a", journal),
+        worker_spec("temp", journal, restart=otpy.TEMPORARY),
+        worker_spec("c", journal),
+    ]
+    async with trio.open_nursery() as nursery:
+        sup = await otpy.start(nursery, otpy.Supervisor(specs, strategy=otpy.ONE_FOR_ALL))
+        before = await running(sup)
+        journal.clear()
+        await crash(sup, "temp")
+        after = await running(sup)
+        assert journal.events == [("stop", "temp")]
+        assert after == {"a": before["a"], "c": before["c"]}
+        await otpy.stop(sup)
+
+
+@pytest.mark.trio
+async def test_one_for_all_forgets_a_temporary_sibling_it_stopped(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    journal = Journal()
+    specs = [
+        worker_spec("a", journal),
+        worker_spec("temp", journal, restart=otpy.TEMPORARY),
+        worker_spec("c", journal),
+    ]
+    async with trio.open_nursery() as nursery:
+        sup = await otpy.start(nursery, otpy.Supervisor(specs, strategy=otpy.ONE_FOR_ALL))
+        journal.clear()
+        await crash(sup, "c")
+        # c's own terminate, the others stopped in reverse order, then the
+        # permanent ones start again in order; the temporary one is gone.
+        assert journal.events == [
+            ("stop", "c"),
+            ("stop", "temp"),
+            ("stop", "a"),
+            ("start", "a"),
+            ("start", "c"),
+        ]
+        assert list(await running(sup)) == ["a", "c"]
+        await otpy.stop(sup)
+
+
+@pytest.mark.trio
+async def test_rest_for_one_crash_of_the_last_child_restarts_only_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    journal = Journal()
+    async with trio.open_nursery() as nursery:
+        sup = await otpy.start(nursery, otpy.Supervisor(three(journal), strategy=otpy.REST_FOR_ONE))
+        before = await running(sup)
+        journal.clear()
+        await crash(sup, "c")
+        after = await running(sup)
+        assert journal.events == [("stop", "c"), ("start", "c")]
+        assert after["a"] is before["a"] and after["b"] is before["b"]
+        assert after["c"] is not before["c"]
+        await otpy.stop(sup)
+
+
+@pytest.mark.trio
+async def test_restarts_spaced_by_backoff_wider_than_the_period_never_give_up(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Intensity counts restarts when they happen, not crashes: a child that
+    # crashes at once after every start, restarted every 3 s, makes at most
+    # two restarts in any 5 s window, so intensity 2 / period 5 holds forever.
+    journal = Journal()
+    spec = worker_spec("db", journal, backoff=otpy.Backoff(initial=3, maximum=3))
+    async with trio.open_nursery() as nursery:
+        sup = await otpy.start(nursery, otpy.Supervisor([spec], intensity=2, period=5))
+        restarted_at = []
+        for _ in range(6):
+            starts = len(journal.starts())
+            otpy.cast(await child_ref(sup, "db"), "crash")
+            await journal.wait_for(lambda: len(journal.starts()) > starts)  # noqa: B023
+            restarted_at.append(trio.current_time())
+        assert restarted_at == pytest.approx([3, 6, 9, 12, 15, 18])
+        assert sup.alive
+        await otpy.stop(sup)

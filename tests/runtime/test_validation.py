@@ -17,64 +17,6 @@ from otpy.errors import CallTimeout, InitError, InvalidArgument
 NAN = math.nan
 
 
-def spec(**kwargs: Any) -> otpy.ChildSpec:
-    fields: dict[str, Any] = {"id": "w", "start": otpy.GenServer}
-    fields.update(kwargs)
-    return otpy.ChildSpec(**fields)
-
-
-@pytest.mark.parametrize(
-    ("option", "value"),
-    [
-        ("shutdown", NAN),
-        ("shutdown", -1),
-        ("shutdown", True),
-        ("shutdown", "soon"),
-        ("restart", "sometimes"),
-        ("type", "manager"),
-        ("start", "not callable"),
-        ("id", ["unhashable"]),
-        ("backoff", 1.5),
-        ("start_timeout", NAN),
-        ("start_timeout", 0),
-        ("start_timeout", -5),
-    ],
-)
-def test_child_spec_refuses_an_invalid_value_naming_the_option(option: str, value: Any) -> None:
-    with pytest.raises(InvalidArgument) as info:
-        spec(**{option: value})
-    assert info.value.option == f"ChildSpec.{option}"
-    assert f"ChildSpec.{option}={value!r}" in str(info.value)
-    assert isinstance(info.value, ValueError)
-
-
-def test_child_spec_accepts_infinity_as_the_infinity_shutdown() -> None:
-    assert spec(shutdown=math.inf).shutdown is otpy.INFINITY
-    assert spec(shutdown=0).shutdown == 0.0
-    assert spec(start_timeout=math.inf).start_timeout is None
-    assert spec(start_timeout=3).start_timeout == 3.0
-
-
-@pytest.mark.parametrize(
-    ("option", "kwargs"),
-    [
-        ("Backoff.initial", {"initial": NAN}),
-        ("Backoff.maximum", {"maximum": NAN}),
-        ("Backoff.maximum", {"maximum": math.inf}),
-        ("Backoff.multiplier", {"multiplier": NAN}),
-        ("Backoff.multiplier", {"multiplier": 0.5}),
-        ("Backoff.jitter", {"jitter": NAN}),
-        ("Backoff.jitter", {"jitter": 2}),
-        ("Backoff.reset_after", {"reset_after": NAN}),
-        ("Backoff.initial", {"initial": "1"}),
-    ],
-)
-def test_backoff_refuses_nan_and_out_of_range_values(option: str, kwargs: dict[str, Any]) -> None:
-    with pytest.raises(InvalidArgument) as info:
-        otpy.Backoff(**kwargs)
-    assert info.value.option == option
-
-
 @pytest.mark.parametrize(
     ("build", "option"),
     [

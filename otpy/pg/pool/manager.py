@@ -38,14 +38,15 @@ from otpy.actor import SHUTDOWN, Ref
 from otpy.child_spec import ChildSpec, ChildType, Restart
 from otpy.dynamic_supervisor import DynamicSupervisor
 from otpy.errors import ActorExited, InitError, SupervisorError
-from otpy.gen_server import GenServer, cast
+from otpy.gen_server import GenServer
 from otpy.gen_server import start as start_actor
-from otpy.gen_server import stop as stop_actor
 from otpy.pg.config import DatabaseConfig, PoolConfig, check_bool, check_seconds
 from otpy.pg.pool.box import PoolBox
 from otpy.pg.pool.core import PoolCore
 from otpy.pg.pool.errors import PoolNotFound
 from otpy.pg.pool.worker import ConnectionWorker
+from otpy.process import cast
+from otpy.process import stop as stop_actor
 from otpy.registry import current_registry
 from otpy.supervisor import Strategy, Supervisor, start_child
 
