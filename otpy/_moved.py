@@ -50,7 +50,9 @@ def alias_module(old: str, new: str) -> None:
         setattr(sys.modules[parent], child, module)
 
 
-def moved_names(module: str, moved: Mapping[str, str]) -> Callable[[str], Any]:
+def moved_names(
+    module: str, moved: Mapping[str, str], *, stacklevel: int = 2
+) -> Callable[[str], Any]:
     """A module ``__getattr__`` for names that left ``module``.
 
     ``moved`` maps each old name to its new home as ``"package.module:name"``::
@@ -60,7 +62,9 @@ def moved_names(module: str, moved: Mapping[str, str]) -> Callable[[str], Any]:
         )
 
     Accessing an old name warns and returns the object from its new home;
-    any other missing name raises ``AttributeError`` as usual.
+    any other missing name raises ``AttributeError`` as usual.  A module
+    ``__getattr__`` of its own that calls the returned one passes ``stacklevel=3`` so
+    that the warning still names the user's line.
     """
 
     def __getattr__(name: str) -> Any:
@@ -72,7 +76,7 @@ def moved_names(module: str, moved: Mapping[str, str]) -> Callable[[str], Any]:
             f"{module}.{name} moved to {new_module}.{new_name}; "
             f"use that name ({module}.{name} goes away in {REMOVED_IN})",
             DeprecationWarning,
-            stacklevel=2,
+            stacklevel=stacklevel,
         )
         return getattr(importlib.import_module(new_module), new_name)
 

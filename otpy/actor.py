@@ -608,6 +608,7 @@ _moved_primitive = moved_names(
         "link": "otpy.process:link",
         "unlink": "otpy.process:unlink",
     },
+    stacklevel=3,  # through this module's own __getattr__ below
 )
 # The old primitives took (watcher, target); otpy.process takes (target, watcher).
 _OLD_ORDER = {"monitor": _monitor, "link": _link, "unlink": _unlink}

@@ -98,8 +98,11 @@ def test_the_old_actor_primitives_warn_and_keep_their_watcher_first_order() -> N
     import otpy.actor
 
     target, watcher = otpy.Ref("target"), otpy.Ref("watcher")
-    with pytest.warns(DeprecationWarning, match=r"otpy\.actor\.monitor moved to otpy\.process"):
+    with pytest.warns(
+        DeprecationWarning, match=r"otpy\.actor\.monitor moved to otpy\.process"
+    ) as w:
         mon = otpy.actor.monitor(watcher, target)  # type: ignore[attr-defined]
+    assert w[0].filename == __file__  # the warning names the user's line
     assert mon.watcher is watcher and mon.target is target
     with pytest.warns(DeprecationWarning, match=r"otpy\.actor\.demonitor moved"):
         assert otpy.actor.demonitor(mon) is True  # type: ignore[attr-defined]
