@@ -86,8 +86,9 @@ from otpy.pg.replication.changes import Change, ChangeBatch
 from otpy.pg.replication.errors import ReplicationError, SlotInUse
 from otpy.pg.replication.lsn import LSN
 from otpy.pg.replication.options import ReaderOptions
-from otpy.pg.replication.slots import lookup_slot, quote_ident
-from otpy.pg.replication.stream import ReplicationSession
+
+from .slots import lookup_slot, quote_ident
+from .stream import ReplicationSession
 
 __all__ = [
     "WATERMARK_PREFIX",
