@@ -34,7 +34,6 @@ import trio
 from psycopg.conninfo import conninfo_to_dict
 
 from otpy.errors import ApplicationStartError, InitError
-from otpy.pg.dead_letters import DeadLetterNotFound
 from otpy.pg.errors import ConfigError, ConnectError
 from otpy.pg.pool.errors import PoolNotFound, PoolOverloaded, PoolTimeout, QueryTimeout
 from otpy.pg.replication.errors import (
@@ -46,6 +45,7 @@ from otpy.pg.replication.errors import (
     SlotInUse,
     SlotMismatch,
 )
+from otpy.pg.wal_reader.dead_letters import DeadLetterNotFound
 from otpy.testing import TestingError
 
 __all__ = [

@@ -21,8 +21,8 @@ from wr_helpers import Recorder, execute, published_table, query, unique
 from otpy import ExitReason, Ref, count_children
 from otpy.pg import wal_reader
 from otpy.pg.connection import TrioConnection, replication_connect, start_copy_both
-from otpy.pg.replication.slots import slot_gone_error
 from otpy.pg.wal_reader import ChangeBatch, SlotInvalidated, SlotLost
+from otpy.pg.wal_reader.slots import slot_gone_error
 from otpy.testing import PostgresServer, create_database, external_dsn
 
 pytestmark = pytest.mark.skipif(
