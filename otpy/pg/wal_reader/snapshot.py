@@ -534,7 +534,7 @@ class SnapshotRun:
             SlotInUse: the slot to start over is held by another session.
 
         Otherwise it raises what
-        :meth:`~otpy.pg.replication.stream.ReplicationSession.start` raises.
+        :meth:`~otpy.pg.wal_reader.stream.ReplicationSession.start` raises.
         """
         session = self.session
         if session.repl is None:
