@@ -34,7 +34,6 @@ from otpy._util import first_leaf, unwrap_group
 from otpy.errors import ApplicationStartError, InitError
 from otpy.pg.config import Secret, one_line, secrets_in
 from otpy.pg.config import redact as pg_redact
-from otpy.pg.dead_letters import DeadLetterNotFound
 from otpy.pg.errors import ConfigError, ConnectError
 from otpy.pg.pool.errors import PoolNotFound, PoolOverloaded, PoolTimeout, QueryTimeout
 from otpy.pg.replication.errors import (
@@ -47,6 +46,7 @@ from otpy.pg.replication.errors import (
     SlotMismatch,
 )
 from otpy.pg.testing import TestingError
+from otpy.pg.wal_reader.dead_letters import DeadLetterNotFound
 
 __all__ = [
     "EXIT_CONFIG",

@@ -10,7 +10,7 @@
 subscription's ``on_failure.pool`` writes to).  ``replay`` imports
 ``MODULE:ATTR`` (a handler object, or a class or function returning one),
 calls its ``handle_replication_data`` with the parked changes and removes the
-row if it returns (see :func:`otpy.pg.dead_letters.replay`).
+row if it returns (see :func:`otpy.pg.wal_reader.dead_letters.replay`).
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from typing import Any, TextIO
 
 from otpy.cli.errors import EXIT_OK, CliError
 from otpy.cli.render import format_table
-from otpy.pg import dead_letters
 from otpy.pg.connection import TrioConnection
 from otpy.pg.replication.handler import HandlesReplication, check_handler
 from otpy.pg.replication.options import DEAD_LETTER_TABLE
+from otpy.pg.wal_reader import dead_letters
 
 __all__ = ["ParkedCommandError", "load_handler", "register", "run_parked"]
 

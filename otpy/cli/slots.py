@@ -9,7 +9,7 @@ server's verdict on it (``wal_status``; on PostgreSQL 17+ also
 slot after confirmation.
 
 Lag is measured from ``pg_current_wal_insert_lsn()`` (see
-:mod:`otpy.pg.replication.slots`): ``pg_current_wal_lsn()`` is where WAL has
+:mod:`otpy.pg.wal_reader.slots`): ``pg_current_wal_lsn()`` is where WAL has
 been *written*, which under ``synchronous_commit = off`` can sit before the
 last commit, so a slot would look caught up while it is not.
 """
@@ -28,7 +28,7 @@ from otpy.cli.errors import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_UNAVAILABLE, CliEr
 from otpy.cli.render import format_table, human_bytes
 from otpy.pg.connection import TrioConnection
 from otpy.pg.replication.lsn import LSN
-from otpy.pg.replication.slots import SlotInfo, list_slots, validate_slot_name
+from otpy.pg.wal_reader.slots import SlotInfo, list_slots, validate_slot_name
 
 __all__ = [
     "NoAnswer",

@@ -37,7 +37,7 @@ from otpy.cli.stopping import LineOutput, until_stopped
 from otpy.pg import wal_reader
 from otpy.pg.app import connector_application
 from otpy.pg.replication.changes import ChangeBatch
-from otpy.pg.replication.slots import MAX_NAME_BYTES, validate_slot_name
+from otpy.pg.wal_reader.slots import MAX_NAME_BYTES, validate_slot_name
 
 __all__ = ["PrintingHandler", "TailResult", "persistent_slot_name", "tail"]
 

@@ -4,7 +4,7 @@ Two layers, so that reading the numbers never costs the hot paths anything:
 
 * **In process** (no dependency): :func:`snapshot` returns a frozen
   :class:`MetricsSnapshot` with one :class:`~otpy.pg.pool.PoolStats` per
-  running pool and one :class:`~otpy.pg.reader_metrics.ReaderMetrics` per
+  running pool and one :class:`~otpy.pg.wal_reader.metrics.ReaderMetrics` per
   live subscription.  The pools and readers only increment plain attributes
   where things happen; a snapshot reads them (no I/O, no message), so it can
   be taken as often as wanted.
@@ -31,8 +31,8 @@ import attrs
 
 from otpy.pg.pool import PoolStats
 from otpy.pg.pool.manager import running_cores
-from otpy.pg.reader_metrics import ReaderMetrics
 from otpy.pg.wal_reader import subscriptions
+from otpy.pg.wal_reader.metrics import ReaderMetrics
 from otpy.supervisor import live_supervisors
 
 if TYPE_CHECKING:

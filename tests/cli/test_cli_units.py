@@ -24,7 +24,7 @@ from otpy.errors import ApplicationStartError, InitError
 from otpy.pg.errors import ConnectError
 from otpy.pg.pool.errors import PoolTimeout
 from otpy.pg.replication.errors import PublicationMissing, SlotInUse
-from otpy.pg.replication.slots import validate_slot_name
+from otpy.pg.wal_reader.slots import validate_slot_name
 
 
 def test_explain_finds_the_error_inside_groups_and_start_wrappers() -> None:

@@ -7,8 +7,8 @@ import time
 import pytest
 
 from otpy.pg.metrics import _histogram
-from otpy.pg.reader_metrics import ReaderCounters
-from otpy.pg.replication.watch import SlotHealth
+from otpy.pg.wal_reader.metrics import ReaderCounters
+from otpy.pg.wal_reader.watch import SlotHealth
 
 MB = 1024 * 1024
 

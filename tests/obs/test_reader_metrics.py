@@ -12,8 +12,8 @@ from wr_helpers import Recorder, create_publication, execute, query, unique
 
 from otpy import Ref
 from otpy.pg import metrics, wal_reader
-from otpy.pg.reader_metrics import HEARTBEAT_PREFIX
 from otpy.pg.replication import LSN
+from otpy.pg.wal_reader.metrics import HEARTBEAT_PREFIX
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from wr_helpers import Recorder, create_publication, execute, unique
 
 from otpy import Ref
 from otpy.pg import wal_reader
-from otpy.pg.replication.watch import DEFAULT_STATUS_INTERVAL
+from otpy.pg.wal_reader.watch import DEFAULT_STATUS_INTERVAL
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,9 @@ from wr_helpers import (
     unique,
 )
 
-from otpy.pg import dead_letters, pool, wal_reader
+from otpy.pg import pool, wal_reader
 from otpy.pg.replication.errors import InvalidOptions
-from otpy.pg.wal_reader import ChangeBatch, HandlerFailed
+from otpy.pg.wal_reader import ChangeBatch, HandlerFailed, dead_letters
 
 
 class Poisoned(Exception):

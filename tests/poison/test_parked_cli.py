@@ -12,10 +12,10 @@ import trio
 from poison_helpers import CollectingHandler
 
 from otpy.cli import EXIT_NOT_FOUND, EXIT_OK, main
-from otpy.pg import dead_letters
 from otpy.pg.connection import TrioConnection
 from otpy.pg.replication.changes import Change, ChangeBatch
 from otpy.pg.replication.lsn import LSN
+from otpy.pg.wal_reader import dead_letters
 
 
 def park_one(dsn: str, table: str, amount: str) -> int:

@@ -29,10 +29,10 @@ from psycopg.types.enum import EnumInfo, register_enum
 from otpy import Ref
 from otpy.pg import wal_reader
 from otpy.pg.connection import TrioConnection
-from otpy.pg.replication import stream
 from otpy.pg.replication.options import ReaderOptions
 from otpy.pg.replication.pgoutput import Column, Relation, TupleData, Type
 from otpy.pg.replication.values import TypeRefreshNeeded, ValueDecoder
+from otpy.pg.wal_reader import stream
 
 _WAL_READER_TESTS = Path(__file__).resolve().parent.parent / "wal_reader"
 if str(_WAL_READER_TESTS) not in sys.path:
@@ -605,7 +605,7 @@ def test_a_decoder_that_does_not_refresh_delivers_refused_values_as_text(
 
 
 def test_fetching_refreshes_a_stale_type_from_the_catalog(module_dsn: str) -> None:
-    from otpy.pg.replication.typefetch import fetch_missing_types
+    from otpy.pg.wal_reader.typefetch import fetch_missing_types
 
     kind = unique("ty_fetch")
     create(module_dsn, f"CREATE TYPE {kind} AS ENUM ('a')")

@@ -43,8 +43,8 @@ from otpy.pg.replication import (
     Type,
     UnknownRelationError,
     ValueDecoder,
-    fetch_missing_types,
 )
+from otpy.pg.wal_reader.typefetch import fetch_missing_types
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "types.md"
 START, END = "<!-- types-table:start -->", "<!-- types-table:end -->"
@@ -569,7 +569,7 @@ Loader = Callable[[bytes], Any]
 async def test_afetch_missing_types_on_a_trio_connection(module_dsn: str) -> None:
     """The reader's path: user types resolved with the trio psycopg connection."""
     from otpy.pg.connection import TrioConnection
-    from otpy.pg.replication import afetch_missing_types
+    from otpy.pg.wal_reader.typefetch import afetch_missing_types
 
     with psycopg.connect(module_dsn, autocommit=True) as conn:
         conn.execute(

@@ -12,8 +12,8 @@ from wr_helpers import Recorder, drop_slot, execute, published_table, unique
 
 from otpy import Ref
 from otpy.pg import wal_reader
-from otpy.pg.snapshot import BackfillError, is_backfill_batch
 from otpy.pg.wal_reader import ChangeBatch
+from otpy.pg.wal_reader.snapshot import BackfillError, is_backfill_batch
 
 
 async def test_a_backfill_delivers_the_rows_as_reads_and_hides_its_watermarks(

@@ -17,8 +17,8 @@ from otpy import Ref
 from otpy.pg import wal_reader
 from otpy.pg.connection import TrioConnection
 from otpy.pg.replication.errors import InvalidOptions
-from otpy.pg.snapshot import SnapshotError, is_snapshot_batch
 from otpy.pg.wal_reader import ChangeBatch, ReaderOptions, ReplicationHandler
+from otpy.pg.wal_reader.snapshot import SnapshotError, is_snapshot_batch
 
 
 class Mirror(ReplicationHandler):
@@ -344,8 +344,8 @@ async def test_a_live_snapshot_in_another_session_is_never_dropped_by_a_second_r
     from psycopg.conninfo import conninfo_to_dict
 
     from otpy.pg.replication.errors import SlotInUse
-    from otpy.pg.replication.stream import ReplicationSession
-    from otpy.pg.snapshot import SnapshotRun
+    from otpy.pg.wal_reader.snapshot import SnapshotRun
+    from otpy.pg.wal_reader.stream import ReplicationSession
 
     table = unique("snap_live")
     pub = published_table(module_dsn, table, "id int PRIMARY KEY")
@@ -402,7 +402,7 @@ async def test_a_temporary_slot_reads_a_snapshot_then_streams(
 
 
 def test_block_ranges_cover_each_table_once_without_gaps_and_end_open() -> None:
-    from otpy.pg.snapshot import SnapshotTable, _ranges
+    from otpy.pg.wal_reader.snapshot import SnapshotTable, _ranges
 
     big = SnapshotTable("public", "big", ("id",), (23,), pages=1000)
     small = SnapshotTable("public", "small", ("id",), (23,), pages=3)

@@ -22,8 +22,8 @@ from wr_helpers import drop_slot, execute, published_table, unique
 from otpy import Ref
 from otpy.pg import wal_reader
 from otpy.pg.connection import TrioConnection
-from otpy.pg.snapshot import is_snapshot_batch
 from otpy.pg.wal_reader import ChangeBatch
+from otpy.pg.wal_reader.snapshot import is_snapshot_batch
 
 SENTINEL = 2_000_000_000
 

@@ -15,8 +15,8 @@ from wr_helpers import Recorder, drop_slot, execute, published_table, query, uni
 from otpy import Ref, count_children
 from otpy.pg import wal_reader
 from otpy.pg.connection import TrioConnection
-from otpy.pg.replication.slots import lookup_slot
 from otpy.pg.wal_reader import InvalidOptions, ReaderOptions
+from otpy.pg.wal_reader.slots import lookup_slot
 
 
 @pytest.fixture(scope="module")

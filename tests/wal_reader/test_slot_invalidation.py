@@ -22,9 +22,9 @@ from otpy import ExitReason, Ref, count_children
 from otpy.pg import wal_reader
 from otpy.pg.connection import TrioConnection
 from otpy.pg.copy_both import replication_connect, start_copy_both
-from otpy.pg.replication.slots import slot_gone_error
 from otpy.pg.testing import PostgresServer, create_database, external_dsn
 from otpy.pg.wal_reader import ChangeBatch, SlotInvalidated, SlotLost
+from otpy.pg.wal_reader.slots import slot_gone_error
 
 pytestmark = pytest.mark.skipif(
     external_dsn() is not None, reason="needs a throw-away server of its own"

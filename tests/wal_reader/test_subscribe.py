@@ -605,7 +605,7 @@ async def test_the_decoder_build_is_logged_once_per_process(
     # Operators reading why a reader falls behind should see whether pgoutput
     # is decoded by the compiled module or interpreted (about 2x slower).
     from otpy.pg.replication import is_compiled
-    from otpy.pg.wal_reader import _log_decoder_build
+    from otpy.pg.wal_reader.reader import _log_decoder_build
 
     _log_decoder_build.cache_clear()
     caplog.set_level(logging.DEBUG, logger="otpy.pg.wal_reader")

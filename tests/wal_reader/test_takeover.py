@@ -21,7 +21,7 @@ from otpy import Ref
 from otpy.pg import wal_reader
 from otpy.pg.connection import TrioConnection
 from otpy.pg.copy_both import replication_connect, start_copy_both
-from otpy.pg.replication.stream import SLOT_LOCK_CLASS, TAKEOVER_POLL
+from otpy.pg.wal_reader.stream import SLOT_LOCK_CLASS, TAKEOVER_POLL
 
 #: What the issue asks: the standby delivers within a second of the slot being freed.
 TAKEOVER_TARGET = 1.0

@@ -1,6 +1,7 @@
 """Logical replication for otpy: pure decoders (framing, pgoutput, values).
 
-The modules here do no I/O, so they can be fuzzed, benchmarked and reused:
+The modules here do no I/O (no connection, no socket), so they can be fuzzed,
+benchmarked and reused:
 
 * :mod:`.lsn` -- :class:`LSN`, WAL positions as ``X/Y``.
 * :mod:`.timestamps` -- protocol timestamps <-> aware UTC datetimes.
@@ -9,8 +10,21 @@ The modules here do no I/O, so they can be fuzzed, benchmarked and reused:
   compiled to C by mypyc at install when a compiler is there
   (:func:`is_compiled` tells).
 * :mod:`.values` -- tuple data -> ``dict`` of Python values (psycopg loaders),
-  and the session's registry of user types (:mod:`.typefetch` fills it).
+  and the session's registry of user types
+  (:mod:`otpy.pg.wal_reader.typefetch` fills it).
+* :mod:`.changes` -- transactions assembled into :class:`~.changes.ChangeBatch`.
+* :mod:`.options`, :mod:`.handler`, :mod:`.acks`, :mod:`.errors` -- the
+  reader's options, its behaviour protocol, the manual-acknowledgement
+  bookkeeping and the errors: values and decisions, no I/O.
+
+What talks to the server (the streaming session, slot and publication
+queries, type fetching, the slot watch) lives beside the reader, in
+:mod:`otpy.pg.wal_reader`.  ``fetch_missing_types`` and
+``afetch_missing_types``, once exported here, still resolve here with a
+:class:`DeprecationWarning` (``otpy._moved``).
 """
+
+from otpy._moved import moved_names
 
 from .errors import DecodeError, RelationMismatchError, UnknownRelationError, ValueDecodingError
 from .loaders import JSON_NULL, JsonNull
@@ -55,7 +69,6 @@ from .protocol import (
     encode_xlogdata,
 )
 from .timestamps import datetime_to_pg_timestamp, now_pg_timestamp, pg_timestamp_to_datetime
-from .typefetch import afetch_missing_types, fetch_missing_types
 from .values import ValueDecoder
 
 __all__ = [
@@ -95,7 +108,6 @@ __all__ = [
     "ValueDecoder",
     "ValueDecodingError",
     "XLogData",
-    "afetch_missing_types",
     "datetime_to_pg_timestamp",
     "decode_copy_data",
     "decode_message",
@@ -103,8 +115,15 @@ __all__ = [
     "encode_message",
     "encode_standby_status",
     "encode_xlogdata",
-    "fetch_missing_types",
     "is_compiled",
     "now_pg_timestamp",
     "pg_timestamp_to_datetime",
 ]
+
+__getattr__ = moved_names(
+    __name__,
+    {
+        "afetch_missing_types": "otpy.pg.wal_reader.typefetch:afetch_missing_types",
+        "fetch_missing_types": "otpy.pg.wal_reader.typefetch:fetch_missing_types",
+    },
+)

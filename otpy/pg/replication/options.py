@@ -73,7 +73,7 @@ _FEATURES = {
 #: slot, read every published table under the slot's exported snapshot first
 #: (op ``"read"``), then stream from the slot's consistent point;
 #: ``initial_only``: read the tables once, then end the subscription (no slot).
-#: See :mod:`otpy.pg.snapshot` and ``docs/snapshots.md``.
+#: See :mod:`otpy.pg.wal_reader.snapshot` and ``docs/snapshots.md``.
 SNAPSHOT_MODES = ("never", "initial", "initial_only")
 
 
@@ -283,7 +283,7 @@ def _create_publication(value: Any) -> bool | tuple[str, ...] | PublicationSpec:
 #: same transaction, end the subscription for good with
 #: :class:`~.errors.HandlerFailed`.  ``park``: after ``max_attempts``, write
 #: the transaction to a dead-letter table through ``pool``, acknowledge it and
-#: go on (see :mod:`otpy.pg.dead_letters`).
+#: go on (see :mod:`otpy.pg.wal_reader.dead_letters`).
 FAILURE_POLICIES = ("retry", "stop", "park")
 #: ``auto``: a transaction is acknowledged when the handler returns from it.
 #: ``manual``: returning means "received"; the handler acknowledges later with
@@ -437,7 +437,7 @@ class ReaderOptions:
         status_interval: seconds between standby status updates; keep it well
             below the server's ``wal_sender_timeout``.  ``None`` (the default):
             a third of ``wal_sender_timeout``, at most 10 s, read when the
-            reader connects (see :mod:`~otpy.pg.replication.watch`).
+            reader connects (see :mod:`~otpy.pg.wal_reader.watch`).
         slot_check_interval: seconds between checks of the slot's WAL
             retention (``pg_replication_slots``), for the reader's metrics
             and a warning at 50 % of ``max_slot_wal_keep_size``; ``None``
@@ -453,7 +453,7 @@ class ReaderOptions:
             is freed instead of failing: the standby waits on an advisory lock
             the active reader holds, so it takes over within about a second
             of the slot being freed (see
-            :meth:`~otpy.pg.replication.stream.ReplicationSession.take_over`).
+            :meth:`~otpy.pg.wal_reader.stream.ReplicationSession.take_over`).
         shutdown_timeout: seconds ``unsubscribe`` allows for a clean stop
             (final acknowledgement, slot release) before cancelling.
         connect_timeout: seconds a reader may take to start: connect, check
@@ -520,7 +520,7 @@ class ReaderOptions:
     heartbeat_interval: float | None = attrs.field(default=None, validator=_optional_seconds)
     heartbeat_timeout: float | None = attrs.field(default=None, validator=_optional_seconds)
     slot_check_interval: float | None = attrs.field(default=30.0, validator=_optional_seconds)
-    # Initial snapshot (otpy.pg.snapshot).
+    # Initial snapshot (otpy.pg.wal_reader.snapshot).
     snapshot: str = attrs.field(default="never", validator=_snapshot_mode)
     snapshot_tables: tuple[str, ...] | None = attrs.field(default=None, converter=_table_names)
     snapshot_chunk_size: int = attrs.field(default=5000, validator=_count(allow_none=False))

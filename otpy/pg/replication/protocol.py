@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import struct
 from datetime import datetime
+from typing import Final
 
 import attrs
 
@@ -28,6 +29,7 @@ from .lsn import LSN
 from .timestamps import now_pg_timestamp, pg_timestamp_to_datetime
 
 __all__ = [
+    "XLOG_HEADER",
     "PrimaryKeepalive",
     "StandbyStatusUpdate",
     "XLogData",
@@ -37,7 +39,9 @@ __all__ = [
     "encode_xlogdata",
 ]
 
-_XLOG = struct.Struct(">QQq")
+#: The header of an XLogData message after its ``w`` byte: WAL start, WAL end,
+#: send time.  The reader's socket loop unpacks it inline (its hot path).
+XLOG_HEADER: Final = struct.Struct(">QQq")
 _KEEPALIVE = struct.Struct(">Qq?")
 _STATUS = struct.Struct(">cQQQqB")
 
@@ -108,11 +112,11 @@ def decode_copy_data(data: bytes | bytearray | memoryview) -> XLogData | Primary
     kind = data[0]
     try:
         if kind == 0x77:  # 'w'
-            if len(data) < 1 + _XLOG.size:
+            if len(data) < 1 + XLOG_HEADER.size:
                 raise DecodeError("truncated XLogData header", len(data))
-            start, end, sent = _XLOG.unpack_from(data, 1)
+            start, end, sent = XLOG_HEADER.unpack_from(data, 1)
             return XLogData(
-                LSN(start), LSN(end), pg_timestamp_to_datetime(sent), data[1 + _XLOG.size :]
+                LSN(start), LSN(end), pg_timestamp_to_datetime(sent), data[1 + XLOG_HEADER.size :]
             )
         if kind == 0x6B:  # 'k'
             if len(data) != 1 + _KEEPALIVE.size:
@@ -150,7 +154,7 @@ def encode_standby_status(
 
 def encode_xlogdata(start: int, end: int, send_time: int, payload: bytes) -> bytes:
     """Encode a ``w`` message (server side; for tests and stream fabrication)."""
-    return b"w" + _XLOG.pack(start, end, send_time) + payload
+    return b"w" + XLOG_HEADER.pack(start, end, send_time) + payload
 
 
 def encode_keepalive(end: int, send_time: int, reply_requested: bool) -> bytes:

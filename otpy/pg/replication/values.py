@@ -79,7 +79,7 @@ class TypeRefreshNeeded(Exception):
 
     Raised by :meth:`ValueDecoder.decode` only when
     :attr:`ValueDecoder.refresh_on_failure` is on, so that the caller can
-    refresh the types (:func:`.typefetch.afetch_missing_types` does it) and
+    refresh the types (:func:`~otpy.pg.wal_reader.typefetch.afetch_missing_types` does it) and
     decode the same tuple again; nothing was consumed.  It is the sign of an
     ``ALTER TYPE`` (a new enum label, a new composite attribute) after the type
     was fetched.  Not an error a user sees: the WAL reader handles it.
@@ -300,7 +300,7 @@ class ValueDecoder:
 
         Until they are registered (or :meth:`give_up` is called) their values
         are delivered as text.  The reader should resolve them (see
-        :func:`.typefetch.afetch_missing_types`) before decoding rows.
+        :func:`~otpy.pg.wal_reader.typefetch.afetch_missing_types`) before decoding rows.
         """
         return frozenset(self._missing | self._stale)
 

@@ -48,13 +48,22 @@ from otpy.pg.copy_both import (
     wait_copy_data,
 )
 from otpy.pg.errors import ConnectionClosedError
+from otpy.pg.replication.changes import ChangeBatch, TransactionAssembler
+from otpy.pg.replication.errors import SlotInUse, StreamEnded
+from otpy.pg.replication.lsn import LSN
+from otpy.pg.replication.options import ReaderOptions
+from otpy.pg.replication.pgoutput import (
+    Delete,
+    Insert,
+    PgOutputDecoder,
+    Relation,
+    Type,
+    Update,
+    decode_message,
+)
+from otpy.pg.replication.protocol import XLOG_HEADER, decode_copy_data, encode_standby_status
+from otpy.pg.replication.values import TypeRefreshNeeded, ValueDecoder
 
-from .changes import ChangeBatch, TransactionAssembler
-from .errors import SlotInUse, StreamEnded
-from .lsn import LSN
-from .options import ReaderOptions
-from .pgoutput import Delete, Insert, PgOutputDecoder, Relation, Type, Update, decode_message
-from .protocol import _XLOG, decode_copy_data, encode_standby_status
 from .slots import (
     check_publications,
     ensure_slot,
@@ -64,7 +73,6 @@ from .slots import (
     start_replication_command,
 )
 from .typefetch import afetch_missing_types
-from .values import TypeRefreshNeeded, ValueDecoder
 from .watch import DEFAULT_STATUS_INTERVAL, status_interval_for
 
 __all__ = ["ReplicationSession"]
@@ -77,7 +85,7 @@ _OWN_WALSENDERS: weakref.WeakValueDictionary[int, ReplicationConnection] = (
 logger = logging.getLogger("otpy.pg.wal_reader")
 
 #: Where the pgoutput payload starts in an XLogData message (after its header).
-_XLOG_SIZE = 1 + _XLOG.size
+_XLOG_SIZE = 1 + XLOG_HEADER.size
 _ROW_MESSAGES = (Insert, Update, Delete)
 #: Messages taken from libpq's buffer between two scheduler passes.
 _BURST = 128
@@ -368,7 +376,7 @@ class ReplicationSession:
         # Stream Start/Stop only exist with streaming on; without it the stateless
         # decoder is the same and saves a call per message.
         decode = PgOutputDecoder().decode if self.options.streaming else decode_message
-        unpack = _XLOG.unpack_from
+        unpack = XLOG_HEADER.unpack_from
         feed = assembler.feed
         make_lsn = _new_lsn
         get_copy_data = conn.pgconn.get_copy_data

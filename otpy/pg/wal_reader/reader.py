@@ -1,144 +1,88 @@
-"""The WAL reader: stream a logical replication slot into a behaviour class.
+"""The reader actor, and :func:`subscribe` / :func:`unsubscribe` that start and stop one.
 
-The Python counterpart of epg_connector's ``epg_wal_reader``::
+One :class:`WalReader` incarnation serves one :class:`~.subscription.Subscription`
+from ``init`` to ``terminate``; a crash ends the incarnation and the
+readers' supervisor starts a new one (with backoff) for the same
+subscription.  Its life is one :class:`ReaderPhase`, changed in one place
+(``WalReader._enter``): STARTING in ``init``; then STANDBY (waiting for a busy
+slot), SNAPSHOT (reading the initial snapshot) or STREAMING; STOPPING in
+``terminate``.
 
-    class UserReplicationHandler(wal_reader.ReplicationHandler):
-        async def handle_replication_data(self, ref, changes):
-            for change in changes:
-                match change:
-                    case Change("users", "insert", row, None): ...
+Design and why:
 
-        async def handle_replication_stop(self, ref, slot_name): ...
-
-    ref = await wal_reader.subscribe(UserReplicationHandler(), db_opts, "myapp_slot",
-                                     ["user_changes"], {"slot_type": "persistent"})
-    ...
-    await wal_reader.unsubscribe(ref)
-
-``subscribe`` returns once the reader is connected, has its slot and
-START_REPLICATION was accepted; otherwise it raises the specific error
-(:class:`SlotInUse`, :class:`PublicationMissing`, :class:`InvalidName`,
-:class:`InvalidHandler`, :class:`ReaderStartTimeout`, a connection error...).  The
-reader is a :class:`WalReader` actor under the WAL readers'
-:class:`~otpy.DynamicSupervisor` (include :func:`readers_supervisor_spec` in
-your supervision tree, or pass ``supervisor=``).  When it crashes (server
-gone, walsender terminated, handler raised) it calls ``handle_replication_stop``
-and is restarted with exponential backoff; on a persistent slot it resumes
-right after the last transaction the handler returned from.
-
-Some ends are *terminal* (:class:`ChangesLost`): the persistent slot it was
-reading disappeared (:class:`SlotLost`; otpy creates a missing slot only on
-the first start of a subscription, never behind a reader's back) or
-PostgreSQL invalidated it (:class:`SlotInvalidated`).  Restarting cannot
-bring those changes back, so the reader exits with a ``shutdown`` reason
-carrying the error (its TRANSIENT spec is not restarted), calls
-``handle_replication_stop`` once with the error on ``ref.error``, and the
-subscription ends (:meth:`Subscription.wait_stopped`).
-
-Delivery contract (see ``docs/replication.md``):
-
-* a transaction is acknowledged only after ``handle_replication_data``
-  returned for it (for its final chunk, when chunked); a raising handler
-  acknowledges nothing and gets the transaction again after the restart;
-* unless ``on_failure`` gives up on a transaction after ``max_attempts``:
-  ``stop`` ends the subscription (:class:`HandlerFailed`, terminal like
-  :class:`ChangesLost`), ``park`` writes it to a dead-letter table
-  (:mod:`otpy.pg.dead_letters`) and acknowledges it;
-* with ``ack="manual"``, ``ref.ack(commit_lsn)`` takes the place of returning:
-  the server is told the end of the longest acknowledged prefix
-  (:class:`~otpy.pg.replication.acks.AckTracker`);
-* persistent slot: at-least-once across crashes of the handler, the reader,
-  the process, the walsender and PostgreSQL itself; duplicates only from the
-  unacknowledged tail, never a gap, never out of order;
-* temporary slot: the slot dies with the session, so changes committed while
-  the reader is disconnected (between a crash and its restart) are not replayed.
+* ``init`` does the whole start (connect, slot, START_REPLICATION) so that
+  ``subscribe`` returns only once the slot is being read, or raises the
+  specific error; streaming, standing by and the snapshot run in one
+  background task, so ``terminate`` can cancel it and wait for it before it
+  sends the last acknowledgement and releases the slot.
+* The hot path (socket -> decoder -> ``WalReader._deliver`` -> the
+  handler) holds no phase checks: the phase changes at the edges of a task,
+  never per batch.
+* A killed reader gets no ``terminate`` (the runtime skips it), so a
+  cancelled background task that was not stopped by ``terminate`` aborts the
+  session itself: the slot is never left held by a dead walsender.
+* What must survive an incarnation (whether the slot was ever read, the
+  failures of a transaction, the terminal error) lives on the subscription's
+  :class:`~.subscription.ReaderState`, not here.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 import itertools
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
-import attrs
 import psycopg
 import trio
 from psycopg.conninfo import conninfo_to_dict
 
-from otpy._util import unwrap_group
-from otpy.actor import ExitReason, Ref
+from otpy._util import only_cancelled, unwrap_group
+from otpy.actor import ExitReason
 from otpy.child_spec import ChildSpec, Restart
 from otpy.dynamic_supervisor import DynamicSupervisor
 from otpy.errors import ChildNotFound, InitError
 from otpy.gen_server import GenServer
-from otpy.pg import dead_letters
 from otpy.pg.config import ConnectorConfig, DatabaseConfig, libpq_settings
 from otpy.pg.errors import ConfigError
-from otpy.pg.reader_metrics import HEARTBEAT_PREFIX, ReaderCounters, ReaderMetrics, is_heartbeat
-from otpy.pg.replication.acks import AckTracker, FailureCount
-from otpy.pg.replication.changes import Change, ChangeBatch
+from otpy.pg.replication.acks import AckTracker
+from otpy.pg.replication.changes import ChangeBatch
 from otpy.pg.replication.errors import (
-    AlreadySubscribed,
     ChangesLost,
     HandlerFailed,
-    InvalidHandler,
     InvalidName,
-    InvalidOptions,
-    PublicationMissing,
     ReaderStartTimeout,
     ReplicationError,
     SlotInUse,
-    SlotInvalidated,
-    SlotLost,
-    SlotMismatch,
-    StreamEnded,
 )
-from otpy.pg.replication.handler import HandlesReplication, ReplicationHandler, check_handler
+from otpy.pg.replication.handler import HandlesReplication, check_handler
 from otpy.pg.replication.lsn import LSN
 from otpy.pg.replication.options import ReaderOptions
-from otpy.pg.replication.pgoutput import UNCHANGED_TOAST, is_compiled
-from otpy.pg.replication.slots import validate_publication_name, validate_slot_name
-from otpy.pg.replication.stream import ReplicationSession
-from otpy.pg.replication.watch import check_slot
-from otpy.pg.snapshot import SnapshotRun, backfill, on_watermarks
-from otpy.registry import Registry, Via, whereis
-from otpy.supervisor import start_child, terminate_child, which_children
+from otpy.pg.replication.pgoutput import is_compiled
+from otpy.registry import whereis
+from otpy.supervisor import start_child, terminate_child
+
+from . import dead_letters
+from .metrics import HEARTBEAT_PREFIX, is_heartbeat
+from .slots import validate_publication_name, validate_slot_name
+from .snapshot import SnapshotRun, on_watermarks
+from .stream import ReplicationSession
+from .subscription import Subscription, Terminal, claim, forget
+from .watch import check_slot
 
 __all__ = [
     "CONNECTOR_APP",
     "READERS_SUPERVISOR",
-    "UNCHANGED_TOAST",
-    "AlreadySubscribed",
-    "Change",
-    "ChangeBatch",
-    "ChangesLost",
-    "HandlerFailed",
-    "HandlesReplication",
-    "InvalidHandler",
-    "InvalidName",
-    "InvalidOptions",
-    "PublicationMissing",
-    "ReaderOptions",
-    "ReaderStartTimeout",
-    "ReaderState",
-    "ReplicationError",
-    "ReplicationHandler",
-    "SlotInUse",
-    "SlotInvalidated",
-    "SlotLost",
-    "SlotMismatch",
-    "StreamEnded",
-    "Subscription",
+    "TRANSITIONS",
+    "ReaderPhase",
     "WalReader",
-    "backfill",
     "readers_supervisor_spec",
     "resolve_database",
     "subscribe",
-    "subscriptions",
     "unsubscribe",
 ]
 
@@ -149,15 +93,7 @@ READERS_SUPERVISOR = "otpy.pg.wal_readers"
 #: Application whose environment holds configured databases (``databases`` or ``config``).
 CONNECTOR_APP = "otpy.pg"
 
-# Readers are registered here under (host, port, slot): slot names are cluster-wide.
-_READERS = Registry("wal_readers")
-# Live subscriptions of this process, for AlreadySubscribed (process-wide, like a node).
-_SUBSCRIPTIONS: dict[tuple[str, str, str], Subscription] = {}
 _ids = itertools.count(1)
-
-#: What ends a subscription for good: its changes are lost, or (``on_failure``
-#: policy ``stop``) the handler kept failing on one transaction.
-Terminal = ChangesLost | HandlerFailed
 
 
 def readers_supervisor_spec(
@@ -177,161 +113,6 @@ def readers_supervisor_spec(
     return DynamicSupervisor.child_spec(
         id=name, name=name, intensity=intensity, period=period, max_children=max_children
     )
-
-
-@attrs.define(eq=False)
-class ReaderState:
-    """What a subscription's reader is doing (see :meth:`Subscription.wait_streaming`).
-
-    Shared by every incarnation of the subscription's reader, so it is also
-    where the subscription remembers what must survive a restart.
-    """
-
-    #: How many times a reader of the subscription started streaming.
-    starts: int = 0
-    #: True while a reader streams (False while standing by, restarting or stopped).
-    streaming: bool = False
-    #: True once a reader of the subscription started (its first ``init`` returned):
-    #: later starts are restarts, whose terminal errors end the subscription
-    #: instead of reaching a ``subscribe`` caller.
-    started: bool = False
-    #: True once a reader streamed from the persistent slot: from then on a
-    #: missing slot is :class:`SlotLost`, never silently re-created.
-    slot_seen: bool = False
-    #: The terminal error that ended the subscription (:class:`ChangesLost`,
-    #: :class:`HandlerFailed`), or None.
-    error: Terminal | None = None
-    #: True once the subscription ended for good (terminal error or unsubscribe).
-    ended: bool = False
-    #: Failed deliveries of the transaction that failed last (``on_failure``).
-    failures: FailureCount = attrs.field(factory=FailureCount)
-    #: The current reader's outstanding transactions (``ack="manual"``), or None.
-    acks: AckTracker | None = None
-    _changed: trio.Event = attrs.field(factory=trio.Event)
-
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    def _update(self, streaming: bool) -> None:
-        if streaming:
-            self.starts += 1
-        self.streaming = streaming
-        self._wake()
-
-    def _end(self) -> None:
-        self.ended = True
-        self._wake()
-
-
-@attrs.frozen(eq=False, repr=False)
-class Subscription:
-    """The handle ``subscribe`` returns and handlers receive as ``ref``.
-
-    Stable across restarts of the reader (unlike the actor's ref, see
-    :meth:`reader`); pass it to :func:`unsubscribe`.
-    """
-
-    slot: str
-    publications: tuple[str, ...]
-    database: str
-    options: ReaderOptions
-    handler: HandlesReplication
-    supervisor: Ref
-    key: tuple[str, str, str]
-    child_id: tuple[str, str, int]
-    connect_kwargs: dict[str, Any] = attrs.field(repr=False)
-    state: ReaderState = attrs.field(factory=ReaderState)
-    counters: ReaderCounters = attrs.field(factory=ReaderCounters, repr=False)
-
-    def metrics(self) -> ReaderMetrics:
-        """A snapshot of the reader's positions, lag and counters (no I/O, no message)."""
-        state = self.state
-        return self.counters.snapshot(
-            self.slot,
-            self.database,
-            streaming=state.streaming,
-            ended=state.ended,
-            starts=state.starts,
-        )
-
-    def __repr__(self) -> str:
-        return f"<Subscription slot={self.slot!r} db={self.database!r} {self.options.slot_type}>"
-
-    @property
-    def name(self) -> Via:
-        """The registered name of the reader actor (valid across its restarts)."""
-        return Via(_READERS, self.key)
-
-    def reader(self) -> Ref | None:
-        """The running reader actor, or None while it is being restarted."""
-        return whereis(self.name)
-
-    @property
-    def error(self) -> Terminal | None:
-        """The terminal error that ended the subscription, or None.
-
-        Set before the terminal ``handle_replication_stop`` call, so a handler
-        can tell a terminal stop (``ref.error is not None``: no restart
-        follows, resynchronise) from an ordinary one.
-        """
-        return self.state.error
-
-    async def wait_streaming(self, starts: int = 1) -> None:
-        """Wait until a reader streams and streaming has started ``starts`` times in all.
-
-        A standby reader counts once it has taken the slot over; after a
-        crash, ``wait_streaming(previous_starts + 1)`` waits for the restart.
-        Bound it with ``trio.fail_after``.
-
-        Raises:
-            ChangesLost: the subscription ended for good (:attr:`error`).
-            StreamEnded: it was unsubscribed.
-        """
-        state = self.state
-        while not (state.streaming and state.starts >= starts):
-            self._raise_if_ended()
-            await state._changed.wait()
-
-    async def wait_stopped(self) -> Terminal | None:
-        """Wait until the subscription ended for good; return its terminal error, if any.
-
-        Returns the :class:`ChangesLost` or :class:`HandlerFailed` error after a terminal stop (once
-        ``handle_replication_stop`` was called), None after ``unsubscribe``.
-        Restarts after ordinary crashes do not end a subscription.
-        """
-        state = self.state
-        while not state.ended:
-            await state._changed.wait()
-        return state.error
-
-    def ack(self, commit_lsn: LSN | int | str) -> bool:
-        """Acknowledge the transaction committed at ``commit_lsn`` (``ack="manual"`` only).
-
-        Call it once the sink confirmed the transaction (``changes.commit_lsn``
-        of its batch), in any order and from any task.  The server is told
-        the highest position below which *every* delivered transaction was
-        acknowledged.  Returns False when the transaction is not outstanding:
-        already acknowledged, or delivered by a reader that has since
-        restarted (it is delivered again: acknowledge that delivery).
-
-        Raises:
-            ReplicationError: the subscription acknowledges automatically.
-        """
-        if not self.options.manual_ack:
-            raise ReplicationError(
-                f"slot {self.slot!r}: ack() needs a subscription with ack='manual'; this one "
-                f"acknowledges each transaction when handle_replication_data returns"
-            )
-        tracker = self.state.acks
-        return tracker is not None and tracker.ack(LSN(commit_lsn))
-
-    def _raise_if_ended(self) -> None:
-        state = self.state
-        if state.error is not None:
-            raise state.error
-        if state.ended:
-            raise StreamEnded(f"the subscription of slot {self.slot!r} was unsubscribed")
 
 
 def _server_key(kwargs: Mapping[str, Any], slot: str) -> tuple[str, str, str]:
@@ -395,13 +176,6 @@ def resolve_database(db_opts: Any) -> tuple[dict[str, Any], str]:
     )
 
 
-def _only_cancelled(exc: BaseException) -> bool:
-    """Whether ``exc`` is a cancellation (alone or as a group of cancellations only)."""
-    if isinstance(exc, BaseExceptionGroup):
-        return exc.split(trio.Cancelled)[1] is None
-    return isinstance(exc, trio.Cancelled)
-
-
 def _being_cancelled() -> bool:
     """Whether the calling task runs in a cancelled scope (its actor is being killed)."""
     return trio.current_effective_deadline() == -math.inf
@@ -426,6 +200,61 @@ def _log_decoder_build() -> None:
     )
 
 
+class ReaderPhase(enum.Enum):
+    """Where one reader incarnation is in its life (:attr:`WalReader.phase`).
+
+    An incarnation moves forward only; :data:`TRANSITIONS` lists the allowed
+    moves and ``WalReader._enter`` is the one place that makes them::
+
+        STARTING  -> STANDBY | SNAPSHOT | STREAMING | STOPPING
+        STANDBY   -> SNAPSHOT | STREAMING | STOPPING
+        SNAPSHOT  -> STREAMING | STOPPING
+        STREAMING -> STOPPING
+        STOPPING  (final: a restart is a new incarnation, back at STARTING)
+
+    In STANDBY, SNAPSHOT and STREAMING one background task of the reader
+    runs (or is about to): ``terminate`` cancels it and waits for it.  From
+    SNAPSHOT on, the handler has seen data, so stopping calls
+    ``handle_replication_stop``; from STARTING or STANDBY only a terminal
+    stop does.
+    """
+
+    STARTING = "starting"
+    """``init`` runs: connect, check the publications, create or find the slot,
+    START_REPLICATION (or prepare the initial snapshot).  No background task."""
+    STANDBY = "standby"
+    """The slot is busy elsewhere and ``standby`` is on: the background task
+    waits to take it over.  The handler has seen nothing."""
+    SNAPSHOT = "snapshot"
+    """The background task reads the initial snapshot into the handler;
+    START_REPLICATION follows (unless ``snapshot="initial_only"``)."""
+    STREAMING = "streaming"
+    """START_REPLICATION was accepted: the socket reader, the status sender and
+    the deliveries run, until the stream ends or ``terminate`` cancels them."""
+    STOPPING = "stopping"
+    """``terminate`` runs: cancel and await the background task, send the last
+    acknowledgement, close the session, call ``handle_replication_stop``."""
+
+
+#: The moves :class:`ReaderPhase` allows, from each phase.
+TRANSITIONS: Final[Mapping[ReaderPhase, frozenset[ReaderPhase]]] = {
+    ReaderPhase.STARTING: frozenset(
+        {ReaderPhase.STANDBY, ReaderPhase.SNAPSHOT, ReaderPhase.STREAMING, ReaderPhase.STOPPING}
+    ),
+    ReaderPhase.STANDBY: frozenset(
+        {ReaderPhase.SNAPSHOT, ReaderPhase.STREAMING, ReaderPhase.STOPPING}
+    ),
+    ReaderPhase.SNAPSHOT: frozenset({ReaderPhase.STREAMING, ReaderPhase.STOPPING}),
+    ReaderPhase.STREAMING: frozenset({ReaderPhase.STOPPING}),
+    ReaderPhase.STOPPING: frozenset(),
+}
+
+#: Phases in which a background task of the reader runs: ``terminate`` waits for it.
+_BACKGROUND: Final = frozenset({ReaderPhase.STANDBY, ReaderPhase.SNAPSHOT, ReaderPhase.STREAMING})
+#: Phases in which the handler has seen data: stopping calls ``handle_replication_stop``.
+_DELIVERING: Final = frozenset({ReaderPhase.SNAPSHOT, ReaderPhase.STREAMING})
+
+
 class WalReader(GenServer):
     """The reader actor of one subscription (one incarnation; restarted as a new instance).
 
@@ -434,7 +263,8 @@ class WalReader(GenServer):
     the background).  Streaming runs in background tasks: the socket reader,
     the status sender and the handler loop.  ``terminate`` sends the last
     acknowledgement, closes, waits for the slot to be released and calls
-    ``handle_replication_stop``.
+    ``handle_replication_stop``.  :attr:`phase` says which of these it is
+    doing (:class:`ReaderPhase`).
     """
 
     def __init__(self, subscription: Subscription) -> None:
@@ -445,16 +275,16 @@ class WalReader(GenServer):
             subscription.publications,
             subscription.options,
         )
+        #: Where this incarnation is in its life; changed only by ``_enter``.
+        self.phase = ReaderPhase.STARTING
+        # The cancel scope of the background task's current step (cancelled by
+        # terminate), and the event the task sets when it ends.
         self._scope: trio.CancelScope | None = None
-        self._stream_started = False
-        self._stopping = False
-        self._streamed = False
         self._stream_done = trio.Event()
         #: The terminal error this incarnation stops with, if any.
         self._terminal: Terminal | None = None
         #: Transactions (final batches) handled by this incarnation.
         self.transactions = 0
-        self.standby = False
         # A reader that already streamed from its persistent slot never re-creates it.
         self.session.create_missing = not subscription.state.slot_seen
         subscription.counters.session = self.session
@@ -467,13 +297,38 @@ class WalReader(GenServer):
             self.session.check_start = functools.partial(check, subscription)
         self._progress = getattr(handler, "handle_replication_progress", None)
         self.session.idle_progress = self._progress is not None
-        #: The initial snapshot of this incarnation (otpy.pg.snapshot), if asked for.
+        #: The initial snapshot of this incarnation (.snapshot), if asked for.
         self.snapshot = (
             SnapshotRun(self.session) if subscription.options.snapshot != "never" else None
         )
 
     def __repr__(self) -> str:
         return f"<WalReader slot={self.subscription.slot!r}>"
+
+    @property
+    def standby(self) -> bool:
+        """True while this reader waits for its busy slot (:attr:`ReaderPhase.STANDBY`)."""
+        return self.phase is ReaderPhase.STANDBY
+
+    def _enter(self, phase: ReaderPhase) -> None:
+        """Move to ``phase``: the one place where the lifecycle changes (:data:`TRANSITIONS`)."""
+        if phase not in TRANSITIONS[self.phase]:
+            raise AssertionError(f"{self!r}: no move from {self.phase.name} to {phase.name}")
+        self.phase = phase
+        if phase is ReaderPhase.STANDBY:
+            self.subscription.counters.standby = True
+        elif phase is not ReaderPhase.STOPPING:
+            self.subscription.counters.standby = False
+
+    def _stopped_before_start(self) -> bool:
+        """Whether ``terminate`` began before this background task ran its first line.
+
+        Then the task has nothing to do: it says it is done and returns.
+        """
+        if self.phase is ReaderPhase.STOPPING:
+            self._stream_done.set()
+            return True
+        return False
 
     async def init(self) -> None:
         """Open the session; in standby mode a busy slot is waited for in the background.
@@ -499,7 +354,7 @@ class WalReader(GenServer):
             if not self.subscription.options.standby:
                 await self._close_quietly()
                 raise
-            self.standby = self.subscription.counters.standby = True
+            self._enter(ReaderPhase.STANDBY)
             logger.info(
                 "slot %s is in use elsewhere: standing by",
                 self.subscription.slot,
@@ -513,9 +368,11 @@ class WalReader(GenServer):
             raise
         if self.snapshot is not None and self.snapshot.pending:
             self.subscription.state.started = True
+            self._enter(ReaderPhase.SNAPSHOT)
             self.start_soon(self._snapshot_then_stream)
             return
         self._started_streaming()
+        self._enter(ReaderPhase.STREAMING)
         self.start_soon(self._stream)
 
     async def _snapshot_then_stream(self) -> None:
@@ -528,8 +385,8 @@ class WalReader(GenServer):
         snapshot = self.snapshot
         assert snapshot is not None
         sub = self.subscription
-        self._stream_started = True  # terminate must wait for this task too
-        self._streamed = True  # the handler sees data: it gets the stop call
+        if self._stopped_before_start():
+            return
         try:
             with trio.CancelScope() as scope:  # cancelled by terminate
                 self._scope = scope
@@ -537,20 +394,21 @@ class WalReader(GenServer):
                 if snapshot.stream_after:
                     await self._bounded(self.session.start)
         except BaseException as exc:
-            if isinstance(exc, trio.Cancelled) and not self._stopping:
+            if isinstance(exc, trio.Cancelled) and self.phase is not ReaderPhase.STOPPING:
                 self.session.abort()  # killed: no terminate will close the sockets
             self._stream_done.set()
             raise
-        if scope.cancelled_caught or self._stopping:
+        if scope.cancelled_caught or self.phase is ReaderPhase.STOPPING:
             self._stream_done.set()
             return
         if not snapshot.stream_after:  # initial_only: done, the subscription ends
-            _forget(sub)
-            sub.state._end()
+            forget(sub)
+            sub.state.end()
             self._stream_done.set()
             self.stop()
             return
         self._started_streaming()
+        self._enter(ReaderPhase.STREAMING)
         await self._stream()
 
     def _started_streaming(self) -> None:
@@ -579,11 +437,12 @@ class WalReader(GenServer):
             await self.session.close(final_ack=False, release_timeout=0)
 
     async def _standby(self) -> None:
-        self._stream_started = True  # terminate must wait for this task too
+        if self._stopped_before_start():
+            return
         try:
             with trio.CancelScope() as scope:  # cancelled by terminate
                 self._scope = scope
-                snapshot = self.snapshot  # otpy.pg.snapshot: maybe read one first
+                snapshot = self.snapshot  # .snapshot: maybe read one first
                 start = self.session.start if snapshot is None else snapshot.prepare
                 await self.session.take_over(functools.partial(self._bounded, start))
         except ChangesLost as exc:
@@ -591,30 +450,31 @@ class WalReader(GenServer):
             self._stream_done.set()
             return
         except BaseException as exc:
-            if isinstance(exc, trio.Cancelled) and not self._stopping:
+            if isinstance(exc, trio.Cancelled) and self.phase is not ReaderPhase.STOPPING:
                 self.session.abort()  # killed: no terminate will close the sockets
             self._stream_done.set()
             raise
-        if scope.cancelled_caught or self._stopping:  # terminate stopped the wait
+        if scope.cancelled_caught or self.phase is ReaderPhase.STOPPING:  # terminate stopped it
             self._stream_done.set()
             return
-        self.standby = self.subscription.counters.standby = False
+        snapshot_first = self.snapshot is not None and self.snapshot.pending
+        self._enter(ReaderPhase.SNAPSHOT if snapshot_first else ReaderPhase.STREAMING)
         self._started_streaming()
         logger.info(
             "slot %s was freed: taking over",
             self.subscription.slot,
             extra={"event": "replication_takeover", "slot": self.subscription.slot},
         )
-        if self.snapshot is not None and self.snapshot.pending:
+        if snapshot_first:
             await self._snapshot_then_stream()
             return
         await self._stream()
 
     async def _stream(self) -> None:
-        self._stream_started = True
-        self._streamed = True
+        if self._stopped_before_start():
+            return
         session = self.session
-        self.subscription.state._update(True)
+        self.subscription.state.set_streaming(True)
         try:
             with trio.CancelScope() as scope:
                 self._scope = scope
@@ -633,14 +493,16 @@ class WalReader(GenServer):
                 except BaseExceptionGroup as group:
                     raise unwrap_group(group) from None
         except BaseException as exc:
-            if not self._stopping and (_only_cancelled(exc) or _being_cancelled()):
+            if self.phase is not ReaderPhase.STOPPING and (
+                only_cancelled(exc) or _being_cancelled()
+            ):
                 # Killed, possibly while a task crashed: no terminate will run
                 # (the runtime skips it for a killed actor), so do not leave
                 # the slot held by our walsender.
                 session.abort()
             raise
         finally:
-            self.subscription.state._update(False)
+            self.subscription.state.set_streaming(False)
             self._stream_done.set()
 
     async def _deliver(self, recv: trio.MemoryReceiveChannel[ChangeBatch]) -> None:
@@ -663,7 +525,7 @@ class WalReader(GenServer):
                     return
             except trio.EndOfChannel:
                 return
-            if watermarks:  # backfills' watermarks (otpy.pg.snapshot), removed from the batch
+            if watermarks:  # backfills' watermarks (.snapshot), removed from the batch
                 await on_watermarks(sub, batch)
             heartbeat = batch.xid is None and is_heartbeat(batch)
             if heartbeat:
@@ -847,10 +709,11 @@ class WalReader(GenServer):
 
     async def terminate(self, reason: ExitReason) -> None:
         """Stop streaming, acknowledge what was handled, release the slot, call the stop hook."""
-        self._stopping = True
+        was = self.phase
+        self._enter(ReaderPhase.STOPPING)
         if self._scope is not None:
             self._scope.cancel()
-        if self._stream_started:
+        if was in _BACKGROUND:
             try:
                 await self._stream_done.wait()
             except BaseException:
@@ -891,42 +754,17 @@ class WalReader(GenServer):
                     },
                 )
                 sub.state.error = terminal
-                _forget(sub)
+                forget(sub)
             try:
                 # A standby that never took over had no stream to end, unless it ends for good.
-                if self._streamed or terminal is not None:
+                if was in _DELIVERING or terminal is not None:
                     try:
                         await sub.handler.handle_replication_stop(sub, sub.slot)
                     except Exception:
                         logger.exception("slot %s: handle_replication_stop raised", sub.slot)
             finally:
                 if terminal is not None:  # even if the stop hook was cancelled
-                    sub.state._end()
-
-
-def subscriptions() -> list[Subscription]:
-    """The live subscriptions of this process (for metrics and health checks).
-
-    Live: not ended, and its readers' supervisor still runs (a subscription
-    whose supervisor was stopped without ``unsubscribe`` has no reader left).
-    """
-    return [sub for sub in _SUBSCRIPTIONS.values() if not sub.state.ended and sub.supervisor.alive]
-
-
-def _forget(sub: Subscription) -> None:
-    """Remove ``sub`` from this process's subscriptions (its slot may be subscribed again)."""
-    if _SUBSCRIPTIONS.get(sub.key) is sub:
-        del _SUBSCRIPTIONS[sub.key]
-
-
-async def _still_subscribed(sub: Subscription) -> bool:
-    if not sub.supervisor.alive:
-        return False
-    try:
-        children = await which_children(sub.supervisor)
-    except Exception:
-        return False
-    return any(child.id == sub.child_id for child in children)
+                    sub.state.end()
 
 
 async def subscribe(
@@ -979,14 +817,6 @@ async def subscribe(
             f"wal_reader.readers_supervisor_spec() in your supervision tree, or pass supervisor="
         )
     key = _server_key(kwargs, slot)
-    existing = _SUBSCRIPTIONS.get(key)
-    if existing is not None:
-        if await _still_subscribed(existing):
-            raise AlreadySubscribed(slot, existing)
-        if _SUBSCRIPTIONS.get(key) is existing:
-            del _SUBSCRIPTIONS[key]
-    if key in _SUBSCRIPTIONS:  # another task subscribed meanwhile
-        raise AlreadySubscribed(slot, _SUBSCRIPTIONS[key])
     sub = Subscription(
         slot=slot,
         publications=pubs,
@@ -998,7 +828,7 @@ async def subscribe(
         child_id=("wal_reader", slot, next(_ids)),
         connect_kwargs=kwargs,
     )
-    _SUBSCRIPTIONS[key] = sub
+    await claim(sub)
     spec = ChildSpec(
         id=sub.child_id,
         start=functools.partial(WalReader, sub),
@@ -1010,13 +840,13 @@ async def subscribe(
     try:
         await start_child(sup, spec)
     except InitError as exc:
-        _SUBSCRIPTIONS.pop(key, None)
+        forget(sub)
         error = exc.reason.error
         if isinstance(error, Exception):
             raise error from None
         raise
     except BaseException:
-        _SUBSCRIPTIONS.pop(key, None)
+        forget(sub)
         raise
     return sub
 
@@ -1036,5 +866,5 @@ async def unsubscribe(ref: Subscription) -> None:
     except ChildNotFound:
         pass
     finally:
-        _forget(ref)
-        ref.state._end()
+        forget(ref)
+        ref.state.end()

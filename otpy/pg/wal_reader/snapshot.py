@@ -87,8 +87,9 @@ from otpy.pg.replication.changes import Change, ChangeBatch
 from otpy.pg.replication.errors import ReplicationError, SlotInUse
 from otpy.pg.replication.lsn import LSN
 from otpy.pg.replication.options import ReaderOptions
-from otpy.pg.replication.slots import lookup_slot, quote_ident
-from otpy.pg.replication.stream import ReplicationSession
+
+from .slots import lookup_slot, quote_ident
+from .stream import ReplicationSession
 
 __all__ = [
     "WATERMARK_PREFIX",
@@ -534,7 +535,7 @@ class SnapshotRun:
             SlotInUse: the slot to start over is held by another session.
 
         Otherwise it raises what
-        :meth:`~otpy.pg.replication.stream.ReplicationSession.start` raises.
+        :meth:`~otpy.pg.wal_reader.stream.ReplicationSession.start` raises.
         """
         session = self.session
         if session.repl is None:

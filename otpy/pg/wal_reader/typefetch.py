@@ -50,7 +50,7 @@ from psycopg.types.enum import EnumInfo
 from psycopg.types.multirange import MultirangeInfo
 from psycopg.types.range import RangeInfo
 
-from .values import FIRST_NORMAL_OID, ValueDecoder
+from otpy.pg.replication.values import FIRST_NORMAL_OID, ValueDecoder
 
 __all__ = [
     "TYPE_QUERY",

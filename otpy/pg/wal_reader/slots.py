@@ -24,7 +24,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from .errors import (
+from otpy.pg.replication.errors import (
     InvalidName,
     InvalidOptions,
     PublicationMissing,
@@ -33,8 +33,8 @@ from .errors import (
     SlotLost,
     SlotMismatch,
 )
-from .lsn import LSN
-from .options import PublicationSpec
+from otpy.pg.replication.lsn import LSN
+from otpy.pg.replication.options import PublicationSpec
 
 __all__ = [
     "MAX_NAME_BYTES",

@@ -33,8 +33,9 @@ from otpy.pg.replication.lsn import LSN
 
 if TYPE_CHECKING:
     from otpy.pg.replication.changes import ChangeBatch
-    from otpy.pg.replication.stream import ReplicationSession
-    from otpy.pg.replication.watch import SlotHealth
+
+    from .stream import ReplicationSession
+    from .watch import SlotHealth
 
 __all__ = [
     "HANDLER_BUCKETS",
