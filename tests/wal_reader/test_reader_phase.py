@@ -231,3 +231,53 @@ async def test_a_background_task_that_starts_after_terminate_began_ends_at_once(
         await task()
         await reader._stream_done.wait()
     assert not session.loops_running.is_set() and not session.aborted
+
+
+class FakeSnapshot:
+    """An initial snapshot with nothing to read: ``run`` returns at once."""
+
+    def __init__(self, stream_after: bool) -> None:
+        self.pending = True
+        self.stream_after = stream_after
+        self.ran = False
+
+    async def prepare(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def run(self, deliver: Any) -> None:
+        await trio.lowlevel.checkpoint()
+        self.ran = True
+        self.pending = False
+
+
+async def test_a_reader_with_an_initial_snapshot_reads_it_then_streams(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    handler = StopRecorder()
+    session = FakeSession()
+    reader = PhaseRecorder(subscription(handler, snapshot="initial"), session)
+    reader.snapshot = FakeSnapshot(stream_after=True)  # type: ignore[assignment]
+    async with trio.open_nursery() as nursery:
+        ref = await otpy.start(nursery, reader)
+        await session.loops_running.wait()
+        await otpy.stop(ref)
+    assert reader.phases == [STARTING, SNAPSHOT, STREAMING, STOPPING]
+    assert handler.stops == ["phase_slot"]
+
+
+async def test_an_initial_only_snapshot_ends_the_subscription_without_streaming(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    handler = StopRecorder()
+    session = FakeSession()
+    sub = subscription(handler, snapshot="initial_only")
+    reader = PhaseRecorder(sub, session)
+    reader.snapshot = FakeSnapshot(stream_after=False)  # type: ignore[assignment]
+    async with trio.open_nursery() as nursery:
+        ref = await otpy.start(nursery, reader)
+        reason = await ref.wait()
+    assert reason.kind == "normal"
+    assert reader.phases == [STARTING, SNAPSHOT, STOPPING]
+    assert not session.loops_running.is_set()
+    assert handler.stops == ["phase_slot"]
+    assert sub.state.ended and await sub.wait_stopped() is None

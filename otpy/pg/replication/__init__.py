@@ -12,6 +12,8 @@ benchmarked and reused:
 * :mod:`.values` -- tuple data -> ``dict`` of Python values (psycopg loaders),
   and the session's registry of user types
   (:mod:`otpy.pg.wal_reader.typefetch` fills it).
+* :mod:`.loaders` -- the extra psycopg loaders :mod:`.values` uses (infinity dates,
+  JSON null, types psycopg has no loader for).
 * :mod:`.changes` -- transactions assembled into :class:`~.changes.ChangeBatch`.
 * :mod:`.options`, :mod:`.handler`, :mod:`.acks`, :mod:`.errors` -- the
   reader's options, its behaviour protocol, the manual-acknowledgement

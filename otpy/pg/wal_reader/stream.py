@@ -161,7 +161,7 @@ class ReplicationSession:
         #: recorded it (``handle_replication_progress``): the consumer's stored
         #: position then never lags behind the slot's.
         self.idle_progress = False
-        #: Set by :mod:`otpy.pg.snapshot` when it created the slot itself (with an
+        #: Set by :mod:`otpy.pg.wal_reader.snapshot` when it created the slot itself (with an
         #: exported snapshot, read before streaming): start from this LSN.
         self.prepared_start: LSN | None = None
 
@@ -172,7 +172,7 @@ class ReplicationSession:
 
         Raises:
             InvalidOptions: the server is too old for the options (``proto_version``).
-            PublicationMissing: see :func:`~otpy.pg.replication.slots.check_publications`.
+            PublicationMissing: see :func:`~otpy.pg.wal_reader.slots.check_publications`.
         """
         self.phase = "connecting"
         kwargs = dict(self.connect_kwargs)
@@ -229,7 +229,7 @@ class ReplicationSession:
     async def _start(self) -> None:
         assert self.repl is not None and self.meta is not None
         self.phase = "creating the slot"
-        if self.prepared_start is not None:  # created with a snapshot (otpy.pg.snapshot)
+        if self.prepared_start is not None:  # created with a snapshot (.snapshot)
             confirmed = self.prepared_start
         else:
             confirmed = await ensure_slot(

@@ -1,0 +1,5 @@
+"""Moved to :mod:`otpy.pg.wal_reader.dead_letters`; this path warns and goes away in otpy 0.2."""
+
+from otpy._moved import alias_module
+
+alias_module(__name__, "otpy.pg.wal_reader.dead_letters")
