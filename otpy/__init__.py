@@ -5,18 +5,7 @@ The runtime API lives at the top level (``otpy.GenServer``, ``otpy.call``,
 ``docs/runtime.md`` maps every OTP name to its otpy spelling.
 """
 
-from otpy.actor import (
-    KILLED,
-    NOPROC,
-    NORMAL,
-    SHUTDOWN,
-    Down,
-    Exit,
-    ExitReason,
-    Monitor,
-    Ref,
-    current_actor,
-)
+from otpy.actor import Down, Exit, Monitor, Ref, current_actor
 from otpy.application import (
     Application,
     ExitCode,
@@ -42,6 +31,7 @@ from otpy.child_spec import (
     Shutdown,
 )
 from otpy.dynamic_supervisor import DynamicSupervisor
+from otpy.exit_reason import KILLED, NOPROC, NORMAL, SHUTDOWN, ExitReason
 from otpy.gen_server import NO_REPLY, GenServer, TaskServer, start
 from otpy.process import (
     From,

@@ -9,7 +9,9 @@ Two helpers do both, and nothing else in otpy writes ``DeprecationWarning``:
   (``sys.modules`` entry), after one warning at import, so ``isinstance`` checks,
   monkeypatching and module-level state all stay one thing;
 * :func:`moved_names` gives a module a ``__getattr__`` for names that left it,
-  warning on each access and returning the object from its new home.
+  warning on each access and returning the object from its new home;
+* :func:`warn_moved` is the warning itself, for what the two cannot reach (a
+  method that goes away).
 
 Both warn with ``DeprecationWarning`` pointing at the importing line
 (``stacklevel``), which pytest and ``python -W error`` show by default.
@@ -23,10 +25,23 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["alias_module", "moved_names"]
+__all__ = ["alias_module", "moved_names", "warn_moved"]
 
 REMOVED_IN = "otpy 0.2"
 """The release in which the old paths go away."""
+
+
+def warn_moved(old: str, new: str, *, stacklevel: int = 2) -> None:
+    """Warn that ``old`` goes away in :data:`REMOVED_IN` and that ``new`` replaces it.
+
+    ``stacklevel`` counts from the caller of :func:`warn_moved`, as for
+    :func:`warnings.warn`: 2 names the line that called the deprecated thing.
+    """
+    warnings.warn(
+        f"{old} moved to {new}; use that ({old} goes away in {REMOVED_IN})",
+        DeprecationWarning,
+        stacklevel=stacklevel + 1,
+    )
 
 
 def alias_module(old: str, new: str) -> None:

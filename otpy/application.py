@@ -32,7 +32,7 @@ import attrs
 import trio
 
 from otpy._util import check_bool, raise_unwrapped
-from otpy.actor import SHUTDOWN, Ref
+from otpy.actor import Ref
 from otpy.child_spec import ChildSpec
 from otpy.errors import (
     ApplicationFailed,
@@ -41,6 +41,7 @@ from otpy.errors import (
     InitError,
     OtpyError,
 )
+from otpy.exit_reason import SHUTDOWN
 from otpy.gen_server import GenServer, start
 from otpy.registry import Registry, current_registry, use_registry
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from otpy.exit_reason import NOPROC, ExitReason
+
 if TYPE_CHECKING:
-    from otpy.actor import ExitReason, Ref
+    from otpy.actor import Ref
 
 
 class OtpyError(Exception):
@@ -46,8 +48,6 @@ class NoProcess(ActorExited):
     """
 
     def __init__(self, name: object) -> None:
-        from otpy.actor import NOPROC
-
         CallError.__init__(self, f"no actor is registered as {name!r}; is it started?")
         self.target = name
         self.reason = NOPROC
@@ -122,8 +122,6 @@ class StartTimeout(InitError, TimeoutError):
     """
 
     def __init__(self, server: object, timeout: float) -> None:
-        from otpy.actor import ExitReason
-
         self.timeout = timeout
         reason = ExitReason("killed", detail=f"init did not finish within {timeout} s")
         InitError.__init__(self, server, reason)

@@ -43,9 +43,10 @@ import trio
 from otpy import process
 from otpy._moved import moved_names
 from otpy._util import check_bool, check_number, check_timeout, split_cancelled
-from otpy.actor import KILLED, NO_MESSAGE, NORMAL, ExitReason, Monitor, Ref
+from otpy.actor import NO_MESSAGE, Monitor, Ref
 from otpy.child_spec import Backoff, ChildSpec, ChildType, Restart, Shutdown
 from otpy.errors import InitError, StartTimeout, UnexpectedMessage
+from otpy.exit_reason import KILLED, NORMAL, ExitReason
 from otpy.registry import register
 
 if TYPE_CHECKING:

@@ -37,8 +37,9 @@ import trio
 
 from otpy._deadlines import Bucket, Deadlines
 from otpy._util import check_timeout
-from otpy.actor import NOPROC, NORMAL, ExitReason, Monitor, Ref, current_actor
+from otpy.actor import Monitor, Ref, current_actor
 from otpy.errors import ActorExited, CallingSelf, CallTimeout, NotAnActor
+from otpy.exit_reason import NOPROC, NORMAL, ExitReason
 from otpy.registry import resolve, whereis
 
 __all__ = [

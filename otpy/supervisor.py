@@ -42,7 +42,7 @@ import attrs
 import trio
 
 from otpy._util import check_int, check_number
-from otpy.actor import SHUTDOWN, Down, Exit, ExitReason, Monitor, Ref
+from otpy.actor import Down, Exit, Monitor, Ref
 from otpy.child_spec import (
     BRUTAL_KILL,
     INFINITY,
@@ -60,6 +60,7 @@ from otpy.errors import (
     SupervisorError,
     UnexpectedMessage,
 )
+from otpy.exit_reason import SHUTDOWN, ExitReason
 from otpy.gen_server import NO_REPLY, GenServer, start_supervised
 from otpy.process import From, call, demonitor, monitor, reply, reply_error
 

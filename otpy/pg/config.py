@@ -54,6 +54,7 @@ from urllib.parse import unquote
 
 import attrs
 
+from otpy._moved import warn_moved
 from otpy.child_spec import Backoff
 from otpy.errors import InvalidArgument
 from otpy.pg.errors import ConfigError
@@ -472,8 +473,17 @@ class DatabaseConfig:
         return {**kwargs, **overrides}
 
     async def connect(self, **overrides: Any) -> TrioConnection[TupleRow]:
-        """Open a :class:`~otpy.pg.connection.TrioConnection` to this database."""
-        from otpy.pg.connection import TrioConnection
+        """Deprecated: ``TrioConnection.connect(**database.connect_kwargs())`` instead.
+
+        The configuration layer sits below the connection; this shortcut made
+        the two import each other.
+        """
+        warn_moved(
+            "DatabaseConfig.connect()",
+            "TrioConnection.connect(**database.connect_kwargs())",
+            stacklevel=2,
+        )
+        from otpy.pg.connection import TrioConnection  # the one circle, until 0.2
 
         return await TrioConnection.connect(**self.connect_kwargs(**overrides))
 

@@ -90,12 +90,12 @@ import trio
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from otpy.pg.dead_letters import DeadLetter
 from otpy.pg.pool import Lease, Pool, PoolError, acquire
 from otpy.pg.replication.changes import ChangeBatch
 from otpy.pg.replication.errors import ChangesLost, InvalidHandler, ReplicationError
 from otpy.pg.replication.handler import ReplicationHandler
 from otpy.pg.replication.lsn import LSN
+from otpy.pg.wal_reader.dead_letters import DeadLetter
 
 if TYPE_CHECKING:
     from psycopg.rows import TupleRow
@@ -737,7 +737,7 @@ class ExactlyOnceHandler(ReplicationHandler):
         """Apply ``changes`` through :meth:`apply`, unless they were applied already.
 
         A dead letter being replayed (``ref`` is a
-        :class:`~otpy.pg.dead_letters.DeadLetter`) goes through
+        :class:`~otpy.pg.wal_reader.dead_letters.DeadLetter`) goes through
         :meth:`ExactlyOnce.replayed`: the stream's position is past it.
         """
         eo = self.exactly_once

@@ -5,7 +5,6 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from otpy.actor import ExitReason
 from otpy.cli.errors import (
     EXIT_CONFIG,
     EXIT_INTERRUPTED,
@@ -21,6 +20,7 @@ from otpy.cli.errors import (
 from otpy.cli.slots import server_slot_columns
 from otpy.cli.tail import persistent_slot_name
 from otpy.errors import ApplicationStartError, InitError
+from otpy.exit_reason import ExitReason
 from otpy.pg.errors import ConnectError
 from otpy.pg.pool.errors import PoolTimeout
 from otpy.pg.replication.errors import PublicationMissing, SlotInUse

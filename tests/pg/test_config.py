@@ -11,6 +11,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from otpy.pg.config import Backoff, ConnectorConfig, DatabaseConfig, PoolConfig, Secret
+from otpy.pg.connection import TrioConnection
 from otpy.pg.errors import ConfigError
 
 SECRET = "hunter2-very-secret"
@@ -277,11 +278,17 @@ async def test_connect_with_a_loaded_config(pg_dsn: str) -> None:
         },
         environ={"TEST_DB_PASSWORD": SECRET},  # trust auth: accepted and ignored
     )
-    async with await config.database_of("p").connect(autocommit=True) as conn:
+    kwargs = config.database_of("p").connect_kwargs(autocommit=True)
+    async with await TrioConnection.connect(**kwargs) as conn:
         cur = await conn.execute(
             "SELECT current_setting('application_name'), current_setting('statement_timeout')"
         )
         assert await cur.fetchone() == ("otpy-config-test", "12345ms")
+        assert conn.info.password == SECRET
+    with pytest.warns(DeprecationWarning, match=r"DatabaseConfig\.connect\(\) moved") as w:
+        conn = await config.database_of("p").connect(autocommit=True)
+    assert w[0].filename == __file__
+    async with conn:
         assert conn.info.password == SECRET
 
 

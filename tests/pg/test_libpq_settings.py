@@ -19,6 +19,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from otpy.pg import pool
 from otpy.pg.config import ConnectorConfig, DatabaseConfig, PoolConfig
+from otpy.pg.connection import TrioConnection
 from otpy.pg.errors import ConfigError
 
 LIBPQ_ENV = (
@@ -59,7 +60,7 @@ def closed_port() -> int:
 
 
 async def where(db: DatabaseConfig) -> tuple[Any, ...]:
-    async with await db.connect(autocommit=True) as conn:
+    async with await TrioConnection.connect(**db.connect_kwargs(autocommit=True)) as conn:
         cur = await conn.execute("SELECT current_database(), current_user, inet_server_port()")
         row = await cur.fetchone()
         assert row is not None
@@ -275,10 +276,10 @@ async def test_sslmode_from_the_environment_reaches_libpq(
     )
     clean_env.setenv("PGSSLMODE", "require")
     try:
-        async with await db.connect() as conn:
+        async with await TrioConnection.connect(**db.connect_kwargs()) as conn:
             assert conn.pgconn.ssl_in_use  # a server with SSL: required and used
     except psycopg.OperationalError as exc:
         assert "SSL" in str(exc)  # a server without SSL: refused, as required
     clean_env.setenv("PGSSLMODE", "disable")
-    async with await db.connect() as conn:
+    async with await TrioConnection.connect(**db.connect_kwargs()) as conn:
         assert not conn.pgconn.ssl_in_use

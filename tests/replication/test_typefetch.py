@@ -1,6 +1,6 @@
 """The type-fetch protocol, written once and driven twice: checked without a server.
 
-:func:`~otpy.pg.replication.typefetch.resolve_missing_types` yields the
+:func:`~otpy.pg.wal_reader.typefetch.resolve_missing_types` yields the
 catalog queries it needs and is sent their answers.  Here the answers are a
 script (what PostgreSQL would say about a domain over an enum), fed to the
 protocol by hand and through both drivers, with fake connections that answer
@@ -18,7 +18,8 @@ from psycopg.types import TypeInfo
 from psycopg.types.enum import EnumInfo
 
 from otpy.pg.replication.pgoutput import Column, Relation, TupleData, Type
-from otpy.pg.replication.typefetch import (
+from otpy.pg.replication.values import ValueDecoder
+from otpy.pg.wal_reader.typefetch import (
     TYPE_QUERY,
     DescribeTypes,
     FetchInfo,
@@ -27,7 +28,6 @@ from otpy.pg.replication.typefetch import (
     fetch_missing_types,
     resolve_missing_types,
 )
-from otpy.pg.replication.values import ValueDecoder
 
 MOOD, MOOD_ARRAY, MOOD_D, MOOD_D_ARRAY = 70001, 70002, 70010, 70011
 MOOD_NAME = sql.Identifier("public", "mood")

@@ -34,10 +34,11 @@ from typing import Any, Final
 import trio
 
 from otpy._util import raise_unwrapped
-from otpy.actor import SHUTDOWN, Ref
+from otpy.actor import Ref
 from otpy.child_spec import ChildSpec, ChildType, Restart
 from otpy.dynamic_supervisor import DynamicSupervisor
 from otpy.errors import ActorExited, InitError, SupervisorError
+from otpy.exit_reason import SHUTDOWN
 from otpy.gen_server import GenServer
 from otpy.gen_server import start as start_actor
 from otpy.pg.config import DatabaseConfig, PoolConfig, check_bool, check_seconds

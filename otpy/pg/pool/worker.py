@@ -31,7 +31,7 @@ import trio
 from psycopg import pq
 from psycopg.rows import tuple_row
 
-from otpy.actor import NORMAL
+from otpy.exit_reason import NORMAL
 from otpy.gen_server import GenServer
 from otpy.pg.connection import TrioConnection
 from otpy.pg.pool.box import PoolBox

@@ -42,10 +42,10 @@ import trio
 from psycopg.conninfo import conninfo_to_dict
 
 from otpy._util import only_cancelled, unwrap_group
-from otpy.actor import ExitReason
 from otpy.child_spec import ChildSpec, Restart
 from otpy.dynamic_supervisor import DynamicSupervisor
 from otpy.errors import ChildNotFound, InitError
+from otpy.exit_reason import ExitReason
 from otpy.gen_server import GenServer
 from otpy.pg.config import ConnectorConfig, DatabaseConfig, libpq_settings
 from otpy.pg.errors import ConfigError
