@@ -18,6 +18,9 @@ import trio
 from eo_helpers import counts
 from wr_helpers import drop_slot_when_free, execute, published_table, query, run_workload, unique
 
+from otpy.pg.wal_reader import dead_letters
+from otpy.pg.connection import TrioConnection
+
 SCRIPT = Path(__file__).with_name("applier_proc.py")
 
 
@@ -103,3 +106,65 @@ async def test_sigkill_of_the_applier_process_neither_loses_nor_duplicates(
     assert kills == 3
     assert result["lost"] == 0 and result["duplicates"] == 0 and result["unknown"] == 0, result
     assert result["applied"] == result["committed"] > 0
+
+
+async def test_sigkill_while_parking_a_chunked_transaction_loses_nothing(
+    module_dsn: str, target_dsn: str, src: str
+) -> None:
+    """Poison transactions of 8 chunks are parked; the applier dies while it writes them.
+
+    Every committed row ends up exactly once, either applied in ``dst`` or in
+    a complete dead letter; an exactly-once handler applies no chunk of a
+    parked transaction (its target transaction rolled back), so each dead
+    letter must hold the *whole* transaction.
+    """
+    await execute(module_dsn, "TRUNCATE src")
+    await execute(target_dsn, "DROP TABLE IF EXISTS dst", "CREATE TABLE dst (id bigint, v int)")
+    slot, letters = unique("parkkill"), unique("parkkill_dl")
+    args = [module_dsn, target_dsn, slot, src, unique("parkkill_origin"), letters]
+    poison_transactions, kills, cut_short = 4, 0, 0
+    child = await spawn(args)
+    try:
+        for _ in range(poison_transactions):
+            await execute(module_dsn, "INSERT INTO src (v) SELECT g FROM generate_series(1, 30) g")
+            # 400 rows, 8 chunks of 50; the poison row comes last.
+            await execute(
+                module_dsn,
+                "INSERT INTO src (v) SELECT CASE WHEN g = 400 THEN -1 ELSE g END "
+                "FROM generate_series(1, 400) g",
+            )
+        await execute(module_dsn, "INSERT INTO src (v) VALUES (1)")
+        last = (await query(module_dsn, "SELECT max(id) FROM src"))[0][0]
+        while kills < 2:  # die right after a parking began: its later chunks are unwritten
+            with trio.fail_after(120):
+                while await child.line() != b"parked":
+                    pass
+            child.process.send_signal(signal.SIGKILL)
+            await child.process.wait()
+            kills += 1
+            incomplete = await query(
+                target_dsn, f"SELECT count(*) FROM {letters} WHERE NOT complete"
+            )
+            cut_short += incomplete[0][0]
+            child = await spawn(args)
+        with trio.fail_after(120):
+            while child.highest < last:
+                await child.line()
+    finally:
+        child.process.kill()
+        await child.process.wait()
+        await drop_slot_when_free(module_dsn, slot)
+    committed = {r[0] for r in await query(module_dsn, "SELECT id FROM src")}
+    applied = [r[0] for r in await query(target_dsn, "SELECT id FROM dst")]
+    async with await TrioConnection.connect(target_dsn, autocommit=True) as conn:
+        parked = await dead_letters.list_parked(conn, slot=slot, table=letters)
+    parked_ids = [c.data["id"] for letter in parked for c in letter.changes]
+    print(f"parking kills: {kills}, cut short {cut_short}, letters {len(parked)}")
+    assert cut_short >= 1, "no kill landed while a transaction was being parked"
+    assert len(parked) == poison_transactions
+    assert all(letter.complete and letter.first_chunk == 0 for letter in parked)
+    assert all(len(letter.changes) == 400 for letter in parked)
+    assert len(applied) == len(set(applied)), "duplicates in the target"
+    assert len(parked_ids) == len(set(parked_ids)), "a change parked twice"
+    assert not set(applied) & set(parked_ids), "a change both applied and parked"
+    assert set(applied) | set(parked_ids) == committed, "changes lost"

@@ -19,7 +19,8 @@ from psycopg.errors import UniqueViolation
 from wr_helpers import Recorder, drop_slot, execute, published_table, query, unique
 
 from otpy import Ref
-from otpy.pg import dead_letters, pool, wal_reader
+from otpy.pg import pool, wal_reader
+from otpy.pg.wal_reader import dead_letters
 from otpy.pg.exactly_once import (
     DEFAULT_PROGRESS_TABLE,
     ExactlyOnce,

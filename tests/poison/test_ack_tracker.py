@@ -57,3 +57,15 @@ def test_failures_are_counted_per_transaction() -> None:
     assert count.attempts == 1
     count.succeeded(LSN(20))
     assert count.failed(LSN(20)) == 1
+
+
+def test_a_transaction_is_exhausted_after_max_attempts_with_its_last_error() -> None:
+    count = FailureCount()
+    first, last = ValueError("first"), ValueError("last")
+    count.failed(LSN(10), first)
+    assert count.exhausted(LSN(10), 2) is None
+    count.failed(LSN(10), last)
+    assert count.exhausted(LSN(10), 2) is last
+    assert count.exhausted(LSN(20), 2) is None  # another transaction
+    count.succeeded(LSN(10))
+    assert count.exhausted(LSN(10), 2) is None and count.error is None

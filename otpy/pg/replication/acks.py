@@ -124,17 +124,31 @@ class FailureCount:
 
     commit_lsn: LSN | None = None
     attempts: int = 0
+    #: The handler's last exception on that transaction (what a parking records).
+    error: Exception | None = None
 
-    def failed(self, commit_lsn: LSN) -> int:
+    def failed(self, commit_lsn: LSN, error: Exception | None = None) -> int:
         """Count one more failed delivery of ``commit_lsn``; return its attempts so far."""
         if commit_lsn != self.commit_lsn:
             self.commit_lsn = commit_lsn
             self.attempts = 0
         self.attempts += 1
+        self.error = error
         return self.attempts
+
+    def exhausted(self, commit_lsn: LSN, max_attempts: int) -> Exception | None:
+        """The last error of ``commit_lsn`` if it failed ``max_attempts`` times, else None.
+
+        A transaction that failed on a later chunk is parked whole when it is
+        delivered again from chunk 0: this says so at that chunk.
+        """
+        if commit_lsn == self.commit_lsn and self.attempts >= max_attempts:
+            return self.error
+        return None
 
     def succeeded(self, commit_lsn: LSN) -> None:
         """The transaction at ``commit_lsn`` was acknowledged: forget its failures."""
         if commit_lsn == self.commit_lsn:
             self.commit_lsn = None
             self.attempts = 0
+            self.error = None

@@ -231,8 +231,8 @@ class DeadLetter:
         id: the row's id (what :func:`replay` and :func:`discard` take).
         slot: the slot whose subscription parked it.
         commit_lsn / end_lsn / xid / commit_time: the source transaction.
-        first_chunk: the chunk the changes start from (0 unless the handler
-            had already processed earlier chunks of a chunked transaction).
+        first_chunk: the chunk the changes start from: 0, the whole
+            transaction (letters parked by earlier otpy versions may start later).
         complete: whether every chunk up to the commit was parked (False only
             if the reader stopped before the transaction's last chunk; it is
             then parked again when the transaction is delivered again).

@@ -512,6 +512,7 @@ class WalReader(GenServer):
         policy = sub.options.on_failure
         acks = self._ack_tracker() if sub.options.manual_ack else None
         parking: int | None = None  # dead letter of the transaction being parked
+        failures = sub.state.failures
         counters = sub.counters
         clock = time.perf_counter
         watermarks = sub.options.messages
@@ -545,12 +546,26 @@ class WalReader(GenServer):
                 if parking is not None:  # later chunks of a parked transaction
                     assert policy.pool is not None
                     await dead_letters.park_more(policy.pool, parking, batch, policy.table)
+                elif (
+                    batch.chunk == 0
+                    and failures.commit_lsn is not None
+                    and policy.gives_up
+                    and (error := failures.exhausted(batch.commit_lsn, policy.max_attempts))
+                ):
+                    # It failed on a later chunk: parked whole, from its first chunk.
+                    parking = await self._give_up(batch, error, failures.attempts)
                 elif batch:
                     try:
                         await handler.handle_replication_data(sub, batch)
                     except Exception as exc:
-                        attempts = sub.state.failures.failed(batch.commit_lsn)
+                        attempts = failures.failed(batch.commit_lsn, exc)
                         if not policy.gives_up or attempts < policy.max_attempts:
+                            raise
+                        if batch.chunk > 0 and policy.policy == "park":
+                            # The earlier chunks are gone from memory, and a handler
+                            # that held them in a transaction of its own (exactly-once)
+                            # rolled them back: parking from here would lose them.
+                            # Redelivered from chunk 0, the transaction is parked whole.
                             raise
                         parking = await self._give_up(batch, exc, attempts)
                 counters.handled(batch, clock() - start)
@@ -559,7 +574,7 @@ class WalReader(GenServer):
                     # Parked, not applied: a consumer storing its own position
                     # records it before the slot moves past (no false mismatch).
                     await self._recorded(batch)
-                sub.state.failures.succeeded(batch.commit_lsn)
+                failures.succeeded(batch.commit_lsn)
                 self.transactions += 1
                 if acks is None:
                     session.acknowledge(batch.end_lsn)
