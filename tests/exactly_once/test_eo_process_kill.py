@@ -18,8 +18,8 @@ import trio
 from eo_helpers import counts
 from wr_helpers import drop_slot_when_free, execute, published_table, query, run_workload, unique
 
-from otpy.pg.wal_reader import dead_letters
 from otpy.pg.connection import TrioConnection
+from otpy.pg.wal_reader import dead_letters
 
 SCRIPT = Path(__file__).with_name("applier_proc.py")
 

@@ -20,7 +20,6 @@ from wr_helpers import Recorder, drop_slot, execute, published_table, query, uni
 
 from otpy import Ref
 from otpy.pg import pool, wal_reader
-from otpy.pg.wal_reader import dead_letters
 from otpy.pg.exactly_once import (
     DEFAULT_PROGRESS_TABLE,
     ExactlyOnce,
@@ -30,7 +29,7 @@ from otpy.pg.exactly_once import (
 )
 from otpy.pg.replication.errors import InvalidHandler
 from otpy.pg.replication.lsn import LSN
-from otpy.pg.wal_reader import ChangeBatch
+from otpy.pg.wal_reader import ChangeBatch, dead_letters
 
 PERSISTENT = {"slot_type": "persistent", "restart_backoff": FAST}
 
