@@ -31,7 +31,7 @@ from otpy import start as start_actor
 from otpy.pg import wal_reader
 from otpy.pg.testing import PostgresServer
 
-# tests/kit runs small user projects through pytest with this fixture.  (The
+# tests/pg/testing runs small user projects through pytest with this fixture.  (The
 # otpy plugin itself must not be named here: it comes from its entry point.)
 pytest_plugins = ["pytester"]
 

@@ -19,27 +19,21 @@ from pathlib import Path
 import psycopg
 import pytest
 import trio
+from obs_helpers import wait_until
+from pool_helpers import pool_config
+from test_cli_failures import _env
+from wr_helpers import Recorder, create_publication, execute, unique
 
-_TESTS = Path(__file__).resolve().parent.parent
-for _folder in ("cli", "obs", "pool", "wal_reader"):
-    if str(_TESTS / _folder) not in sys.path:
-        sys.path.insert(0, str(_TESTS / _folder))
+from otpy import DynamicSupervisor
+from otpy import start as start_actor
+from otpy.cli import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, main
+from otpy.cli.status import ReaderRow, StatusParserMissing, parse_metrics, run_status, status_url
+from otpy.pg import pool, wal_reader
+from otpy.pg.config import DatabaseConfig
+from otpy.pg.health import serve_metrics
+from otpy.pg.metrics import exposition
 
-from obs_helpers import wait_until  # noqa: E402
-from pool_helpers import pool_config  # noqa: E402
-from test_cli_failures import _env  # noqa: E402
-from wr_helpers import Recorder, create_publication, execute, unique  # noqa: E402
-
-from otpy import DynamicSupervisor  # noqa: E402
-from otpy import start as start_actor  # noqa: E402
-from otpy.cli import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, main  # noqa: E402
-from otpy.cli.status import ReaderRow, StatusParserMissing, parse_metrics, run_status, status_url  # noqa: E402
-from otpy.pg import pool, wal_reader  # noqa: E402
-from otpy.pg.config import DatabaseConfig  # noqa: E402
-from otpy.pg.health import serve_metrics  # noqa: E402
-from otpy.pg.metrics import exposition  # noqa: E402
-
-REPO = _TESTS.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 async def otpy_status(*args: str) -> subprocess.CompletedProcess[str]:

@@ -14,7 +14,7 @@ Design, and why:
   ``PoolCore.checkout``: this is the pool's hot path, and every coroutine
   object or function layer spared is measurable (``benchmarks/pool.py``,
   ``docs/pools.md``).  The price is four copies of three lines; one
-  parametrised test (``tests/pool/test_checkout.py``) checks that the paths
+  parametrised test (``tests/pg/pool/test_checkout.py``) checks that the paths
   agree on timeouts, closed pools, dirty returns, cancellation and leaks.
 * :class:`PooledConnection` is a class with ``__slots__`` rather than an
   ``asynccontextmanager`` generator, and its ``__aexit__`` a plain function

@@ -56,7 +56,7 @@ async def spawn(args: list[str]) -> Applier:
     process = await trio.lowlevel.open_process(
         [sys.executable, str(SCRIPT), *args],
         stdout=subprocess.PIPE,
-        cwd=str(Path(__file__).parents[2]),
+        cwd=str(Path(__file__).parents[3]),
     )
     child = Applier(process)
     with trio.fail_after(30):

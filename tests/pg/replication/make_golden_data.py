@@ -1,6 +1,6 @@
-"""Regenerate tests/replication/data/: real pgoutput streams for offline golden tests.
+"""Regenerate tests/pg/replication/data/: real pgoutput streams for offline golden tests.
 
-    .venv/bin/python tests/replication/make_golden_data.py [NAME...]
+    .venv/bin/python tests/pg/replication/make_golden_data.py [NAME...]
 
 Starts a throw-away server (two-phase enabled), runs a workload that produces
 every pgoutput message kind, and writes, per option set (the NAMEs given, or
@@ -22,7 +22,8 @@ from pathlib import Path
 import psycopg
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+# A script, run by hand: the tests' helpers are on pytest's pythonpath, not on ours.
+sys.path.insert(0, str(HERE.parents[1] / "support"))
 
 from pgcapture import Capture, execute  # noqa: E402
 

@@ -6,17 +6,12 @@ session's real PostgreSQL; nothing is mocked.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from otpy.pg import pool
 from otpy.pg.config import DatabaseConfig, PoolConfig
-
-# The WAL reader tests' helpers (recording handler, SQL helpers), shared, not copied.
-sys.path.insert(0, str(Path(__file__).parent.parent / "wal_reader"))
 
 
 @pytest.fixture

@@ -6,18 +6,10 @@ reader and pool tests are reused (their folders are put on ``sys.path``).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from otpy.pg.config import DatabaseConfig, Secret
-
-_TESTS = Path(__file__).resolve().parent.parent
-for folder in ("wal_reader", "pool"):
-    if str(_TESTS / folder) not in sys.path:
-        sys.path.insert(0, str(_TESTS / folder))
 
 
 @pytest.fixture

@@ -1,24 +1,13 @@
-"""Fixtures of the replication decoder tests (helpers live in pgcapture.py).
-
-pytest's default ``prepend`` import mode puts this directory on ``sys.path``;
-``importlib`` mode does not, so do it explicitly for ``import pgcapture``.
-"""
+"""Fixtures of the replication decoder tests (helpers live in tests/support/pgcapture.py)."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import pytest
+from pgcapture import Capture
 
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
-
-from pgcapture import Capture  # noqa: E402
-
-from otpy.pg.testing import PostgresServer  # noqa: E402
+from otpy.pg.testing import PostgresServer
 
 
 @pytest.fixture

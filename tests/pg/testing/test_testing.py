@@ -17,7 +17,7 @@ from otpy.pg import testing
 from otpy.pg.replication import lsn
 from otpy.pg.testing import PostgresNotFoundError, PostgresServer, create_database, find_bindir
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_session_server_accepts_connections(pg_dsn: str) -> None:

@@ -1,6 +1,6 @@
 """What a clean database per test costs, by way of isolation (docs/testing.md has the figures).
 
-Run: ``.venv/bin/python tests/kit/bench_isolation.py [ROUNDS]`` (starts a
+Run: ``.venv/bin/python tests/pg/testing/bench_isolation.py [ROUNDS]`` (starts a
 throw-away server of its own; the same settings as the test fixtures).
 
 Measured per test, median of ROUNDS, for an empty schema and for a schema of

@@ -12,9 +12,7 @@ server, in text and binary pgoutput modes.
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -25,6 +23,13 @@ from psycopg.adapt import AdaptersMap
 from psycopg.types import TypeInfo
 from psycopg.types.composite import CompositeInfo, register_composite
 from psycopg.types.enum import EnumInfo, register_enum
+from wr_helpers import (
+    Recorder,
+    create_publication,
+    drop_slot_when_free,
+    execute,
+    unique,
+)
 
 from otpy import Ref
 from otpy.pg import wal_reader
@@ -33,18 +38,6 @@ from otpy.pg.replication.options import ReaderOptions
 from otpy.pg.replication.pgoutput import Column, Relation, TupleData, Type
 from otpy.pg.replication.values import TypeRefreshNeeded, ValueDecoder
 from otpy.pg.wal_reader import stream
-
-_WAL_READER_TESTS = Path(__file__).resolve().parent.parent / "wal_reader"
-if str(_WAL_READER_TESTS) not in sys.path:
-    sys.path.insert(0, str(_WAL_READER_TESTS))
-
-from wr_helpers import (  # noqa: E402
-    Recorder,
-    create_publication,
-    drop_slot_when_free,
-    execute,
-    unique,
-)
 
 MODES = ["text", "binary"]
 #: A text field that record_out must quote and escape.

@@ -46,7 +46,7 @@ from otpy.pg.replication import (
 )
 from otpy.pg.wal_reader.typefetch import fetch_missing_types
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "types.md"
+DOC = Path(__file__).resolve().parents[3] / "docs" / "types.md"
 START, END = "<!-- types-table:start -->", "<!-- types-table:end -->"
 
 BYTES = object()  # "some bytes": a documented fallback whose exact content is the server's

@@ -8,9 +8,7 @@ cluster-wide, so every test uses origin and slot names of its own.
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -18,11 +16,6 @@ import pytest
 from otpy.pg import pool
 from otpy.pg.config import DatabaseConfig, PoolConfig
 from otpy.pg.testing import create_database, drop_database
-
-# The WAL reader tests' helpers (workloads, slot helpers, delivery checks).
-_WAL_READER_TESTS = str(Path(__file__).resolve().parents[1] / "wal_reader")
-if _WAL_READER_TESTS not in sys.path:
-    sys.path.insert(0, _WAL_READER_TESTS)
 
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,7 @@ async def spawn(dsn: str, slot: str, pub: str, out: Path) -> ReaderProcess:
     process = await trio.lowlevel.open_process(
         [sys.executable, str(SCRIPT), dsn, slot, pub, str(out)],
         stdout=subprocess.PIPE,
-        cwd=str(Path(__file__).parents[2]),
+        cwd=str(Path(__file__).parents[3]),
     )
     child = ReaderProcess(process)
     with trio.fail_after(30):
