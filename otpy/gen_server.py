@@ -470,24 +470,4 @@ class TaskServer(GenServer):
         raise UnexpectedMessage(f"task {self!r} does not handle calls ({request!r})")
 
 
-__getattr__ = moved_names(
-    __name__,
-    {
-        name: f"otpy.process:{name}"
-        for name in (
-            "DEFAULT_CALL_TIMEOUT",
-            "From",
-            "Timer",
-            "call",
-            "cast",
-            "demonitor",
-            "link",
-            "monitor",
-            "reply",
-            "reply_error",
-            "send",
-            "stop",
-            "unlink",
-        )
-    },
-)
+__getattr__ = moved_names(__name__, {name: f"otpy.process:{name}" for name in process.__all__})

@@ -494,15 +494,9 @@ class ExactlyOnce:
         """Create ``<progress_table>_replayed`` once, if missing (only replays need it)."""
         if self._replayed_ensured:
             return
-        try:
-            with contextlib.suppress(pg_errors.UniqueViolation):
-                await conn.execute(sql.SQL(_CREATE_REPLAYED).format(self._replayed))
-        except pg_errors.InsufficientPrivilege as exc:
-            raise ExactlyOnceError(
-                f"table {self.progress_table}_replayed: the role may not create it "
-                f"({exc.diag.message_primary}); create it once as its owner "
-                f"(docs/delivery.md, 'Privileges')"
-            ) from None
+        await _create_table(
+            conn, _CREATE_REPLAYED, self._replayed, self.progress_table + "_replayed"
+        )
         self._replayed_ensured = True
 
     async def record(self, lsn: LSN) -> bool:
@@ -578,15 +572,7 @@ class ExactlyOnce:
             return
         with contextlib.suppress(pg_errors.UniqueViolation):
             await conn.execute(_ENSURE_ORIGIN, {"o": self.origin})
-        try:
-            with contextlib.suppress(pg_errors.UniqueViolation):
-                await conn.execute(sql.SQL(_CREATE_TABLE).format(self._table))
-        except pg_errors.InsufficientPrivilege as exc:
-            raise ExactlyOnceError(
-                f"progress table {self.progress_table!r}: the role may not create it "
-                f"({exc.diag.message_primary}); create it once as its owner "
-                f"(docs/delivery.md, 'Privileges') or name another with progress_table="
-            ) from None
+        await _create_table(conn, _CREATE_TABLE, self._table, self.progress_table)
         await conn.execute(sql.SQL(_SEED).format(self._table), {"o": self.origin})
         self._ensured = True
 
@@ -645,6 +631,25 @@ class ExactlyOnce:
         # The row never moves back (greatest()): neither does the cache.
         self._stored = lsn if self._stored is None else max(self._stored, lsn)
         await _give_back(lease, self.origin)
+
+
+async def _create_table(
+    conn: TrioConnection[TupleRow], statement: str, table: sql.Identifier, name: str
+) -> None:
+    """Run ``CREATE TABLE IF NOT EXISTS`` (``statement``) for ``table``, racing others fine.
+
+    Raises:
+        ExactlyOnceError: the role may not create it (what to do instead is said).
+    """
+    try:
+        with contextlib.suppress(pg_errors.UniqueViolation):  # created concurrently
+            await conn.execute(sql.SQL(statement).format(table))
+    except pg_errors.InsufficientPrivilege as exc:
+        raise ExactlyOnceError(
+            f"table {name!r}: the role may not create it ({exc.diag.message_primary}); "
+            f"create it once as its owner (docs/delivery.md, 'Privileges') or name "
+            f"another with progress_table="
+        ) from None
 
 
 def _table_name(name: str) -> sql.Identifier:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 from eo_helpers import FAST, Copier, counts, wait_applied
@@ -20,6 +21,7 @@ from wr_helpers import Recorder, drop_slot, execute, published_table, query, uni
 
 from otpy import Ref
 from otpy.pg import pool, wal_reader
+from otpy.pg.config import DatabaseConfig, PoolConfig
 from otpy.pg.exactly_once import (
     DEFAULT_PROGRESS_TABLE,
     ExactlyOnce,
@@ -561,3 +563,28 @@ async def insert_values(dsn: str, *transactions: list[int]) -> None:
     for values in transactions:
         rows = ", ".join(f"({v})" for v in values)
         await execute(dsn, f"INSERT INTO src (v) VALUES {rows}")
+
+
+async def test_a_role_that_may_not_create_the_progress_table_is_told_what_to_do(
+    target_dsn: str,
+) -> None:
+    role = unique("eo_role")
+    await execute(
+        target_dsn,
+        f"CREATE ROLE {role} LOGIN",
+        f"REVOKE CREATE ON SCHEMA public FROM PUBLIC, {role}",
+        "GRANT EXECUTE ON FUNCTION pg_replication_origin_create(text), "
+        "pg_replication_origin_oid(text), pg_replication_origin_progress(text, boolean), "
+        f"pg_replication_origin_session_setup(text), pg_replication_origin_session_reset() "
+        f"TO {role}",
+    )
+    database = DatabaseConfig.from_dsn("limited", target_dsn)
+    database = attrs.evolve(database, username=role, password=None)
+    config = PoolConfig(name="limited", database="limited", min_size=1, max_size=1)
+    try:
+        async with pool.open_pool("limited", config, database):
+            eo = ExactlyOnce("limited", unique("eo"), progress_table=f"public.{unique('t')}")
+            with pytest.raises(ExactlyOnceError, match=r"may not create it.*Privileges"):
+                await eo.position()
+    finally:
+        await execute(target_dsn, f"DROP OWNED BY {role}", f"DROP ROLE {role}")

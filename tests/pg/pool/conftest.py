@@ -5,11 +5,11 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import attrs
 import pytest
 from pool_helpers import Admin
-from psycopg.conninfo import conninfo_to_dict
 
-from otpy.pg.config import DatabaseConfig, Secret
+from otpy.pg.config import DatabaseConfig
 from otpy.pg.connection import TrioConnection
 
 _ids = itertools.count(1)
@@ -22,20 +22,9 @@ def app_name() -> str:
 
 
 @pytest.fixture
-def db(module_dsn: str, app_name: str) -> DatabaseConfig:
-    """The test module's database as a DatabaseConfig."""
-    params = conninfo_to_dict(module_dsn)
-    password = params.get("password")
-    return DatabaseConfig(
-        name="db",
-        database=str(params["dbname"]),
-        username=str(params["user"]),
-        host=str(params.get("host", "localhost")),
-        port=int(params.get("port", 5432)),
-        password=Secret(str(password)) if password else None,
-        application_name=app_name,
-        connect_timeout=5.0,
-    )
+def db(db: DatabaseConfig, app_name: str) -> DatabaseConfig:
+    """The test module's database (tests/pg/conftest.py), with this test's application_name."""
+    return attrs.evolve(db, application_name=app_name)
 
 
 @pytest.fixture
