@@ -165,9 +165,12 @@ _CREATE_REPLAYED = (
 )
 _RESET = "SELECT pg_catalog.pg_replication_origin_session_reset()"
 # One message: store the position and COMMIT (a round trip saved).
+# An upsert, not an UPDATE: a row deleted under a running applier (forget() misused)
+# is written again rather than silently not stored.
 _COMMIT_POSITION = sql.SQL(
-    "UPDATE {t} SET position = greatest(position, {lsn}::pg_lsn), updated_at = now() "
-    "WHERE origin = {o}; " + _SYNC_COMMIT
+    "INSERT INTO {t} AS p (origin, position) VALUES ({o}, {lsn}::pg_lsn) "
+    "ON CONFLICT (origin) DO UPDATE SET position = greatest(p.position, EXCLUDED.position), "
+    "updated_at = now(); " + _SYNC_COMMIT
 )
 
 
@@ -566,12 +569,20 @@ class ExactlyOnce:
         ``UniqueViolation`` is ignored).
 
         Raises:
-            ExactlyOnceError: the role may not create the progress table.
+            ExactlyOnceError: the role may not use replication origins, or not
+                create the progress table.
         """
         if self._ensured:
             return
-        with contextlib.suppress(pg_errors.UniqueViolation):
-            await conn.execute(_ENSURE_ORIGIN, {"o": self.origin})
+        try:
+            with contextlib.suppress(pg_errors.UniqueViolation):
+                await conn.execute(_ENSURE_ORIGIN, {"o": self.origin})
+        except pg_errors.InsufficientPrivilege as exc:
+            raise ExactlyOnceError(
+                f"replication origin {self.origin!r}: the role may not use replication "
+                f"origins ({exc.diag.message_primary}); a superuser grants EXECUTE on the "
+                f"pg_replication_origin_* functions (docs/delivery.md, 'Privileges')"
+            ) from None
         await _create_table(conn, _CREATE_TABLE, self._table, self.progress_table)
         await conn.execute(sql.SQL(_SEED).format(self._table), {"o": self.origin})
         self._ensured = True

@@ -565,7 +565,7 @@ async def insert_values(dsn: str, *transactions: list[int]) -> None:
         await execute(dsn, f"INSERT INTO src (v) VALUES {rows}")
 
 
-async def test_a_role_that_may_not_create_the_progress_table_is_told_what_to_do(
+async def test_a_role_without_the_privileges_is_told_what_to_grant(
     target_dsn: str,
 ) -> None:
     role = unique("eo_role")
@@ -573,10 +573,6 @@ async def test_a_role_that_may_not_create_the_progress_table_is_told_what_to_do(
         target_dsn,
         f"CREATE ROLE {role} LOGIN",
         f"REVOKE CREATE ON SCHEMA public FROM PUBLIC, {role}",
-        "GRANT EXECUTE ON FUNCTION pg_replication_origin_create(text), "
-        "pg_replication_origin_oid(text), pg_replication_origin_progress(text, boolean), "
-        f"pg_replication_origin_session_setup(text), pg_replication_origin_session_reset() "
-        f"TO {role}",
     )
     database = DatabaseConfig.from_dsn("limited", target_dsn)
     database = attrs.evolve(database, username=role, password=None)
@@ -584,7 +580,31 @@ async def test_a_role_that_may_not_create_the_progress_table_is_told_what_to_do(
     try:
         async with pool.open_pool("limited", config, database):
             eo = ExactlyOnce("limited", unique("eo"), progress_table=f"public.{unique('t')}")
+            with pytest.raises(
+                ExactlyOnceError, match=r"may not use replication origins.*grants EXECUTE"
+            ):
+                await eo.position()
+            await execute(
+                target_dsn,
+                "GRANT EXECUTE ON FUNCTION pg_replication_origin_create(text), "
+                "pg_replication_origin_oid(text), pg_replication_origin_progress(text, boolean), "
+                "pg_replication_origin_session_setup(text), "
+                f"pg_replication_origin_session_reset() TO {role}",
+            )
             with pytest.raises(ExactlyOnceError, match=r"may not create it.*Privileges"):
                 await eo.position()
     finally:
         await execute(target_dsn, f"DROP OWNED BY {role}", f"DROP ROLE {role}")
+
+
+async def test_a_position_row_deleted_under_a_running_applier_is_written_again(
+    target_dsn: str, target_pool: pool.Pool
+) -> None:
+    origin = unique("eo")
+    eo = ExactlyOnce("target", origin)
+    async with eo.transaction(_batch(0x6000)) as conn:
+        assert conn is not None
+    await execute(target_dsn, f"DELETE FROM {DEFAULT_PROGRESS_TABLE} WHERE origin = '{origin}'")
+    async with eo.transaction(_batch(0x7000)) as conn:
+        assert conn is not None
+    assert await ExactlyOnce("target", origin).position() == LSN(0x7010)
