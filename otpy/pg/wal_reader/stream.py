@@ -423,12 +423,18 @@ class ReplicationSession:
                     batches = feed(lsn, msg)
                 except TypeRefreshNeeded:
                     batches = await self._refeed(decoder, lsn, msg)
-                for batch in batches:
-                    self.pending += 1
-                    try:  # no scheduler pass per transaction while the queue has room
-                        out.send_nowait(batch)
-                    except trio.WouldBlock:
-                        await out.send(batch)
+                if batches:
+                    for batch in batches:
+                        self.pending += 1
+                        try:  # no scheduler pass per transaction while the queue has room
+                            out.send_nowait(batch)
+                        except trio.WouldBlock:
+                            await out.send(batch)
+                    # Dropped at once: held by these locals until the next batch, a
+                    # batch's rows would outlive the handler and be promoted to the
+                    # oldest GC generation (docs/performance.md).
+                    del batch
+                del batches
             else:
                 keepalive = decode_copy_data(data)
                 self.wal_end = keepalive.end
