@@ -10,6 +10,7 @@ and in binary format, must load to an equal value of the same type (JSON
 from __future__ import annotations
 
 import json
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 import psycopg
@@ -18,7 +19,7 @@ from psycopg.adapt import Transformer
 from psycopg.pq import Format
 from psycopg.types.json import set_json_loads
 
-from otpy.pg.replication import JSON_NULL, ValueDecoder
+from otpy.pg.replication import JSON_NULL, ValueDecoder, loaders
 
 JSON_VALUES = [
     '{"id": 1, "name": "item 1", "tags": ["a", "b"]}',
@@ -47,6 +48,14 @@ INET_VALUES = [
     "::ffff:1.2.3.4",
     "2001:db8::/32",
     "fe80::1/64",
+    "1.2.3.4/32",  # a full prefix: the server prints a host address
+    "0.0.0.0/0",
+    "::/0",
+    "::1/128",
+    "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+    "::ffff:0:0",
+    "64:ff9b::192.0.2.33",
+    "fe80::1:2:3:4",
 ]
 
 
@@ -92,6 +101,42 @@ def test_json_values_load_as_json_loads_gives_them(module_dsn: str, sql_type: st
 def test_inet_values_load_as_psycopg_loads_them(module_dsn: str) -> None:
     with psycopg.connect(module_dsn, autocommit=True) as conn:
         assert _check(conn, "inet", INET_VALUES) == 2 * len(INET_VALUES)
+
+
+def test_inet_values_are_the_same_objects_in_every_way(module_dsn: str) -> None:
+    """Hash, repr, text, packed form and scope of what the fast inet loaders build.
+
+    Host addresses are built by filling ``ipaddress``'s slots (see
+    ``loaders._address_builders``): equal is not enough, the objects must
+    behave the same anywhere a user puts them (sets, dict keys, logs).
+    """
+    with psycopg.connect(module_dsn, autocommit=True) as conn:
+        ours = ValueDecoder(conn)
+        theirs = Transformer(conn)
+        for literal in INET_VALUES:
+            for fmt in (Format.TEXT, Format.BINARY):
+                oid, data = _raw(conn, "inet", literal, fmt == Format.BINARY)
+                expected = theirs.get_loader(oid, fmt).load(data)
+                fast = Transformer(ours._fast()).get_loader(oid, fmt).load(data)
+                for actual in (ours._load_function(oid, fmt)(data), fast):
+                    assert type(actual) is type(expected), (literal, fmt)
+                    assert actual == expected and hash(actual) == hash(expected)
+                    assert repr(actual) == repr(expected) and str(actual) == str(expected)
+                    assert actual.packed == expected.packed, (literal, fmt)
+                    assert getattr(actual, "scope_id", None) == getattr(expected, "scope_id", None)
+                    assert {actual: 1}[expected] == 1
+
+
+def test_the_address_shortcut_is_taken_here_and_checked() -> None:
+    """On this Python the slot-filling builders pass their self-check (so the tests above
+    exercise them), and they give the constructor's addresses at the edges of the ranges."""
+    assert loaders._ipv4 is loaders._slot_ipv4 and loaders._ipv6 is loaders._slot_ipv6
+    for value in (0, 1, 2**31, 2**32 - 1):
+        assert loaders._ipv4(value) == IPv4Address(value)
+        assert str(loaders._ipv4(value)) == str(IPv4Address(value))
+    for value in (0, 1, 2**64, 2**128 - 1):
+        assert loaders._ipv6(value) == IPv6Address(value)
+        assert str(loaders._ipv6(value)) == str(IPv6Address(value))
 
 
 def test_a_custom_json_loads_function_is_still_used(module_dsn: str) -> None:
