@@ -35,6 +35,14 @@ JSON_VALUES = [
     "  [1, 2]  ",  # json (not jsonb) keeps surrounding whitespace
     '{"a": 1, "a": 2}',  # json keeps duplicate keys, the last wins
     "NaN",  # not valid JSON: json.loads accepts it, so must we (json only)
+    "[[], {}, [[]], [{}]]",
+    '{"\u00e9": "\u00fc", "": "", "k": false}',
+    "0",
+    "false",
+    "-1.25e-10",
+    "1e400",  # jsonb keeps it as a numeric: 1 and 400 zeros, an int in Python
+    '"\\\\ back\\\\slash"',
+    '"tab\\tnewline\\n"',
 ]
 INET_VALUES = [
     "10.1.2.3",

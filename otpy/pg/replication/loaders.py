@@ -126,6 +126,10 @@ def _json_loader(base: type[abc.Loader], fmt: Format) -> type[Loader]:
     jsonb_binary = method is _psycopg_json.JsonbBinaryLoader.load
     known = jsonb_binary or method is _psycopg_json.JsonLoader.load
 
+    # Where the JSON text starts: after jsonb's binary version byte, which the
+    # scanner skips instead of a copy of the value without it.
+    start = 1 if jsonb_binary else 0
+
     class JsonNullLoader(Loader):
         format = fmt
 
@@ -133,24 +137,17 @@ def _json_loader(base: type[abc.Loader], fmt: Format) -> type[Loader]:
             super().__init__(oid, context)
             loader = base(oid, context)
             self._load = loader.load
-            self._fast = known and getattr(loader, "loads", None) is json.loads
+            if not (known and getattr(loader, "loads", None) is json.loads):
+                self.load = self._slow  # type: ignore[method-assign]
 
         def load(self, data: Buffer) -> Any:
-            if self._fast:
-                raw = bytes(data)
-                if jsonb_binary:
-                    if raw[:1] != b"\x01":
-                        return self._slow(data)
-                    raw = raw[1:]
-                try:
-                    text = raw.decode()
-                    value, end = _json_scan(text, 0)
-                except (StopIteration, ValueError):
-                    return self._slow(data)
-                if end != len(text):
-                    return self._slow(data)
-            else:
-                value = self._load(data)
+            try:
+                text = str(data, "utf-8")
+                value, end = _json_scan(text, start)
+            except (StopIteration, ValueError):
+                return self._slow(data)
+            if end != len(text) or (start and text[0] != "\x01"):
+                return self._slow(data)
             return JSON_NULL if value is None else value
 
         def _slow(self, data: Buffer) -> Any:
