@@ -213,7 +213,7 @@ def _inet_loader(base: type[abc.Loader]) -> type[Loader]:
 
     psycopg parses with :func:`ipaddress.ip_address`, in Python (2 us); the
     packed form from ``socket.inet_pton`` gives the same ``IPv4Address`` /
-    ``IPv6Address`` in a sixth of it.  Values with a prefix (interfaces) and
+    ``IPv6Address`` in 0.3 us.  Values with a prefix (interfaces) and
     anything ``inet_pton`` refuses go to ``base``, so the result is psycopg's.
     """
 
@@ -223,23 +223,24 @@ def _inet_loader(base: type[abc.Loader]) -> type[Loader]:
             self._load = base(oid, context).load
 
         def load(self, data: Buffer) -> Any:
-            raw = bytes(data)
-            if b"/" not in raw:
-                try:
-                    if b":" in raw:
-                        return _ipv6(_from_bytes(_inet_pton(_AF_INET6, raw.decode()), "big"))
-                    return _ipv4(_from_bytes(_inet_pton(_AF_INET, raw.decode()), "big"))
-                except (OSError, ValueError):
-                    pass
-            return self._load(data)
+            try:  # inet_pton refuses a prefix ("/24"): those go to base
+                text = str(data, "utf-8")
+                if ":" in text:
+                    return _ipv6(_from_bytes(_inet_pton(_AF_INET6, text), "big"))
+                return _ipv4(_from_bytes(_inet_pton(_AF_INET, text), "big"))
+            except (OSError, ValueError):
+                return self._load(data)
 
     FastInetLoader.__name__ = FastInetLoader.__qualname__ = f"Fast{base.__name__}"
     return FastInetLoader
 
 
-#: Binary ``inet`` headers (family, prefix length, is-cidr, address size) of host addresses.
-_INET4_HOST = b"\x02\x20\x00\x04"
-_INET6_HOST = b"\x03\x80\x00\x10"
+#: Binary ``inet`` headers (family, prefix length, is-cidr, address size) of host
+#: addresses, as big-endian integers: ``02 20 00 04`` and ``03 80 00 10``.
+_INET4_HOST = 0x02200004
+_INET6_HOST = 0x03800010
+_MASK32 = (1 << 32) - 1
+_MASK128 = (1 << 128) - 1
 
 
 def _inet_binary_loader(base: type[abc.Loader]) -> type[Loader]:
@@ -248,7 +249,7 @@ def _inet_binary_loader(base: type[abc.Loader]) -> type[Loader]:
     psycopg's binary loader is Python that ends in the ``IPv4Address`` /
     ``IPv6Address`` constructor (0.35 us per value); a host address (the
     header says: full prefix, not cidr, 4 or 16 bytes) is built from its
-    integer in half of that.  Interfaces (a shorter prefix) and anything
+    integer in 0.18 us.  Interfaces (a shorter prefix) and anything
     unexpected go to ``base``, so the result is psycopg's.
     """
 
@@ -260,12 +261,13 @@ def _inet_binary_loader(base: type[abc.Loader]) -> type[Loader]:
             self._load = base(oid, context).load
 
         def load(self, data: Buffer) -> Any:
-            raw = bytes(data)
-            head = raw[:4]
-            if head == _INET4_HOST and len(raw) == 8:
-                return _ipv4(_from_bytes(raw[4:], "big"))
-            if head == _INET6_HOST and len(raw) == 20:
-                return _ipv6(_from_bytes(raw[4:], "big"))
+            # Header and address as one integer: no slice, one conversion.
+            value = _from_bytes(data, "big")
+            size = len(data)
+            if size == 8 and value >> 32 == _INET4_HOST:
+                return _ipv4(value & _MASK32)
+            if size == 20 and value >> 128 == _INET6_HOST:
+                return _ipv6(value & _MASK128)
             return self._load(data)
 
     FastInetBinaryLoader.__name__ = FastInetBinaryLoader.__qualname__ = f"Fast{base.__name__}"
