@@ -89,13 +89,16 @@ def _check(conn: psycopg.Connection[Any], sql_type: str, literals: list[str]) ->
                 continue
             oid, data = got
             expected = theirs.get_loader(oid, fmt).load(data)
-            actual = ours._load_function(oid, fmt)(data)
-            if expected is None:
-                assert actual is JSON_NULL
-            else:
-                assert type(actual) is type(expected), (sql_type, literal, fmt)
-                assert actual == expected, (sql_type, literal, fmt)
-                assert json.dumps(actual, default=str) == json.dumps(expected, default=str)
+            # The column-by-column load, and the whole-row path's (load_sequence).
+            row = Transformer(ours._fast())
+            row.set_loader_types([oid], fmt)
+            for actual in (ours._load_function(oid, fmt)(data), row.load_sequence([data])[0]):
+                if expected is None:
+                    assert actual is JSON_NULL
+                else:
+                    assert type(actual) is type(expected), (sql_type, literal, fmt)
+                    assert actual == expected, (sql_type, literal, fmt)
+                    assert json.dumps(actual, default=str) == json.dumps(expected, default=str)
             checked += 1
     return checked
 
@@ -155,3 +158,7 @@ def test_a_custom_json_loads_function_is_still_used(module_dsn: str) -> None:
             oid, data = _raw(conn, "jsonb", '{"a": 1}', binary)
             fmt = Format.BINARY if binary else Format.TEXT
             assert decoder._load_function(oid, fmt)(data)[0] == "custom"
+            # The whole-row path (psycopg's load_sequence) takes the same load.
+            row = Transformer(decoder._fast())
+            row.set_loader_types([oid], fmt)
+            assert row.load_sequence([data])[0][0] == "custom"
