@@ -72,6 +72,8 @@ _DT_MIN_UTC = datetime.min.replace(tzinfo=UTC)
 _inet_pton = socket.inet_pton
 _AF_INET = socket.AF_INET
 _AF_INET6 = socket.AF_INET6
+_from_bytes = int.from_bytes
+_new_object = object.__new__
 
 
 def _infinity_loader(
@@ -124,6 +126,10 @@ def _json_loader(base: type[abc.Loader], fmt: Format) -> type[Loader]:
     jsonb_binary = method is _psycopg_json.JsonbBinaryLoader.load
     known = jsonb_binary or method is _psycopg_json.JsonLoader.load
 
+    # Where the JSON text starts: after jsonb's binary version byte, which the
+    # scanner skips instead of a copy of the value without it.
+    start = 1 if jsonb_binary else 0
+
     class JsonNullLoader(Loader):
         format = fmt
 
@@ -131,24 +137,17 @@ def _json_loader(base: type[abc.Loader], fmt: Format) -> type[Loader]:
             super().__init__(oid, context)
             loader = base(oid, context)
             self._load = loader.load
-            self._fast = known and getattr(loader, "loads", None) is json.loads
+            if not (known and getattr(loader, "loads", None) is json.loads):
+                self.load = self._slow  # type: ignore[method-assign]
 
         def load(self, data: Buffer) -> Any:
-            if self._fast:
-                raw = bytes(data)
-                if jsonb_binary:
-                    if raw[:1] != b"\x01":
-                        return self._slow(data)
-                    raw = raw[1:]
-                try:
-                    text = raw.decode()
-                    value, end = _json_scan(text, 0)
-                except (StopIteration, ValueError):
-                    return self._slow(data)
-                if end != len(text):
-                    return self._slow(data)
-            else:
-                value = self._load(data)
+            try:
+                text = str(data, "utf-8")
+                value, end = _json_scan(text, start)
+            except (StopIteration, ValueError):
+                return self._slow(data)
+            if end != len(text) or (start and text[0] != "\x01"):
+                return self._slow(data)
             return JSON_NULL if value is None else value
 
         def _slow(self, data: Buffer) -> Any:
@@ -159,12 +158,62 @@ def _json_loader(base: type[abc.Loader], fmt: Format) -> type[Loader]:
     return JsonNullLoader
 
 
+def _stdlib_ipv4(value: int) -> IPv4Address:
+    return IPv4Address(value)
+
+
+def _stdlib_ipv6(value: int) -> IPv6Address:
+    return IPv6Address(value)
+
+
+def _slot_ipv4(value: int) -> IPv4Address:
+    address: IPv4Address = _new_object(IPv4Address)
+    address._ip = value  # type: ignore[attr-defined]
+    return address
+
+
+def _slot_ipv6(value: int) -> IPv6Address:
+    address: IPv6Address = _new_object(IPv6Address)
+    address._ip = value  # type: ignore[attr-defined]
+    address._scope_id = None  # type: ignore[attr-defined]
+    return address
+
+
+def _address_builders() -> tuple[Callable[[int], IPv4Address], Callable[[int], IPv6Address]]:
+    """Functions ``int -> IPv4Address / IPv6Address``, as fast as this Python allows.
+
+    ``IPv4Address(int)`` range-checks its argument in Python (0.26 us); an
+    address is only its ``_ip`` slot (and ``_scope_id`` for IPv6), which
+    filling directly builds the same object in 0.12 us.  The loaders below
+    only pass integers that fit (4 or 16 bytes).  Those slots are private to
+    :mod:`ipaddress`, so the shortcut is used only if, on this Python, it
+    builds addresses equal in every observable way to the constructor's;
+    otherwise the constructor is.
+    """
+    samples: list[tuple[Any, Any]] = []
+    try:
+        samples += [(_slot_ipv4(v), IPv4Address(v)) for v in (0, 0x0A030401, 2**32 - 1)]
+        samples += [(_slot_ipv6(v), IPv6Address(v)) for v in (0, 1, 0xFFFF01020304, 2**128 - 1)]
+        same = all(
+            a == b and hash(a) == hash(b) and str(a) == str(b) and repr(a) == repr(b)
+            and a.packed == b.packed and getattr(a, "scope_id", None) is None
+            and getattr(b, "scope_id", None) is None
+            for a, b in samples
+        )  # fmt: skip
+    except Exception:  # any difference means: do not take the shortcut
+        same = False
+    return (_slot_ipv4, _slot_ipv6) if same else (_stdlib_ipv4, _stdlib_ipv6)
+
+
+_ipv4, _ipv6 = _address_builders()
+
+
 def _inet_loader(base: type[abc.Loader]) -> type[Loader]:
     """``inet`` text loader: a host address parsed by ``inet_pton``, the rest by ``base``.
 
     psycopg parses with :func:`ipaddress.ip_address`, in Python (2 us); the
-    packed form from ``socket.inet_pton`` builds the same ``IPv4Address`` /
-    ``IPv6Address`` in a fifth of it.  Values with a prefix (interfaces) and
+    packed form from ``socket.inet_pton`` gives the same ``IPv4Address`` /
+    ``IPv6Address`` in 0.3 us.  Values with a prefix (interfaces) and
     anything ``inet_pton`` refuses go to ``base``, so the result is psycopg's.
     """
 
@@ -174,18 +223,55 @@ def _inet_loader(base: type[abc.Loader]) -> type[Loader]:
             self._load = base(oid, context).load
 
         def load(self, data: Buffer) -> Any:
-            raw = bytes(data)
-            if b"/" not in raw:
-                try:
-                    if b":" in raw:
-                        return IPv6Address(_inet_pton(_AF_INET6, raw.decode()))
-                    return IPv4Address(_inet_pton(_AF_INET, raw.decode()))
-                except (OSError, ValueError):
-                    pass
-            return self._load(data)
+            try:  # inet_pton refuses a prefix ("/24"): those go to base
+                text = str(data, "utf-8")
+                if ":" in text:
+                    return _ipv6(_from_bytes(_inet_pton(_AF_INET6, text), "big"))
+                return _ipv4(_from_bytes(_inet_pton(_AF_INET, text), "big"))
+            except (OSError, ValueError):
+                return self._load(data)
 
     FastInetLoader.__name__ = FastInetLoader.__qualname__ = f"Fast{base.__name__}"
     return FastInetLoader
+
+
+#: Binary ``inet`` headers (family, prefix length, is-cidr, address size) of host
+#: addresses, as big-endian integers: ``02 20 00 04`` and ``03 80 00 10``.
+_INET4_HOST = 0x02200004
+_INET6_HOST = 0x03800010
+_MASK32 = (1 << 32) - 1
+_MASK128 = (1 << 128) - 1
+
+
+def _inet_binary_loader(base: type[abc.Loader]) -> type[Loader]:
+    """``inet`` binary loader: host addresses built here, the rest by ``base``.
+
+    psycopg's binary loader is Python that ends in the ``IPv4Address`` /
+    ``IPv6Address`` constructor (0.35 us per value); a host address (the
+    header says: full prefix, not cidr, 4 or 16 bytes) is built from its
+    integer in 0.18 us.  Interfaces (a shorter prefix) and anything
+    unexpected go to ``base``, so the result is psycopg's.
+    """
+
+    class FastInetBinaryLoader(Loader):
+        format = Format.BINARY
+
+        def __init__(self, oid: int, context: AdaptContext | None = None) -> None:
+            super().__init__(oid, context)
+            self._load = base(oid, context).load
+
+        def load(self, data: Buffer) -> Any:
+            # Header and address as one integer: no slice, one conversion.
+            value = _from_bytes(data, "big")
+            size = len(data)
+            if size == 8 and value >> 32 == _INET4_HOST:
+                return _ipv4(value & _MASK32)
+            if size == 20 and value >> 128 == _INET6_HOST:
+                return _ipv6(value & _MASK128)
+            return self._load(data)
+
+    FastInetBinaryLoader.__name__ = FastInetBinaryLoader.__qualname__ = f"Fast{base.__name__}"
+    return FastInetBinaryLoader
 
 
 _MISS = object()
@@ -372,6 +458,9 @@ def install_loaders(
     inet = adapters.get_loader(oid("inet"), Format.TEXT)
     if inet is not None and inet.load is _psycopg_net.InetLoader.load:  # not customised
         adapters.register_loader(oid("inet"), _inet_loader(inet))
+    inet = adapters.get_loader(oid("inet"), Format.BINARY)
+    if inet is not None and inet.load is _psycopg_net.InetBinaryLoader.load:  # not customised
+        adapters.register_loader(oid("inet"), _inet_binary_loader(inet))
 
     simple: list[tuple[str, type[Loader], type[Loader]]] = [
         ("money", MoneyLoader, MoneyBinaryLoader),

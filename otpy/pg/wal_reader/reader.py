@@ -516,10 +516,14 @@ class WalReader(GenServer):
         counters = sub.counters
         clock = time.perf_counter
         watermarks = sub.options.messages
+        batch: ChangeBatch | None = None
         while True:
             try:  # what is queued already is handled without a scheduler pass per batch
                 batch = recv.receive_nowait()
             except trio.WouldBlock:
+                # Not held while waiting: a handled batch kept alive meanwhile
+                # would be promoted to the oldest GC generation (docs/performance.md).
+                batch = None
                 try:
                     batch = await recv.receive()
                 except trio.EndOfChannel:

@@ -380,6 +380,7 @@ class ReplicationSession:
         feed = assembler.feed
         make_lsn = _new_lsn
         get_copy_data = conn.pgconn.get_copy_data
+        consume_input = conn.pgconn.consume_input
         checkpoint = trio.lowlevel.checkpoint
         types_dirty = False
         burst = 0
@@ -388,6 +389,12 @@ class ReplicationSession:
             # per message; wait_copy_data() does the waiting, the end and the errors.
             try:
                 nbytes, data = get_copy_data(1)
+                if nbytes == 0:
+                    # libpq's buffer is drained (16 kB, ~50 wide rows), but the server
+                    # has most likely sent more meanwhile: read it now, and wait (a
+                    # scheduler pass and an epoll call) only if there is nothing.
+                    consume_input()
+                    nbytes, data = get_copy_data(1)
             except psycopg.Error:
                 nbytes = 0
             if nbytes == -1:
@@ -423,12 +430,18 @@ class ReplicationSession:
                     batches = feed(lsn, msg)
                 except TypeRefreshNeeded:
                     batches = await self._refeed(decoder, lsn, msg)
-                for batch in batches:
-                    self.pending += 1
-                    try:  # no scheduler pass per transaction while the queue has room
-                        out.send_nowait(batch)
-                    except trio.WouldBlock:
-                        await out.send(batch)
+                if batches:
+                    for batch in batches:
+                        self.pending += 1
+                        try:  # no scheduler pass per transaction while the queue has room
+                            out.send_nowait(batch)
+                        except trio.WouldBlock:
+                            await out.send(batch)
+                    # Dropped at once: held by these locals until the next batch, a
+                    # batch's rows would outlive the handler and be promoted to the
+                    # oldest GC generation (docs/performance.md).
+                    del batch
+                del batches
             else:
                 keepalive = decode_copy_data(data)
                 self.wal_end = keepalive.end

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import attrs
 import pytest
 
 from otpy.pg.replication import (
@@ -16,7 +17,7 @@ from otpy.pg.replication import (
     TupleData,
     ValueDecoder,
 )
-from otpy.pg.replication.changes import ChangeBatch, TransactionAssembler
+from otpy.pg.replication.changes import Change, ChangeBatch, TransactionAssembler
 from otpy.pg.replication.pgoutput import Insert
 
 INT4 = 23
@@ -58,3 +59,23 @@ def test_chunks_are_never_empty_and_the_last_is_final(
     assert batches[-1].end_lsn == LSN(1001)
     assert [c.data["id"] for b in batches for c in b] == list(range(n))
     assert all(c.xid == 7 and c.commit_lsn == LSN(1000) for b in batches for c in b)
+
+
+@pytest.mark.parametrize("limit", [None, 3])
+def test_an_insert_of_the_fast_path_is_the_change_the_constructor_builds(
+    limit: int | None,
+) -> None:
+    """Inserts are built through Change's slot descriptors, not attrs' __init__: the
+    same value in every field, repr and equality, whatever the chunking."""
+    inserts = [
+        c
+        for b in transaction(TransactionAssembler(ValueDecoder(), limit), 5, delete=False)
+        for c in b
+    ]
+    for i, change in enumerate(inserts):
+        expected = Change("t", "insert", {"id": i}, None, "public", LSN(10 + i), LSN(1000), 7, WHEN)
+        assert type(change) is Change
+        assert change == expected and repr(change) == repr(expected)
+        assert attrs.asdict(change, recurse=False) == attrs.asdict(expected, recurse=False)
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            change.op = "delete"  # type: ignore[misc]
