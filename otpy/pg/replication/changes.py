@@ -164,6 +164,29 @@ def _insert_change(
     return change
 
 
+def read_change(table: str, data: dict[str, Any], schema: str) -> Change:
+    """``Change(table, "read", data, None, schema)``: a snapshot row, built for speed.
+
+    For :mod:`otpy.pg.wal_reader.snapshot`, which builds one per existing row
+    (a million-row table, a million calls): filled through the slot
+    descriptors like :func:`_insert_change`, 0.4 µs instead of attrs'
+    frozen ``__init__`` at 0.55 µs.  The same object the constructor makes
+    (``tests/pg/replication/test_changes.py``).
+    """
+    change: Change = _new(Change)
+    _set_table(change, table)
+    _set_op(change, "read")
+    _set_data(change, data)
+    _set_old(change, None)
+    _set_schema(change, schema)
+    _set_lsn(change, _ZERO)
+    _set_commit_lsn(change, _ZERO)
+    _set_xid(change, None)
+    _set_commit_time(change, None)
+    _set_detail(change, None)
+    return change
+
+
 class ChangeBatch(list[Change]):
     """The ``changes`` handed to ``handle_replication_data``: a list with metadata.
 

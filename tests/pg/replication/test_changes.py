@@ -17,7 +17,7 @@ from otpy.pg.replication import (
     TupleData,
     ValueDecoder,
 )
-from otpy.pg.replication.changes import Change, ChangeBatch, TransactionAssembler
+from otpy.pg.replication.changes import Change, ChangeBatch, TransactionAssembler, read_change
 from otpy.pg.replication.pgoutput import Insert
 
 INT4 = 23
@@ -79,3 +79,14 @@ def test_an_insert_of_the_fast_path_is_the_change_the_constructor_builds(
         assert attrs.asdict(change, recurse=False) == attrs.asdict(expected, recurse=False)
         with pytest.raises(attrs.exceptions.FrozenInstanceError):
             change.op = "delete"  # type: ignore[misc]
+
+
+def test_a_snapshot_row_of_the_fast_path_is_the_change_the_constructor_builds() -> None:
+    data = {"id": 1, "name": "a"}
+    fast = read_change("users", data, "public")
+    slow = Change("users", "read", data, None, "public")
+    assert fast == slow and repr(fast) == repr(slow)
+    assert attrs.asdict(fast, recurse=False) == attrs.asdict(slow, recurse=False)
+    assert fast.data is data
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        fast.op = "insert"  # type: ignore[misc]
