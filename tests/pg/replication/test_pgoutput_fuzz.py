@@ -17,6 +17,7 @@ from pgcapture import Capture, execute
 from pgoutput_strategies import in_stream_for, messages, mutate
 
 from otpy.pg.replication import DecodeError, PgOutputMessage, decode_message, encode_message
+from otpy.pg.replication.pgoutput import StreamAbort
 
 
 @given(messages)
@@ -56,8 +57,15 @@ def test_truncated_and_extended_messages_raise_decode_error(
     raw = encode_message(message)
     in_stream = in_stream_for(message)
     cut = data.draw(st.integers(0, len(raw) - 1))
-    with pytest.raises(DecodeError):
-        decode_message(raw[:cut], in_stream=in_stream)
+    if isinstance(message, StreamAbort) and message.abort_lsn is not None and cut == 9:
+        # Cut after xid and subxid, protocol 4's Stream Abort *is* the older form,
+        # which the decoder must accept (it is not told the protocol version).
+        assert decode_message(raw[:cut], in_stream=in_stream) == StreamAbort(
+            message.xid, message.subxid
+        )
+    else:
+        with pytest.raises(DecodeError):
+            decode_message(raw[:cut], in_stream=in_stream)
     with pytest.raises(DecodeError):
         decode_message(raw + data.draw(st.binary(min_size=1, max_size=8)), in_stream=in_stream)
 
