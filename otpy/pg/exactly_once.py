@@ -471,15 +471,10 @@ class ExactlyOnce:
         Raises:
             OriginInUse: another session holds the origin.
         """
-        lease = await acquire(self.pool)
-        try:
-            await self._ensure_replayed(lease.connection)
-        finally:
-            await lease.release()
         claim = _CLAIM_REPLAY.format(
             t=self._replayed, o=sql.Literal(self.origin), lsn=sql.Literal(str(batch.commit_lsn))
         )
-        lease, row = await self._begin_with(claim)
+        lease, row = await self._begin_with(claim, replaying=True)
         if row is None:
             await _give_back(lease, self.origin)
             self.duplicates += 1
@@ -598,10 +593,14 @@ class ExactlyOnce:
         self._stored = _position(row)
         return lease
 
-    async def _begin_with(self, statement: sql.Composable) -> tuple[Lease, Any]:
+    async def _begin_with(
+        self, statement: sql.Composable, *, replaying: bool = False
+    ) -> tuple[Lease, Any]:
         """A leased connection inside BEGIN, bound to the origin, and the row ``statement`` gave.
 
-        BEGIN, the origin set-up and ``statement`` go in one message.
+        BEGIN, the origin set-up and ``statement`` go in one message.  With
+        ``replaying``, the replays' table is made sure of first, on the same
+        connection.
 
         Raises:
             OriginInUse: another session holds the origin.
@@ -610,6 +609,8 @@ class ExactlyOnce:
         try:
             conn = lease.connection
             await self._ensure(conn)
+            if replaying:
+                await self._ensure_replayed(conn)
             try:
                 cur = await conn.execute(_BEGIN.format(o=sql.Literal(self.origin), lock=statement))
             except pg_errors.ObjectInUse as exc:
