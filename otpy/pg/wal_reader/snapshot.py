@@ -83,7 +83,7 @@ from psycopg import pq, sql
 from otpy._util import raise_unwrapped
 from otpy.pg.connection import TrioConnection
 from otpy.pg.copy_both import REPLICATION_SESSION_SETTINGS, finish_copy_both
-from otpy.pg.replication.changes import Change, ChangeBatch, read_change
+from otpy.pg.replication.changes import Change, ChangeBatch, make_change
 from otpy.pg.replication.errors import ReplicationError, SlotInUse
 from otpy.pg.replication.lsn import LSN
 from otpy.pg.replication.options import ReaderOptions
@@ -400,7 +400,7 @@ async def _read_range(
     """
     t = r.table
     name, schema, columns = t.name, t.schema, t.columns
-    make = read_change
+    make = make_change
     changes: list[Change] = []
     append = changes.append
     get_copy_data = conn.pgconn.get_copy_data
@@ -427,7 +427,7 @@ async def _read_range(
                 continue
             # COPY of an explicit column list: a row has exactly ``columns``
             # (zip's strict check would cost a third of the dict's price).
-            append(make(name, dict(zip(columns, row, strict=False)), schema))
+            append(make(name, "read", dict(zip(columns, row, strict=False)), schema))
             if len(changes) >= chunk_size:
                 await send.send(_batch(changes, 0))
                 changes = []

@@ -17,7 +17,7 @@ from otpy.pg.replication import (
     TupleData,
     ValueDecoder,
 )
-from otpy.pg.replication.changes import Change, ChangeBatch, TransactionAssembler, read_change
+from otpy.pg.replication.changes import Change, ChangeBatch, TransactionAssembler, make_change
 from otpy.pg.replication.pgoutput import Insert
 
 INT4 = 23
@@ -83,7 +83,7 @@ def test_an_insert_of_the_fast_path_is_the_change_the_constructor_builds(
 
 def test_a_snapshot_row_of_the_fast_path_is_the_change_the_constructor_builds() -> None:
     data = {"id": 1, "name": "a"}
-    fast = read_change("users", data, "public")
+    fast = make_change("users", "read", data, "public")
     slow = Change("users", "read", data, None, "public")
     assert fast == slow and repr(fast) == repr(slow)
     assert attrs.asdict(fast, recurse=False) == attrs.asdict(slow, recurse=False)
