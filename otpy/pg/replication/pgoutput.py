@@ -30,14 +30,14 @@ import enum
 import struct
 import types
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Final, Literal, TypeAlias
 
 import attrs
 
 from .errors import DecodeError
-from .lsn import LSN
-from .timestamps import datetime_to_pg_timestamp, pg_timestamp_to_datetime
+from .lsn import LSN, lsn_from_u64
+from .timestamps import PG_EPOCH, datetime_to_pg_timestamp
 
 __all__ = [
     "KIND_BINARY",
@@ -426,6 +426,13 @@ _set_values = TupleData.__dict__["values"].__set__
 _set_insert_xid = Insert.__dict__["xid"].__set__
 _set_insert_oid = Insert.__dict__["relation_oid"].__set__
 _set_insert_new = Insert.__dict__["new"].__set__
+_set_begin_lsn = Begin.__dict__["final_lsn"].__set__
+_set_begin_time = Begin.__dict__["commit_time"].__set__
+_set_begin_xid = Begin.__dict__["xid"].__set__
+_set_commit_flags = Commit.__dict__["flags"].__set__
+_set_commit_lsn = Commit.__dict__["commit_lsn"].__set__
+_set_commit_end = Commit.__dict__["end_lsn"].__set__
+_set_commit_time = Commit.__dict__["commit_time"].__set__
 
 
 def _make_tuple(kinds: bytes, values: tuple[ColumnValue, ...]) -> TupleData:
@@ -474,8 +481,9 @@ def _done(data: bytes, pos: int, what: str) -> None:
 
 
 def _time(value: int, pos: int) -> datetime:
+    # timestamps.pg_timestamp_to_datetime, inlined: no Python frame in compiled code.
     try:
-        return pg_timestamp_to_datetime(value)
+        return PG_EPOCH + timedelta(0, 0, value)
     except OverflowError as exc:
         raise DecodeError(f"timestamp {value} out of range", pos) from exc
 
@@ -542,17 +550,28 @@ def _tuple(data: bytes, pos: int) -> tuple[TupleData, int]:
 
 
 def _begin(data: bytes, in_stream: bool) -> Begin:
+    # Begin and Commit come once per transaction: with one-row transactions
+    # they cost as much as the row, hence the slot-filled builds.
     _need(data, 1, _BEGIN.size, "Begin")
     _done(data, 1 + _BEGIN.size, "Begin")
     lsn, ts, xid = _BEGIN.unpack_from(data, 1)
-    return Begin(LSN(lsn), _time(ts, 9), xid)
+    message: Begin = _new(Begin)
+    _set_begin_lsn(message, lsn_from_u64(LSN, lsn))
+    _set_begin_time(message, _time(ts, 9))
+    _set_begin_xid(message, xid)
+    return message
 
 
 def _commit(data: bytes, in_stream: bool) -> Commit:
     _need(data, 1, _COMMIT.size, "Commit")
     _done(data, 1 + _COMMIT.size, "Commit")
     flags, lsn, end, ts = _COMMIT.unpack_from(data, 1)
-    return Commit(flags, LSN(lsn), LSN(end), _time(ts, 18))
+    message: Commit = _new(Commit)
+    _set_commit_flags(message, flags)
+    _set_commit_lsn(message, lsn_from_u64(LSN, lsn))
+    _set_commit_end(message, lsn_from_u64(LSN, end))
+    _set_commit_time(message, _time(ts, 18))
+    return message
 
 
 def _origin(data: bytes, in_stream: bool) -> Origin:

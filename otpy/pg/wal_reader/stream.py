@@ -50,7 +50,7 @@ from otpy.pg.copy_both import (
 from otpy.pg.errors import ConnectionClosedError
 from otpy.pg.replication.changes import ChangeBatch, TransactionAssembler
 from otpy.pg.replication.errors import SlotInUse, StreamEnded
-from otpy.pg.replication.lsn import LSN
+from otpy.pg.replication.lsn import LSN, lsn_from_u64
 from otpy.pg.replication.options import ReaderOptions
 from otpy.pg.replication.pgoutput import (
     Delete,
@@ -89,8 +89,6 @@ _XLOG_SIZE = 1 + XLOG_HEADER.size
 _ROW_MESSAGES = (Insert, Update, Delete)
 #: Messages taken from libpq's buffer between two scheduler passes.
 _BURST = 128
-#: LSN from a protocol integer without re-validating it (it is a u64 by construction).
-_new_lsn = int.__new__
 #: Acknowledgements of handled transactions are coalesced over this many seconds.
 ACK_COALESCE = 0.01
 #: Seconds a catalog look-up of user types may hold the stream up.
@@ -378,7 +376,7 @@ class ReplicationSession:
         decode = PgOutputDecoder().decode if self.options.streaming else decode_message
         unpack = XLOG_HEADER.unpack_from
         feed = assembler.feed
-        make_lsn = _new_lsn
+        make_lsn = lsn_from_u64
         get_copy_data = conn.pgconn.get_copy_data
         consume_input = conn.pgconn.consume_input
         checkpoint = trio.lowlevel.checkpoint

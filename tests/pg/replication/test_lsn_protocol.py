@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -10,18 +11,23 @@ from hypothesis import strategies as st
 
 from otpy.pg.replication import (
     LSN,
+    Begin,
+    Commit,
     DecodeError,
     PrimaryKeepalive,
     StandbyStatusUpdate,
     XLogData,
     datetime_to_pg_timestamp,
     decode_copy_data,
+    decode_message,
     encode_keepalive,
+    encode_message,
     encode_standby_status,
     encode_xlogdata,
     now_pg_timestamp,
     pg_timestamp_to_datetime,
 )
+from otpy.pg.replication.lsn import lsn_from_u64
 
 U64 = st.integers(0, 2**64 - 1)
 # Timestamps datetime can represent (years 1..9999).
@@ -179,3 +185,41 @@ def test_framing_round_trip(start: int, end: int, ts: int, payload: bytes, reply
     )
     keepalive = decode_copy_data(encode_keepalive(end, ts, reply))
     assert keepalive == PrimaryKeepalive(LSN(end), pg_timestamp_to_datetime(ts), reply)
+
+
+@given(U64, U64, PG_TS, st.integers(0, 2**32 - 1), st.integers(0, 255))
+def test_begin_and_commit_are_the_constructors_objects(
+    lsn: int, end: int, ts: int, xid: int, flags: int
+) -> None:
+    # The decoder fills Begin/Commit through their slots and builds LSNs without
+    # LSN.__new__'s checks (lsn_from_u64): the same objects the constructors make.
+    moment = pg_timestamp_to_datetime(ts)
+    for message in (Begin(LSN(lsn), moment, xid), Commit(flags, LSN(lsn), LSN(end), moment)):
+        decoded = decode_message(encode_message(message))
+        assert type(decoded) is type(message)
+        assert decoded == message
+        assert hash(decoded) == hash(message)
+        assert repr(decoded) == repr(message)
+        for name in ("final_lsn", "commit_lsn", "end_lsn"):
+            if hasattr(decoded, name):
+                assert type(getattr(decoded, name)) is LSN
+        assert decoded.commit_time.tzinfo is UTC
+
+
+@pytest.mark.parametrize("ts", [2**63 - 1, -(2**63)])
+def test_begin_and_commit_times_out_of_range_are_decode_errors(ts: int) -> None:
+    begin = b"B" + struct.pack(">QqI", 1, ts, 7)
+    commit = b"C" + struct.pack(">BQQq", 0, 1, 2, ts)
+    with pytest.raises(DecodeError, match="out of range") as caught:
+        decode_message(begin)
+    assert caught.value.offset == 9
+    with pytest.raises(DecodeError, match="out of range") as caught:
+        decode_message(commit)
+    assert caught.value.offset == 18
+
+
+@given(U64)
+def test_lsn_from_u64_is_lsn(value: int) -> None:
+    assert lsn_from_u64(LSN, value) == LSN(value)
+    assert type(lsn_from_u64(LSN, value)) is LSN
+    assert str(lsn_from_u64(LSN, value)) == str(LSN(value))
