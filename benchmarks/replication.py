@@ -39,6 +39,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import resource
 import statistics
@@ -137,8 +138,30 @@ def run_otpy(
     options: dict[str, Any],
     handler_class: type[NoOp] = ReadAll,
     publication: str = PUB,
+    freeze: bool = False,
 ) -> tuple[float, float, int]:
-    """(wall seconds, CPU seconds of this process, rows handled) to stream ``rows`` rows."""
+    """(wall seconds, CPU seconds of this process, rows handled) to stream ``rows`` rows.
+
+    ``freeze``: ``gc.freeze()`` first, as docs/operations.md advises an
+    application to do after start-up (undone after the run).
+    """
+    if freeze:
+        gc.freeze()
+    try:
+        return _run_otpy(dsn, slot, rows, options, handler_class, publication)
+    finally:
+        if freeze:
+            gc.unfreeze()
+
+
+def _run_otpy(
+    dsn: str,
+    slot: str,
+    rows: int,
+    options: dict[str, Any],
+    handler_class: type[NoOp],
+    publication: str,
+) -> tuple[float, float, int]:
     cpu = time.process_time()
     handler = handler_class(rows)
 

@@ -15,6 +15,8 @@ each).  Consumers:
   value of every row / only its ``id`` (values decoded on demand are then
   never decoded), text format; ``otpy binary all`` / ``otpy binary key``:
   the same with ``binary`` on, compared with ``pg_recvlogical binary``;
+* ``otpy binary gc.freeze()``: after ``gc.freeze()``, the tuning
+  docs/operations.md describes (see ``benchmarks/reader_gc.py``);
 * ``psycopg2+pypgoutput``: the peer of ``replication.py`` (text only:
   pypgoutput does not read binary columns).
 
@@ -106,10 +108,10 @@ def wide_consumers(baseline: Path | None = None) -> dict[str, Consumer]:
     """
     base = consumers(PUB, recvlogical_binary=True)
 
-    def otpy(binary: bool, handler: type[NoOp]) -> Consumer:
+    def otpy(binary: bool, handler: type[NoOp], freeze: bool = False) -> Consumer:
         options = {"binary": True} if binary else {}
         return lambda dsn, slot, rows, end: run_otpy(
-            dsn, slot, rows, options, handler, publication=PUB
+            dsn, slot, rows, options, handler, publication=PUB, freeze=freeze
         )
 
     out = {name: base[name] for name in ("pg_recvlogical", "pg_recvlogical binary")}
@@ -117,6 +119,7 @@ def wide_consumers(baseline: Path | None = None) -> dict[str, Consumer]:
     out["otpy key"] = otpy(False, ReadKey)
     out["otpy binary all"] = otpy(True, ReadAll)
     out["otpy binary key"] = otpy(True, ReadKey)
+    out["otpy binary gc.freeze()"] = otpy(True, ReadAll, freeze=True)
     if baseline is not None:
         for binary in (False, True):
             out[f"otpy {'binary ' if binary else ''}all baseline"] = (
