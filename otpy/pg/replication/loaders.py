@@ -48,7 +48,7 @@ from psycopg.types.composite import CompositeInfo
 
 from .lsn import LSN
 
-__all__ = ["JSON_NULL", "JsonNull", "install_loaders", "pad_short_records"]
+__all__ = ["FORMAT_DEPENDENT", "JSON_NULL", "JsonNull", "install_loaders", "pad_short_records"]
 
 
 class JsonNull(enum.Enum):
@@ -422,6 +422,24 @@ class TsvectorBinaryLoader(Loader):
         return " ".join(out)
 
 
+_OID_ALIASES = (
+    "regclass", "regtype", "regproc", "regprocedure", "regoper", "regoperator",
+    "regconfig", "regdictionary", "regnamespace", "regrole", "regcollation",
+)  # fmt: skip
+
+#: Types whose values differ between the text and the binary format with
+#: :func:`install_loaders`' loaders (the ``reg*`` aliases and their arrays:
+#: a name, or an OID).
+#: For every other type with loaders in both formats, both give the same
+#: value, so a reader may pick the cheaper format (the snapshot's COPY does).
+FORMAT_DEPENDENT: frozenset[int] = frozenset(
+    oid
+    for info in map(postgres.types.get, _OID_ALIASES)
+    if info is not None
+    for oid in (info.oid, info.array_oid)
+)
+
+
 def install_loaders(
     adapters: AdaptersMap,
 ) -> dict[tuple[int, Format], tuple[type[abc.Loader], type[abc.Loader]]]:
@@ -477,10 +495,7 @@ def install_loaders(
         ("tsvector", StrTextLoader, TsvectorBinaryLoader),
     ]
     # OID alias types: the server prints a name in text format but sends the OID in binary.
-    for name in (
-        "regclass", "regtype", "regproc", "regprocedure", "regoper", "regoperator",
-        "regconfig", "regdictionary", "regnamespace", "regrole", "regcollation",
-    ):  # fmt: skip
+    for name in _OID_ALIASES:
         if postgres.types.get(name) is not None:
             simple.append((name, StrTextLoader, UIntBinaryLoader))
     for name, text_loader, binary_loader in simple:

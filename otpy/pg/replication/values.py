@@ -71,7 +71,7 @@ logger = logging.getLogger(__name__)
 FIRST_NORMAL_OID = 16384
 
 _Load = Callable[[Any], Any]
-_Row = Callable[[Sequence[Any]], dict[str, Any]]
+_Row = Callable[[Any], dict[str, Any]]
 
 
 class TypeRefreshNeeded(Exception):
@@ -135,7 +135,7 @@ class _Plan:
     ``row_text``/``row_binary`` decode a whole row whose columns are all in
     one format (and NULLs), the common case, in one call: psycopg's
     ``Transformer.load_sequence`` (in C with psycopg's binary package) set up
-    for this relation's column types, then a dict built by :func:`_row_builder`.
+    for this relation's column types, then a dict built by :func:`row_builder`.
     ``text``/``binary`` hold one load function per column for the other rows.
     """
 
@@ -147,18 +147,21 @@ class _Plan:
     row_binary: _Row
 
 
-def _row_builder(
-    names: tuple[str, ...], load: Callable[[Sequence[Any]], tuple[Any, ...]], where: str
+def row_builder(
+    names: tuple[str, ...], load: Callable[[Any], Sequence[Any] | None], where: str
 ) -> _Row:
     """A function ``values -> {name: value}`` that loads ``values`` with ``load``.
 
     Written out per relation, as attrs and dataclasses write their methods:
     unpacking the loaded tuple into locals and building the dict with a
     literal costs half of ``dict(zip(names, load(values)))`` (0.15 against
-    0.33 us for 5 columns), on the path every replicated row takes.  The names
-    enter the source only as ``repr`` literals, so any column name is safe.
+    0.33 us for 5 columns), on the paths every row takes: the reader's (with
+    psycopg's ``load_sequence``) and the snapshot's (with COPY's row parser).
+    The names enter the source only as ``repr`` literals, so any column name
+    is safe.
     A row of the wrong length raises (the unpacking, or ``load`` itself), and
-    the caller's column-by-column path reports the mismatch.  ``where``
+    the caller's column-by-column path reports the mismatch; ``None`` from
+    ``load`` (COPY's binary trailer) raises ``TypeError``.  ``where``
     names the function in tracebacks.
     """
     variables = [f"v{i}" for i in range(len(names))]
@@ -444,7 +447,7 @@ class ValueDecoder:
             text.append(self._load_function(column.type_oid, Format.TEXT))
             binary.append(self._load_function(column.type_oid, Format.BINARY))
         oids = [c.type_oid for c in relation.columns]
-        context = self._fast()
+        context = self.fast_context()
         text_tx, binary_tx = Transformer(context), Transformer(context)
         text_tx.set_loader_types(oids, Format.TEXT)
         binary_tx.set_loader_types(oids, Format.BINARY)
@@ -455,18 +458,20 @@ class ValueDecoder:
             names,
             tuple(text),
             tuple(binary),
-            _row_builder(names, text_tx.load_sequence, f"{where}, text"),
-            _row_builder(names, binary_tx.load_sequence, f"{where}, binary"),
+            row_builder(names, text_tx.load_sequence, f"{where}, text"),
+            row_builder(names, binary_tx.load_sequence, f"{where}, binary"),
         )
         self._plans[oid] = plan
         return plan
 
-    def _fast(self) -> _Context:
+    def fast_context(self) -> AdaptContext:
         """Context of the whole-row fast path: date/time loaders without infinity wrappers.
 
         The wrappers cost a Python call per value; psycopg's own loaders raise
         on infinity instead, which sends the row to the careful path (that
         uses the wrapped loaders): same result, fast in the common case.
+        Readers of the same tables outside the stream (the snapshot's COPY)
+        load with it, and pass a row it refuses to :meth:`decode`.
         """
         if self._fast_context is None:
             adapters = AdaptersMap(self.adapters)

@@ -26,11 +26,14 @@ Mechanics, and why:
   page and buys nothing here: an exported snapshot cannot be resumed by a
   later session anyway (see *Resuming* below).  On older servers a table is
   one range.
-* Each range is read with ``COPY (SELECT ...) TO STDOUT`` and decoded by
-  psycopg's loaders for the columns' types, the same loaders that decode the
-  stream's text values, so a snapshot row and a streamed row have the same
-  Python types (user types the stream registers from Type messages, such as
-  composites, arrive as text here).  Rows are cut into batches of
+* Each range is read with ``COPY (SELECT ...) TO STDOUT`` and decoded by a
+  :func:`table_decoder`: a :class:`ValueDecoder` told about each table as
+  pgoutput's Relation message describes it, with the user types fetched as
+  the stream fetches them, so a snapshot row equals the streamed row of the
+  same contents, value for value (infinity, JSON null, enums...).  psycopg
+  parses each row with the decoder's fast loaders; a row they refuse is split
+  into its fields (:func:`copy_fields_binary`, :func:`copy_fields_text`) and
+  decoded by the stream's careful path.  Rows are cut into batches of
   ``snapshot_chunk_size``; batches go through a bounded channel to one task
   that calls the handler, one call at a time.  A slow handler stops the COPY
   from being read (TCP backpressure), so memory stays bounded by
@@ -59,7 +62,8 @@ with its session: every start of a temporary-slot reader creates a slot, so
 every start reads a snapshot.
 
 Backfills (:func:`backfill`, ``wal_reader.backfill``) re-read tables while the
-reader streams, with the DBLog watermark method: keyset pages by primary key,
+reader streams, with the DBLog watermark method: keyset pages by primary key
+(decoded by a :func:`table_decoder` in the stream's format),
 each selected between a low and a high ``pg_logical_emit_message`` watermark
 and delivered by the reader, in stream order, when it meets the high one,
 minus the rows the stream changed in between (:func:`on_watermarks`).
@@ -69,6 +73,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
+import struct
 import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -79,17 +85,21 @@ import psycopg
 import trio
 from psycopg import errors as pg_errors
 from psycopg import pq, sql
+from psycopg.abc import AdaptContext
 
 from otpy._util import raise_unwrapped
 from otpy.pg.connection import TrioConnection
 from otpy.pg.copy_both import REPLICATION_SESSION_SETTINGS, finish_copy_both
 from otpy.pg.replication.changes import Change, ChangeBatch, make_change
 from otpy.pg.replication.errors import ReplicationError, SlotInUse
+from otpy.pg.replication.loaders import FORMAT_DEPENDENT
 from otpy.pg.replication.lsn import LSN
 from otpy.pg.replication.options import ReaderOptions
+from otpy.pg.replication.pgoutput import Column, Relation, TupleData
+from otpy.pg.replication.values import ValueDecoder, row_builder
 
 from .slots import lookup_slot, quote_ident
-from .stream import ReplicationSession
+from .stream import ReplicationSession, fetch_types
 
 __all__ = [
     "WATERMARK_PREFIX",
@@ -98,11 +108,15 @@ __all__ = [
     "SnapshotRun",
     "SnapshotTable",
     "backfill",
+    "copy_fields_binary",
+    "copy_fields_text",
+    "copy_in_binary",
     "is_backfill_batch",
     "is_snapshot_batch",
     "on_watermarks",
     "published_tables",
     "read_snapshot",
+    "table_decoder",
 ]
 
 _ZERO = LSN(0)
@@ -135,10 +149,13 @@ def is_snapshot_batch(batch: ChangeBatch) -> bool:
 class SnapshotTable:
     """A published table to read: its columns as published and their type oids.
 
-    ``types`` are the columns' type oids (a domain's base type), for psycopg's
-    loaders; ``row_filter`` is the publication's ``WHERE`` (PostgreSQL 15+),
-    so the snapshot holds the rows the stream would publish; ``pages`` is the
-    table's size in blocks when it was listed, used only to split it.
+    ``types`` are the columns' own type oids (a domain's, not its base
+    type's), as pgoutput's Relation message gives them: rows are decoded by a
+    :class:`~otpy.pg.replication.values.ValueDecoder` that knows the table as
+    the stream's does.  ``row_filter`` is the publication's ``WHERE``
+    (PostgreSQL 15+), so the snapshot holds the rows the stream would publish;
+    ``pages`` is the table's size in blocks when it was listed, used only to
+    split it; ``oid`` is the table's.
     """
 
     schema: str
@@ -147,6 +164,7 @@ class SnapshotTable:
     types: tuple[int, ...]
     row_filter: str | None = None
     pages: int = 0
+    oid: int = 0
 
     @property
     def qualified(self) -> str:
@@ -161,7 +179,9 @@ class SnapshotTable:
 _TABLES_QUERY = """
 WITH pub AS (
     SELECT schemaname, tablename,
-           to_jsonb(p) -> 'attnames' AS attnames, to_jsonb(p) ->> 'rowfilter' AS rowfilter
+           -- a table without columns has a NULL attnames: JSON null, not an array
+           NULLIF(to_jsonb(p) -> 'attnames', 'null') AS attnames,
+           to_jsonb(p) ->> 'rowfilter' AS rowfilter
     FROM pg_catalog.pg_publication_tables p
     WHERE pubname = ANY(%s)
 )
@@ -182,8 +202,8 @@ ORDER BY pub.schemaname, pub.tablename
 """
 
 _COLUMNS_QUERY = """
-SELECT a.attname, CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END
-FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+SELECT a.attname, a.atttypid
+FROM pg_catalog.pg_attribute a
 WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
 ORDER BY a.attnum
 """
@@ -232,6 +252,7 @@ async def published_tables(
                 types=tuple(t for _, t in columns),
                 row_filter=row_filter,
                 pages=max(pages or 0, 0),
+                oid=oid,
             )
         )
     if only is not None:
@@ -296,13 +317,52 @@ def _copy_query(r: _Range, binary: bool) -> sql.Composed:
     return query + sql.SQL(") TO STDOUT (FORMAT BINARY)" if binary else ") TO STDOUT")
 
 
-async def _open_reader(connect_kwargs: dict[str, Any], snapshot: str) -> TrioConnection[Any]:
+def table_decoder(tables: Sequence[SnapshotTable]) -> ValueDecoder:
+    """A :class:`ValueDecoder` that knows ``tables`` as the stream's decoder knows them.
+
+    Each table is described by the Relation pgoutput would send for it (its
+    OID, its published columns with their own type OIDs), so a row read here
+    decodes exactly as a streamed row of the table: otpy's loaders (infinity,
+    JSON null, money, point...), the user types once fetched
+    (:func:`~.stream.fetch_types` on :meth:`ValueDecoder.missing_types`), and
+    a value no loader takes delivered as text, never an error.
+    """
+    decoder = ValueDecoder()
+    for t in tables:
+        columns = tuple(
+            Column(0, name, oid, -1) for name, oid in zip(t.columns, t.types, strict=True)
+        )
+        decoder.add_relation(Relation(None, t.oid, t.schema, t.name, "d", columns))
+    return decoder
+
+
+def copy_in_binary(decoder: ValueDecoder, table: SnapshotTable, stream_binary: bool) -> bool:
+    """Whether to read ``table`` with binary COPY and still get the stream's values.
+
+    A binary stream's values are loaded in binary, so binary it is.  A text
+    stream's values are the text loaders', which binary COPY (cheaper to
+    parse) gives as well unless a type has no binary loader or its two
+    formats differ (:data:`~otpy.pg.replication.loaders.FORMAT_DEPENDENT`).
+    """
+    if stream_binary:
+        return True
+    adapters = decoder.fast_context().adapters
+    return all(
+        oid not in FORMAT_DEPENDENT and adapters.get_loader(oid, pq.Format.BINARY) is not None
+        for oid in table.types
+    )
+
+
+async def _open_reader(
+    connect_kwargs: dict[str, Any], snapshot: str, context: AdaptContext | None = None
+) -> TrioConnection[Any]:
     """A connection in a read-only transaction that imported ``snapshot``.
 
     The session settings of the replication connection are pinned first, so
-    text values are formatted (and parsed by psycopg) exactly as streamed ones.
+    text values are formatted (and parsed by psycopg) exactly as streamed ones;
+    ``context`` gives it the loaders of the snapshot's decoder.
     """
-    conn = await TrioConnection.connect(autocommit=True, **connect_kwargs)
+    conn = await TrioConnection.connect(autocommit=True, context=context, **connect_kwargs)
     try:
         for name, value in REPLICATION_SESSION_SETTINGS.items():
             await conn.execute(sql.SQL("SET {} TO {}").format(sql.Identifier(name), value))
@@ -324,6 +384,8 @@ async def read_snapshot(
     chunk_size: int = 5000,
     parallelism: int = 1,
     server_version: int = _TID_RANGE_SCAN,
+    decoder: ValueDecoder | None = None,
+    binary: bool = False,
 ) -> int:
     """Read ``tables`` under the exported ``snapshot`` into ``deliver``; return the row count.
 
@@ -331,8 +393,13 @@ async def read_snapshot(
     read (tables and ranges interleave when ``parallelism`` > 1); chunk 0 is
     always delivered (empty if there is no row) and the last batch has
     ``final`` True.  The snapshot must stay valid until this returns (its
-    exporting session idle).
+    exporting session idle).  Rows are decoded by ``decoder`` (default: a
+    :func:`table_decoder` of ``tables``, without user types) as a stream in
+    the ``binary`` format would decode them.
     """
+    if decoder is None:
+        decoder = table_decoder(tables)
+    context = decoder.fast_context()
     ranges = _ranges(tables, parallelism, server_version)
     todo = iter(ranges)
     send, recv = trio.open_memory_channel[ChangeBatch](parallelism)
@@ -340,10 +407,11 @@ async def read_snapshot(
 
     async def worker(send: trio.MemorySendChannel[ChangeBatch]) -> None:
         async with send:
-            conn = await _open_reader(connect_kwargs, snapshot)
+            conn = await _open_reader(connect_kwargs, snapshot, context)
             try:
                 for r in todo:  # shared iterator: each range is read by one worker
-                    await _read_range(conn, r, send, chunk_size)
+                    in_binary = copy_in_binary(decoder, r.table, binary)
+                    await _read_range(conn, r, send, chunk_size, decoder, in_binary)
             finally:
                 # A read-only transaction: nothing to commit; closing mid-COPY
                 # (the handler failed) must not try a rollback first.
@@ -377,6 +445,68 @@ async def read_snapshot(
     return rows
 
 
+#: The binary COPY format's trailer: a 16-bit field count of -1 (psycopg's parse gives None).
+_BINARY_TRAILER = b"\xff\xff"
+#: The binary COPY format's header: signature, flags, header extension length.
+_BINARY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+_I16 = struct.Struct(">h")
+_I32 = struct.Struct(">i")
+_TEXT_ESCAPES = {
+    ord("b"): b"\b", ord("f"): b"\f", ord("n"): b"\n", ord("r"): b"\r",
+    ord("t"): b"\t", ord("v"): b"\v",
+}  # fmt: skip
+_ESCAPED = re.compile(rb"\\(.)", re.DOTALL)
+
+
+def copy_fields_binary(data: bytes) -> TupleData:
+    """The fields of one binary COPY row, as pgoutput's tuple data of binary values.
+
+    The first row carries the file header (signature, flags, extension)
+    before its field count.  Raises ``ValueError`` on a malformed row.
+    """
+    pos = 0
+    if data.startswith(_BINARY_SIGNATURE):
+        (extension,) = _I32.unpack_from(data, len(_BINARY_SIGNATURE) + 4)
+        pos = len(_BINARY_SIGNATURE) + 8 + extension
+    (count,) = _I16.unpack_from(data, pos)
+    pos += 2
+    kinds = bytearray()
+    values: list[bytes | None] = []
+    for _ in range(count):
+        (size,) = _I32.unpack_from(data, pos)
+        pos += 4
+        if size < 0:
+            kinds.append(110)  # 'n'
+            values.append(None)
+        else:
+            kinds.append(98)  # 'b'
+            values.append(data[pos : pos + size])
+            pos += size
+    if pos != len(data):
+        raise ValueError(f"binary COPY row of {len(data)} bytes, {count} fields end at {pos}")
+    return TupleData(bytes(kinds), tuple(values))
+
+
+def copy_fields_text(data: bytes) -> TupleData:
+    """The fields of one text COPY row, as pgoutput's tuple data of text values.
+
+    Tab-separated, ending in a newline, ``\\N`` for NULL; COPY TO escapes a
+    backslash and the control characters ``\\b \\f \\n \\r \\t \\v``.
+    """
+    kinds = bytearray()
+    values: list[bytes | None] = []
+    for field in data.removesuffix(b"\n").split(b"\t"):
+        if field == b"\\N":
+            kinds.append(110)  # 'n'
+            values.append(None)
+            continue
+        if b"\\" in field:
+            field = _ESCAPED.sub(lambda m: _TEXT_ESCAPES.get(m[1][0], m[1]), field)
+        kinds.append(116)  # 't'
+        values.append(field)
+    return TupleData(bytes(kinds), tuple(values))
+
+
 def _batch(changes: list[Change], chunk: int) -> ChangeBatch:
     return ChangeBatch(
         changes, final=False, chunk=chunk, xid=None, commit_lsn=_ZERO, end_lsn=_ZERO,
@@ -389,6 +519,8 @@ async def _read_range(
     r: _Range,
     send: trio.MemorySendChannel[ChangeBatch],
     chunk_size: int,
+    decoder: ValueDecoder,
+    binary: bool,
 ) -> None:
     """COPY one range into batches of ``chunk_size`` changes sent to ``send``.
 
@@ -397,37 +529,42 @@ async def _read_range(
     scheduler pass per row); psycopg waits only when the buffer is empty.
     That is what makes a snapshot as fast as psycopg's own synchronous
     ``copy.rows()``: its async ``rows()`` waits once per row.
+
+    Rows are parsed by psycopg with the decoder's fast loaders (the
+    connection's); a row they refuse (an infinity, a value no loader takes)
+    is decoded again by ``decoder`` from its fields, as the stream decodes
+    such a row: the same values, never an error.
     """
     t = r.table
-    name, schema, columns = t.name, t.schema, t.columns
+    name, schema, columns, oid = t.name, t.schema, t.columns, t.oid
     make = make_change
     changes: list[Change] = []
     append = changes.append
     get_copy_data = conn.pgconn.get_copy_data
-    # Binary is cheaper to parse; text for a type psycopg has no binary loader for,
-    # so that it arrives as text exactly like the stream's (text) value.
-    loaders = conn.adapters
-    binary = all(loaders.get_loader(oid, pq.Format.BINARY) is not None for oid in t.types)
+    fields = copy_fields_binary if binary else copy_fields_text
     async with conn.cursor().copy(_copy_query(r, binary)) as copy:
         copy.set_types(list(t.types))
         parse = copy.formatter.parse_row
+        # COPY of an explicit column list: a row has exactly ``columns``, made
+        # into a dict by the reader's row function (half of dict(zip(...))).
+        row = row_builder(columns, parse, f"{schema}.{name}, snapshot")
+        data: bytes | bytearray | memoryview
         while True:
             nbytes, data = get_copy_data(1)
             if nbytes == 0:  # nothing buffered: let psycopg wait (and see the end)
-                waited = await copy.read()
-                if not waited:
+                data = await copy.read()
+                if not data:
                     break
-                row = parse(waited)
-            elif nbytes > 0:
-                row = parse(data)
-            else:  # the end, taken from the buffer: collect the result
+            elif nbytes < 0:  # the end, taken from the buffer: collect the result
                 await finish_copy_both(conn)
                 break
-            if row is None:  # the binary format's trailer
-                continue
-            # COPY of an explicit column list: a row has exactly ``columns``
-            # (zip's strict check would cost a third of the dict's price).
-            append(make(name, "read", dict(zip(columns, row, strict=False)), schema))
+            try:
+                values = row(data)
+            except Exception:
+                if data == _BINARY_TRAILER:  # parse gave None: the end of binary COPY
+                    continue
+                values = decoder.decode(oid, fields(bytes(data)))
+            append(make(name, "read", values, schema))
             if len(changes) >= chunk_size:
                 await send.send(_batch(changes, 0))
                 changes = []
@@ -640,6 +777,9 @@ class SnapshotRun:
         session.phase = "reading the snapshot"
         meta = session.meta
         try:
+            decoder = table_decoder(self.tables)
+            if decoder.missing_types():
+                await fetch_types(meta, decoder, session.slot)
             self.rows = await read_snapshot(
                 session.connect_kwargs,
                 self.snapshot_name,
@@ -648,6 +788,8 @@ class SnapshotRun:
                 chunk_size=self.options.snapshot_chunk_size,
                 parallelism=self.options.snapshot_parallelism,
                 server_version=meta.info.server_version,
+                decoder=decoder,
+                binary=self.options.binary,
             )
         finally:
             await self.close()
@@ -837,9 +979,12 @@ async def backfill(
                     f"(use a snapshot subscription for it instead)"
                 )
             keyed.append((table, key))
+        decoder = table_decoder([table for table, _ in keyed])
+        if decoder.missing_types():
+            await fetch_types(conn, decoder, sub.slot)
         for table, key in keyed:
             delivered += await _backfill_table(
-                conn, sub, windows, table, key, where, size, chunk_timeout
+                conn, sub, windows, table, key, where, size, chunk_timeout, decoder
             )
     finally:
         with trio.CancelScope(shield=True):
@@ -856,11 +1001,32 @@ async def _backfill_table(
     where: str | None,
     size: int,
     chunk_timeout: float,
+    decoder: ValueDecoder,
 ) -> int:
-    columns = sql.SQL(", ").join(map(sql.Identifier, table.columns))
+    """Backfill one table, page by page; the rows delivered.
+
+    Rows are decoded by ``decoder`` from the raw values, in the stream's
+    format, as the stream decodes them.  The next page starts after the
+    last key *as the server prints it* (the key columns again, as text):
+    a decoded key is not always a faithful literal (``infinity`` is loaded
+    as ``datetime.max``), and paging after a wrong one would read rows twice
+    or skip them.
+    """
+    binary = bool(sub.options.binary)
+    kind = 98 if binary else 116  # 'b' or 't', as pgoutput tags a value
+    width = len(table.columns)
+    columns = sql.SQL(", ").join(
+        [
+            *map(sql.Identifier, table.columns),
+            *(
+                sql.SQL("{}::text AS {}").format(sql.Identifier(k), sql.Identifier(f"otpy key {j}"))
+                for j, k in enumerate(key)
+            ),
+        ]
+    )
     keys = sql.SQL(", ").join(map(sql.Identifier, key))
     emit = "SELECT pg_catalog.pg_logical_emit_message(true, %s, %s)"
-    last: tuple[Any, ...] | None = None
+    last: list[str] | None = None
     delivered = 0
     for chunk in itertools.count():
         conditions: list[sql.Composable] = []
@@ -884,8 +1050,19 @@ async def _backfill_table(
         windows[w.id] = w
         try:
             await conn.execute(emit, [WATERMARK_PREFIX, f"low:{w.id}"])
-            cur = await conn.execute(query)
-            rows = [dict(zip(table.columns, row, strict=True)) for row in await cur.fetchall()]
+            cur = await conn.execute(query, binary=binary)
+            result = cur.pgresult
+            assert result is not None
+            rows: list[dict[str, Any]] = []
+            for i in range(result.ntuples):
+                raw = tuple(result.get_value(i, c) for c in range(width))
+                kinds = bytes(110 if v is None else kind for v in raw)  # 'n' for NULL
+                rows.append(decoder.decode(table.oid, TupleData(kinds, raw)))
+            if rows:  # the key's text, read in either format: text is its own binary form
+                at = result.ntuples - 1
+                last = [
+                    bytes(result.get_value(at, width + j) or b"").decode() for j in range(len(key))
+                ]
             w.rows = rows
             await conn.execute(emit, [WATERMARK_PREFIX, f"high:{w.id}"])
             with trio.move_on_after(chunk_timeout) as scope:
@@ -901,5 +1078,4 @@ async def _backfill_table(
         delivered += w.delivered
         if len(rows) < size:
             return delivered
-        last = _key(rows[-1], key)
     raise AssertionError("unreachable")

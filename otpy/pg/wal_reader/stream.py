@@ -75,7 +75,7 @@ from .slots import (
 from .typefetch import afetch_missing_types
 from .watch import DEFAULT_STATUS_INTERVAL, status_interval_for
 
-__all__ = ["ReplicationSession"]
+__all__ = ["ReplicationSession", "fetch_types"]
 
 #: Backend PID -> replication connection, for the sessions this process opened.
 _OWN_WALSENDERS: weakref.WeakValueDictionary[int, ReplicationConnection] = (
@@ -101,6 +101,29 @@ SLOT_LOCK_CLASS = 0x6F747079
 TAKEOVER_POLL = 1.0
 _LOCK = "SELECT pg_catalog.pg_advisory_lock(%s, pg_catalog.hashtext(%s))"
 _TRY_LOCK = "SELECT pg_catalog.pg_try_advisory_lock(%s, pg_catalog.hashtext(%s))"
+
+
+async def fetch_types(conn: psycopg.AsyncConnection[Any], decoder: ValueDecoder, slot: str) -> None:
+    """Fetch and register ``decoder``'s missing user types, within ``TYPE_FETCH_TIMEOUT``.
+
+    A look-up that fails or takes too long gives the types up: their values
+    are delivered as text, the stream (or snapshot) is never held up by a
+    catalog query.  Used by the stream and by snapshots and backfills, so that
+    every path decodes a user type the same way.
+    """
+    try:
+        with trio.move_on_after(TYPE_FETCH_TIMEOUT) as scope:
+            await afetch_missing_types(conn, decoder)
+        if scope.cancelled_caught:
+            raise psycopg.OperationalError(f"no answer within {TYPE_FETCH_TIMEOUT} s")
+    except psycopg.Error as exc:
+        logger.warning(
+            "slot %s: cannot fetch user types (%s); their values are delivered as text",
+            slot,
+            exc,
+        )
+        for oid in decoder.missing_types():
+            decoder.give_up(oid)
 
 
 class ReplicationSession:
@@ -457,19 +480,7 @@ class ReplicationSession:
 
     async def _fetch_types(self, decoder: ValueDecoder) -> None:
         assert self.meta is not None
-        try:
-            with trio.move_on_after(TYPE_FETCH_TIMEOUT) as scope:
-                await afetch_missing_types(self.meta, decoder)
-            if scope.cancelled_caught:
-                raise psycopg.OperationalError(f"no answer within {TYPE_FETCH_TIMEOUT} s")
-        except psycopg.Error as exc:
-            logger.warning(
-                "slot %s: cannot fetch user types (%s); their values are delivered as text",
-                self.slot,
-                exc,
-            )
-            for oid in decoder.missing_types():
-                decoder.give_up(oid)
+        await fetch_types(self.meta, decoder, self.slot)
 
     async def _refeed(self, decoder: ValueDecoder, lsn: LSN, msg: Any) -> list[ChangeBatch]:
         """Feed ``msg`` again once the user types whose values it refused are refreshed.

@@ -90,7 +90,7 @@ def _check(conn: psycopg.Connection[Any], sql_type: str, literals: list[str]) ->
             oid, data = got
             expected = theirs.get_loader(oid, fmt).load(data)
             # The column-by-column load, and the whole-row path's (load_sequence).
-            row = Transformer(ours._fast())
+            row = Transformer(ours.fast_context())
             row.set_loader_types([oid], fmt)
             for actual in (ours._load_function(oid, fmt)(data), row.load_sequence([data])[0]):
                 if expected is None:
@@ -128,7 +128,7 @@ def test_inet_values_are_the_same_objects_in_every_way(module_dsn: str) -> None:
             for fmt in (Format.TEXT, Format.BINARY):
                 oid, data = _raw(conn, "inet", literal, fmt == Format.BINARY)
                 expected = theirs.get_loader(oid, fmt).load(data)
-                fast = Transformer(ours._fast()).get_loader(oid, fmt).load(data)
+                fast = Transformer(ours.fast_context()).get_loader(oid, fmt).load(data)
                 for actual in (ours._load_function(oid, fmt)(data), fast):
                     assert type(actual) is type(expected), (literal, fmt)
                     assert actual == expected and hash(actual) == hash(expected)
@@ -159,6 +159,6 @@ def test_a_custom_json_loads_function_is_still_used(module_dsn: str) -> None:
             fmt = Format.BINARY if binary else Format.TEXT
             assert decoder._load_function(oid, fmt)(data)[0] == "custom"
             # The whole-row path (psycopg's load_sequence) takes the same load.
-            row = Transformer(decoder._fast())
+            row = Transformer(decoder.fast_context())
             row.set_loader_types([oid], fmt)
             assert row.load_sequence([data])[0][0] == "custom"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 
 import pytest
@@ -145,6 +146,51 @@ async def test_a_backfill_refuses_a_table_without_a_primary_key_before_reading_a
         with pytest.raises(BackfillError, match="no primary key"):
             await wal_reader.backfill(sub)
         assert rec.batches == []
+    finally:
+        await wal_reader.unsubscribe(sub)
+        drop_slot(module_dsn, slot)
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
+async def test_a_backfill_row_is_the_values_the_stream_delivers_and_pages_past_infinity(
+    module_dsn: str, readers: Ref, binary: bool
+) -> None:
+    # Keyed by a timestamptz holding ±infinity (decoded as datetime.max/min, which
+    # are no faithful literals): pages continue after the key as the server
+    # prints it, so every row is read once, and values are the stream's.
+    enum, table = unique("bf_mood"), unique("bf_odd")
+    await execute(module_dsn, f"CREATE TYPE {enum} AS ENUM ('sad', 'happy')")
+    pub = published_table(
+        module_dsn,
+        table,
+        f"at timestamptz PRIMARY KEY, price money, doc jsonb, feeling {enum}, shape box",
+    )
+    values = (
+        "12.5, 'null', 'happy', box(point(0, 0), point(1, 1))",
+        "0, '{\"a\": [1, null]}', 'sad', NULL",
+    )
+    keys = ["'-infinity'", "'2024-01-01 00:00:00+00'", "'2024-06-01 12:00:00+00'", "'infinity'"]
+    rec = Recorder()
+    slot = unique("bf_odd")
+    sub = await wal_reader.subscribe(
+        rec, module_dsn, slot, [pub], options(messages=True, binary=binary)
+    )
+    try:
+        with trio.fail_after(20):
+            await sub.wait_streaming()
+        for i, key in enumerate(keys):
+            await execute(module_dsn, f"INSERT INTO {table} VALUES ({key}, {values[i % 2]})")
+        streamed = {c.data["at"]: c.data for c in await rec.wait_changes(len(keys))}
+        with trio.fail_after(20):
+            assert await wal_reader.backfill(sub, [table], chunk_size=1) == len(keys)
+        read = [c.data for b in rec.batches if is_backfill_batch(b) for c in b]
+        assert [r["at"] for r in read] == sorted(streamed)  # each once, in key order
+        for row in read:
+            assert row == streamed[row["at"]]
+            assert {k: type(v) for k, v in row.items()} == {
+                k: type(v) for k, v in streamed[row["at"]].items()
+            }
+        assert read[-1]["at"] == dt.datetime.max.replace(tzinfo=dt.UTC)
     finally:
         await wal_reader.unsubscribe(sub)
         drop_slot(module_dsn, slot)

@@ -8,6 +8,7 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
 import pytest
 import trio
 from psycopg.rows import dict_row
@@ -18,7 +19,14 @@ from otpy.pg import wal_reader
 from otpy.pg.connection import TrioConnection
 from otpy.pg.replication.errors import InvalidOptions
 from otpy.pg.wal_reader import ChangeBatch, ReaderOptions, ReplicationHandler
-from otpy.pg.wal_reader.snapshot import SnapshotError, is_snapshot_batch
+from otpy.pg.wal_reader.snapshot import (
+    SnapshotError,
+    SnapshotTable,
+    copy_fields_binary,
+    copy_fields_text,
+    is_snapshot_batch,
+    table_decoder,
+)
 
 
 class Mirror(ReplicationHandler):
@@ -442,3 +450,147 @@ async def test_a_publication_row_filter_and_column_list_shape_the_snapshot_as_th
         assert changes[-1].data == {"id": 11, "v": 11}  # the stream publishes the same shape
     finally:
         await wal_reader.unsubscribe(sub)
+
+
+# One row of every kind of value the stream decodes with a loader of otpy's own
+# or a user type's: a snapshot row must be the very same Python values.
+ODD_COLUMNS = (
+    "id int PRIMARY KEY, price money, pos point, doc jsonb, at timestamptz, day date, "
+    "feeling {enum}, lsn pg_lsn, pos_int {domain}, note text, tags text[], shape box, "
+    "addr inet, bits bit(4)"
+)
+ODD_VALUES = [
+    "12.5, point(1, -2), 'null', 'infinity', '-infinity', 'happy', '16/B374D848', 7, 'x', "
+    "ARRAY['a', NULL], box(point(0, 0), point(1, 1)), '10.1.2.3', B'1010'",
+    "0, point(0.5, 0), '{\"k\": [1, null]}', '2024-02-03 04:05:06+00', '2024-02-03', 'sad', "
+    "'0/0', 1, NULL, '{}', NULL, '::1/128', B'0000'",
+]
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
+async def test_a_snapshot_row_is_the_values_the_stream_delivers_for_the_same_row(
+    module_dsn: str, readers: Ref, binary: bool
+) -> None:
+    enum, domain, table = unique("snap_mood"), unique("snap_pos"), unique("snap_odd")
+    await execute(
+        module_dsn,
+        f"CREATE TYPE {enum} AS ENUM ('sad', 'happy')",
+        f"CREATE DOMAIN {domain} AS int CHECK (VALUE > 0)",
+    )
+    pub = published_table(module_dsn, table, ODD_COLUMNS.format(enum=enum, domain=domain))
+    for i, values in enumerate(ODD_VALUES, start=1):
+        await execute(module_dsn, f"INSERT INTO {table} VALUES ({i}, {values})")
+    slot = unique("snap_odd")
+    rec = Recorder()
+    sub = await wal_reader.subscribe(
+        rec, module_dsn, slot, [pub], options(snapshot="initial", binary=binary)
+    )
+    try:
+        with trio.fail_after(20):
+            await sub.wait_streaming()
+        reads = {c.data["id"]: c.data for b in rec.batches if is_snapshot_batch(b) for c in b}
+        assert sorted(reads) == [1, 2]
+        for i, values in enumerate(ODD_VALUES, start=1):
+            await execute(module_dsn, f"INSERT INTO {table} VALUES ({100 + i}, {values})")
+        changes = await rec.wait_changes(2 + len(ODD_VALUES))
+        streamed = {c.data["id"] - 100: c.data for c in changes if c.op == "insert"}
+        for i in reads:
+            read = {k: v for k, v in reads[i].items() if k != "id"}
+            stream = {k: v for k, v in streamed[i].items() if k != "id"}
+            assert read == stream
+            assert {k: type(v) for k, v in read.items()} == {k: type(v) for k, v in stream.items()}
+        first = reads[1]
+        assert first["at"] == dt.datetime.max.replace(tzinfo=dt.UTC)
+        assert first["day"] == dt.date.min
+        assert first["price"] == decimal.Decimal("12.50")
+        assert first["feeling"].name == "happy"
+    finally:
+        await wal_reader.unsubscribe(sub)
+        drop_slot(module_dsn, slot)
+
+
+async def test_types_without_a_binary_loader_and_a_table_without_columns_are_read_as_streamed(
+    module_dsn: str, readers: Ref
+) -> None:
+    # A column no loader takes in binary makes the table's COPY text (every
+    # value then arrives as the text stream's value); a table with no column
+    # reads its rows as empty dicts. Both go through the row function the
+    # reader uses, whose binary trailer is told apart from a failing row.
+    table, bare = unique("snap_text"), unique("snap_bare")
+    pub = published_table(module_dsn, table, "id int PRIMARY KEY, shape box, q tsquery, note text")
+    await execute(
+        module_dsn, f"CREATE TABLE {bare} ()", f"ALTER PUBLICATION {pub} ADD TABLE {bare}"
+    )
+    await execute(
+        module_dsn,
+        f"INSERT INTO {table} SELECT g, box(point(g, 0), point(0, -g)), 'a & b', 'n' || g "
+        f"FROM generate_series(1, 7) g",
+        f"INSERT INTO {bare} DEFAULT VALUES",
+        f"INSERT INTO {bare} DEFAULT VALUES",
+    )
+    slot = unique("snap_text")
+    rec = Recorder()
+    sub = await wal_reader.subscribe(
+        rec, module_dsn, slot, [pub], options(snapshot="initial", snapshot_chunk_size=3)
+    )
+    try:
+        with trio.fail_after(20):
+            await sub.wait_streaming()
+        reads = [c for b in rec.batches if is_snapshot_batch(b) for c in b]
+        typed = {c.data["id"]: c.data for c in reads if c.table == table}
+        assert sorted(typed) == list(range(1, 8))
+        assert typed[2] == {"id": 2, "shape": "(2,0),(0,-2)", "q": "'a' & 'b'", "note": "n2"}
+        assert [c.data for c in reads if c.table == bare] == [{}, {}]
+        await execute(
+            module_dsn, f"INSERT INTO {table} VALUES (8, box(point(8, 0), point(0, -8)), 'c', 'n8')"
+        )
+        inserted = (await rec.wait_changes(len(reads) + 1))[-1]
+        assert inserted.op == "insert"
+        assert inserted.data == {"id": 8, "shape": "(8,0),(0,-8)", "q": "'c'", "note": "n8"}
+    finally:
+        await wal_reader.unsubscribe(sub)
+        drop_slot(module_dsn, slot)
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
+def test_a_row_the_fast_path_refuses_is_split_into_the_fields_copy_sent(
+    module_dsn: str, binary: bool
+) -> None:
+    # The careful path (copy_fields_* then ValueDecoder.decode) must give what the
+    # fast path gives for every row it can take: escapes, tabs, newlines, NULLs,
+    # empty strings, the binary header on the first row.
+    table = unique("snap_fields")
+    columns = "id int, t text, b bytea, n numeric, a text[], j jsonb"
+    with psycopg.connect(module_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {table} ({columns})")
+        conn.execute(
+            f"INSERT INTO {table} VALUES "
+            "(1, E'tab\\there\\nnew\\\\back\\rcr\\b\\f\\v', E'\\\\x00ff5c', 1.5, "
+            "ARRAY['a\tb', NULL], '{\"k\": \"v\\\\n\"}'), "
+            "(2, '', '', NULL, '{}', 'null'), (3, NULL, NULL, '-2.25', NULL, NULL), "
+            "(4, E'\\\\N', E'\\\\x5c4e', -0.0, ARRAY[E'\\\\'], '[]')"
+        )
+        oid, types = conn.execute(
+            "SELECT %s::regclass::oid, array_agg(atttypid ORDER BY attnum) FROM pg_attribute "
+            "WHERE attrelid = %s::regclass AND attnum > 0",
+            [table, table],
+        ).fetchone()  # type: ignore[misc]
+        t = SnapshotTable("public", table, ("id", "t", "b", "n", "a", "j"), tuple(types), oid=oid)
+        decoder = table_decoder([t])
+        fields = copy_fields_binary if binary else copy_fields_text
+        statement = f"COPY {table} TO STDOUT" + (" (FORMAT BINARY)" if binary else "")
+        fast = psycopg.Connection.connect(module_dsn, context=decoder.fast_context())
+        with fast, fast.cursor().copy(statement) as copy:
+            copy.set_types(list(types))
+            rows = []
+            for data in copy:
+                if bytes(data) == b"\xff\xff":
+                    continue
+                parsed = copy.formatter.parse_row(data)
+                assert parsed is not None
+                rows.append((dict(zip(t.columns, parsed, strict=True)), bytes(data)))
+    assert len(rows) == 4
+    for values, data in rows:
+        assert decoder.decode(oid, fields(data)) == values
+    assert rows[0][0]["t"] == "tab\there\nnew\\back\rcr\b\f\v"
+    assert rows[3][0]["t"] == "\\N"
