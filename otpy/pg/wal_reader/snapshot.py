@@ -201,10 +201,13 @@ GROUP BY pub.schemaname, pub.tablename, c.oid
 ORDER BY pub.schemaname, pub.tablename
 """
 
+# Generated columns are published from PostgreSQL 18 on, when named by the
+# publication's column list or its publish_generated_columns: attnames then
+# lists them.  Before 18 attnames lists them too, but pgoutput never sends them.
 _COLUMNS_QUERY = """
-SELECT a.attname, a.atttypid
+SELECT a.attname, a.atttypid, a.attgenerated <> ''
 FROM pg_catalog.pg_attribute a
-WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum
 """
 
@@ -230,6 +233,7 @@ async def published_tables(
     """
     cur = await conn.execute(_TABLES_QUERY, [list(publications)])
     rows = await cur.fetchall()
+    generated_published = conn.info.server_version >= 180000
     tables: list[SnapshotTable] = []
 
     def matches(schema: str, table: str, name: str) -> bool:
@@ -243,7 +247,11 @@ async def published_tables(
             continue
         ccur = await conn.execute(_COLUMNS_QUERY, [oid])
         published = set(attnames or ())
-        columns = [(n, t) for n, t in await ccur.fetchall() if all_columns or n in published]
+        columns = [
+            (n, t)
+            for n, t, generated in await ccur.fetchall()
+            if (not generated or generated_published) and (all_columns or n in published)
+        ]
         tables.append(
             SnapshotTable(
                 schema=schema,

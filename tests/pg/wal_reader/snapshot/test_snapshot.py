@@ -565,7 +565,7 @@ def test_a_row_the_fast_path_refuses_is_split_into_the_fields_copy_sent(
         conn.execute(f"CREATE TABLE {table} ({columns})")
         conn.execute(
             f"INSERT INTO {table} VALUES "
-            "(1, E'tab\\there\\nnew\\\\back\\rcr\\b\\f\\v', E'\\\\x00ff5c', 1.5, "
+            "(1, E'tab\\there\\nnew\\\\back\\rcr\\b\\f' || chr(11), E'\\\\x00ff5c', 1.5, "
             "ARRAY['a\tb', NULL], '{\"k\": \"v\\\\n\"}'), "
             "(2, '', '', NULL, '{}', 'null'), (3, NULL, NULL, '-2.25', NULL, NULL), "
             "(4, E'\\\\N', E'\\\\x5c4e', -0.0, ARRAY[E'\\\\'], '[]')"
@@ -594,3 +594,46 @@ def test_a_row_the_fast_path_refuses_is_split_into_the_fields_copy_sent(
         assert decoder.decode(oid, fields(data)) == values
     assert rows[0][0]["t"] == "tab\there\nnew\\back\rcr\b\f\v"
     assert rows[3][0]["t"] == "\\N"
+
+
+@pytest.mark.requires("pg18")
+async def test_generated_columns_are_in_the_snapshot_when_the_publication_sends_them(
+    module_dsn: str, readers: Ref
+) -> None:
+    # PostgreSQL 18 publishes stored generated columns with publish_generated_columns:
+    # the snapshot then reads them too, and leaves them out otherwise, as the stream.
+    table, plain = unique("snap_gen"), unique("snap_gen_plain")
+    columns = "id int PRIMARY KEY, v int, twice int GENERATED ALWAYS AS (v * 2) STORED"
+    await execute(
+        module_dsn,
+        f"CREATE TABLE {table} ({columns})",
+        f"CREATE TABLE {plain} ({columns})",
+        f"CREATE PUBLICATION {table}_pub FOR TABLE {table} "
+        "WITH (publish_generated_columns = stored)",
+        f"ALTER PUBLICATION {table}_pub ADD TABLE {plain} (id, v)",
+        f"INSERT INTO {table} (id, v) VALUES (1, 10)",
+        f"INSERT INTO {plain} (id, v) VALUES (1, 10)",
+    )
+    slot = unique("snap_gen")
+    rec = Recorder()
+    sub = await wal_reader.subscribe(
+        rec, module_dsn, slot, [f"{table}_pub"], options(snapshot="initial")
+    )
+    try:
+        with trio.fail_after(20):
+            await sub.wait_streaming()
+        reads = {c.table: c.data for b in rec.batches if is_snapshot_batch(b) for c in b}
+        await execute(
+            module_dsn,
+            f"INSERT INTO {table} (id, v) VALUES (2, 10)",
+            f"INSERT INTO {plain} (id, v) VALUES (2, 10)",
+        )
+        streamed = {c.table: c.data for c in await rec.wait_changes(4) if c.op == "insert"}
+        assert reads[table] == {"id": 1, "v": 10, "twice": 20}
+        assert reads[plain] == {"id": 1, "v": 10}
+        for name in (table, plain):
+            assert set(reads[name]) == set(streamed[name])
+            assert {**streamed[name], "id": 1} == reads[name]
+    finally:
+        await wal_reader.unsubscribe(sub)
+        drop_slot(module_dsn, slot)
