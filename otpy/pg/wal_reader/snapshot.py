@@ -155,7 +155,8 @@ class SnapshotTable:
     the stream's does.  ``row_filter`` is the publication's ``WHERE``
     (PostgreSQL 15+), so the snapshot holds the rows the stream would publish;
     ``pages`` is the table's size in blocks when it was listed, used only to
-    split it; ``oid`` is the table's.
+    split it; ``oid`` is the table's; ``partitioned`` is True for a
+    partitioned table (published with ``publish_via_partition_root``).
     """
 
     schema: str
@@ -165,6 +166,19 @@ class SnapshotTable:
     row_filter: str | None = None
     pages: int = 0
     oid: int = 0
+    partitioned: bool = False
+
+    @property
+    def source(self) -> sql.Composable:
+        """The table to ``SELECT`` from: ``ONLY`` it, unless it is a partitioned root.
+
+        A publication lists an inheritance child as a table of its own (the
+        stream names its rows by it), so reading the parent must not read
+        the child's rows too; a partitioned root is listed instead of its
+        partitions (``publish_via_partition_root``) and is read whole.
+        """
+        name = sql.Identifier(self.schema, self.name)
+        return name if self.partitioned else sql.SQL("ONLY {}").format(name)
 
     @property
     def qualified(self) -> str:
@@ -185,7 +199,7 @@ WITH pub AS (
     FROM pg_catalog.pg_publication_tables p
     WHERE pubname = ANY(%s)
 )
-SELECT pub.schemaname, pub.tablename, c.oid,
+SELECT pub.schemaname, pub.tablename, c.oid, c.relkind = 'p' AS partitioned,
        (pg_catalog.pg_relation_size(c.oid)
         / pg_catalog.current_setting('block_size')::int)::int AS pages,
        bool_or(pub.attnames IS NULL) AS all_columns,
@@ -197,7 +211,7 @@ FROM pub
 JOIN pg_catalog.pg_namespace n ON n.nspname = pub.schemaname
 JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = pub.tablename
 LEFT JOIN LATERAL jsonb_array_elements_text(pub.attnames) AS a(attname) ON true
-GROUP BY pub.schemaname, pub.tablename, c.oid
+GROUP BY pub.schemaname, pub.tablename, c.oid, c.relkind
 ORDER BY pub.schemaname, pub.tablename
 """
 
@@ -240,7 +254,7 @@ async def published_tables(
         want_schema, want_table = _split_name(name)
         return want_table == table and want_schema in (None, schema)
 
-    for schema, table, oid, pages, all_columns, attnames, row_filter in rows:
+    for schema, table, oid, partitioned, pages, all_columns, attnames, row_filter in rows:
         if only is not None and not any(matches(schema, table, n) for n in only):
             continue
         if any(matches(schema, table, n) for n in exclude):
@@ -261,6 +275,7 @@ async def published_tables(
                 row_filter=row_filter,
                 pages=max(pages or 0, 0),
                 oid=oid,
+                partitioned=partitioned,
             )
         )
     if only is not None:
@@ -318,7 +333,7 @@ def _copy_query(r: _Range, binary: bool) -> sql.Composed:
         where.append(sql.SQL("(" + t.row_filter + ")"))
     query = sql.SQL("COPY (SELECT {} FROM {}").format(
         sql.SQL(", ").join(map(sql.Identifier, t.columns)) if t.columns else sql.SQL(""),
-        sql.Identifier(t.schema, t.name),
+        t.source,
     )
     if where:
         query += sql.SQL(" WHERE ") + sql.SQL(" AND ").join(where)
@@ -1048,9 +1063,7 @@ async def _backfill_table(
             )
         if table.row_filter is not None:
             conditions.append(sql.SQL("(" + table.row_filter + ")"))
-        query = sql.SQL("SELECT {} FROM {}").format(
-            columns, sql.Identifier(table.schema, table.name)
-        )
+        query = sql.SQL("SELECT {} FROM {}").format(columns, table.source)
         if conditions:
             query += sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions)
         query += sql.SQL(" ORDER BY {} LIMIT {}").format(keys, sql.Literal(size))

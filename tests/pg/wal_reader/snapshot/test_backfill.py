@@ -194,3 +194,34 @@ async def test_a_backfill_row_is_the_values_the_stream_delivers_and_pages_past_i
     finally:
         await wal_reader.unsubscribe(sub)
         drop_slot(module_dsn, slot)
+
+
+async def test_a_backfill_of_an_inheritance_parent_reads_only_its_own_rows(
+    module_dsn: str, readers: Ref
+) -> None:
+    # The child is a published table of its own (FOR TABLE parent adds it): its
+    # rows are backfilled under its name, once.
+    parent, child = unique("bf_inh"), unique("bf_inh_child")
+    await execute(
+        module_dsn,
+        f"CREATE TABLE {parent} (id int PRIMARY KEY, v text)",
+        f"CREATE TABLE {child} (PRIMARY KEY (id)) INHERITS ({parent})",
+        f"CREATE PUBLICATION {parent}_pub FOR TABLE {parent}",
+        f"INSERT INTO {parent} VALUES (1, 'p')",
+        f"INSERT INTO {child} VALUES (2, 'c'), (3, 'c')",
+    )
+    rec = Recorder()
+    slot = unique("bf_inh")
+    sub = await wal_reader.subscribe(
+        rec, module_dsn, slot, [f"{parent}_pub"], options(messages=True)
+    )
+    try:
+        with trio.fail_after(20):
+            await sub.wait_streaming()
+            assert await wal_reader.backfill(sub, [parent]) == 1
+            assert await wal_reader.backfill(sub, [child]) == 2
+        read = sorted((c.table, c.data["id"]) for c in rec.changes)
+        assert read == [(parent, 1), (child, 2), (child, 3)]
+    finally:
+        await wal_reader.unsubscribe(sub)
+        drop_slot(module_dsn, slot)

@@ -637,3 +637,54 @@ async def test_generated_columns_are_in_the_snapshot_when_the_publication_sends_
     finally:
         await wal_reader.unsubscribe(sub)
         drop_slot(module_dsn, slot)
+
+
+@pytest.mark.parametrize("via_root", [False, True], ids=["leaves", "via_root"])
+async def test_inherited_and_partitioned_tables_are_read_as_the_stream_names_their_rows(
+    module_dsn: str, readers: Ref, via_root: bool
+) -> None:
+    # FOR TABLE parent publishes its inheritance children as tables of their own:
+    # each row is read once, under the table the stream names it by (a partition,
+    # or the partitioned root with publish_via_partition_root).
+    parent, child, root = unique("snap_inh"), unique("snap_inh_child"), unique("snap_part")
+    await execute(
+        module_dsn,
+        f"CREATE TABLE {parent} (id int PRIMARY KEY, v text)",
+        f"CREATE TABLE {child} (extra int) INHERITS ({parent})",
+        f"CREATE TABLE {root} (id int PRIMARY KEY, v text) PARTITION BY RANGE (id)",
+        f"CREATE TABLE {root}_a PARTITION OF {root} FOR VALUES FROM (0) TO (100)",
+        f"CREATE TABLE {root}_b PARTITION OF {root} FOR VALUES FROM (100) TO (200)",
+        f"CREATE PUBLICATION {parent}_pub FOR TABLE {parent}, {root} "
+        f"WITH (publish_via_partition_root = {str(via_root).lower()})",
+        f"INSERT INTO {parent} VALUES (1, 'p')",
+        f"INSERT INTO {child} VALUES (2, 'c', 7)",
+        f"INSERT INTO {root} VALUES (3, 'a'), (150, 'b')",
+    )
+    slot = unique("snap_inh")
+    rec = Recorder()
+    sub = await wal_reader.subscribe(
+        rec, module_dsn, slot, [f"{parent}_pub"], options(snapshot="initial")
+    )
+    try:
+        with trio.fail_after(20):
+            await sub.wait_streaming()
+        reads = sorted(
+            (c.table, c.data["id"]) for b in rec.batches if is_snapshot_batch(b) for c in b
+        )
+        await execute(
+            module_dsn,
+            f"INSERT INTO {parent} VALUES (11, 'p')",
+            f"INSERT INTO {child} VALUES (12, 'c', 7)",
+            f"INSERT INTO {root} VALUES (13, 'a'), (160, 'b')",
+        )
+        streamed = sorted(
+            (c.table, c.data["id"] - 10)
+            for c in await rec.wait_changes(len(reads) + 4)
+            if c.op == "insert"
+        )
+        assert reads == streamed
+        parts = [(root, 3), (root, 150)] if via_root else [(f"{root}_a", 3), (f"{root}_b", 150)]
+        assert reads == sorted([(parent, 1), (child, 2), *parts])
+    finally:
+        await wal_reader.unsubscribe(sub)
+        drop_slot(module_dsn, slot)
