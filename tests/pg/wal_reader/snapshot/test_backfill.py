@@ -7,7 +7,7 @@ import random
 
 import pytest
 import trio
-from test_snapshot import Mirror, options, table_rows
+from test_snapshot import Mirror, options, streaming, table_rows
 from test_snapshot_property import SENTINEL, writer
 from wr_helpers import Recorder, drop_slot, execute, published_table, unique
 
@@ -171,13 +171,7 @@ async def test_a_backfill_row_is_the_values_the_stream_delivers_and_pages_past_i
     )
     keys = ["'-infinity'", "'2024-01-01 00:00:00+00'", "'2024-06-01 12:00:00+00'", "'infinity'"]
     rec = Recorder()
-    slot = unique("bf_odd")
-    sub = await wal_reader.subscribe(
-        rec, module_dsn, slot, [pub], options(messages=True, binary=binary)
-    )
-    try:
-        with trio.fail_after(20):
-            await sub.wait_streaming()
+    async with streaming(rec, module_dsn, pub, messages=True, binary=binary) as sub:
         for i, key in enumerate(keys):
             await execute(module_dsn, f"INSERT INTO {table} VALUES ({key}, {values[i % 2]})")
         streamed = {c.data["at"]: c.data for c in await rec.wait_changes(len(keys))}
@@ -191,9 +185,6 @@ async def test_a_backfill_row_is_the_values_the_stream_delivers_and_pages_past_i
                 k: type(v) for k, v in streamed[row["at"]].items()
             }
         assert read[-1]["at"] == dt.datetime.max.replace(tzinfo=dt.UTC)
-    finally:
-        await wal_reader.unsubscribe(sub)
-        drop_slot(module_dsn, slot)
 
 
 async def test_a_backfill_of_an_inheritance_parent_reads_only_its_own_rows(
@@ -211,17 +202,9 @@ async def test_a_backfill_of_an_inheritance_parent_reads_only_its_own_rows(
         f"INSERT INTO {child} VALUES (2, 'c'), (3, 'c')",
     )
     rec = Recorder()
-    slot = unique("bf_inh")
-    sub = await wal_reader.subscribe(
-        rec, module_dsn, slot, [f"{parent}_pub"], options(messages=True)
-    )
-    try:
+    async with streaming(rec, module_dsn, f"{parent}_pub", messages=True) as sub:
         with trio.fail_after(20):
-            await sub.wait_streaming()
             assert await wal_reader.backfill(sub, [parent]) == 1
             assert await wal_reader.backfill(sub, [child]) == 2
         read = sorted((c.table, c.data["id"]) for c in rec.changes)
         assert read == [(parent, 1), (child, 2), (child, 3)]
-    finally:
-        await wal_reader.unsubscribe(sub)
-        drop_slot(module_dsn, slot)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import itertools
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
@@ -80,6 +81,22 @@ class Mirror(ReplicationHandler):
 
 def options(**extra: Any) -> dict[str, Any]:
     return {"slot_type": "persistent", "restart_backoff": FAST_BACKOFF, **extra}
+
+
+@asynccontextmanager
+async def streaming(
+    handler: ReplicationHandler, dsn: str, publication: str, **extra: Any
+) -> AsyncIterator[Ref]:
+    """A persistent-slot subscription of ``publication``, once it streams; then gone."""
+    slot = unique("snap_slot")
+    sub = await wal_reader.subscribe(handler, dsn, slot, [publication], options(**extra))
+    try:
+        with trio.fail_after(20):
+            await sub.wait_streaming()
+        yield sub
+    finally:
+        await wal_reader.unsubscribe(sub)
+        drop_slot(dsn, slot)
 
 
 async def table_rows(dsn: str, table: str) -> dict[Any, dict[str, Any]]:
@@ -480,14 +497,8 @@ async def test_a_snapshot_row_is_the_values_the_stream_delivers_for_the_same_row
     pub = published_table(module_dsn, table, ODD_COLUMNS.format(enum=enum, domain=domain))
     for i, values in enumerate(ODD_VALUES, start=1):
         await execute(module_dsn, f"INSERT INTO {table} VALUES ({i}, {values})")
-    slot = unique("snap_odd")
     rec = Recorder()
-    sub = await wal_reader.subscribe(
-        rec, module_dsn, slot, [pub], options(snapshot="initial", binary=binary)
-    )
-    try:
-        with trio.fail_after(20):
-            await sub.wait_streaming()
+    async with streaming(rec, module_dsn, pub, snapshot="initial", binary=binary):
         reads = {c.data["id"]: c.data for b in rec.batches if is_snapshot_batch(b) for c in b}
         assert sorted(reads) == [1, 2]
         for i, values in enumerate(ODD_VALUES, start=1):
@@ -504,9 +515,6 @@ async def test_a_snapshot_row_is_the_values_the_stream_delivers_for_the_same_row
         assert first["day"] == dt.date.min
         assert first["price"] == decimal.Decimal("12.50")
         assert first["feeling"].name == "happy"
-    finally:
-        await wal_reader.unsubscribe(sub)
-        drop_slot(module_dsn, slot)
 
 
 async def test_types_without_a_binary_loader_and_a_table_without_columns_are_read_as_streamed(
@@ -528,14 +536,8 @@ async def test_types_without_a_binary_loader_and_a_table_without_columns_are_rea
         f"INSERT INTO {bare} DEFAULT VALUES",
         f"INSERT INTO {bare} DEFAULT VALUES",
     )
-    slot = unique("snap_text")
     rec = Recorder()
-    sub = await wal_reader.subscribe(
-        rec, module_dsn, slot, [pub], options(snapshot="initial", snapshot_chunk_size=3)
-    )
-    try:
-        with trio.fail_after(20):
-            await sub.wait_streaming()
+    async with streaming(rec, module_dsn, pub, snapshot="initial", snapshot_chunk_size=3):
         reads = [c for b in rec.batches if is_snapshot_batch(b) for c in b]
         typed = {c.data["id"]: c.data for c in reads if c.table == table}
         assert sorted(typed) == list(range(1, 8))
@@ -547,9 +549,6 @@ async def test_types_without_a_binary_loader_and_a_table_without_columns_are_rea
         inserted = (await rec.wait_changes(len(reads) + 1))[-1]
         assert inserted.op == "insert"
         assert inserted.data == {"id": 8, "shape": "(8,0),(0,-8)", "q": "'c'", "note": "n8"}
-    finally:
-        await wal_reader.unsubscribe(sub)
-        drop_slot(module_dsn, slot)
 
 
 @pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
@@ -614,14 +613,8 @@ async def test_generated_columns_are_in_the_snapshot_when_the_publication_sends_
         f"INSERT INTO {table} (id, v) VALUES (1, 10)",
         f"INSERT INTO {plain} (id, v) VALUES (1, 10)",
     )
-    slot = unique("snap_gen")
     rec = Recorder()
-    sub = await wal_reader.subscribe(
-        rec, module_dsn, slot, [f"{table}_pub"], options(snapshot="initial")
-    )
-    try:
-        with trio.fail_after(20):
-            await sub.wait_streaming()
+    async with streaming(rec, module_dsn, f"{table}_pub", snapshot="initial"):
         reads = {c.table: c.data for b in rec.batches if is_snapshot_batch(b) for c in b}
         await execute(
             module_dsn,
@@ -634,9 +627,6 @@ async def test_generated_columns_are_in_the_snapshot_when_the_publication_sends_
         for name in (table, plain):
             assert set(reads[name]) == set(streamed[name])
             assert {**streamed[name], "id": 1} == reads[name]
-    finally:
-        await wal_reader.unsubscribe(sub)
-        drop_slot(module_dsn, slot)
 
 
 @pytest.mark.parametrize("via_root", [False, True], ids=["leaves", "via_root"])
@@ -660,14 +650,8 @@ async def test_inherited_and_partitioned_tables_are_read_as_the_stream_names_the
         f"INSERT INTO {child} VALUES (2, 'c', 7)",
         f"INSERT INTO {root} VALUES (3, 'a'), (150, 'b')",
     )
-    slot = unique("snap_inh")
     rec = Recorder()
-    sub = await wal_reader.subscribe(
-        rec, module_dsn, slot, [f"{parent}_pub"], options(snapshot="initial")
-    )
-    try:
-        with trio.fail_after(20):
-            await sub.wait_streaming()
+    async with streaming(rec, module_dsn, f"{parent}_pub", snapshot="initial"):
         reads = sorted(
             (c.table, c.data["id"]) for b in rec.batches if is_snapshot_batch(b) for c in b
         )
@@ -685,6 +669,3 @@ async def test_inherited_and_partitioned_tables_are_read_as_the_stream_names_the
         assert reads == streamed
         parts = [(root, 3), (root, 150)] if via_root else [(f"{root}_a", 3), (f"{root}_b", 150)]
         assert reads == sorted([(parent, 1), (child, 2), *parts])
-    finally:
-        await wal_reader.unsubscribe(sub)
-        drop_slot(module_dsn, slot)
