@@ -428,13 +428,14 @@ _OID_ALIASES = (
 )  # fmt: skip
 
 #: Types whose values differ between the text and the binary format with
-#: :func:`install_loaders`' loaders (the ``reg*`` aliases and their arrays:
-#: a name, or an OID).
+#: :func:`install_loaders`' loaders, and their arrays: the ``reg*`` aliases
+#: (a name, or an OID) and ``"char"`` (the empty value is ``''`` in text,
+#: ``'\x00'`` in binary).
 #: For every other type with loaders in both formats, both give the same
 #: value, so a reader may pick the cheaper format (the snapshot's COPY does).
 FORMAT_DEPENDENT: frozenset[int] = frozenset(
     oid
-    for info in map(postgres.types.get, _OID_ALIASES)
+    for info in map(postgres.types.get, (*_OID_ALIASES, '"char"'))
     if info is not None
     for oid in (info.oid, info.array_oid)
 )
