@@ -387,19 +387,13 @@ class WalReader(GenServer):
         sub = self.subscription
         if self._stopped_before_start():
             return
-        try:
-            with trio.CancelScope() as scope:  # cancelled by terminate
-                self._scope = scope
-                await snapshot.run(functools.partial(sub.handler.handle_replication_data, sub))
-                if snapshot.stream_after:
-                    await self._bounded(self.session.start)
-        except BaseException as exc:
-            if isinstance(exc, trio.Cancelled) and self.phase is not ReaderPhase.STOPPING:
-                self.session.abort()  # killed: no terminate will close the sockets
-            self._stream_done.set()
-            raise
-        if scope.cancelled_caught or self.phase is ReaderPhase.STOPPING:
-            self._stream_done.set()
+
+        async def read_then_start() -> None:
+            await snapshot.run(functools.partial(sub.handler.handle_replication_data, sub))
+            if snapshot.stream_after:
+                await self._bounded(self.session.start)
+
+        if not await self._unless_terminated(read_then_start):
             return
         if not snapshot.stream_after:  # initial_only: done, the subscription ends
             forget(sub)
@@ -436,26 +430,40 @@ class WalReader(GenServer):
         with trio.CancelScope(shield=True):
             await self.session.close(final_ack=False, release_timeout=0)
 
-    async def _standby(self) -> None:
-        if self._stopped_before_start():
-            return
+    async def _unless_terminated(self, step: Callable[[], Awaitable[None]]) -> bool:
+        """Run a start step that ``terminate`` may cancel; whether the reader goes on.
+
+        False (and ``_stream_done`` set) when ``terminate`` stopped it; an
+        error is raised with ``_stream_done`` set, and a kill (a cancellation
+        not from ``terminate``) aborts the session first: no ``terminate``
+        will close its sockets.
+        """
         try:
             with trio.CancelScope() as scope:  # cancelled by terminate
                 self._scope = scope
-                snapshot = self.snapshot  # .snapshot: maybe read one first
-                start = self.session.start if snapshot is None else snapshot.prepare
-                await self.session.take_over(functools.partial(self._bounded, start))
-        except ChangesLost as exc:
-            self._stop_for_good(exc)
-            self._stream_done.set()
-            return
+                await step()
         except BaseException as exc:
             if isinstance(exc, trio.Cancelled) and self.phase is not ReaderPhase.STOPPING:
-                self.session.abort()  # killed: no terminate will close the sockets
+                self.session.abort()
             self._stream_done.set()
             raise
-        if scope.cancelled_caught or self.phase is ReaderPhase.STOPPING:  # terminate stopped it
+        if scope.cancelled_caught or self.phase is ReaderPhase.STOPPING:
             self._stream_done.set()
+            return False
+        return True
+
+    async def _standby(self) -> None:
+        if self._stopped_before_start():
+            return
+        snapshot = self.snapshot  # .snapshot: maybe read one first
+        start = self.session.start if snapshot is None else snapshot.prepare
+        try:
+            if not await self._unless_terminated(
+                functools.partial(self.session.take_over, functools.partial(self._bounded, start))
+            ):
+                return
+        except ChangesLost as exc:  # _stream_done is set
+            self._stop_for_good(exc)
             return
         snapshot_first = self.snapshot is not None and self.snapshot.pending
         self._enter(ReaderPhase.SNAPSHOT if snapshot_first else ReaderPhase.STREAMING)
