@@ -421,18 +421,19 @@ PgOutputMessage: TypeAlias = (
 # row).  These builders fill the slots through their member descriptors instead:
 # the same object (attrs' eq/hash/repr are unaffected), built in half the time.
 _new = object.__new__
-_set_kinds = TupleData.__dict__["kinds"].__set__
-_set_values = TupleData.__dict__["values"].__set__
-_set_insert_xid = Insert.__dict__["xid"].__set__
-_set_insert_oid = Insert.__dict__["relation_oid"].__set__
-_set_insert_new = Insert.__dict__["new"].__set__
-_set_begin_lsn = Begin.__dict__["final_lsn"].__set__
-_set_begin_time = Begin.__dict__["commit_time"].__set__
-_set_begin_xid = Begin.__dict__["xid"].__set__
-_set_commit_flags = Commit.__dict__["flags"].__set__
-_set_commit_lsn = Commit.__dict__["commit_lsn"].__set__
-_set_commit_end = Commit.__dict__["end_lsn"].__set__
-_set_commit_time = Commit.__dict__["commit_time"].__set__
+
+
+def _setters(cls: type, *fields: str) -> tuple[Callable[[object, object], None], ...]:
+    """The member descriptors' ``__set__`` of ``fields`` of the slotted ``cls``."""
+    return tuple(cls.__dict__[name].__set__ for name in fields)
+
+
+_set_kinds, _set_values = _setters(TupleData, "kinds", "values")
+_set_insert_xid, _set_insert_oid, _set_insert_new = _setters(Insert, "xid", "relation_oid", "new")
+_set_begin_lsn, _set_begin_time, _set_begin_xid = _setters(Begin, "final_lsn", "commit_time", "xid")
+_set_commit_flags, _set_commit_lsn, _set_commit_end, _set_commit_time = _setters(
+    Commit, "flags", "commit_lsn", "end_lsn", "commit_time"
+)
 
 
 def _make_tuple(kinds: bytes, values: tuple[ColumnValue, ...]) -> TupleData:
