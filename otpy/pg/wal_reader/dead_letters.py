@@ -18,9 +18,12 @@ Values are stored as JSON that decodes back to the same Python values: JSON
 scalars as themselves, and anything JSON has no type for as a tagged object
 ``{"$t": tag, "v": ...}`` (datetime, date, time, timedelta, Decimal, bytes,
 UUID, IP addresses and networks, non-finite floats, tuples, mappings with
-non-string keys, psycopg ranges, :data:`~otpy.pg.replication.UNCHANGED_TOAST`
-and JSON ``null`` as a value).  Other objects (user types' classes) are kept
-as their ``repr`` under the tag ``repr`` and come back as that string.
+non-string keys, psycopg ranges and multiranges, ``pg_lsn``'s LSNs, enum
+members and composites' named tuples (their classes rebuilt by name and
+members or fields, as psycopg builds them),
+:data:`~otpy.pg.replication.UNCHANGED_TOAST` and JSON ``null`` as a value).
+Other objects (classes of your own) are kept as their ``repr`` under the tag
+``repr`` and come back as that string.
 
 Every function takes ``target``: a pool name, a :class:`~otpy.pg.pool.Pool`,
 or an open connection (the CLI passes its own).
@@ -29,19 +32,23 @@ or an open connection (the CLI passes its own).
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import datetime as dt
 import decimal
+import enum
+import functools
 import ipaddress
 import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import psycopg
 from psycopg import sql
+from psycopg.types.multirange import Multirange
 from psycopg.types.range import Range
 
 from otpy.pg import pool as pg_pool
@@ -93,6 +100,8 @@ def encode_value(value: Any) -> Any:
     """A JSON-serialisable form of a decoded column value that :func:`decode_value` reverses."""
     if value is None or isinstance(value, bool | str):
         return value
+    if isinstance(value, LSN):  # before int: pg_lsn's values are LSNs
+        return {_TAG: "lsn", "v": str(value)}
     if isinstance(value, int):
         return int(value)
     if isinstance(value, float):
@@ -106,6 +115,14 @@ def encode_value(value: Any) -> Any:
     if isinstance(value, list):
         return [encode_value(v) for v in value]
     if isinstance(value, tuple):
+        fields = getattr(type(value), "_fields", None)
+        if isinstance(fields, tuple):  # a composite's named tuple
+            return {
+                _TAG: "namedtuple",
+                "type": type(value).__name__,
+                "fields": list(fields),
+                "v": [encode_value(v) for v in value],
+            }
         return {_TAG: "tuple", "v": [encode_value(v) for v in value]}
     if isinstance(value, dt.datetime):
         return {_TAG: "datetime", "v": value.isoformat()}
@@ -134,10 +151,15 @@ def encode_value(value: Any) -> Any:
             if not value.isempty
             else None,
         }
+    if isinstance(value, Multirange):
+        return {_TAG: "multirange", "v": [encode_value(r) for r in value]}
     if value is UNCHANGED_TOAST:
         return {_TAG: "unchanged_toast"}
     if value is JSON_NULL:
         return {_TAG: "json_null"}
+    if isinstance(value, enum.Enum):  # an enum's member: its class is rebuilt from its members
+        members = [[m.name, encode_value(m.value)] for m in type(value)]
+        return {_TAG: "enum", "type": type(value).__name__, "members": members, "v": value.name}
     return {_TAG: "repr", "type": type(value).__qualname__, "v": repr(value)}
 
 
@@ -158,6 +180,15 @@ def decode_value(value: Any) -> Any:
             return {decode_value(k): decode_value(x) for k, x in v}
         case "tuple":
             return tuple(decode_value(x) for x in v)
+        case "namedtuple":
+            cls = _named_tuple(value["type"], tuple(value["fields"]))
+            return cls(*(decode_value(x) for x in v))
+        case "enum":
+            return _enum(value["type"], json.dumps(value["members"]))[v]
+        case "lsn":
+            return LSN.parse(v)
+        case "multirange":
+            return Multirange(decode_value(r) for r in v)
         case "datetime":
             return dt.datetime.fromisoformat(v)
         case "date":
@@ -188,6 +219,22 @@ def decode_value(value: Any) -> Any:
             return JSON_NULL
         case _:
             return v
+
+
+@functools.cache
+def _named_tuple(name: str, fields: tuple[str, ...]) -> type[tuple[Any, ...]]:
+    """One class per name and fields, as psycopg makes them for a composite."""
+    cls: type[tuple[Any, ...]] = collections.namedtuple(name, fields)  # type: ignore[misc]
+    return cls
+
+
+@functools.cache
+def _enum(name: str, members: str) -> type[enum.Enum]:
+    """One class per name and members (JSON), as psycopg makes one per enum type."""
+    make: Any = enum.Enum  # the functional API, with a name known only at run time
+    return cast(
+        "type[enum.Enum]", make(name, [(n, decode_value(v)) for n, v in json.loads(members)])
+    )
 
 
 def _encode_change(change: Change) -> dict[str, Any]:
