@@ -8,11 +8,13 @@ non-ASCII), empty and nested arrays, JSON null.  The rows are read by an
 initial snapshot, written again (with other keys) to be streamed, and read a
 third time by a backfill; every column of every row must have the same
 ``repr`` and type in the three (``repr``: NaN is not equal to itself), in the
-text and the binary stream format.
+text and the binary stream format, and after a round trip through the dead
+letters' JSON (what a parked transaction keeps).
 """
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -21,6 +23,7 @@ from wr_helpers import Recorder, execute, published_table, unique
 
 from otpy import Ref
 from otpy.pg import wal_reader
+from otpy.pg.wal_reader import dead_letters
 from otpy.pg.wal_reader.snapshot import is_backfill_batch, is_snapshot_batch
 
 ROWS = 12
@@ -138,6 +141,14 @@ async def test_a_read_row_is_the_streamed_row_whatever_the_values(
     for i in range(ROWS):
         for name in spec:
             expected = streamed[i][name]
+            # A parked transaction keeps it too (the dead letters' JSON).
+            parked = dead_letters.decode_value(
+                json.loads(json.dumps(dead_letters.encode_value(expected)))
+            )
+            assert (type(parked).__name__, repr(parked)) == (
+                type(expected).__name__,
+                repr(expected),
+            ), f"column {name}: parked {parked!r}, streamed {expected!r}"
             for source, got in (("snapshot", reads[i][name]), ("backfill", backfilled[i][name])):
                 assert (type(got), repr(got)) == (type(expected), repr(expected)), (
                     f"row {i} column {name} ({spec[name][0]} {rows[i][list(spec).index(name)]!r}):"
