@@ -20,12 +20,15 @@ from typing import Any
 
 from otpy.pg.replication import JSON_NULL, UNCHANGED_TOAST
 from otpy.pg.replication.changes import Change
+from otpy.pg.replication.lsn import LSN
 
 __all__ = ["change_to_json", "format_change", "format_table", "human_bytes", "jsonable"]
 
 
 def jsonable(value: Any) -> Any:
     """``value`` as plain JSON data (used by ``--json``)."""
+    if isinstance(value, LSN):  # before int: pg_lsn as PostgreSQL prints it
+        return str(value)
     if value is None or isinstance(value, bool | int | str):
         return value
     if value is JSON_NULL:
@@ -43,9 +46,13 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, bytes | bytearray | memoryview):
         return {"base64": base64.b64encode(bytes(value)).decode("ascii")}
     if isinstance(value, enum.Enum):
-        return jsonable(value.value)
+        # A user enum's member: psycopg names it by its label and numbers its value.
+        return value.name
     if isinstance(value, Mapping):
         return {str(k): jsonable(v) for k, v in value.items()}
+    fields = getattr(value, "_fields", None)
+    if isinstance(value, tuple) and isinstance(fields, tuple):  # a composite's named tuple
+        return {name: jsonable(v) for name, v in zip(fields, value, strict=True)}
     if isinstance(value, Sequence):
         return [jsonable(v) for v in value]
     return str(value)  # uuid, ipaddress, ranges, geometric types...
@@ -77,6 +84,8 @@ def _show(value: Any) -> str:
         return "null"
     if isinstance(value, str):
         return repr(value)
+    if isinstance(value, enum.Enum):  # a user enum's member: its label
+        return repr(value.name)
     if isinstance(value, bytes):
         return f"\\x{value.hex()}" if len(value) <= 32 else f"<{len(value)} bytes>"
     return str(value)

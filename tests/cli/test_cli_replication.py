@@ -62,6 +62,36 @@ async def test_tail_json_lines(tail_dsn: str) -> None:
     assert lines[0]["schema"] == "public" and "/" in lines[0]["lsn"]
 
 
+async def test_tail_json_shows_user_types_and_lsns_as_postgresql_does(tail_dsn: str) -> None:
+    # An enum as its label (psycopg's members number their values), a composite as
+    # an object of its fields, a pg_lsn as X/Y text.
+    with psycopg.connect(tail_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TYPE tail_mood AS ENUM ('sad', 'happy')")
+        conn.execute("CREATE TYPE tail_pair AS (n int, s text)")
+        conn.execute(
+            "CREATE TABLE odd (id int PRIMARY KEY, m tail_mood, p tail_pair, l pg_lsn, "
+            "tags tail_mood[])"
+        )
+        conn.execute("ALTER PUBLICATION items_pub ADD TABLE odd")
+    text = await _run_tail(
+        tail_dsn,
+        [
+            "INSERT INTO odd VALUES (1, 'happy', ROW(1, 'x'), '16/B374D848', "
+            "ARRAY['sad', 'happy']::tail_mood[])"
+        ],
+        as_json=True,
+        limit=1,
+    )
+    (line,) = [json.loads(line) for line in text.splitlines()]
+    assert line["data"] == {
+        "id": 1,
+        "m": "happy",
+        "p": {"n": 1, "s": "x"},
+        "l": "16/B374D848",
+        "tags": ["sad", "happy"],
+    }
+
+
 async def test_tail_pretty_lines(tail_dsn: str) -> None:
     text = await _run_tail(tail_dsn, ["INSERT INTO items VALUES (2, 'pear', NULL)"], limit=1)
     (line,) = text.splitlines()
