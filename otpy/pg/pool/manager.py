@@ -54,6 +54,7 @@ from otpy.supervisor import Strategy, Supervisor, start_child
 __all__ = [
     "LEAK_CHECK_INTERVAL",
     "PoolManager",
+    "check_tree_options",
     "lookup",
     "make_pool_supervisor",
     "pool_key",
@@ -269,6 +270,24 @@ def make_pool_supervisor(
     return Supervisor(children, strategy=Strategy.REST_FOR_ONE, intensity=3, period=5.0)
 
 
+def check_tree_options(
+    caller: str, leak_check_interval: float | None, timing: bool, hold_warning: float | None
+) -> None:
+    """Check the options of a pool's tree, as every way of running one takes them.
+
+    :func:`pool_spec` and :func:`~otpy.pg.pool.open_pool` both pass them on to
+    :func:`make_pool_supervisor`; errors name ``caller`` and the argument.
+
+    Raises:
+        ConfigError: an invalid option, naming it and its value.
+    """
+    check_seconds(
+        leak_check_interval, f"{caller}(leak_check_interval)", optional=True, positive=True
+    )
+    check_bool(timing, f"{caller}(timing)")
+    check_seconds(hold_warning, f"{caller}(hold_warning)", optional=True, positive=True)
+
+
 def pool_spec(
     name: str,
     pool: PoolConfig,
@@ -298,11 +317,7 @@ def pool_spec(
             (see :meth:`DatabaseConfig.check`): reported now rather than by
             workers retrying a connection that cannot succeed.
     """
-    check_seconds(
-        leak_check_interval, "pool_spec(leak_check_interval)", optional=True, positive=True
-    )
-    check_bool(timing, "pool_spec(timing)")
-    check_seconds(hold_warning, "pool_spec(hold_warning)", optional=True, positive=True)
+    check_tree_options("pool_spec", leak_check_interval, timing, hold_warning)
     database.check()
     return ChildSpec(
         id=pool_key(name),

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from otpy.pg.config import DatabaseConfig, PoolConfig, check_bool, check_seconds
 from otpy.pg.errors import ConfigError
 from otpy.pg.pool.checkout import Pool
-from otpy.pg.pool.manager import LEAK_CHECK_INTERVAL, running_pool
+from otpy.pg.pool.manager import LEAK_CHECK_INTERVAL, check_tree_options, running_pool
 
 __all__ = ["open_pool"]
 
@@ -67,11 +67,7 @@ async def open_pool(
     """
     check_bool(wait, "open_pool(wait)")
     check_seconds(timeout, "open_pool(timeout)", optional=True)
-    check_seconds(
-        leak_check_interval, "open_pool(leak_check_interval)", optional=True, positive=True
-    )
-    check_bool(timing, "open_pool(timing)")
-    check_seconds(hold_warning, "open_pool(hold_warning)", optional=True, positive=True)
+    check_tree_options("open_pool", leak_check_interval, timing, hold_warning)
     _check_configs(name, pool, database)
     async with running_pool(
         name,
