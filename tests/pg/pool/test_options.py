@@ -114,6 +114,8 @@ def test_database_settings_refuse_non_finite_and_mistyped_values() -> None:
         ({"timeout": -1}, "open_pool(timeout): must be a non-negative"),
         ({"leak_check_interval": 0}, "open_pool(leak_check_interval): must be a positive"),
         ({"leak_check_interval": math.inf}, "open_pool(leak_check_interval): must be a finite"),
+        ({"timing": 1}, "open_pool(timing): expected true or false, got 1"),
+        ({"hold_warning": 0}, "open_pool(hold_warning): must be a positive"),
     ],
 )
 async def test_open_pool_checks_its_keyword_arguments(
@@ -182,3 +184,7 @@ async def test_per_call_timeouts_are_checked_even_when_a_connection_is_free(
 def test_pool_spec_checks_its_leak_check_interval(db: DatabaseConfig) -> None:
     with pytest.raises(ConfigError, match=r"pool_spec\(leak_check_interval\): must be a finite"):
         pool.pool_spec("p", pool_config(1), db, leak_check_interval=math.nan)
+    with pytest.raises(ConfigError, match=r"pool_spec\(timing\): expected true or false"):
+        pool.pool_spec("p", pool_config(1), db, timing="yes")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"pool_spec\(hold_warning\): must be a finite"):
+        pool.pool_spec("p", pool_config(1), db, hold_warning=math.inf)
