@@ -423,6 +423,7 @@ async def read_snapshot(
     if decoder is None:
         decoder = table_decoder(tables)
     context = decoder.fast_context()
+    in_binary = {t: copy_in_binary(decoder, t, binary) for t in tables}
     ranges = _ranges(tables, parallelism, server_version)
     todo = iter(ranges)
     send, recv = trio.open_memory_channel[ChangeBatch](parallelism)
@@ -433,8 +434,7 @@ async def read_snapshot(
             conn = await _open_reader(connect_kwargs, snapshot, context)
             try:
                 for r in todo:  # shared iterator: each range is read by one worker
-                    in_binary = copy_in_binary(decoder, r.table, binary)
-                    await _read_range(conn, r, send, chunk_size, decoder, in_binary)
+                    await _read_range(conn, r, send, chunk_size, decoder, in_binary[r.table])
             finally:
                 # A read-only transaction: nothing to commit; closing mid-COPY
                 # (the handler failed) must not try a rollback first.
